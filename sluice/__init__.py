@@ -1,0 +1,1 @@
+"""Sluice contracts shared by producers, the worker and the Lambdas: one definition of each."""

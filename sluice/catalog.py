@@ -1,0 +1,28 @@
+"""Which event starts which durable workflow, and the names everything else derives from."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Mapping
+
+WORKFLOW_ALIAS = "live"
+
+TRANSCRIBE_AUDIO = "transcribe_audio"
+TRANSCODE_AUDIO = "transcode_audio"
+EMBED_TRANSCRIPT = "embed_transcript"
+
+# Event name -> the workflows it starts (one durable execution each, named after the event id).
+ROUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "media/uploaded": (TRANSCRIBE_AUDIO,),
+        "media/transcription.requested": (TRANSCRIBE_AUDIO,),
+        "media/transcription.completed": (TRANSCODE_AUDIO, EMBED_TRANSCRIPT),
+        "media/transcode.requested": (TRANSCODE_AUDIO,),
+        "media/embedding.requested": (EMBED_TRANSCRIPT,),
+    }
+)
+
+
+def workflows_for(event_name: str) -> tuple[str, ...]:
+    """The workflows `event_name` starts; empty when no workflow handles it."""
+    return ROUTES.get(event_name, ())

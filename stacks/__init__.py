@@ -1,0 +1,1 @@
+"""Sluice infrastructure: configuration, constructs (one module per capability) and stacks."""

@@ -1,0 +1,63 @@
+"""A durable SQS queue with its dead-letter queue: encrypted, TLS only, redrive both ways scoped."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from stacks.config import QueueConfig
+
+
+class DurableQueue(Construct):
+    """`queue` feeds its consumers; after `max_receive_count` receives a message moves to `dlq`."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        queue_name: str,
+        config: QueueConfig,
+        removal_policy: RemovalPolicy,
+        key: kms.IKey | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        if config.customer_managed_key and key is None:
+            raise ValueError(f"{queue_name}: customer_managed_key is set but no KMS key was given")
+        encryption = (
+            dict(encryption=sqs.QueueEncryption.KMS, encryption_master_key=key, data_key_reuse=Duration.hours(1))
+            if config.customer_managed_key
+            else dict(encryption=sqs.QueueEncryption.SQS_MANAGED)
+        )
+        # The DLQ admits only its own source queue. The source is named by ARN, not by reference:
+        # a reference would make the two queues depend on each other (a cycle CloudFormation refuses).
+        source_arn = Stack.of(self).format_arn(service="sqs", resource=queue_name)
+        self.dlq = sqs.Queue(
+            self,
+            "Dlq",
+            queue_name=f"{queue_name}-dlq",
+            retention_period=Duration.seconds(config.dlq_retention_s),
+            enforce_ssl=True,
+            removal_policy=removal_policy,
+            redrive_allow_policy=sqs.RedriveAllowPolicy(
+                redrive_permission=sqs.RedrivePermission.BY_QUEUE,
+                source_queues=[sqs.Queue.from_queue_arn(self, "Source", source_arn)],
+            ),
+            **encryption,  # type: ignore[arg-type]
+        )
+        self.queue = sqs.Queue(
+            self,
+            "Queue",
+            queue_name=queue_name,
+            visibility_timeout=Duration.seconds(config.visibility_timeout_s),
+            retention_period=Duration.seconds(config.retention_s),
+            receive_message_wait_time=Duration.seconds(20),
+            enforce_ssl=True,
+            removal_policy=removal_policy,
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.dlq, max_receive_count=config.max_receive_count
+            ),
+            **encryption,  # type: ignore[arg-type]
+        )

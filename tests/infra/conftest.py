@@ -1,0 +1,71 @@
+"""Synthesize each environment once per test session; tests read its templates."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk.assertions import Template
+
+from stacks import config
+from stacks.stage import SluiceStage, build
+
+ENVIRONMENTS = tuple(config.ENVIRONMENTS)
+
+
+@dataclass(frozen=True)
+class Synth:
+    """One synthesized environment."""
+
+    config: config.EnvConfig
+    app: cdk.App
+    stage: SluiceStage
+    stateful: Template
+    stateless: Template
+    outdir: Path
+
+    def template_files(self) -> list[Path]:
+        return sorted(self.outdir.rglob("*.template.json"))
+
+
+@cache
+def _synth(env: str, outdir: str) -> Synth:
+    cfg = config.load(env)
+    app = cdk.App(outdir=outdir, context={"env": env})
+    stage = build(app, cfg)
+    app.synth()  # runs the nag plugins: any finding raises here
+    return Synth(
+        config=cfg,
+        app=app,
+        stage=stage,
+        stateful=Template.from_stack(stage.stateful),
+        stateless=Template.from_stack(stage.stateless),
+        outdir=Path(outdir),
+    )
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory: pytest.TempPathFactory):
+    """synth(env) -> Synth, built once per environment per session."""
+
+    def get(env: str) -> Synth:
+        return _synth(env, str(tmp_path_factory.getbasetemp() / f"cdk.out-{env}"))
+
+    return get
+
+
+@pytest.fixture(params=ENVIRONMENTS)
+def env(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def resources(template: Template, kind: str) -> dict[str, dict]:
+    return template.find_resources(kind)
+
+
+def dump(template: Template) -> str:
+    return json.dumps(template.to_json(), indent=1, sort_keys=True)
