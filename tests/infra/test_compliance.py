@@ -1,0 +1,48 @@
+"""cdk-nag 3: every pack an environment enables reports zero findings, and a bad resource is caught."""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_sqs as sqs
+from cdk_nag import AwsSolutionsChecks
+
+from stacks import config
+from stacks.stage import PACKS, build
+
+
+def _violations(result) -> list[str]:
+    return [v.rule_name for v in result.violations]
+
+
+@pytest.mark.parametrize(
+    ("env", "pack"),
+    [(e, p) for e, cfg in config.ENVIRONMENTS.items() for p in cfg.compliance_packs],
+)
+def test_each_enabled_pack_reports_zero_findings(synth, env, pack):
+    app = synth(env).app
+    result = PACKS[pack]().validate_scope(app)
+    assert _violations(result) == []
+    assert result.success
+
+
+def test_prod_enables_all_three_packs():
+    assert config.load("prod").compliance_packs == ("AwsSolutions", "NIST80053R5", "HIPAASecurity")
+
+
+def test_the_checks_can_fail_a_queue_without_dlq_or_tls(tmp_path):
+    # Given an app with a deliberately bad queue beside a real environment
+    app = cdk.App(outdir=str(tmp_path))
+    build(app, config.load("dev"))
+    bad = cdk.Stack(app, "Bad")
+    sqs.Queue(bad, "NoDlqNoTls")
+    # When the AwsSolutions pack validates it
+    result = AwsSolutionsChecks().validate_scope(app)
+    # Then it fails, naming exactly the bad queue's findings
+    assert not result.success
+    assert sorted(_violations(result)) == ["AwsSolutions-SQS3", "AwsSolutions-SQS4"]
+    # And synth itself refuses to produce a cloud assembly
+    with pytest.raises(RuntimeError, match="ValidationFailed"):
+        app.synth()
+    report = (tmp_path / "validation-report.json").read_text()
+    assert "Bad/NoDlqNoTls/Resource" in report

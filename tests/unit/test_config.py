@@ -1,0 +1,98 @@
+"""Configuration is data, validated once: each impossible value fails with a message naming it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+
+from stacks import config
+from stacks.config import AlarmConfig, ConfigError, EnvConfig, QueueConfig, WorkerConfig
+
+from tests.conftest import ROOT
+
+
+def test_every_environment_is_valid_and_named_after_its_key():
+    for name, cfg in config.ENVIRONMENTS.items():
+        assert cfg.name == name
+        cfg.validate()
+
+
+def test_default_environment_is_dev():
+    assert config.load(None).name == "dev"
+
+
+def test_unknown_environment_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown environment 'qa'.*dev, staging, prod"):
+        config.load("qa")
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.load("dev").name = "x"  # type: ignore[misc]
+
+
+def test_prod_retains_data_and_dev_destroys_it():
+    assert config.load("prod").retain_data and config.load("prod").termination_protection
+    assert not config.load("dev").retain_data and not config.load("dev").termination_protection
+
+
+@pytest.mark.parametrize(
+    ("change", "setting"),
+    [
+        ({"events_queue": QueueConfig(max_receive_count=0)}, "dev.events_queue.max_receive_count"),
+        ({"events_queue": QueueConfig(retention_s=30)}, "dev.events_queue.retention_s"),
+        ({"events_queue": QueueConfig(retention_s=15 * 86400)}, "dev.events_queue.retention_s"),
+        ({"events_queue": QueueConfig(dlq_retention_s=59)}, "dev.events_queue.dlq_retention_s"),
+        (
+            {"events_queue": QueueConfig(retention_s=86400, dlq_retention_s=3600)},
+            "dev.events_queue.dlq_retention_s",
+        ),
+        (
+            {"events_queue": QueueConfig(visibility_timeout_s=30)},
+            "dev.events_queue.visibility_timeout_s",
+        ),
+        ({"alarms": AlarmConfig(email="not-an-address")}, "dev.alarms.email"),
+        ({"alarms": AlarmConfig(email="a@b")}, "dev.alarms.email"),
+        ({"worker": WorkerConfig(http_connections=0)}, "dev.worker.http_connections"),
+        ({"worker": WorkerConfig(min_instances=3, max_instances=2)}, "dev.worker.min_instances"),
+        ({"log_retention_days": 42}, "dev.log_retention_days"),
+        ({"compliance_packs": ("NIST80053R5",)}, "dev.compliance_packs"),
+        ({"account": "123"}, "dev.account"),
+    ],
+)
+def test_impossible_value_names_the_setting(change, setting):
+    with pytest.raises(ConfigError) as err:
+        EnvConfig(name="dev", **change)
+    assert str(err.value).startswith(f"{setting}:"), str(err.value)
+
+
+def test_visibility_timeout_shorter_than_processing_timeout_explains_both():
+    with pytest.raises(ConfigError) as err:
+        EnvConfig(
+            name="dev",
+            events_queue=QueueConfig(visibility_timeout_s=100),
+            worker=WorkerConfig(processing_timeout_s=200),
+        )
+    message = str(err.value)
+    assert "events_queue.visibility_timeout_s" in message
+    assert "worker.processing_timeout_s (200 s)" in message
+
+
+def test_synth_of_an_unknown_environment_fails_with_the_list(tmp_path):
+    # When the CDK app itself is run with a bad -c env
+    proc = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env={**os.environ, "CDK_CONTEXT_JSON": '{"env": "qa"}', "CDK_OUTDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # Then it exits non-zero naming the setting and the valid environments
+    assert proc.returncode != 0
+    assert "env: unknown environment 'qa'; valid environments: dev, staging, prod" in proc.stderr
