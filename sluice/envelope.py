@@ -6,9 +6,10 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import unquote_plus
 
 from sluice.errors import PoisonMessage
@@ -35,12 +36,12 @@ def _poison(code: str, message: str) -> PoisonMessage:
 
 def new_id() -> str:
     """A fresh, time-ordered event id (UUIDv7-like: sortable, 32 hex chars)."""
-    ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+    ms = int(datetime.now(UTC).timestamp() * 1000)
     return f"{ms:012x}{uuid.uuid4().hex[:20]}"
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def execution_name(event_id: str) -> str:
@@ -170,7 +171,9 @@ def decode(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _poison(INVALID_UTF8, f"body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        raise _poison(
+            INVALID_UTF8, f"body is not UTF-8: {exc.reason} at byte {exc.start}"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -180,7 +183,10 @@ def decode(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
 def event_from_dict(doc: Any) -> Event:
     _check_event(doc)
     return Event(
-        name=doc["name"], data=doc["data"], id=doc["id"], ts=doc["ts"],
+        name=doc["name"],
+        data=doc["data"],
+        id=doc["id"],
+        ts=doc["ts"],
         correlation_id=doc["correlation_id"],
     )
 
@@ -188,7 +194,9 @@ def event_from_dict(doc: Any) -> Event:
 def task_from_dict(doc: Any) -> Task:
     _check_task(doc)
     return Task(
-        name=doc["name"], callback_id=doc["callback_id"], data=doc["data"],
+        name=doc["name"],
+        callback_id=doc["callback_id"],
+        data=doc["data"],
         correlation_id=doc["correlation_id"],
     )
 
@@ -226,8 +234,12 @@ def events_from_s3_notification(doc: Mapping[str, Any]) -> list[Event]:
         if obj.get("versionId"):
             data["version_id"] = obj["versionId"]
         events.append(
-            Event(name="media/uploaded", data=data, id=f"s3-{digest}",
-                  ts=record.get("eventTime") or utc_now())
+            Event(
+                name="media/uploaded",
+                data=data,
+                id=f"s3-{digest}",
+                ts=record.get("eventTime") or utc_now(),
+            )
         )
     return events
 

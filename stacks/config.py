@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 # SQS hard limits (seconds): the console and API refuse anything outside them.
 SQS_MIN_RETENTION_S = 60
@@ -16,10 +16,12 @@ SQSD_MAX_INACTIVITY_S = 36_000
 SQSD_MAX_CONNECTIONS = 100
 LAMBDA_MAX_TIMEOUT_S = 900
 DURABLE_MAX_EXECUTION_S = 366 * 24 * 3600
+# fmt: off
 VALID_LOG_RETENTION_DAYS = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
     2922, 3288, 3653,
 )
+# fmt: on
 COMPLIANCE_PACKS = ("AwsSolutions", "NIST80053R5", "HIPAASecurity")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
 _ACCOUNT = re.compile(r"^\d{12}$")
@@ -186,9 +188,7 @@ class WorkflowConfig:
     retention_days: int = 14
     max_audio_seconds: int = 4 * 3600
     orchestrator: FunctionConfig = FunctionConfig(memory_mb=512, timeout_s=300)
-    steps: Mapping[str, FunctionConfig] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    steps: Mapping[str, FunctionConfig] = field(default_factory=lambda: MappingProxyType({}))
 
     def step(self, name: str) -> FunctionConfig:
         """The sizing of step `name` (the default sizing when the environment names none)."""

@@ -89,7 +89,9 @@ def _flatten(value: Any, path: str) -> Iterator[tuple[str, Any]]:
 def rows() -> list[tuple[str, str, list[str]]]:
     """(setting, description, value per environment) for every setting of any environment."""
     per_env = {name: dict(_flatten(cfg, "")) for name, cfg in ENVIRONMENTS.items()}
-    per_env = {name: {k: v for k, v in values.items() if k != "name"} for name, values in per_env.items()}
+    per_env = {
+        name: {k: v for k, v in values.items() if k != "name"} for name, values in per_env.items()
+    }
     # A section may be None in one environment (e.g. broker): show it as one "—" row there.
     settings: list[str] = []
     for values in reversed(per_env.values()):  # prod, the most complete, sets the order

@@ -27,7 +27,11 @@ class DurableQueue(Construct):
         if config.customer_managed_key and key is None:
             raise ValueError(f"{queue_name}: customer_managed_key is set but no KMS key was given")
         encryption = (
-            dict(encryption=sqs.QueueEncryption.KMS, encryption_master_key=key, data_key_reuse=Duration.hours(1))
+            dict(
+                encryption=sqs.QueueEncryption.KMS,
+                encryption_master_key=key,
+                data_key_reuse=Duration.hours(1),
+            )
             if config.customer_managed_key
             else dict(encryption=sqs.QueueEncryption.SQS_MANAGED)
         )

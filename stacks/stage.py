@@ -10,7 +10,7 @@ from stacks.config import EnvConfig
 from stacks.stateful import StatefulStack
 from stacks.stateless import StatelessStack
 
-PACKS = {
+PACKS: dict[str, type[AwsSolutionsChecks | HIPAASecurityChecks | NIST80053R5Checks]] = {
     "AwsSolutions": AwsSolutionsChecks,
     "NIST80053R5": NIST80053R5Checks,
     "HIPAASecurity": HIPAASecurityChecks,

@@ -12,6 +12,8 @@ def test_templates_have_no_cfn_lint_errors(synth, env):
     assert len(files) == 2
     for path in files:
         matches = lint_file(path, ManualArgs(regions=[synth(env).config.region]))
-        errors = [f"{m.rule.id} {m.path}: {m.message}" for m in matches if m.rule.id.startswith("E")]
+        errors = [
+            f"{m.rule.id} {m.path}: {m.message}" for m in matches if m.rule.id.startswith("E")
+        ]
         assert errors == [], f"{path.name}:\n" + "\n".join(errors)
         assert json.loads(path.read_text())["Resources"]

@@ -29,7 +29,7 @@ def test_events_queue_redrives_to_its_dlq_after_max_receive_count(synth, env):
 
 
 def test_dlq_keeps_messages_14_days_and_serves_only_its_source_queue(synth, env):
-    s, queues = _queues(synth, env)
+    _, queues = _queues(synth, env)
     _, dlq = queues[f"Sluice-{env}-events-dlq"]
     assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
     policy = dlq["RedriveAllowPolicy"]

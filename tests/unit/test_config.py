@@ -11,7 +11,6 @@ import pytest
 
 from stacks import config
 from stacks.config import AlarmConfig, ConfigError, EnvConfig, QueueConfig, WorkerConfig
-
 from tests.conftest import ROOT
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from stacks import config_doc
-
 from tests.conftest import ROOT
 
 
