@@ -26,4 +26,10 @@ class StatelessStack(Stack):
             scope, construct_id, termination_protection=config.termination_protection, **kwargs
         )
         self.monitoring = Monitoring(self, "Monitoring", config=config)
-        self.monitoring.watch_dead_letter_queue("EventsDlq", stateful.events.dlq)
+        self.monitoring.watch_queue(
+            "Events",
+            queue=stateful.events.queue,
+            dlq=stateful.events.dlq,
+            max_age_s=config.alarms.queue_age_s,
+            backlog="events-queue-backlog",
+        )
