@@ -1,0 +1,1 @@
+"""Runtime helpers shared by every Sluice Lambda (workflows and step handlers)."""

@@ -1,0 +1,114 @@
+"""Durable workflow helpers: invoking step Lambdas with the Sluice retry policy.
+
+Transient failures of a step are retried with exponential backoff and jitter, waiting durably
+(no compute) between attempts; business failures are not retried. Jitter is derived from the
+execution, the step and the attempt rather than a random draw, so replays take the same path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aws_durable_execution_sdk_python import DurableContext, DurableOperationError
+from aws_durable_execution_sdk_python.config import Duration
+
+from lambdas.common.runtime import error_class
+from sluice.catalog import WORKFLOW_ALIAS
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often, and how far apart, a step is attempted on transient failures."""
+
+    max_attempts: int = 4
+    initial_delay_s: int = 2
+    backoff_rate: float = 2.0
+    max_delay_s: int = 60
+
+    def delay_s(self, attempt: int, *, seed: str) -> int:
+        """The wait after failed attempt `attempt` (1-based): half fixed, half jitter, >= 1 s."""
+        base = min(self.initial_delay_s * self.backoff_rate ** (attempt - 1), self.max_delay_s)
+        fraction = (
+            int(hashlib.sha256(f"{seed}#{attempt}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        )
+        return max(1, round(base / 2 + fraction * base / 2))
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+class StepFailed(Exception):
+    """A step failed for good: a business error, or transient errors beyond the retry budget."""
+
+    def __init__(
+        self, step: str, *, error_class: str, error_type: str, message: str, attempts: int
+    ):
+        super().__init__(f"{step} failed ({error_class}, {attempts} attempts): {message}")
+        self.step = step
+        self.error_class = error_class
+        self.error_type = error_type
+        self.message = message
+        self.attempts = attempts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "error_class": self.error_class,
+            "error_type": self.error_type,
+            "message": self.message,
+            "attempts": self.attempts,
+        }
+
+
+def step_target(step: str) -> str:
+    """The qualified function a step is invoked through (durable invokes need a version or alias).
+
+    The stack sets STEP_<NAME> to the step's alias ARN; without it, `<step>:live` (tests).
+    """
+    return os.environ.get(f"STEP_{step.upper()}") or f"{step}:{WORKFLOW_ALIAS}"
+
+
+def invoke_step(
+    ctx: DurableContext,
+    step: str,
+    payload: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    policy: RetryPolicy = DEFAULT_RETRY,
+) -> dict[str, Any]:
+    """Invoke step handler `step` durably; retry transient failures; raise StepFailed otherwise.
+
+    Each attempt is its own durable operation (`name`, `name#2`, ...), so a replay returns the
+    recorded result of every finished attempt without invoking the step again.
+    """
+    op = name or step
+    for attempt in range(1, policy.max_attempts + 1):
+        try:
+            result: Any = ctx.invoke(
+                step_target(step),
+                dict(payload),
+                name=op if attempt == 1 else f"{op}#{attempt}",
+            )
+            return dict(result or {})
+        except DurableOperationError as err:
+            kind = error_class(err.error_type)
+            message = err.message or str(err)
+            if kind == "business" or attempt == policy.max_attempts:
+                raise StepFailed(
+                    step,
+                    error_class=kind,
+                    error_type=(err.error_type or "").rsplit(".", 1)[-1],
+                    message=message,
+                    attempts=attempt,
+                ) from None
+            delay = policy.delay_s(attempt, seed=f"{payload.get('job_id', '')}/{op}")
+            ctx.logger.warning(
+                "step failed, retrying",
+                extra={"step": step, "step_attempt": attempt, "delay_s": delay, "error": message},
+            )
+            ctx.wait(Duration.from_seconds(delay), name=f"{op}#{attempt} backoff")
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,1 @@
+"""fetch_audio_metadata."""

@@ -1,0 +1,72 @@
+"""Durable workflow embed_transcript: a transcript becomes searchable vectors (RAG).
+
+The embedding runs on the worker (a sentence model in RAM): the workflow sends it to the tasks
+queue and waits for the callback without compute. Started by `media/transcription.completed`
+(data: job_id, outputs.transcript) and by `media/embedding.requested` (data: transcript, an
+s3:// URI or {bucket, key}, and optionally job_id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aws_durable_execution_sdk_python import DurableContext, durable_execution
+
+from lambdas.common.heavy_task import run_heavy_task
+from lambdas.common.runtime import env, logger, set_correlation_id, tracer
+from lambdas.common.workflow import StepFailed
+from sluice.catalog import EMBED_TASK, EMBED_TRANSCRIPT, EMBEDDINGS_PREFIX
+from sluice.envelope import event_from_dict, execution_name
+from sluice.errors import BusinessError
+
+WORKFLOW = EMBED_TRANSCRIPT
+STARTED_BY = frozenset({"media/transcription.completed", "media/embedding.requested"})
+
+
+def transcript_of(data: Mapping[str, Any]) -> Any:
+    """Where the event says the transcript is (outputs.transcript, or transcript)."""
+    nested = data.get("outputs")
+    outputs: Mapping[str, Any] = nested if isinstance(nested, Mapping) else {}
+    where = outputs.get("transcript") or data.get("transcript")
+    if not where:
+        raise BusinessError("event data names no transcript", code="missing_transcript")
+    return where
+
+
+def embed(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
+    ev = event_from_dict(dict(event))
+    if ev.name not in STARTED_BY:
+        raise BusinessError(f"{WORKFLOW} does not handle {ev.name}", code="unknown_event")
+    job_id = execution_name(ev.id)
+    media_id = str(ev.data.get("job_id") or job_id)
+    set_correlation_id(ev.correlation_id, job_id=job_id, workflow=WORKFLOW)
+    ctx.set_logger(logger)  # type: ignore[arg-type]
+    output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{EMBEDDINGS_PREFIX}{media_id}/"}
+    try:
+        transcript = transcript_of(ev.data)
+        result = run_heavy_task(
+            ctx,
+            task=EMBED_TASK,
+            data={"transcript": transcript, "output": output},
+            correlation_id=ev.correlation_id,
+            seed=job_id,
+            name="embed",
+        )
+    except StepFailed as failure:
+        ctx.logger.error("embedding failed", extra={"failure": failure.to_dict()})
+        raise BusinessError(str(failure), code="embed_failed") from None
+    return {
+        "job_id": job_id,
+        "media_id": media_id,
+        "status": "COMPLETED",
+        "index": result["index"],
+        "chunks": result["chunks"],
+        "model": result["model"],
+    }
+
+
+@tracer.capture_lambda_handler(capture_response=False)
+@durable_execution
+def handler(event: Any, context: DurableContext) -> dict[str, Any]:
+    return embed(event, context)

@@ -1,0 +1,77 @@
+"""Durable workflow transcode_audio: an audio object becomes HLS renditions for streaming.
+
+The transcode runs on the worker (ffmpeg, minutes of CPU): the workflow sends it to the tasks
+queue and waits for the callback without compute. Started by `media/transcription.completed`
+(data: job_id, source) and by `media/transcode.requested` (data: bucket, key or source).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aws_durable_execution_sdk_python import DurableContext, durable_execution
+
+from lambdas.common.heavy_task import run_heavy_task
+from lambdas.common.runtime import env, logger, set_correlation_id, tracer
+from lambdas.common.workflow import StepFailed
+from sluice.catalog import HLS_PREFIX, TRANSCODE_AUDIO, TRANSCODE_TASK
+from sluice.envelope import event_from_dict, execution_name
+from sluice.errors import BusinessError
+
+WORKFLOW = TRANSCODE_AUDIO
+STARTED_BY = frozenset({"media/transcription.completed", "media/transcode.requested"})
+
+
+def source_of(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The audio object an event names (`source: {bucket, key}` or top-level bucket/key)."""
+    nested = data.get("source")
+    src: Mapping[str, Any] = nested if isinstance(nested, Mapping) else data
+    bucket, key = src.get("bucket"), src.get("key")
+    if not isinstance(bucket, str) or not isinstance(key, str) or not bucket or not key:
+        raise BusinessError("event data lacks the audio's bucket and key", code="bad_event")
+    out: dict[str, Any] = {"bucket": bucket, "key": key}
+    if src.get("version_id"):
+        out["version_id"] = str(src["version_id"])
+    return out
+
+
+def transcode(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
+    ev = event_from_dict(dict(event))
+    if ev.name not in STARTED_BY:
+        raise BusinessError(f"{WORKFLOW} does not handle {ev.name}", code="unknown_event")
+    job_id = execution_name(ev.id)
+    # Outputs sit under the media item's id: the transcription job's, when this follows one.
+    media_id = str(ev.data.get("job_id") or job_id)
+    set_correlation_id(ev.correlation_id, job_id=job_id, workflow=WORKFLOW)
+    ctx.set_logger(logger)  # type: ignore[arg-type]
+    source = source_of(ev.data)
+    output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{HLS_PREFIX}{media_id}/"}
+    try:
+        result = run_heavy_task(
+            ctx,
+            task=TRANSCODE_TASK,
+            data={"source": source, "output": output},
+            correlation_id=ev.correlation_id,
+            seed=job_id,
+            name="transcode",
+        )
+    except StepFailed as failure:
+        ctx.logger.error("transcode failed", extra={"failure": failure.to_dict()})
+        # Failing the execution is what the DurableExecutionFailed alarm sees; the message
+        # carries the reason code the worker reported (corrupt_audio, oversize, ...).
+        raise BusinessError(str(failure), code="transcode_failed") from None
+    return {
+        "job_id": job_id,
+        "media_id": media_id,
+        "status": "COMPLETED",
+        "master": result["master"],
+        "duration_s": result.get("duration_s"),
+        "renditions": [r["name"] for r in result.get("renditions", [])],
+    }
+
+
+@tracer.capture_lambda_handler(capture_response=False)
+@durable_execution
+def handler(event: Any, context: DurableContext) -> dict[str, Any]:
+    return transcode(event, context)

@@ -1,0 +1,452 @@
+"""Durable workflows and their step handler Lambdas, packaged without Docker.
+
+`StepFunction`: one Lambda per step with its own role, sizing and `live` alias.
+`DurableWorkflow`: a durable function (checkpoint/replay) with a `live` alias that invokes steps.
+`Workflows`: the workflows of the catalog, wired to the media store and the events queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+from aws_cdk import Acknowledgment, AssetHashType, Aws, Duration, RemovalPolicy, Stack, Validations
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from sluice import catalog
+from stacks.bundling import ROOT, stage_bundle
+from stacks.config import EnvConfig, FunctionConfig
+from stacks.media_store import TMP, TRANSCRIPTS, UPLOADS, MediaStore, media_objects_arn
+from stacks.queues import DurableQueue
+
+LAMBDAS = ROOT / "lambdas"
+DEPS = ROOT / "build" / "lambda-deps"
+REQUIREMENTS = LAMBDAS / "requirements.txt"
+RUNTIME = lambda_.Runtime.PYTHON_3_14
+ARCH = lambda_.Architecture.ARM_64
+JOB_TTL_DAYS = 400
+TRANSCRIBE_OUTPUT = f"{TMP}transcribe/"
+
+
+def deps_layer(scope: Construct, construct_id: str) -> lambda_.LayerVersion:
+    """The third-party packages every function imports (built by `make lambda-deps`)."""
+    if not (DEPS / "python").is_dir():
+        raise FileNotFoundError(
+            f"{DEPS / 'python'} is missing: run `make lambda-deps` (synth never downloads)"
+        )
+    # Hash what determines the layer (the pins and the target platform), not the files pip
+    # wrote, so the same pins give the same asset hash on every machine.
+    digest = hashlib.sha256(REQUIREMENTS.read_bytes() + b"|cp314|manylinux2014_aarch64")
+    return lambda_.LayerVersion(
+        scope,
+        construct_id,
+        code=lambda_.Code.from_asset(
+            str(DEPS),
+            exclude=[".installed"],
+            asset_hash_type=AssetHashType.CUSTOM,
+            asset_hash=digest.hexdigest(),
+        ),
+        compatible_runtimes=[RUNTIME],
+        compatible_architectures=[ARCH],
+        description="Sluice Lambda dependencies (lambdas/requirements.txt)",
+    )
+
+
+def code_bundle(kind: str, name: str) -> lambda_.Code:
+    """The function's package, the shared runtime helpers and the sluice contracts."""
+    bundle = stage_bundle(
+        f"{kind}-{name}",
+        {
+            "lambdas": LAMBDAS / "__init__.py",
+            "lambdas/common": LAMBDAS / "common",
+            f"lambdas/{kind}": LAMBDAS / kind / "__init__.py",
+            f"lambdas/{kind}/{name}": LAMBDAS / kind / name,
+            "sluice": ROOT / "sluice",
+        },
+    )
+    return lambda_.Code.from_asset(str(bundle))
+
+
+def _acknowledge_compute(fn: lambda_.Function, *, config: EnvConfig) -> None:
+    """Findings that do not apply to a function invoked only by a durable workflow."""
+    acks = [
+        Acknowledgment(
+            id="NIST.800.53.R5-LambdaDLQ",
+            reason="Invoked synchronously by a durable execution, which records the failure and "
+            "retries or runs on_failure: a DLQ would never receive anything.",
+        ),
+        Acknowledgment(
+            id="HIPAA.Security-LambdaDLQ",
+            reason="Invoked synchronously by a durable execution, which records the failure and "
+            "retries or runs on_failure: a DLQ would never receive anything.",
+        ),
+        Acknowledgment(
+            id="NIST.800.53.R5-LambdaInsideVPC",
+            reason="Reaches only AWS APIs (S3, DynamoDB, SNS, SQS, Transcribe) with IAM "
+            "authorization and TLS; no VPC resource is used.",
+        ),
+        Acknowledgment(
+            id="HIPAA.Security-LambdaInsideVPC",
+            reason="Reaches only AWS APIs (S3, DynamoDB, SNS, SQS, Transcribe) with IAM "
+            "authorization and TLS; no VPC resource is used.",
+        ),
+    ]
+    for ack in acks:
+        Validations.of(fn).acknowledge(ack)
+
+
+class _Function(Construct):
+    """A Lambda with its own role, log group, X-Ray tracing, the deps layer and a `live` alias."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        kind: str,
+        name: str,
+        config: EnvConfig,
+        sizing: FunctionConfig,
+        layer: lambda_.ILayerVersion,
+        environment: Mapping[str, str],
+        durable: bool,
+        key: kms.IKey | None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.name = name
+        removal = RemovalPolicy.RETAIN if config.retain_data else RemovalPolicy.DESTROY
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"{config.prefix} {kind} {name}",
+        )
+        # Every permission of the function lives in this one customer-managed policy (no inline
+        # policies: NIST/HIPAA IAMNoInlinePolicy). It names the role, not the other way round,
+        # so it may reference the function itself without a dependency cycle.
+        self.policy = iam.ManagedPolicy(
+            self,
+            "Policy",
+            description=f"{config.prefix} {kind} {name}: what it touches, nothing more",
+            roles=[self.role],
+            statements=[
+                iam.PolicyStatement(
+                    # X-Ray (tracing=ACTIVE): these actions have no resource-level permissions.
+                    actions=["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
+                    resources=["*"],
+                )
+            ],
+        )
+        self.log_group = logs.LogGroup(self, "Logs", removal_policy=removal, encryption_key=key)
+        # RetentionDays is a name enum in Python; the config holds days CloudWatch accepts.
+        cfn_group = self.log_group.node.default_child
+        assert isinstance(cfn_group, logs.CfnLogGroup)
+        cfn_group.retention_in_days = config.log_retention_days
+        durable_config = (
+            lambda_.DurableConfig(
+                execution_timeout=Duration.days(config.workflows.execution_timeout_days),
+                retention_period=Duration.days(config.workflows.retention_days),
+            )
+            if durable
+            else None
+        )
+        package = "workflows" if durable else "steps"
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            description=f"Sluice {config.name}: {kind} {name}",
+            runtime=RUNTIME,
+            architecture=ARCH,
+            handler=f"lambdas.{package}.{name}.handler.handler",
+            code=code_bundle(package, name),
+            layers=[layer],
+            # Immutable here: CDK would otherwise add an inline policy (tracing's X-Ray statement).
+            role=self.role.without_policy_updates(),
+            memory_size=sizing.memory_mb,
+            timeout=Duration.seconds(sizing.timeout_s),
+            reserved_concurrent_executions=sizing.reserved_concurrency,
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=self.log_group,
+            logging_format=lambda_.LoggingFormat.JSON,
+            durable_config=durable_config,
+            environment={
+                "POWERTOOLS_SERVICE_NAME": f"sluice-{name}",
+                "POWERTOOLS_METRICS_NAMESPACE": "Sluice",
+                "SLUICE_ENV": config.name,
+                **environment,
+            },
+        )
+        # Writing its own log streams (the role is ours: no AWS-managed basic execution policy).
+        self.allow(["logs:CreateLogStream", "logs:PutLogEvents"], [self.log_group.log_group_arn])
+        # The function must not exist before its permissions do (first invocations would fail).
+        self.function.node.add_dependency(self.policy)
+        self.alias = self.function.add_alias(catalog.WORKFLOW_ALIAS)
+        _acknowledge_compute(self.function, config=config)
+        if sizing.reserved_concurrency is None:
+            for pack in ("NIST.800.53.R5", "HIPAA.Security"):
+                Validations.of(self.function).acknowledge(
+                    Acknowledgment(
+                        id=f"{pack}-LambdaConcurrency",
+                        reason=f"{config.name} reserves no concurrency: a new account's low "
+                        "concurrency quota cannot reserve any (config workflows.steps).",
+                    )
+                )
+        self._acknowledge_policy_wildcards(config)
+
+    def _acknowledge_policy_wildcards(self, config: EnvConfig) -> None:
+        # The only `*` resource of the policy: X-Ray's.
+        Validations.of(self.policy).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-IAM5[Resource::*]",
+                reason="X-Ray tracing only (xray:PutTraceSegments, xray:PutTelemetryRecords): "
+                "these actions have no resource-level permissions.",
+            )
+        )
+
+    def allow(self, actions: Sequence[str], resources: Sequence[str]) -> None:
+        self.policy.add_statements(
+            iam.PolicyStatement(actions=list(actions), resources=list(resources))
+        )
+
+    def acknowledge_wildcard(self, resource: str, reason: str) -> None:
+        """Acknowledge IAM5 for one exact wildcard resource of this function's policy."""
+        Validations.of(self.policy).acknowledge(
+            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::{resource}]", reason=reason)
+        )
+
+
+class StepFunction(_Function):
+    """One step handler Lambda (lambdas/steps/<name>), sized by `config.workflows.step(name)`."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        name: str,
+        config: EnvConfig,
+        layer: lambda_.ILayerVersion,
+        environment: Mapping[str, str],
+        key: kms.IKey | None = None,
+    ) -> None:
+        super().__init__(
+            scope,
+            construct_id,
+            kind="step",
+            name=name,
+            config=config,
+            sizing=config.workflows.step(name),
+            layer=layer,
+            environment=environment,
+            durable=False,
+            key=key,
+        )
+
+
+class DurableWorkflow(_Function):
+    """A durable function (lambdas/workflows/<name>) that invokes `steps` through their aliases."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        name: str,
+        config: EnvConfig,
+        layer: lambda_.ILayerVersion,
+        steps: Mapping[str, StepFunction],
+        environment: Mapping[str, str],
+        key: kms.IKey | None = None,
+    ) -> None:
+        super().__init__(
+            scope,
+            construct_id,
+            kind="workflow",
+            name=name,
+            config=config,
+            sizing=config.workflows.orchestrator,
+            layer=layer,
+            environment={
+                **environment,
+                # The SDK invokes steps through a qualified ARN (durable invokes need one).
+                **{f"STEP_{s.upper()}": step.alias.function_arn for s, step in steps.items()},
+            },
+            durable=True,
+            key=key,
+        )
+        self.steps = dict(steps)
+        # Checkpoints are authorized on the execution ARN, `<function>:<version>/durable-execution/…`:
+        # only a qualifier wildcard matches.
+        # A policy of its own: it references the function, which depends on the main policy.
+        self.checkpoints = iam.ManagedPolicy(
+            self,
+            "Checkpoints",
+            description=f"{config.prefix} workflow {name}: its durable execution checkpoints",
+            roles=[self.role],
+            statements=[
+                iam.PolicyStatement(
+                    actions=[
+                        "lambda:CheckpointDurableExecution",
+                        "lambda:GetDurableExecutionState",
+                    ],
+                    resources=[f"{self.function.function_arn}:*"],
+                )
+            ],
+        )
+        Validations.of(self.checkpoints).acknowledge(
+            Acknowledgment(
+                id=f"AwsSolutions-IAM5[Resource::<{logical_id(self.function)}.Arn>:*]",
+                reason="Durable execution checkpoints of this function only: every version's "
+                "executions (their ARNs carry the version, which changes with each deployment).",
+            )
+        )
+        if steps:  # a workflow that only waits on callbacks (heavy steps) invokes none
+            self.allow(
+                ["lambda:InvokeFunction"], [step.alias.function_arn for step in steps.values()]
+            )
+
+
+class Workflows(Construct):
+    """The catalog's workflows; `aliases[name]` is what the worker invokes (sluice.catalog names)."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvConfig,
+        media: MediaStore,
+        events: DurableQueue,
+        key: kms.IKey | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.layer = deps_layer(self, "Deps")
+        if key is not None:
+            # CloudWatch Logs encrypts the functions' log groups with the environment's key.
+            key.grant_encrypt_decrypt(iam.ServicePrincipal(f"logs.{Aws.REGION}.amazonaws.com"))
+        table, topic = media.table, media.notifications
+        stack = Stack.of(self)
+        env = {
+            "MEDIA_BUCKET": media.bucket_name,
+            "JOBS_TABLE": table.table_name,
+            "NOTIFICATIONS_TOPIC": topic.topic_arn,
+            "EVENTS_QUEUE_URL": events.queue.queue_url,
+            "MAX_AUDIO_SECONDS": str(config.workflows.max_audio_seconds),
+            "JOB_TTL_DAYS": str(JOB_TTL_DAYS),
+        }
+        if key is not None:
+            env["MEDIA_KEY_ARN"] = key.key_arn
+        # How cdk-nag prints the media bucket's ARN (its name holds the account id).
+        nag_bucket = f"arn:<AWS::Partition>:s3:::{config.prefix.lower()}-media-<AWS::AccountId>-{config.region}"
+        transcription_jobs = stack.format_arn(
+            service="transcribe", resource="transcription-job", resource_name="sluice-*"
+        )
+
+        reasons = {
+            UPLOADS: "Uploaded audio: any object under uploads/ (keys are user file names).",
+            TRANSCRIBE_OUTPUT: "Transcribe's raw output of this pipeline's jobs, under "
+            "tmp/transcribe/ only.",
+            TRANSCRIPTS: "Transcript outputs, under transcripts/ only.",
+        }
+
+        def objects(fn: StepFunction, actions: list[str], prefix: str) -> None:
+            """Allow `actions` on the media objects under `prefix`, and say why it is a wildcard."""
+            fn.allow(actions, [media_objects_arn(config, prefix)])
+            fn.acknowledge_wildcard(f"{nag_bucket}/{prefix}*", reasons[prefix])
+
+        def transcribe(fn: StepFunction, actions: list[str]) -> None:
+            fn.allow(actions, [transcription_jobs])
+            fn.acknowledge_wildcard(
+                f"arn:<AWS::Partition>:transcribe:{config.region}:<AWS::AccountId>:"
+                "transcription-job/sluice-*",
+                "Transcription jobs this pipeline names (sluice-<job id>) only.",
+            )
+
+        def step(name: str) -> StepFunction:
+            return StepFunction(
+                self,
+                _camel(name),
+                name=name,
+                config=config,
+                layer=self.layer,
+                environment=env,
+                key=key,
+            )
+
+        self.steps: dict[str, StepFunction] = {
+            name: step(name)
+            for name in (
+                "fetch_audio_metadata",
+                "start_transcription",
+                "check_transcription",
+                "parse_save_transcription",
+                "notify_user",
+                "on_failure",
+            )
+        }
+        s = self.steps
+        objects(s["fetch_audio_metadata"], ["s3:GetObject", "s3:GetObjectVersion"], UPLOADS)
+        # Transcribe reads the media and writes its output with the caller's permissions.
+        transcribe(
+            s["start_transcription"],
+            ["transcribe:StartTranscriptionJob", "transcribe:GetTranscriptionJob"],
+        )
+        objects(s["start_transcription"], ["s3:GetObject", "s3:GetObjectVersion"], UPLOADS)
+        objects(s["start_transcription"], ["s3:PutObject"], TRANSCRIBE_OUTPUT)
+        transcribe(s["check_transcription"], ["transcribe:GetTranscriptionJob"])
+        objects(s["parse_save_transcription"], ["s3:GetObject"], TRANSCRIBE_OUTPUT)
+        objects(s["parse_save_transcription"], ["s3:PutObject"], TRANSCRIPTS)
+        s["parse_save_transcription"].allow(["dynamodb:UpdateItem"], [table.table_arn])
+        s["notify_user"].allow(["sns:Publish"], [topic.topic_arn])
+        s["notify_user"].allow(["sqs:SendMessage"], [events.queue.queue_arn])
+        s["on_failure"].allow(["dynamodb:UpdateItem"], [table.table_arn])
+        s["on_failure"].allow(["sns:Publish"], [topic.topic_arn])
+        for fn in self.steps.values():
+            fn.acknowledge_wildcard(
+                f"<{logical_id(fn.log_group)}.Arn>:*",
+                "The function's own log group: its log streams.",
+            )
+        if key is not None:
+            # Bucket, table, topic and queue share the data key; check_transcription touches none.
+            for name, fn in self.steps.items():
+                if name != "check_transcription":
+                    fn.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
+
+        self.transcribe_audio = DurableWorkflow(
+            self,
+            "TranscribeAudio",
+            name=catalog.TRANSCRIBE_AUDIO,
+            config=config,
+            layer=self.layer,
+            steps=self.steps,
+            environment=env,
+            key=key,
+        )
+        self.transcribe_audio.allow(["dynamodb:PutItem", "dynamodb:GetItem"], [table.table_arn])
+        self.transcribe_audio.acknowledge_wildcard(
+            f"<{logical_id(self.transcribe_audio.log_group)}.Arn>:*",
+            "The function's own log group: its log streams.",
+        )
+        if key is not None:
+            self.transcribe_audio.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
+        self.workflows: dict[str, DurableWorkflow] = {
+            catalog.TRANSCRIBE_AUDIO: self.transcribe_audio
+        }
+        self.aliases: dict[str, lambda_.IAlias] = {
+            name: wf.alias for name, wf in self.workflows.items()
+        }
+
+
+def logical_id(construct: Construct) -> str:
+    """The CloudFormation logical id of `construct`'s resource, as cdk-nag names it in findings."""
+    cfn = construct.node.default_child
+    stack = Stack.of(construct)
+    return str(stack.resolve(stack.get_logical_id(cfn)))  # type: ignore[arg-type]
+
+
+def _camel(name: str) -> str:
+    return "".join(part.title() for part in name.split("_"))
