@@ -1,0 +1,442 @@
+"""The Elastic Beanstalk worker: application, version (the worker bundle) and worker-tier environment.
+
+sqsd on each instance reads the events queue and POSTs every message to the `web` process
+(worker/app.py). The instance profile is scoped to this environment's resources; auto scaling
+tracks the events backlog per instance (.ebextensions/scaling.config in the bundle).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from aws_cdk import Acknowledgment, Aws, Stack, Validations
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_elasticbeanstalk as eb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3_assets as s3_assets
+from constructs import Construct
+
+from stacks.bundling import ROOT, stage_bundle
+from stacks.config import EnvConfig
+from stacks.queues import DurableQueue
+
+WORKER_DIR = ROOT / "worker"
+SQSD_MAX_RETRIES = 100
+SLUICE_DIR = ROOT / "sluice"
+# EB service-role policies AWS maintains in step with the platform (enhanced health and managed
+# platform updates act on resources EB creates and names itself at environment creation).
+SERVICE_ROLE_POLICIES = (
+    "AWSElasticBeanstalkEnhancedHealth",
+    "AWSElasticBeanstalkManagedUpdatesCustomerRolePolicy",
+)
+
+
+def worker_bundle() -> Path:
+    """The directory CDK zips and uploads as the application version.
+
+    The root holds what EB reads there (Procfile, requirements.txt, cron.yaml, .ebextensions,
+    .platform); the code is the `worker` and `sluice` packages, so every process imports them by
+    the same names as in this repository.
+    """
+    return stage_bundle("worker", {".": WORKER_DIR, "worker": WORKER_DIR, "sluice": SLUICE_DIR})
+
+
+def option(namespace: str, name: str, value: object) -> eb.CfnEnvironment.OptionSettingProperty:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return eb.CfnEnvironment.OptionSettingProperty(
+        namespace=namespace, option_name=name, value=text
+    )
+
+
+class WorkerEnvironment(Construct):
+    """`environment` (worker tier) running `application_version`; `instance_role`, `service_role`."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvConfig,
+        vpc: ec2.IVpc,
+        events: DurableQueue,
+        workflow_aliases: Mapping[str, lambda_.IAlias],
+        extra_environment: Mapping[str, str] | None = None,
+    ) -> None:
+        """`extra_environment`: variables of the other worker processes (tasks, scheduler)."""
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        worker = config.worker
+        app_name = f"{config.prefix}-worker"
+        env_name = f"{config.prefix}-worker"
+        self.environment_name = env_name
+
+        self.application = eb.CfnApplication(
+            self, "Application", application_name=app_name, description="Sluice events worker"
+        )
+        self.bundle = s3_assets.Asset(self, "Bundle", path=str(worker_bundle()))
+        self.application_version = eb.CfnApplicationVersion(
+            self,
+            "Version",
+            application_name=app_name,
+            source_bundle=eb.CfnApplicationVersion.SourceBundleProperty(
+                s3_bucket=self.bundle.s3_bucket_name, s3_key=self.bundle.s3_object_key
+            ),
+        )
+        self.application_version.node.add_dependency(self.application)
+
+        self.instance_role = iam.Role(
+            self,
+            "InstanceRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description=f"{env_name} instances: events queue, workflow aliases, logs, metrics",
+        )
+        self.instance_profile = iam.CfnInstanceProfile(
+            self, "InstanceProfile", roles=[self.instance_role.role_name]
+        )
+        self._grant_instance(
+            stack=stack,
+            app_name=app_name,
+            env_name=env_name,
+            events=events,
+            workflow_aliases=workflow_aliases,
+        )
+        self.service_role = iam.Role(
+            self,
+            "ServiceRole",
+            assumed_by=iam.ServicePrincipal(
+                "elasticbeanstalk.amazonaws.com",
+                conditions={"StringEquals": {"sts:ExternalId": "elasticbeanstalk"}},
+            ),
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name(f"service-role/{name}")
+                for name in SERVICE_ROLE_POLICIES
+            ],
+            description=f"{env_name}: Elastic Beanstalk's own role (health, managed updates)",
+        )
+        for name in SERVICE_ROLE_POLICIES:
+            Validations.of(self.service_role).acknowledge(
+                Acknowledgment(
+                    id=f"AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/"
+                    f"service-role/{name}]",
+                    reason="Elastic Beanstalk's service role: enhanced health and managed "
+                    "platform updates act on the Auto Scaling group, launch template and "
+                    "CloudFormation stack EB creates and names at environment creation, so no "
+                    "scoped copy can name them; AWS keeps this policy in step with the platform. "
+                    "Our code never runs with this role (the instances use InstanceRole).",
+                )
+            )
+
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "Instances",
+            vpc=vpc,
+            description=f"{env_name} instances: no inbound; outbound to AWS APIs via NAT",
+            allow_all_outbound=True,
+        )
+        private = vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+        aliases_json = stack.to_json_string(
+            {name: alias.function_arn for name, alias in sorted(workflow_aliases.items())}
+        )
+        settings = [
+            option("aws:elasticbeanstalk:environment", "EnvironmentType", "LoadBalanced"),
+            option("aws:elasticbeanstalk:environment", "ServiceRole", self.service_role.role_arn),
+            option("aws:ec2:instances", "InstanceTypes", worker.instance_type),
+            option("aws:autoscaling:asg", "MinSize", worker.min_instances),
+            option("aws:autoscaling:asg", "MaxSize", worker.max_instances),
+            option(
+                "aws:autoscaling:launchconfiguration",
+                "IamInstanceProfile",
+                self.instance_profile.ref,
+            ),
+            option("aws:autoscaling:launchconfiguration", "DisableIMDSv1", "true"),
+            option(
+                "aws:autoscaling:launchconfiguration",
+                "SecurityGroups",
+                self.security_group.security_group_id,
+            ),
+            option("aws:autoscaling:launchconfiguration", "RootVolumeType", "gp3"),
+            option("aws:ec2:vpc", "VPCId", vpc.vpc_id),
+            option("aws:ec2:vpc", "Subnets", ",".join(private.subnet_ids)),
+            option("aws:ec2:vpc", "AssociatePublicIpAddress", "false"),
+            # sqsd: our queue (its redrive policy owns dead-lettering), our timeouts.
+            option("aws:elasticbeanstalk:sqsd", "WorkerQueueURL", events.queue.queue_url),
+            option("aws:elasticbeanstalk:sqsd", "HttpPath", worker.http_path),
+            option("aws:elasticbeanstalk:sqsd", "MimeType", "application/json"),
+            option("aws:elasticbeanstalk:sqsd", "HttpConnections", worker.http_connections),
+            option("aws:elasticbeanstalk:sqsd", "ConnectTimeout", 5),
+            option("aws:elasticbeanstalk:sqsd", "InactivityTimeout", worker.processing_timeout_s),
+            option(
+                "aws:elasticbeanstalk:sqsd",
+                "VisibilityTimeout",
+                config.events_queue.visibility_timeout_s,
+            ),
+            option(
+                "aws:elasticbeanstalk:sqsd",
+                "ErrorVisibilityTimeout",
+                worker.error_visibility_timeout_s,
+            ),
+            option("aws:elasticbeanstalk:sqsd", "RetentionPeriod", config.events_queue.retention_s),
+            # The queue's redrive policy governs dead-lettering; sqsd's own counter (1-100)
+            # is set to match it so neither gives up first.
+            option(
+                "aws:elasticbeanstalk:sqsd",
+                "MaxRetries",
+                min(config.events_queue.max_receive_count, SQSD_MAX_RETRIES),
+            ),
+            # Platform: managed minor/patch updates in a weekly window, enhanced health, X-Ray.
+            option("aws:elasticbeanstalk:managedactions", "ManagedActionsEnabled", "true"),
+            option("aws:elasticbeanstalk:managedactions", "PreferredStartTime", "Sun:03:00"),
+            option(
+                "aws:elasticbeanstalk:managedactions",
+                "ServiceRoleForManagedUpdates",
+                self.service_role.role_arn,
+            ),
+            option("aws:elasticbeanstalk:managedactions:platformupdate", "UpdateLevel", "minor"),
+            option(
+                "aws:elasticbeanstalk:managedactions:platformupdate",
+                "InstanceRefreshEnabled",
+                "true",
+            ),
+            option("aws:elasticbeanstalk:healthreporting:system", "SystemType", "enhanced"),
+            # Publish EnvironmentHealth to CloudWatch every minute: the worker-health alarm reads it.
+            option(
+                "aws:elasticbeanstalk:healthreporting:system",
+                "ConfigDocument",
+                json.dumps(
+                    {
+                        "Version": 1,
+                        "CloudWatchMetrics": {"Environment": {"EnvironmentHealth": 60}},
+                        "Rules": {"Environment": {}},
+                    },
+                    sort_keys=True,
+                ),
+            ),
+            option("aws:elasticbeanstalk:xray", "XRayEnabled", "true"),
+            # Logs: streamed to CloudWatch with the environment's retention, published to S3.
+            option("aws:elasticbeanstalk:cloudwatch:logs", "StreamLogs", "true"),
+            option(
+                "aws:elasticbeanstalk:cloudwatch:logs", "RetentionInDays", config.log_retention_days
+            ),
+            option(
+                "aws:elasticbeanstalk:cloudwatch:logs",
+                "DeleteOnTerminate",
+                "false" if config.retain_data else "true",
+            ),
+            option("aws:elasticbeanstalk:cloudwatch:logs:health", "HealthStreamingEnabled", "true"),
+            option(
+                "aws:elasticbeanstalk:cloudwatch:logs:health",
+                "RetentionInDays",
+                config.log_retention_days,
+            ),
+            option("aws:elasticbeanstalk:hostmanager", "LogPublicationControl", "true"),
+            # CPU only adds instances (LowerThreshold 0 never fires); the backlog-per-instance
+            # target tracking policy in .ebextensions/scaling.config does the real scaling.
+            option("aws:autoscaling:trigger", "MeasureName", "CPUUtilization"),
+            option("aws:autoscaling:trigger", "Statistic", "Average"),
+            option("aws:autoscaling:trigger", "Unit", "Percent"),
+            option("aws:autoscaling:trigger", "UpperThreshold", 85),
+            option("aws:autoscaling:trigger", "LowerThreshold", 0),
+            option("aws:elasticbeanstalk:customoption", "EventsQueueName", events.queue.queue_name),
+            option(
+                "aws:elasticbeanstalk:customoption",
+                "BacklogPerInstance",
+                worker.backlog_per_instance,
+            ),
+            # What worker/settings.py reads.
+            *(
+                option("aws:elasticbeanstalk:application:environment", name, value)
+                for name, value in {
+                    "SLUICE_ENV": config.name,
+                    "SLUICE_WORKFLOW_ALIASES": aliases_json,
+                    "SLUICE_EVENTS_DLQ_URL": events.dlq.queue_url,
+                    "SLUICE_MAX_BODY_BYTES": str(worker.max_body_bytes),
+                    "SLUICE_HTTP_PATH": worker.http_path,
+                    "SLUICE_WEB_THREADS": str(worker.http_connections),
+                    "AWS_DEFAULT_REGION": Aws.REGION,
+                    **(extra_environment or {}),
+                }.items()
+            ),
+        ]
+        self.environment = eb.CfnEnvironment(
+            self,
+            "Environment",
+            application_name=app_name,
+            environment_name=env_name,
+            solution_stack_name=worker.solution_stack_name,
+            tier=eb.CfnEnvironment.TierProperty(name="Worker", type="SQS/HTTP"),
+            version_label=self.application_version.ref,
+            option_settings=settings,
+        )
+        self.environment.node.add_dependency(self.application)
+
+    def _grant_instance(
+        self,
+        *,
+        stack: Stack,
+        app_name: str,
+        env_name: str,
+        events: DurableQueue,
+        workflow_aliases: Mapping[str, lambda_.IAlias],
+    ) -> None:
+        role = self.instance_role
+        # Statements rather than grant_*(): grants land in an inline policy (NIST/HIPAA
+        # IAMNoInlinePolicy) and bring wildcard KMS actions; this is one managed policy.
+        keys = {q.encryption_master_key for q in (events.queue, events.dlq)} - {None}
+        named = [
+            # sqsd's side of the events queue.
+            iam.PolicyStatement(
+                sid="EventsQueue",
+                actions=[
+                    "sqs:ReceiveMessage",
+                    "sqs:DeleteMessage",
+                    "sqs:ChangeMessageVisibility",
+                    "sqs:GetQueueAttributes",
+                    "sqs:GetQueueUrl",
+                ],
+                resources=[events.queue.queue_arn],
+            ),
+            # Poison goes to the DLQ with its reason.
+            iam.PolicyStatement(
+                sid="EventsDlq", actions=["sqs:SendMessage"], resources=[events.dlq.queue_arn]
+            ),
+            # The instances fetch exactly this application version; no wider read on the bucket.
+            iam.PolicyStatement(
+                sid="ApplicationVersion",
+                actions=["s3:GetObject"],
+                resources=[self.bundle.bucket.arn_for_objects(self.bundle.s3_object_key)],
+            ),
+        ]
+        if keys:
+            # SSE-KMS: receivers decrypt, senders generate a data key.
+            named.append(
+                iam.PolicyStatement(
+                    sid="QueueKey",
+                    actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                    resources=[k.key_arn for k in keys if k is not None],
+                )
+            )
+        if workflow_aliases:
+            named.append(
+                iam.PolicyStatement(
+                    sid="StartWorkflows",
+                    actions=["lambda:InvokeFunction"],
+                    resources=[a.function_arn for _, a in sorted(workflow_aliases.items())],
+                )
+            )
+        region, account, partition = Aws.REGION, Aws.ACCOUNT_ID, Aws.PARTITION
+        eb_stack = f"arn:{partition}:cloudformation:{region}:{account}:stack/awseb-e-*"
+        unnamed = [
+            # EB names these at environment creation (awseb-e-<random id>-stack…).
+            iam.PolicyStatement(
+                sid="CronLeaderTable",
+                actions=[
+                    "dynamodb:BatchGetItem",
+                    "dynamodb:BatchWriteItem",
+                    "dynamodb:DeleteItem",
+                    "dynamodb:GetItem",
+                    "dynamodb:PutItem",
+                    "dynamodb:Query",
+                    "dynamodb:Scan",
+                    "dynamodb:UpdateItem",
+                ],
+                resources=[
+                    f"arn:{partition}:dynamodb:{region}:{account}:table/"
+                    "awseb-e-*-stack-AWSEBWorkerCronLeaderRegistry*"
+                ],
+            ),
+            iam.PolicyStatement(
+                sid="EbStackMetadata",
+                actions=[
+                    "cloudformation:DescribeStackResource",
+                    "cloudformation:DescribeStackResources",
+                ],
+                resources=[f"{eb_stack}/*"],
+            ),
+            iam.PolicyStatement(
+                sid="EbLogs",
+                actions=[
+                    "logs:CreateLogGroup",
+                    "logs:CreateLogStream",
+                    "logs:PutLogEvents",
+                    "logs:DescribeLogStreams",
+                    "logs:PutRetentionPolicy",
+                ],
+                resources=[
+                    f"arn:{partition}:logs:{region}:{account}:log-group:/aws/elasticbeanstalk/"
+                    f"{env_name}/*"
+                ],
+            ),
+            iam.PolicyStatement(
+                sid="EbLogPublication",
+                actions=["s3:PutObject"],
+                resources=[
+                    f"arn:{partition}:s3:::elasticbeanstalk-{region}-{account}/resources/"
+                    f"environments/logs/*"
+                ],
+            ),
+            iam.PolicyStatement(
+                sid="EbHealth",
+                actions=["elasticbeanstalk:PutInstanceStatistics"],
+                resources=[
+                    f"arn:{partition}:elasticbeanstalk:{region}:{account}:application/{app_name}",
+                    f"arn:{partition}:elasticbeanstalk:{region}:{account}:environment/"
+                    f"{app_name}/{env_name}",
+                ],
+            ),
+        ]
+        # No resource-level permissions exist for these; the condition narrows metrics to ours.
+        resourceless = [
+            iam.PolicyStatement(
+                sid="Metrics",
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={
+                    "StringLike": {
+                        "cloudwatch:namespace": ["Sluice/*", "AWS/ElasticBeanstalk", "CWAgent"]
+                    }
+                },
+            ),
+            iam.PolicyStatement(
+                sid="Tracing",
+                actions=[
+                    "xray:PutTraceSegments",
+                    "xray:PutTelemetryRecords",
+                    "xray:GetSamplingRules",
+                    "xray:GetSamplingTargets",
+                    "xray:GetSamplingStatisticSummaries",
+                ],
+                resources=["*"],
+            ),
+        ]
+        policy = iam.ManagedPolicy(
+            self,
+            "InstancePolicy",
+            description=f"{env_name} instances",
+            statements=[*named, *unnamed, *resourceless],
+            roles=[role],
+        )
+        findings = {
+            "Resource::*": "cloudwatch:PutMetricData and the X-Ray actions have no resource "
+            "type (AWS service authorization reference); metrics are limited to our namespaces "
+            "by condition",
+            "Resource::arn:<AWS::Partition>:dynamodb:<AWS::Region>:<AWS::AccountId>:table/"
+            "awseb-e-*-stack-AWSEBWorkerCronLeaderRegistry*": "the cron leader table is "
+            "created and named by Elastic Beanstalk (awseb-e-<id>-stack-…) after this "
+            "template is deployed",
+            "Resource::arn:<AWS::Partition>:cloudformation:<AWS::Region>:<AWS::AccountId>:"
+            "stack/awseb-e-*/*": "cfn-init on the instance reads the environment's own "
+            "stack, which Elastic Beanstalk names at creation",
+            f"Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:"
+            f"/aws/elasticbeanstalk/{env_name}/*": "the log groups of this environment's "
+            "log files (one per file), created by EB's log streaming",
+            "Resource::arn:<AWS::Partition>:s3:::elasticbeanstalk-<AWS::Region>-"
+            "<AWS::AccountId>/resources/environments/logs/*": "EB publishes rotated logs "
+            "under this prefix of its regional bucket, keyed by instance id",
+        }
+        for finding, reason in findings.items():
+            Validations.of(policy).acknowledge(
+                Acknowledgment(id=f"AwsSolutions-IAM5[{finding}]", reason=reason)
+            )

@@ -1,0 +1,183 @@
+"""The EB worker environment, its VPC, IAM scoping, scaling and the upload notifications."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from stacks import config
+from stacks.stage import PACKS
+from stacks.worker_env import worker_bundle
+from tests.infra.conftest import resources
+
+
+def _environment(s) -> dict:
+    (env,) = resources(s.stateless, "AWS::ElasticBeanstalk::Environment").values()
+    return env["Properties"]
+
+
+def _options(s) -> dict[tuple[str, str], object]:
+    return {
+        (o["Namespace"], o["OptionName"]): o["Value"] for o in _environment(s)["OptionSettings"]
+    }
+
+
+def _worker_policy(s) -> list[dict]:
+    policies = resources(s.stateless, "AWS::IAM::ManagedPolicy")
+    (policy,) = [p for lid, p in policies.items() if lid.startswith("WorkerInstancePolicy")]
+    return policy["Properties"]["PolicyDocument"]["Statement"]
+
+
+def test_the_environment_is_a_worker_tier_on_the_configured_platform(synth, env):
+    s = synth(env)
+    props = _environment(s)
+    assert props["Tier"] == {"Name": "Worker", "Type": "SQS/HTTP"}
+    assert props["SolutionStackName"] == s.config.worker.solution_stack_name
+    assert props["EnvironmentName"] == f"Sluice-{env}-worker"
+    (version,) = resources(s.stateless, "AWS::ElasticBeanstalk::ApplicationVersion").values()
+    assert version["Properties"]["SourceBundle"]["S3Key"].endswith(".zip")
+
+
+def test_sqsd_reads_the_events_queue_with_the_configured_timeouts(synth, env):
+    s = synth(env)
+    o, w, q = _options(s), s.config.worker, s.config.events_queue
+    sqsd = "aws:elasticbeanstalk:sqsd"
+    assert "EventsQueue" in json.dumps(o[(sqsd, "WorkerQueueURL")])
+    assert o[(sqsd, "HttpPath")] == w.http_path
+    assert o[(sqsd, "MimeType")] == "application/json"
+    assert o[(sqsd, "HttpConnections")] == str(w.http_connections)
+    assert o[(sqsd, "InactivityTimeout")] == str(w.processing_timeout_s)
+    assert o[(sqsd, "VisibilityTimeout")] == str(q.visibility_timeout_s)
+    assert o[(sqsd, "ErrorVisibilityTimeout")] == str(w.error_visibility_timeout_s)
+    assert o[(sqsd, "MaxRetries")] == str(q.max_receive_count)
+    # the worker's own thread count matches sqsd's concurrency
+    app_env = "aws:elasticbeanstalk:application:environment"
+    assert o[(app_env, "SLUICE_WEB_THREADS")] == str(w.http_connections)
+    assert o[(app_env, "SLUICE_MAX_BODY_BYTES")] == str(w.max_body_bytes)
+    assert "EventsDlq" in json.dumps(o[(app_env, "SLUICE_EVENTS_DLQ_URL")])
+
+
+def test_instances_are_private_imdsv2_only_and_sized_from_config(synth, env):
+    s = synth(env)
+    o, w = _options(s), s.config.worker
+    assert o[("aws:ec2:instances", "InstanceTypes")] == w.instance_type
+    assert o[("aws:autoscaling:asg", "MinSize")] == str(w.min_instances)
+    assert o[("aws:autoscaling:asg", "MaxSize")] == str(w.max_instances)
+    assert o[("aws:autoscaling:launchconfiguration", "DisableIMDSv1")] == "true"
+    assert o[("aws:ec2:vpc", "AssociatePublicIpAddress")] == "false"
+    subnets = json.dumps(o[("aws:ec2:vpc", "Subnets")])
+    assert subnets.count("privateSubnet") == s.config.network.max_azs
+    assert "publicSubnet" not in subnets
+
+
+def test_platform_updates_health_and_logs_are_managed(synth, env):
+    s = synth(env)
+    o = _options(s)
+    assert o[("aws:elasticbeanstalk:managedactions", "ManagedActionsEnabled")] == "true"
+    assert o[("aws:elasticbeanstalk:managedactions:platformupdate", "UpdateLevel")] == "minor"
+    assert o[("aws:elasticbeanstalk:healthreporting:system", "SystemType")] == "enhanced"
+    assert o[("aws:elasticbeanstalk:cloudwatch:logs", "StreamLogs")] == "true"
+    assert o[("aws:elasticbeanstalk:cloudwatch:logs", "RetentionInDays")] == str(
+        s.config.log_retention_days
+    )
+    assert o[("aws:elasticbeanstalk:hostmanager", "LogPublicationControl")] == "true"
+
+
+def test_scaling_tracks_the_events_backlog_per_instance(synth, env):
+    s = synth(env)
+    o = _options(s)
+    custom = "aws:elasticbeanstalk:customoption"
+    assert o[(custom, "BacklogPerInstance")] == str(s.config.worker.backlog_per_instance)
+    assert "EventsQueue" in json.dumps(o[(custom, "EventsQueueName")])
+    # CPU may only add capacity: its scale-in threshold can never be crossed
+    assert o[("aws:autoscaling:trigger", "LowerThreshold")] == "0"
+    # The target tracking policy lives in the bundle's .ebextensions (it names EB's own ASG)
+    config = yaml.safe_load((worker_bundle() / ".ebextensions" / "scaling.config").read_text())
+    policy = config["Resources"]["SluiceBacklogScaling"]["Properties"]
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    tracking = policy["TargetTrackingConfiguration"]
+    assert tracking["TargetValue"]["Fn::GetOptionSetting"]["OptionName"] == "BacklogPerInstance"
+    metrics = {m["Id"]: m for m in tracking["CustomizedMetricSpecification"]["Metrics"]}
+    assert metrics["backlog_per_instance"]["Expression"] == "visible / instances"
+    visible = metrics["visible"]["MetricStat"]["Metric"]
+    assert (visible["Namespace"], visible["MetricName"]) == (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+    )
+
+
+def test_the_instance_policy_is_scoped_to_this_environment(synth, env):
+    s = synth(env)
+    statements = _worker_policy(s)
+    by_sid = {st["Sid"]: st for st in statements}
+    # sqsd's queue actions name the events queue only; the DLQ gets only SendMessage
+    assert "EventsQueue" in json.dumps(by_sid["EventsQueue"]["Resource"])
+    assert by_sid["EventsDlq"]["Action"] == "sqs:SendMessage"
+    # invoke only the workflow aliases
+    assert "Alias" in json.dumps(by_sid["StartWorkflows"]["Resource"])
+    # "*" only where AWS has no resource type, and metrics only in our namespaces
+    star = {st["Sid"] for st in statements if st["Resource"] == "*"}
+    assert star == {"Metrics", "Tracing"}
+    assert by_sid["Metrics"]["Condition"]["StringLike"]["cloudwatch:namespace"]
+    assert not any("*" in a for st in statements for a in _list(st["Action"]))
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_no_role_uses_the_worker_tier_managed_policy(synth, env):
+    s = synth(env)
+    assert "AWSElasticBeanstalkWorkerTier" not in json.dumps(s.stateless.to_json())
+    roles = resources(s.stateless, "AWS::IAM::Role")
+    (instance_role,) = [r for lid, r in roles.items() if lid.startswith("WorkerInstanceRole")]
+    assert "ManagedPolicyArns" not in instance_role["Properties"]
+
+
+def test_the_vpc_has_private_subnets_nat_flow_logs_and_gateway_endpoints(synth, env):
+    s = synth(env)
+    t, net = s.stateful, s.config.network
+    assert len(resources(t, "AWS::EC2::NatGateway")) == net.nat_gateways
+    (flow_log,) = resources(t, "AWS::EC2::FlowLog").values()
+    assert flow_log["Properties"]["TrafficType"] == "ALL"
+    groups = [
+        g["Properties"]
+        for lid, g in resources(t, "AWS::Logs::LogGroup").items()
+        if lid.startswith("NetworkFlowLogs")
+    ]
+    assert [g["RetentionInDays"] for g in groups] == [net.flow_log_retention_days]
+    endpoints = json.dumps(list(resources(t, "AWS::EC2::VPCEndpoint").values()))
+    assert ".s3" in endpoints and ".dynamodb" in endpoints
+    subnets = resources(t, "AWS::EC2::Subnet").values()
+    assert not any(sn["Properties"].get("MapPublicIpOnLaunch") for sn in subnets)
+
+
+def test_uploads_under_the_prefix_notify_the_events_queue(synth, env):
+    s = synth(env)
+    (notif,) = resources(s.stateful, "Custom::S3BucketNotifications").values()
+    (queue_cfg,) = notif["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert queue_cfg["Events"] == ["s3:ObjectCreated:*"]
+    assert queue_cfg["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": "uploads/"}]
+    assert "EventsQueue" in json.dumps(queue_cfg["QueueArn"])
+    # S3 may send only for this bucket, and only into the events queue
+    policies = json.dumps(list(resources(s.stateful, "AWS::SQS::QueuePolicy").values()))
+    assert '"Service": "s3.amazonaws.com"' in policies
+    assert "aws:SourceArn" in policies
+
+
+@pytest.mark.parametrize(
+    ("env_name", "pack"),
+    [(e, p) for e, cfg in config.ENVIRONMENTS.items() for p in cfg.compliance_packs],
+)
+def test_the_worker_and_network_have_no_findings_in_any_pack(synth, env_name, pack):
+    s = synth(env_name)
+    result = PACKS[pack]().validate_scope(s.app)
+    ours = [
+        (v.rule_name, c.construct_path)
+        for v in result.violations
+        for c in v.violating_constructs
+        if any(part in c.construct_path for part in ("/Worker/", "/Network/", "Notifications"))
+    ]
+    assert ours == []

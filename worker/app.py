@@ -1,0 +1,147 @@
+"""The worker's WSGI app: sqsd's POSTs on the configured path, `/health`, and a route table.
+
+Served by gunicorn (Procfile `web`). Other entry points (cron POSTs, admin paths) register with
+`App.route(method, path, handler)`; a handler takes a `Request` and returns a `Response`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.dispatch import Delivery, Dispatcher
+from worker.invoke import LambdaInvoker
+from worker.observability import Metrics, configure_logging, correlation_id, message_id
+from worker.settings import SQS_MAX_MESSAGE_BYTES, Settings
+
+log = logging.getLogger("sluice.worker")
+SQSD_PREFIX = "HTTP_X_AWS_SQSD_"
+_REASONS = {
+    200: "200 OK",
+    404: "404 Not Found",
+    405: "405 Method Not Allowed",
+    411: "411 Length Required",
+    413: "413 Content Too Large",
+    503: "503 Service Unavailable",
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    body: bytes
+    # sqsd's X-Aws-Sqsd-* headers, lower case, without the prefix: msgid, receive-count, attr-*…
+    sqsd: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: Mapping[str, Any]
+
+
+Handler = Callable[[Request], Response]
+
+
+class App:
+    """A minimal WSGI app: each request costs microseconds, so the worker's CPU goes to work."""
+
+    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.routes: dict[tuple[str, str], Handler] = {}
+        self.route("POST", settings.http_path, self.events)
+        self.route("GET", "/health", self.health)
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        self.routes[(method.upper(), path)] = handler
+
+    def events(self, request: Request) -> Response:
+        result = self.dispatcher.handle(request.body, Delivery.from_headers(request.sqsd))
+        return Response(result.status, {"outcome": result.outcome, "reason": result.reason})
+
+    def health(self, request: Request) -> Response:
+        return Response(200, {"status": "ok", "env": self.settings.env})
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/") or "/"
+        sqsd = {
+            key[len(SQSD_PREFIX) :].lower().replace("_", "-"): value
+            for key, value in environ.items()
+            if key.startswith(SQSD_PREFIX)
+        }
+        message_id.set(sqsd.get("msgid", ""))
+        correlation_id.set(sqsd.get("attr-correlation-id", ""))
+        handler = self.routes.get((method, path))
+        if handler is None:
+            allowed = any(p == path for (_, p) in self.routes)
+            response = Response(405 if allowed else 404, {"error": f"no route {method} {path}"})
+        else:
+            body, too_large = _read_body(environ)
+            if too_large:
+                # Larger than any SQS message: it cannot be from sqsd and cannot go to the DLQ.
+                log.warning("request body over SQS's limit refused", extra={"bytes": too_large})
+                response = Response(413, {"error": "body larger than an SQS message"})
+            else:
+                response = handler(Request(method, path, body, sqsd))
+        payload = json.dumps(response.body, separators=(",", ":")).encode()
+        start_response(
+            _REASONS.get(response.status, f"{response.status} Status"),
+            [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+        )
+        return [payload]
+
+
+def _read_body(environ: Mapping[str, Any]) -> tuple[bytes, int]:
+    """(body, 0), or (b"", declared length) when the body is larger than SQS allows."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > SQS_MAX_MESSAGE_BYTES:
+        return b"", length
+    return (environ["wsgi.input"].read(length) if length > 0 else b""), 0
+
+
+def create_app(
+    environ: Mapping[str, str] | None = None,
+    *,
+    lambda_client: Any = None,
+    sqs_client: Any = None,
+) -> App:
+    """Build the app from the environment; clients are created here unless injected (tests)."""
+    settings = Settings.from_env(environ)
+    configure_logging("sluice-worker")
+    if lambda_client is None or sqs_client is None:
+        import boto3
+        from botocore.config import Config
+
+        # Retries inside one POST stay short: sqsd retries the whole message anyway.
+        config = Config(
+            connect_timeout=min(3.0, settings.invoke_timeout_s),
+            read_timeout=settings.invoke_timeout_s,
+            retries={"mode": "standard", "total_max_attempts": 2},
+            max_pool_connections=100,
+        )
+        # Invoke is the hot path: the lean client costs a fraction of botocore's CPU per call.
+        lambda_client = lambda_client or LambdaInvoker.from_environment(
+            timeout_s=settings.invoke_timeout_s
+        )
+        sqs_client = sqs_client or boto3.client("sqs", config=config)
+    metrics = Metrics(settings.metrics_namespace, {"Environment": settings.env})
+    dispatcher = Dispatcher(
+        settings=settings, lambda_client=lambda_client, sqs_client=sqs_client, metrics=metrics
+    )
+    app = App(settings, dispatcher)
+    # Without a broker, sqsd's cron.yaml POSTs run the periodic tasks (issue 7).
+    from worker.scheduler.cron_http import register_cron_routes
+
+    register_cron_routes(app, environ=environ)
+    return app

@@ -1,0 +1,103 @@
+"""JSON logs carrying the correlation id on every line, and EMF metrics, both on stdout.
+
+EB streams the web process's stdout to CloudWatch Logs; the EMF lines there become metrics.
+A context variable holds the correlation id, so every line logged while one message is handled
+carries it without passing it around (gunicorn's threads each get their own context).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
+message_id: contextvars.ContextVar[str] = contextvars.ContextVar("message_id", default="")
+
+# The metrics of one handled message (DESIGN.md: received, started, duplicates, dead-lettered,
+# transient failures, handling latency).
+COUNTS = ("Received", "Started", "Duplicates", "DeadLettered", "TransientFailures")
+LATENCY = "HandlingLatency"
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, correlation id, extra fields."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": _iso(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "service": self.service,
+            "message": record.getMessage(),
+            "correlation_id": correlation_id.get(),
+            "sqsd_msgid": message_id.get(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, separators=(",", ":"))
+
+
+def _iso(created: float) -> str:
+    ms = int(created * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{ms:03d}Z"
+
+
+def configure_logging(
+    service: str, *, stream: TextIO | None = None, level: int = logging.INFO
+) -> None:
+    """Route the root logger to stdout as JSON (idempotent: gunicorn may import the app twice)."""
+    root = logging.getLogger()
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter(service))
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # botocore's INFO/DEBUG lines say nothing an operator needs and cost CPU per request.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+class Metrics:
+    """Writes one EMF document per handled message (CloudWatch extracts the metrics)."""
+
+    def __init__(self, namespace: str, dimensions: Mapping[str, str], stream: TextIO | None = None):
+        self.namespace = namespace
+        self.dimensions = dict(dimensions)
+        self.stream = stream
+        self._definitions = [{"Name": name, "Unit": "Count"} for name in COUNTS] + [
+            {"Name": LATENCY, "Unit": "Milliseconds"}
+        ]
+
+    def emit(self, counts: Mapping[str, int], latency_ms: float, **properties: Any) -> None:
+        doc: dict[str, Any] = {
+            "_aws": {
+                "Timestamp": int(time.time() * 1000),
+                "CloudWatchMetrics": [
+                    {
+                        "Namespace": self.namespace,
+                        "Dimensions": [list(self.dimensions)],
+                        "Metrics": self._definitions,
+                    }
+                ],
+            },
+            **self.dimensions,
+            **{name: counts.get(name, 0) for name in COUNTS},
+            LATENCY: round(latency_ms, 3),
+            "correlation_id": correlation_id.get(),
+            "sqsd_msgid": message_id.get(),
+            **properties,
+        }
+        stream = self.stream or sys.stdout
+        stream.write(json.dumps(doc, separators=(",", ":")) + "\n")
+        stream.flush()
