@@ -1,0 +1,170 @@
+"""Heavy steps: the workflows whose work runs on the worker (transcode, embed), and the grants
+and settings the worker's `tasks` process needs to run them.
+
+The workflows only send a task and wait for its callback, so they need the tasks queue and
+nothing of the media bucket; the worker instance role reads the inputs, writes the outputs and
+answers the callbacks of exactly these two workflows.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Acknowledgment, Aws, Validations
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from sluice import catalog
+from stacks.config import EnvConfig
+from stacks.media_store import TRANSCRIPTS, UPLOADS, MediaStore, media_objects_arn
+from stacks.queues import DurableQueue
+from stacks.workflows import DurableWorkflow, Workflows, logical_id
+
+# Where the worker writes (sluice.catalog names the same prefixes for the runtime code).
+OUTPUTS = (catalog.HLS_PREFIX, catalog.EMBEDDINGS_PREFIX)
+INPUTS = (UPLOADS, TRANSCRIPTS)
+# The worker heartbeats each callback this often (and re-extends the message's visibility).
+KEEPALIVE_S = 60
+# A callback's heartbeat clock starts when the task is queued: it must outlast the wait in the
+# queue (alarmed at alarms.tasks_queue_age_s) plus one redelivery after a worker crash.
+CALLBACK_ACTIONS = [
+    "lambda:SendDurableExecutionCallbackSuccess",
+    "lambda:SendDurableExecutionCallbackFailure",
+    "lambda:SendDurableExecutionCallbackHeartbeat",
+]
+
+
+def heartbeat_timeout_s(config: EnvConfig) -> int:
+    return config.alarms.tasks_queue_age_s + 2 * config.tasks_queue.visibility_timeout_s
+
+
+class HeavySteps(Construct):
+    """`workflows` (transcode_audio, embed_transcript) with `aliases`; `grant_heavy_steps(role)`
+    and `worker_environment` for the worker's tasks process."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvConfig,
+        workflows: Workflows,
+        media: MediaStore,
+        tasks: DurableQueue,
+        key: kms.IKey | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self._config, self._media, self._tasks, self._key = config, media, tasks, key
+        env = {
+            "MEDIA_BUCKET": media.bucket_name,
+            "TASKS_QUEUE_URL": tasks.queue.queue_url,
+            "HEAVY_HEARTBEAT_TIMEOUT_S": str(heartbeat_timeout_s(config)),
+            # One attempt may take as long as the longest audio allowed, several times over.
+            "HEAVY_TIMEOUT_S": str(max(3600, 2 * config.workflows.max_audio_seconds)),
+        }
+        self.workflows: dict[str, DurableWorkflow] = {}
+        for name in (catalog.TRANSCODE_AUDIO, catalog.EMBED_TRANSCRIPT):
+            wf = DurableWorkflow(
+                self,
+                "".join(p.title() for p in name.split("_")),
+                name=name,
+                config=config,
+                layer=workflows.layer,
+                steps={},
+                environment=env,
+                key=key,
+            )
+            wf.allow(["sqs:SendMessage"], [tasks.queue.queue_arn])
+            if key is not None:  # the tasks queue is encrypted with the data key
+                wf.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
+            wf.acknowledge_wildcard(
+                f"<{logical_id(wf.log_group)}.Arn>:*",
+                "The function's own log group: its log streams.",
+            )
+            self.workflows[name] = wf
+        self.aliases: dict[str, lambda_.IAlias] = {n: wf.alias for n, wf in self.workflows.items()}
+        # What worker/tasks.py (TasksSettings) and worker/heavy/common.py (Limits) read.
+        self.worker_environment: dict[str, str] = {
+            "SLUICE_TASKS_QUEUE_URL": tasks.queue.queue_url,
+            "SLUICE_TASKS_CONCURRENCY": str(config.worker.tasks_concurrency),
+            "SLUICE_TASKS_VISIBILITY_S": str(config.tasks_queue.visibility_timeout_s),
+            "SLUICE_TASKS_KEEPALIVE_S": str(KEEPALIVE_S),
+            "SLUICE_MAX_AUDIO_SECONDS": str(config.workflows.max_audio_seconds),
+        }
+
+    def grant_heavy_steps(self, role: iam.IRole) -> iam.ManagedPolicy:
+        """Give the worker instance role exactly what the tasks process needs, in one policy."""
+        config, bucket_name = self._config, self._media.bucket_name
+        bucket_arn = f"arn:{Aws.PARTITION}:s3:::{bucket_name}"
+        statements = [
+            iam.PolicyStatement(
+                sid="TasksQueue",
+                actions=[
+                    "sqs:ReceiveMessage",
+                    "sqs:ChangeMessageVisibility",
+                    "sqs:DeleteMessage",
+                    "sqs:GetQueueAttributes",
+                ],
+                resources=[self._tasks.queue.queue_arn],
+            ),
+            iam.PolicyStatement(
+                sid="ReadInputs",
+                actions=["s3:GetObject", "s3:GetObjectVersion"],
+                resources=[media_objects_arn(config, p) for p in INPUTS],
+            ),
+            # Without ListBucket a missing key reads as 403 instead of 404; only these prefixes.
+            iam.PolicyStatement(
+                sid="FindInputs",
+                actions=["s3:ListBucket"],
+                resources=[bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in INPUTS]}},
+            ),
+            iam.PolicyStatement(
+                sid="WriteOutputs",
+                actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+                resources=[media_objects_arn(config, p) for p in OUTPUTS],
+            ),
+            iam.PolicyStatement(
+                sid="AnswerCallbacks",
+                actions=CALLBACK_ACTIONS,
+                # Callbacks are authorized on the execution ARN (<function>:<version>/...).
+                resources=[f"{wf.function.function_arn}:*" for wf in self.workflows.values()],
+            ),
+        ]
+        if self._key is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="DataKey",
+                    actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                    resources=[self._key.key_arn],
+                )
+            )
+        policy = iam.ManagedPolicy(
+            self,
+            "WorkerPolicy",
+            description=f"{config.prefix} worker tasks process: tasks queue, media, callbacks",
+            statements=statements,
+            roles=[role],
+        )
+        nag_bucket = (
+            f"arn:<AWS::Partition>:s3:::{config.prefix.lower()}-media-<AWS::AccountId>-"
+            f"{config.region}"
+        )
+        reasons = {
+            f"{nag_bucket}/{UPLOADS}*": "Uploaded audio to transcode, read-only.",
+            f"{nag_bucket}/{TRANSCRIPTS}*": "Transcripts to embed, read-only.",
+            f"{nag_bucket}/{catalog.HLS_PREFIX}*": "HLS renditions the worker writes, under "
+            "hls/ only.",
+            f"{nag_bucket}/{catalog.EMBEDDINGS_PREFIX}*": "Transcript vectors the worker "
+            "writes, under embeddings/ only.",
+        }
+        for wf in self.workflows.values():
+            reasons[f"<{logical_id(wf.function)}.Arn>:*"] = (
+                "Callbacks of this heavy-step workflow's durable executions only: every "
+                "version's (execution ARNs carry the version, which changes with each deploy)."
+            )
+        for resource, reason in reasons.items():
+            Validations.of(policy).acknowledge(
+                Acknowledgment(id=f"AwsSolutions-IAM5[Resource::{resource}]", reason=reason)
+            )
+        return policy

