@@ -1,0 +1,281 @@
+"""Amazon MQ for RabbitMQ: the optional broker that drives the drift-free periodic scheduler.
+
+Private (no public endpoint) in the VPC's private subnets, reachable only on AMQPS (5671) from
+what `allow_from` admits (the worker). The admin password is generated in Secrets Manager and
+reaches the broker as a dynamic reference, never as plain text in the template.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Acknowledgment, Aws, Duration, Fn, RemovalPolicy, Validations
+from aws_cdk import aws_amazonmq as mq
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from stacks.config import BrokerConfig, EnvConfig
+from stacks.monitoring import Monitoring
+from worker.scheduler.registry import REGISTRY, Registry
+from worker.scheduler.topology import Names
+
+AMQPS_PORT = 5671
+LT = cw.ComparisonOperator.LESS_THAN_THRESHOLD
+LTE = cw.ComparisonOperator.LESS_THAN_OR_EQUAL_TO_THRESHOLD
+
+
+class Broker(Construct):
+    """`broker` (CfnBroker), `security_group`, `admin_secret`, `amqps_endpoint`."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvConfig,
+        broker: BrokerConfig,
+        vpc: ec2.IVpc,
+        removal_policy: RemovalPolicy,
+        key: kms.IKey | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.config = broker
+        self._key = key
+        self.broker_name = f"{config.prefix}-scheduler"
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            description=f"{self.broker_name}: AMQPS from the worker only",
+            # The broker never opens connections of its own.
+            allow_all_outbound=False,
+        )
+        self.connections = ec2.Connections(
+            security_groups=[self.security_group], default_port=ec2.Port.tcp(AMQPS_PORT)
+        )
+        # Amazon MQ refuses ',', ':' and '=' in passwords; letters and digits also keep the
+        # password safe inside the AMQP URL the worker builds.
+        self.admin_secret = secretsmanager.Secret(
+            self,
+            "AdminSecret",
+            description=f"{self.broker_name}: RabbitMQ admin user",
+            encryption_key=key,
+            removal_policy=removal_policy,
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                secret_string_template=f'{{"username": "{broker.admin_username}"}}',
+                generate_string_key="password",
+                password_length=32,
+                exclude_punctuation=True,
+            ),
+        )
+        Validations.of(self.admin_secret).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-SMG4",
+                reason="Amazon MQ keeps its own copy of a broker user's password and Secrets "
+                "Manager has no rotation function for Amazon MQ users: a rotation Lambda would "
+                "change the secret without changing the broker. Rotation is a runbook procedure "
+                "(docs/runbook.md#scheduler-broker-credentials): update the user and the secret.",
+            )
+        )
+        for rule in (
+            "NIST.800.53.R5-SecretsManagerRotationEnabled",
+            "HIPAA.Security-SecretsManagerRotationEnabled",
+        ):
+            Validations.of(self.admin_secret).acknowledge(
+                Acknowledgment(
+                    id=rule,
+                    reason="No Secrets Manager rotation exists for Amazon MQ users (see "
+                    "AwsSolutions-SMG4); rotation is the runbook's manual procedure.",
+                )
+            )
+        self._allow_log_delivery()
+        private = vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS).subnet_ids
+        single = broker.deployment_mode == "SINGLE_INSTANCE"
+        self.broker = mq.CfnBroker(
+            self,
+            "Broker",
+            broker_name=self.broker_name,
+            engine_type="RABBITMQ",
+            engine_version=broker.engine_version,
+            host_instance_type=broker.instance_type,
+            deployment_mode=broker.deployment_mode,
+            publicly_accessible=False,
+            auto_minor_version_upgrade=True,
+            # One subnet for a single instance; a cluster spreads its nodes over the AZs.
+            subnet_ids=private[:1] if single else private,
+            security_groups=[self.security_group.security_group_id],
+            users=[
+                mq.CfnBroker.UserProperty(
+                    username=broker.admin_username,
+                    password=self.admin_secret.secret_value_from_json("password").unsafe_unwrap(),
+                )
+            ],
+            logs=mq.CfnBroker.LogListProperty(general=True),
+            maintenance_window_start_time=mq.CfnBroker.MaintenanceWindowProperty(
+                day_of_week=broker.maintenance_day,
+                time_of_day=broker.maintenance_time_utc,
+                time_zone="UTC",
+            ),
+            # RabbitMQ brokers encrypt at rest with an AWS-owned key only (no customer keys).
+            encryption_options=mq.CfnBroker.EncryptionOptionsProperty(use_aws_owned_key=True),
+        )
+        self.broker.apply_removal_policy(removal_policy)
+        # AmqpEndpoints is e.g. ["amqps://b-1234.mq.eu-west-1.amazonaws.com:5671"].
+        self.amqps_endpoint = Fn.select(0, self.broker.attr_amqp_endpoints)
+
+    def _allow_log_delivery(self) -> None:
+        """Amazon MQ writes general logs to /aws/amazonmq/broker/<id>/general only when the
+        account's CloudWatch Logs resource policy lets it."""
+        logs.ResourcePolicy(
+            self,
+            "LogDelivery",
+            resource_policy_name=f"{self.broker_name}-logs",
+            policy_statements=[
+                iam.PolicyStatement(
+                    principals=[iam.ServicePrincipal("mq.amazonaws.com")],
+                    actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                    resources=[
+                        f"arn:{Aws.PARTITION}:logs:{Aws.REGION}:{Aws.ACCOUNT_ID}:"
+                        "log-group:/aws/amazonmq/*"
+                    ],
+                )
+            ],
+        )
+
+    def allow_from(self, other: ec2.IConnectable) -> None:
+        """Admit `other` (the worker's security group) on AMQPS, and nothing else."""
+        # Declared from `other`'s side: when it lives in the stateless stack the ingress rule
+        # goes there too, so the stateful stack never refers to the stateless one.
+        other.connections.allow_to_default_port(self.connections, "worker to broker (AMQPS)")
+
+    def grant_connect(
+        self, scope: Construct, role: iam.IRole, *, events_queue: sqs.IQueue
+    ) -> iam.ManagedPolicy:
+        """Let `role` read the admin credentials it connects with: one managed policy, created in
+        `scope` (the role's stack).
+
+        No grant_*() here: a grant on the secret or key would put the stateless stack's role into
+        stateful resources' policies (a stack cycle) and land in an inline policy
+        (NIST/HIPAA IAMNoInlinePolicy). The key policy delegates to IAM.
+        """
+        statements = [
+            # A tick's default action sends its event to the events queue.
+            iam.PolicyStatement(
+                sid="SchedulerSendsEvents",
+                actions=["sqs:SendMessage"],
+                resources=[events_queue.queue_arn],
+            ),
+            iam.PolicyStatement(
+                sid="BrokerAdminSecret",
+                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                resources=[self.admin_secret.secret_arn],
+            ),
+        ]
+        if self._key is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="BrokerAdminSecretKey",
+                    actions=["kms:Decrypt"],
+                    resources=[self._key.key_arn],
+                    conditions={
+                        "StringEquals": {
+                            "kms:ViaService": f"secretsmanager.{Aws.REGION}.amazonaws.com"
+                        }
+                    },
+                )
+            )
+        return iam.ManagedPolicy(
+            scope,
+            "BrokerAccess",
+            description=f"{self.broker_name}: read the admin credentials",
+            statements=statements,
+            roles=[role],
+        )
+
+    def worker_environment(self) -> dict[str, str]:
+        """The worker's environment variables for the broker (read by worker.scheduler.env)."""
+        return {
+            "SLUICE_BROKER_ENDPOINT": self.amqps_endpoint,
+            "SLUICE_BROKER_SECRET_ARN": self.admin_secret.secret_arn,
+        }
+
+    # -- alarms ---------------------------------------------------------------------------------
+
+    def _metric(self, name: str, statistic: str = "Maximum", **dims: str) -> cw.Metric:
+        return cw.Metric(
+            namespace="AWS/AmazonMQ",
+            metric_name=name,
+            dimensions_map={"Broker": self.broker_name, **dims},
+            statistic=statistic,
+            period=Duration.minutes(5),
+        )
+
+    def _queue_metric(self, name: str, queue: str) -> cw.Metric:
+        return self._metric(name, VirtualHost="/", Queue=queue)
+
+    def watch(
+        self, monitoring: Monitoring, registry: Registry = REGISTRY, names: Names | None = None
+    ) -> None:
+        """Memory and disk pressure, task queues without a consumer, dead-lettered ticks and
+        processor queue depth, through the environment's alarm topic."""
+        names = names or Names()
+        cfg = self.config
+        monitoring.alarm(
+            "Broker-Memory",
+            metric=cw.MathExpression(
+                expression="100 * used / limit",
+                using_metrics={
+                    "used": self._metric("RabbitMQMemUsed"),
+                    "limit": self._metric("RabbitMQMemLimit"),
+                },
+                label="memory used (% of limit)",
+                period=Duration.minutes(5),
+            ),
+            threshold=cfg.memory_alarm_pct,
+            runbook="scheduler-broker-memory-or-disk-pressure",
+            summary="Broker memory near RabbitMQ's high watermark (publishers get blocked).",
+        )
+        monitoring.alarm(
+            "Broker-Disk",
+            metric=cw.MathExpression(
+                expression="free / limit",
+                using_metrics={
+                    "free": self._metric("RabbitMQDiskFree", "Minimum"),
+                    "limit": self._metric("RabbitMQDiskFreeLimit"),
+                },
+                label="free disk (multiple of limit)",
+                period=Duration.minutes(5),
+            ),
+            threshold=cfg.disk_free_alarm_ratio,
+            comparison=LTE,
+            runbook="scheduler-broker-memory-or-disk-pressure",
+            summary="Broker free disk near RabbitMQ's limit (publishers get blocked).",
+        )
+        monitoring.alarm(
+            "Broker-DeadTicks",
+            metric=self._queue_metric("MessageCount", names.dead_queue),
+            threshold=1,
+            runbook="scheduler-dead-lettered-ticks",
+            summary="Scheduler ticks dead-lettered after their retry limit.",
+        )
+        for task in registry:
+            processor = names.processor(task.name)
+            monitoring.alarm(
+                f"Broker-NoConsumer-{task.name}",
+                metric=self._queue_metric("ConsumerCount", processor),
+                threshold=1,
+                comparison=LT,
+                runbook="scheduler-task-without-consumer",
+                summary=f"Periodic task {task.name}: no scheduler process consumes its queue.",
+            )
+            monitoring.alarm(
+                f"Broker-Depth-{task.name}",
+                metric=self._queue_metric("MessageCount", processor),
+                threshold=2,
+                runbook="scheduler-queue-depth",
+                summary=f"Periodic task {task.name}: tokens pile up in its processor queue.",
+            )

@@ -1,0 +1,282 @@
+"""The broker scheduler against a real rabbitmq-server: precision, drift, overlap, failures."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pika
+import pytest
+
+from local.rabbitmq_node import RabbitNode
+from sluice.errors import BusinessError, TransientError
+from tests.conftest import ROOT
+from tests.integration.scheduling import Recorder, grid_steps, lateness_ms
+from worker.scheduler.registry import PeriodicTask, Registry, Tick
+from worker.scheduler.runner import Scheduler
+from worker.scheduler.schedule import Every
+from worker.scheduler.topology import Names
+
+
+def scheduler(rabbit: RabbitNode, names: Names, *tasks: PeriodicTask) -> Scheduler:
+    return Scheduler(Registry(tasks), rabbit.url, names=names)
+
+
+def queue_depth(rabbit: RabbitNode, queue: str) -> int:
+    conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+    try:
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        conn.close()
+
+
+def assert_on_grid(runs, period: float) -> None:
+    """Consecutive runs are whole periods apart; a slot is skipped only when a stall of the
+    machine made its run start after the next slot (rare, and reported as missed)."""
+    steps = grid_steps(runs, period)
+    assert min(steps) >= 1
+    assert steps.count(1) >= 0.9 * len(steps), steps
+
+
+def assert_once_each(runs) -> None:
+    dues = [r.due for r in runs]
+    assert len(dues) == len(set(dues)), "a tick ran twice"
+
+
+@pytest.mark.slow
+def test_ticks_at_100ms_arrive_with_bounded_lateness(rabbit, names, record_property):
+    # Given a task due every 100 ms that does nothing
+    rec = Recorder()
+    with scheduler(rabbit, names, PeriodicTask("precise", Every(0.1), action=rec)):
+        # When it runs for at least 200 ticks
+        runs = rec.wait_for(205, timeout=40)[:205]
+    # Then every tick ran once, on consecutive grid slots, and lateness is small
+    stats = lateness_ms(runs[5:])  # the first ticks include connection warm-up
+    record_property("lateness", stats)
+    print(f"\nscheduler lateness at 100 ms over {stats['n']} ticks: {stats}")
+    assert_once_each(runs)
+    assert_on_grid(runs, 0.1)
+    assert stats["p50_ms"] < 30
+    assert stats["p99_ms"] < 200
+
+
+@pytest.mark.slow
+def test_a_task_taking_60_percent_of_its_period_does_not_drift(rabbit, names):
+    # Given a task due every 100 ms that works for 60 ms
+    rec = Recorder(duration_s=0.06)
+    with scheduler(rabbit, names, PeriodicTask("sixty", Every(0.1), action=rec)):
+        # When it runs 60 cycles
+        runs = rec.wait_for(60, timeout=30)[:60]
+    # Then no tick is skipped and the 60th starts as close to its slot as the first ones did:
+    # the next cycle counts from the grid, not from the end of the previous run
+    assert_on_grid(runs, 0.1)
+    # (a cycle counted from the end of the run would be 60 ms later each time: 3.6 s by now)
+    first = lateness_ms(runs[5:15])["p50_ms"]
+    last = lateness_ms(runs[-10:])["p50_ms"]
+    assert last - first < 30
+
+
+def test_a_task_taking_150_percent_of_its_period_never_overlaps(rabbit, names, tap):
+    # Given a task due every 100 ms that works for 150 ms
+    rec = Recorder(duration_s=0.15)
+    with scheduler(rabbit, names, PeriodicTask("slow", Every(0.1), action=rec)):
+        # When it runs 15 times
+        runs = rec.wait_for(15, timeout=20)[:15]
+    # Then each run starts after the previous one ended
+    for before, after in itertools.pairwise(runs):
+        assert before.ended is not None
+        assert after.started >= before.ended
+    # and stays on the grid: runs go to whole slots, the overrun ones are reported missed
+    assert_once_each(runs)
+    assert all(step >= 1 for step in grid_steps(runs, 0.1))
+    assert any(e["missed"] >= 1 for e in tap.of("scheduled", "slow"))
+
+
+def test_lifecycle_events_follow_each_tick(rabbit, names, tap):
+    # Given a task due every 100 ms
+    rec = Recorder()
+    with scheduler(rabbit, names, PeriodicTask("told", Every(0.1), action=rec)):
+        rec.wait_for(3, timeout=10)
+        time.sleep(0.05)
+    # Then its ticks were announced as scheduled, started and succeeded on the control exchange
+    due = rec.completed()[1].due
+    kinds = [e["event"] for e in tap.events if e["task"] == "told" and e.get("due") == due]
+    assert kinds[:3] == ["scheduled", "started", "succeeded"]
+
+
+def test_a_business_error_is_recorded_and_the_schedule_continues(rabbit, names, tap):
+    # Given a task whose every run fails with a business error
+    def refuse(tick: Tick) -> None:
+        raise BusinessError("bad input")
+
+    rec = Recorder(fail=refuse)
+    with scheduler(rabbit, names, PeriodicTask("refuses", Every(0.1), action=rec)):
+        # When it runs for a few periods
+        tap.wait_for("failed", "refuses", timeout=10)
+        time.sleep(0.5)
+        runs = list(rec.runs)
+    # Then each tick ran once (no retry) and the failure is on the control exchange
+    assert_once_each(runs)
+    assert len(runs) >= 4
+    failed = tap.of("failed", "refuses")
+    assert failed and all(e["error_class"] == "business" for e in failed)
+
+
+def test_a_poison_task_is_dead_lettered_after_its_limit_while_others_keep_time(rabbit, names, tap):
+    # Given a task failing transiently on every attempt, next to a healthy one
+    def flaky(tick: Tick) -> None:
+        raise TransientError("upstream 503")
+
+    poison = Recorder(fail=flaky)
+    steady = Recorder()
+    with scheduler(
+        rabbit,
+        names,
+        PeriodicTask("poison", Every(0.2), action=poison, max_attempts=3),
+        PeriodicTask("steady", Every(0.1), action=steady),
+    ):
+        # When both run for a while
+        tap.wait_for("dead_lettered", "poison", timeout=10)
+        steady.wait_for(20, timeout=10)
+        time.sleep(0.5)
+    # Then each poison tick was attempted exactly 3 times, then dead-lettered and counted
+    dead = tap.of("dead_lettered", "poison")
+    assert dead and all(e["attempts"] == 3 for e in dead)
+    attempts = [r.due for r in poison.runs]
+    assert all(attempts.count(d) <= 3 for d in set(attempts))
+    assert queue_depth(rabbit, names.dead_queue) == len(dead)
+    # and the poison task's schedule went on (a later tick was tried too)
+    assert len({e["due"] for e in dead}) >= 2
+    # and the healthy task kept its schedule
+    runs = steady.completed()
+    assert_on_grid(runs, 0.1)
+    assert lateness_ms(runs[2:])["p50_ms"] < 30
+
+
+def test_a_purged_hatchery_is_reseeded_within_one_period_without_a_second_token(rabbit, names, tap):
+    # Given a task due every 500 ms whose token is waiting in its hatchery queue
+    period = 0.5
+    rec = Recorder()
+    with scheduler(rabbit, names, PeriodicTask("lost", Every(period), action=rec)):
+        rec.wait_for(2, timeout=15)
+        tap.wait_for("scheduled", "lost")
+        time.sleep(0.05)
+        assert queue_depth(rabbit, names.hatchery("lost")) == 1
+        # When the hatchery is purged (the token is lost)
+        conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+        purged_at = time.time()
+        conn.channel().queue_purge(names.hatchery("lost"))
+        conn.close()
+        # Then a new token is seeded within one period
+        reseeded = tap.wait_for("reseeded", "lost", timeout=period * 2)
+        assert reseeded["at"] - purged_at < period
+        before = len(rec.completed())
+        rec.wait_for(before + 6, timeout=10)
+    # and afterwards there is exactly one token: every tick runs once, slots consecutive
+    runs = [r for r in rec.completed() if r.due > reseeded["at"]]
+    assert_once_each(rec.completed())
+    assert_on_grid(runs, period)
+    assert len([e for e in tap.of("reseeded", "lost") if e["at"] > purged_at]) == 1
+    assert not tap.of("duplicate", "lost")
+
+
+@pytest.mark.slow
+def test_the_schedule_survives_a_broker_restart_mid_run(rabbit, names, tap):
+    # Given a task due every 200 ms that has run a few times
+    period = 0.2
+    rec = Recorder(duration_s=0.02)
+    with scheduler(rabbit, names, PeriodicTask("restart", Every(period), action=rec)):
+        rec.wait_for(5, timeout=15)
+        # and is in the middle of a run that takes 3 s
+        rec.duration_s = 3.0
+        before = len(rec.runs)
+        deadline = time.monotonic() + 10
+        while len(rec.runs) == before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        interrupted = rec.runs[-1].due
+        rec.duration_s = 0.02
+        # When the broker restarts (the whole node, with its data) during that run
+        rabbit.restart()
+        up_at = time.time()
+        count = len(rec.completed())
+        # Then ticks resume soon after the broker is back
+        runs = rec.wait_for(count + 10, timeout=30)
+    resumed = min(r.started for r in runs if r.started > up_at)
+    assert resumed - up_at < 1.0 + period  # one reconnect backoff step, then the next slot
+    # and the interrupted tick ran once (its token came back; the runner did not start it again)
+    assert [r.due for r in rec.runs].count(interrupted) == 1
+    # and no tick ran twice, and after recovery there is one token (consecutive slots)
+    assert_once_each(runs)
+    after = [r for r in runs if r.started >= resumed][1:]
+    assert len(after) >= 8
+    assert set(grid_steps(after, period)) == {1}
+
+
+def _lines(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _proc(rabbit: RabbitNode, names: Names, log: Path, period: float, duration: float):
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.sched_proc", rabbit.url, names.prefix,
+         str(period), str(duration), str(log)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_consumer_killed_mid_task_resumes_without_running_a_tick_twice(rabbit, names, tmp_path):
+    # Given a scheduler process running a task (500 ms period, 300 ms runs)
+    log = tmp_path / "runs.log"
+    first = _proc(rabbit, names, log, 0.5, 0.3)
+    try:
+        deadline = time.monotonic() + 20
+        # When it is killed with SIGKILL in the middle of a run
+        while time.monotonic() < deadline:
+            lines = _lines(log)
+            if lines and lines[-1][0] == "start" and sum(1 for x in lines if x[0] == "end") >= 2:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the task never ran")
+        killed_due = lines[-1][1]
+        first.send_signal(signal.SIGKILL)
+        first.wait(5)
+        killed_at = time.time()
+        # and a new scheduler process starts
+        second = _proc(rabbit, names, log, 0.5, 0.3)
+        try:
+            while time.monotonic() < deadline + 20:
+                ends = [x for x in _lines(log) if x[0] == "end" and int(x[2]) == second.pid]
+                if len(ends) >= 4:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the schedule did not resume")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    lines = _lines(log)
+    ends = [x[1] for x in lines if x[0] == "end"]
+    # Then no tick completed twice; the interrupted tick was completed by the new process
+    assert len(ends) == len(set(ends))
+    assert killed_due in ends
+    # and the new process took over within a period of its start-up
+    starts_after = [float(x[3]) for x in lines if x[0] == "start" and int(x[2]) == second.pid]
+    assert starts_after and starts_after[0] - killed_at < 5.0
+    # and every run stayed on the 500 ms grid (slots that passed while no process ran are
+    # skipped, never run late in a burst)
+    dues = sorted({int(x) for x in ends})
+    assert all((b - a) % 500 == 0 and b > a for a, b in itertools.pairwise(dues))
+    # and once the new process runs, one token drives it: consecutive slots
+    taken_over = sorted(int(x[1]) for x in lines if x[0] == "end" and int(x[2]) == second.pid)
+    assert all(b - a == 500 for a, b in itertools.pairwise(taken_over[1:]))

@@ -1,0 +1,69 @@
+"""The Procfile `scheduler` process: run the registry's ticks, or idle when there is no broker.
+
+`python -m worker.scheduler` runs until SIGTERM/SIGINT. Without a configured broker it only
+waits (EB supervises every Procfile process, so exiting would make it restart us in a loop).
+`python -m worker.scheduler --cron-yaml` prints the cron.yaml the registry generates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from sluice.envelope import Event
+from worker.scheduler.env import EVENTS_QUEUE_URL
+from worker.scheduler.registry import REGISTRY, cron_yaml
+from worker.scheduler.runner import Scheduler, SendEvent, broker_url
+from worker.scheduler.topology import Names
+
+
+def event_sender() -> SendEvent | None:
+    """Event tasks send through the shared producer to the events queue (None: no queue set)."""
+    queue_url = os.environ.get(EVENTS_QUEUE_URL)
+    if not queue_url:
+        return None
+    import boto3
+
+    from sluice.producer import send_event
+
+    sqs = boto3.client("sqs")
+
+    def send(event: Event) -> Any:
+        return send_event(sqs, queue_url, event)
+
+    return send
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.scheduler")
+    parser.add_argument("--cron-yaml", action="store_true", help="print cron.yaml and exit")
+    parser.add_argument("--prefix", default=None, help="exchange/queue name prefix")
+    args = parser.parse_args(argv)
+    if args.cron_yaml:
+        sys.stdout.write(cron_yaml(REGISTRY))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log = logging.getLogger("sluice.scheduler")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    url = broker_url()
+    if url is None:
+        log.info("no broker configured: periodic tasks run from cron.yaml; idling")
+        stop.wait()
+        return 0
+    names = Names(args.prefix) if args.prefix else Names()
+    scheduler = Scheduler(REGISTRY, url, names=names, send=event_sender()).start()
+    log.info("scheduler started: %s", ", ".join(REGISTRY.names))
+    stop.wait()
+    scheduler.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

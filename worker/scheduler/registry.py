@@ -1,0 +1,182 @@
+"""The periodic tasks, in code: name, schedule, and what a tick does.
+
+By default a tick sends the task's event to the events queue, so the work itself runs as a durable
+workflow; a task may instead run a short function in the scheduler process. The same registry
+drives the broker scheduler and, without a broker, generates the worker's `cron.yaml`.
+Importing this module needs neither pika nor boto3 (the CDK app reads it for alarm names).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from sluice.envelope import Event
+from worker.scheduler.schedule import Cron, Every, Schedule, ScheduleError
+
+_TASK_NAME = re.compile(r"^[a-z][a-z0-9-]{0,47}$")
+CRON_URL_PREFIX = "/cron/"
+log = logging.getLogger("sluice.scheduler")
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One due run of a task: `due` is its place on the grid (epoch seconds), never the clock."""
+
+    task: str
+    due: float
+    attempt: int = 1
+
+    @property
+    def key(self) -> int:
+        """The tick's identity: its due time in milliseconds."""
+        return round(self.due * 1000)
+
+    @property
+    def due_iso(self) -> str:
+        return datetime.fromtimestamp(self.due, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+Action = Callable[[Tick], None]
+
+
+@dataclass(frozen=True)
+class PeriodicTask:
+    """A task that runs on `schedule`: it sends `event` (the default) or runs `action`."""
+
+    name: str
+    schedule: Schedule
+    event: str | None = None
+    data: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    action: Action | None = None
+    # Transient failures of one tick are redelivered until this many attempts, then the tick is
+    # dead-lettered and the schedule moves on.
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if not _TASK_NAME.match(self.name):
+            raise ScheduleError(
+                f"task name must be 1-48 chars of [a-z0-9-] starting with a letter, got {self.name!r}"
+            )
+        if (self.event is None) == (self.action is None):
+            raise ScheduleError(f"task {self.name}: give exactly one of event or action")
+        if self.max_attempts < 1:
+            raise ScheduleError(f"task {self.name}: max_attempts must be >= 1")
+        if self.event is not None:
+            self.tick_event(Tick(self.name, 0.0))  # validates the event name and data now
+
+    @property
+    def period_s(self) -> float:
+        return self.schedule.nominal_period_s
+
+    def tick_event(self, tick: Tick) -> Event:
+        """The event one tick sends; its id is the tick's identity, so a re-run is idempotent."""
+        if self.event is None:
+            raise ScheduleError(f"task {self.name} runs a function and sends no event")
+        data = {**self.data, "task": self.name, "scheduled_at": tick.due_iso}
+        return Event(name=self.event, data=data, id=f"tick-{self.name}-{tick.key}")
+
+
+class Registry:
+    """The periodic tasks of one deployment, by name."""
+
+    def __init__(self, tasks: Iterable[PeriodicTask]) -> None:
+        self._tasks: dict[str, PeriodicTask] = {}
+        for task in tasks:
+            if task.name in self._tasks:
+                raise ScheduleError(f"task {task.name} is registered twice")
+            self._tasks[task.name] = task
+
+    def __iter__(self) -> Iterator[PeriodicTask]:
+        return iter(self._tasks.values())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def get(self, name: str) -> PeriodicTask:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise KeyError(f"unknown periodic task {name!r}") from None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._tasks)
+
+
+def cron_yaml(registry: Registry, *, url_prefix: str = CRON_URL_PREFIX) -> str:
+    """The worker's cron.yaml for `registry` (EB's format: version 1, UTC, minute granularity).
+
+    Written as JSON-compatible YAML (every scalar quoted) so it needs no YAML library.
+    """
+    lines = ["version: 1", "cron:"]
+    if not len(registry):
+        lines[-1] = "cron: []"
+    for task in registry:
+        lines.append(f"  - name: {json.dumps(task.name)}")
+        lines.append(f"    url: {json.dumps(url_prefix + task.name)}")
+        lines.append(f"    schedule: {json.dumps(task.schedule.cron_expression())}")
+    return "\n".join(lines) + "\n"
+
+
+def _minute(scheduled_at: str | None) -> float:
+    """sqsd's X-Aws-Sqsd-Scheduled-At (ISO 8601) as epoch seconds, floored to the minute."""
+    when = datetime.now(UTC)
+    if scheduled_at:
+        try:
+            when = datetime.fromisoformat(scheduled_at.replace("Z", "+00:00"))
+        except ValueError:
+            raise ScheduleError(f"bad scheduled-at time {scheduled_at!r}") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+    return when.replace(second=0, microsecond=0).timestamp()
+
+
+def heartbeat(tick: Tick) -> None:
+    """The scheduler's own canary: one structured log line per tick proves ticks are flowing."""
+    log.info(json.dumps({"scheduler": "heartbeat", "task": tick.task, "due": tick.due_iso}))
+
+
+# The deployment's periodic tasks. Add event-sending tasks here with the name of an event that
+# `sluice.catalog.ROUTES` routes to a workflow, e.g.
+#   PeriodicTask("reindex", Every(3600), event="media/embedding.requested", data={...}).
+REGISTRY = Registry([PeriodicTask("heartbeat", Every(60), action=heartbeat)])
+
+
+def cron_tick(
+    task_name: str, scheduled_at: str | None = None, *, registry: Registry | None = None
+) -> tuple[PeriodicTask, Tick]:
+    """The task and tick a cron POST stands for (sqsd's Taskname and Scheduled-At headers)."""
+    task = (registry or REGISTRY).get(task_name)
+    return task, Tick(task.name, _minute(scheduled_at))
+
+
+def cron_event(
+    task_name: str, scheduled_at: str | None = None, *, registry: Registry | None = None
+) -> Event:
+    """The event a cron POST of `task_name` turns into (same id for the same scheduled minute)."""
+    task, tick = cron_tick(task_name, scheduled_at, registry=registry)
+    return task.tick_event(tick)
+
+
+__all__ = [
+    "CRON_URL_PREFIX",
+    "REGISTRY",
+    "Cron",
+    "Every",
+    "PeriodicTask",
+    "Registry",
+    "Tick",
+    "cron_event",
+    "cron_tick",
+    "cron_yaml",
+]

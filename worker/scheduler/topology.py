@@ -1,0 +1,119 @@
+"""The scheduler's RabbitMQ topology: names, and an idempotent declaration of all of it.
+
+Per task: a hatchery queue where the task's single token waits out a per-message TTL, then is
+dead-lettered (at-least-once) into the processor exchange and on to the task's processor queue,
+which has one active consumer at a time. Everything is quorum and durable; the control exchange
+carries lifecycle events; the dead exchange/queue collects ticks beyond their retry limit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from worker.scheduler.registry import PeriodicTask
+
+PREFIX = "sluice.sched"
+# Attempts beyond a task's own limit that the broker still allows before it dead-letters a token
+# by itself: a backstop for runs that kill their consumer (the runner cannot count those).
+BROKER_DELIVERY_MARGIN = 2
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every exchange and queue name, derived from one prefix (tests use their own)."""
+
+    prefix: str = PREFIX
+
+    @property
+    def scheduler_exchange(self) -> str:
+        return f"{self.prefix}.hatchery"
+
+    @property
+    def processor_exchange(self) -> str:
+        return f"{self.prefix}.processor"
+
+    @property
+    def control_exchange(self) -> str:
+        return f"{self.prefix}.control"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def leader_queue(self) -> str:
+        return f"{self.prefix}.leader"
+
+    def hatchery(self, task: str) -> str:
+        return f"{self.prefix}.hatchery.{task}"
+
+    def processor(self, task: str) -> str:
+        return f"{self.prefix}.run.{task}"
+
+
+def quiet_window_s(task: PeriodicTask) -> float:
+    """How long a task may show no token and no activity before its token counts as lost.
+
+    Half a period keeps re-seeding within one period; the floor covers a token's transit from
+    hatchery to consumer and a busy machine's scheduling stalls, the ceiling keeps long periods
+    responsive. A stall longer than the window can still make a spare token: the runner drops it
+    on arrival (a `duplicate` event), so a tick never runs twice.
+    """
+    return min(max(task.period_s / 2, 0.1), 10.0)
+
+
+def _quorum(**extra: Any) -> dict[str, Any]:
+    return {"x-queue-type": "quorum", **extra}
+
+
+def declare(channel: Any, names: Names, tasks: list[PeriodicTask]) -> None:
+    """Declare the topology for `tasks` on a pika channel (same arguments: a no-op)."""
+    channel.exchange_declare(names.scheduler_exchange, "direct", durable=True)
+    channel.exchange_declare(names.processor_exchange, "direct", durable=True)
+    channel.exchange_declare(names.control_exchange, "topic", durable=True)
+    channel.exchange_declare(names.dead_exchange, "fanout", durable=True)
+    channel.queue_declare(names.dead_queue, durable=True, arguments=_quorum())
+    channel.queue_bind(names.dead_queue, names.dead_exchange)
+    for task in tasks:
+        hatchery, processor = names.hatchery(task.name), names.processor(task.name)
+        channel.queue_declare(
+            hatchery,
+            durable=True,
+            arguments=_quorum(
+                **{
+                    "x-dead-letter-exchange": names.processor_exchange,
+                    "x-dead-letter-routing-key": task.name,
+                    # at-least-once: the token leaves the hatchery only once the processor queue
+                    # has it, so a broker failure mid-transfer cannot lose it.
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                }
+            ),
+        )
+        channel.queue_bind(hatchery, names.scheduler_exchange, routing_key=task.name)
+        channel.queue_declare(
+            processor,
+            durable=True,
+            arguments=_quorum(
+                **{
+                    # One consumer runs a task at a time, whatever the number of worker instances.
+                    "x-single-active-consumer": True,
+                    "x-delivery-limit": task.max_attempts + BROKER_DELIVERY_MARGIN,
+                    "x-dead-letter-exchange": names.dead_exchange,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                }
+            ),
+        )
+        channel.queue_bind(processor, names.processor_exchange, routing_key=task.name)
+
+
+def expiration_ms(delay_s: float) -> str:
+    """A per-message TTL for pika's `expiration` property (whole milliseconds, never negative)."""
+    return str(max(0, math.ceil(delay_s * 1000)))
