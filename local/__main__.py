@@ -1,0 +1,7 @@
+"""`python -m local`: run the pipeline locally (see local/pipeline.py)."""
+
+import sys
+
+from local.pipeline import main
+
+sys.exit(main())

@@ -1,0 +1,166 @@
+"""Lambda's durable-execution APIs on loopback, backed by AWS's local durable execution runner.
+
+The real workflow handlers run in one `DurableFunctionTestRunner` (time skipped) with the real
+step handlers registered as their `ctx.invoke` targets. Over HTTP this serves what the worker,
+the tasks process and the `sluice` CLI call with boto3 (point them here with
+AWS_ENDPOINT_URL_LAMBDA):
+
+- Invoke with `DurableExecutionName` (the worker's start): a new name starts an execution, the
+  same name and payload returns it again, another payload is a 409
+  DurableExecutionAlreadyStartedException (FACTS.md);
+- the callback APIs (the tasks process's heartbeat, success, failure);
+- GetDurableExecution, GetDurableExecutionHistory, ListDurableExecutionsByFunction (the CLI),
+  served by the runner package's own web handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from aws_durable_execution_sdk_python_testing.runner import DurableFunctionTestRunner
+from aws_durable_execution_sdk_python_testing.web.server import (
+    RequestHandler,
+    WebServer,
+    WebServiceConfig,
+)
+
+from sluice.catalog import WORKFLOW_ALIAS
+
+Handler = Callable[[Any, Any], Any]
+_INVOKE_PREFIX = "/2015-03-31/functions/"
+ACCOUNT = "123456789012"
+
+
+def alias_arn(region: str, workflow: str) -> str:
+    """The `live` alias ARN the worker invokes for `workflow` (its function is named after it)."""
+    return f"arn:aws:lambda:{region}:{ACCOUNT}:function:{workflow}:{WORKFLOW_ALIAS}"
+
+
+def function_of(name_or_arn: str) -> str:
+    """`arn:…:function:NAME:live`, `NAME:live` or `NAME` -> NAME."""
+    if ":function:" in name_or_arn:
+        name_or_arn = name_or_arn.split(":function:", 1)[1]
+    return name_or_arn.split(":", 1)[0]
+
+
+@dataclass
+class Started:
+    payload: bytes
+    arn: str
+
+
+class DurableService:
+    """The workflows of the pipeline, run durably in-process; thread-safe starts."""
+
+    def __init__(
+        self,
+        workflows: Mapping[str, Handler],
+        steps: Mapping[str, Handler],
+        *,
+        execution_timeout_s: int = 900,
+    ) -> None:
+        if not workflows:
+            raise ValueError("no workflows to run")
+        first = next(iter(workflows.values()))
+        self.runner = DurableFunctionTestRunner(handler=first, skip_time=True, poll_interval=0.05)
+        for name, handler in workflows.items():
+            self.runner.register_durable_function(name, handler)
+        for name, handler in steps.items():
+            self.runner.register_function(f"{name}:{WORKFLOW_ALIAS}", handler)
+        self.workflows = tuple(workflows)
+        self.execution_timeout_s = execution_timeout_s
+        self.started: dict[tuple[str, str], Started] = {}
+        self._lock = threading.Lock()
+
+    # -- Invoke -----------------------------------------------------------------------------------
+
+    def invoke(self, function: str, execution_name: str, payload: bytes) -> tuple[int, dict, bytes]:
+        """Lambda's answer to a durable Invoke: (status, headers, body)."""
+        workflow = function_of(function)
+        if workflow not in self.workflows:
+            return _error(404, "ResourceNotFoundException", f"Function not found: {function}")
+        if not execution_name:
+            return _error(400, "InvalidParameterValueException", "DurableExecutionName missing")
+        with self._lock:
+            known = self.started.get((workflow, execution_name))
+            if known is not None and known.payload != payload:
+                return _error(
+                    409,
+                    "DurableExecutionAlreadyStartedException",
+                    f"execution {execution_name} already started with other input",
+                )
+            if known is None:
+                arn = self.runner.run_async(
+                    input=payload.decode(),
+                    function_name=workflow,
+                    execution_name=execution_name,
+                    execution_timeout=self.execution_timeout_s,
+                )
+                known = self.started[(workflow, execution_name)] = Started(payload, arn)
+        return 202, {"X-Amz-Durable-Execution-Arn": known.arn, "X-Amz-Executed-Version": "1"}, b""
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def executions(self) -> list[tuple[str, str, str]]:
+        """(workflow, execution name, arn) of every execution started, in start order."""
+        with self._lock:
+            return [(w, n, s.arn) for (w, n), s in self.started.items()]
+
+    def status(self, arn: str) -> str:
+        details = self.runner._executor.get_execution_details(arn)
+        return str(details.status)
+
+    def details(self, arn: str) -> dict[str, Any]:
+        return dict(self.runner._executor.get_execution_details(arn).to_dict())
+
+    def history(self, arn: str) -> list[dict[str, Any]]:
+        return list(self.runner.get_execution_history(arn).to_dict().get("Events", []))
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def _error(status: int, kind: str, message: str) -> tuple[int, dict, bytes]:
+    body = json.dumps({"Type": "User", "message": message}).encode()
+    return status, {"x-amzn-ErrorType": kind, "Content-Type": "application/json"}, body
+
+
+def serve(service: DurableService, host: str = "127.0.0.1", port: int = 0) -> WebServer:
+    """Serve `service` on loopback in a daemon thread; `server.server_address` has the port."""
+
+    class Handler(RequestHandler):
+        def do_POST(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if not (path.startswith(_INVOKE_PREFIX) and path.endswith("/invocations")):
+                super().do_POST()
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            payload = self.rfile.read(length)
+            status, headers, body = service.invoke(
+                unquote(path[len(_INVOKE_PREFIX) : -len("/invocations")]),
+                self.headers.get("X-Amz-Durable-Execution-Name", ""),
+                payload,
+            )
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format_string: str, *args: Any) -> None:
+            pass
+
+    server = WebServer(
+        WebServiceConfig(host=host, port=port),
+        executor=service.runner._executor,
+    )
+    server.RequestHandlerClass = Handler
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True, name="local-durable").start()
+    return server
