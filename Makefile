@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 
-.PHONY: setup setup-dev synth synth-all test lint typecheck unit bench clean
+.PHONY: setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit bench bench-heavy bench-scheduler clean local local-up
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -19,16 +19,39 @@ $(VENV)/.runtime: $(PY) requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt worker/requirements.txt
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt worker/requirements.txt lambdas/requirements.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements-dev.txt
+	# the `sluice` console script (pyproject's [project.scripts]), editable: runs this checkout
+	$(PY) -m pip install -q -e . --no-deps
 	touch $@
 
 node_modules/.installed: package.json package-lock.json $(VENV)/.runtime
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-setup: $(VENV)/.runtime node_modules/.installed
-setup-dev: setup $(VENV)/.dev
+## make lambda-deps: what Lambda bundles import (lambdas/requirements.txt), for arm64 / Python 3.14,
+## without Docker (wheels only). Synth reads build/lambda-deps/python and never downloads anything.
+LAMBDA_DEPS := build/lambda-deps
+$(LAMBDA_DEPS)/.installed: lambdas/requirements.txt $(VENV)/.runtime
+	rm -rf $(LAMBDA_DEPS) $(LAMBDA_DEPS).tmp
+	$(PY) -m pip install -q --platform manylinux2014_aarch64 --only-binary=:all: \
+		--python-version 3.14 --implementation cp --no-compile \
+		--target $(LAMBDA_DEPS).tmp/python -r lambdas/requirements.txt
+	rm -rf $(LAMBDA_DEPS).tmp/python/bin $(LAMBDA_DEPS).tmp/python/share
+	mv $(LAMBDA_DEPS).tmp $(LAMBDA_DEPS)
+	touch $@
+lambda-deps: $(LAMBDA_DEPS)/.installed
+
+setup: $(VENV)/.runtime node_modules/.installed $(LAMBDA_DEPS)/.installed
+## make wheelhouse: the worker's pinned requirements as files (build/wheelhouse), so the packaging
+## test installs the EB bundle's requirements into a fresh venv offline (--no-index).
+WHEELHOUSE := build/wheelhouse
+$(WHEELHOUSE)/.done: worker/requirements.txt $(PY)
+	$(PY) -m pip download -q -d $(WHEELHOUSE) -r worker/requirements.txt
+	touch $@
+wheelhouse: $(WHEELHOUSE)/.done
+
+setup-dev: setup $(VENV)/.dev $(WHEELHOUSE)/.done
 
 ## make synth [ENV=dev|staging|prod]: synthesize one environment and print a summary
 synth: setup
@@ -38,6 +61,15 @@ synth: setup
 
 synth-all:
 	for e in dev staging prod; do $(MAKE) --no-print-directory synth ENV=$$e || exit 1; done
+
+## make local: the whole pipeline on this machine (moto, worker, durable runner, tasks), no AWS
+## account: uploads a generated sermon, shows the job live, exits 0 when every output is there.
+## make local-up: the same, then keeps running for the `sluice` CLI (it prints the exports).
+local: $(VENV)/.dev
+	$(PY) -m local
+
+local-up: $(VENV)/.dev
+	$(PY) -m local --up
 
 ## make test: lint, type-check and run every test
 test: setup-dev lint typecheck
@@ -49,6 +81,21 @@ lint: setup-dev
 
 typecheck: setup-dev
 	$(VENV)/bin/mypy
+
+## make bench: the worker's web process under sqsd-shaped load (events/s, CPU ms per event)
+bench: $(VENV)/.dev
+	$(PY) bench/worker_bench.py --events 4000
+	$(PY) bench/worker_bench.py --events 4000 --floor
+
+## make bench-heavy: transcode speed (x real time) and embedding throughput (chunks/s), peak RSS
+bench-heavy: $(VENV)/.dev
+	$(PY) -m bench.heavy_bench
+
+## make bench-scheduler: the broker scheduler vs the naive hatchery cycle, side by side on one
+## private rabbitmq-server (ticks/s per consumer, lateness p50/p99, drift after N cycles).
+bench-scheduler: $(VENV)/.dev
+	mkdir -p build
+	$(PY) bench/scheduler_bench.py --json build/bench-scheduler.json
 
 clean:
 	rm -rf cdk.out build .pytest_cache .mypy_cache .ruff_cache

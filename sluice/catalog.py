@@ -23,6 +23,23 @@ ROUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 
+# Heavy tasks (tasks queue -> the worker's tasks process), and where their outputs live in the
+# media bucket: one prefix per media item (the transcription job id), next to transcripts/<id>/.
+TRANSCODE_TASK = "media/transcode"
+EMBED_TASK = "media/embed"
+HLS_PREFIX = "hls/"
+EMBEDDINGS_PREFIX = "embeddings/"
+
+
+# Stack outputs the operator CLI (`sluice`) reads to find the jobs table and each workflow.
+JOBS_TABLE_OUTPUT = "JobsTableName"
+
+
+def workflow_output(workflow: str) -> str:
+    """`transcribe_audio` -> `WorkflowFunctionTranscribeAudio`: the output naming its function."""
+    return "WorkflowFunction" + "".join(part.title() for part in workflow.split("_"))
+
+
 def workflows_for(event_name: str) -> tuple[str, ...]:
     """The workflows `event_name` starts; empty when no workflow handles it."""
     return ROUTES.get(event_name, ())

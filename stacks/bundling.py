@@ -21,6 +21,9 @@ EXCLUDE_DIRS = frozenset(
     {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "tests", ".venv", "node_modules"}
 )
 EXCLUDE_SUFFIXES = (".pyc", ".pyo")
+# Bundle paths never shipped: the operator CLI lives in the contract package for one definition of
+# names, but no Lambda or worker imports it, and shipping it would change asset hashes on CLI edits.
+EXCLUDE_PATHS = ("sluice/cli/",)
 
 
 def _files(src: Path) -> Iterable[tuple[str, Path]]:
@@ -48,6 +51,8 @@ def bundle_files(parts: Mapping[str, Path]) -> dict[str, Path]:
         prefix = "" if dest in ("", ".") else dest.strip("/") + "/"
         for rel, path in _files(src):
             target = prefix + rel if src.is_dir() else (prefix or "") + rel
+            if target.startswith(EXCLUDE_PATHS):
+                continue
             if target in files:
                 raise ValueError(f"bundle: {target} comes from both {files[target]} and {path}")
             files[target] = path

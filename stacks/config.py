@@ -26,6 +26,7 @@ COMPLIANCE_PACKS = ("AwsSolutions", "NIST80053R5", "HIPAASecurity")
 _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
 _ACCOUNT = re.compile(r"^\d{12}$")
 _REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_WEEKDAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
 
 
 class ConfigError(ValueError):
@@ -88,6 +89,11 @@ class NetworkConfig:
             1 <= self.nat_gateways <= self.max_azs,
             f"{where}.nat_gateways",
             f"must be between 1 and max_azs ({self.max_azs}), got {self.nat_gateways}",
+        )
+        _require(
+            self.flow_log_retention_days in VALID_LOG_RETENTION_DAYS,
+            f"{where}.flow_log_retention_days",
+            f"CloudWatch Logs accepts {VALID_LOG_RETENTION_DAYS}, got {self.flow_log_retention_days}",
         )
 
 
@@ -222,8 +228,41 @@ class BrokerConfig:
     instance_type: str = "mq.m7g.medium"
     engine_version: str = "4.2"
     deployment_mode: str = "SINGLE_INSTANCE"
+    # Weekly maintenance window (UTC), an hour after the worker's managed platform updates.
+    maintenance_day: str = "SUNDAY"
+    maintenance_time_utc: str = "04:00"
+    admin_username: str = "sluiceadmin"
+    # Alarms: memory used as % of RabbitMQ's high watermark; free disk as a multiple of its limit.
+    memory_alarm_pct: int = 80
+    disk_free_alarm_ratio: float = 2.0
 
     def validate(self, where: str) -> None:
+        _require(
+            self.maintenance_day in _WEEKDAYS,
+            f"{where}.maintenance_day",
+            f"must be one of {_WEEKDAYS}, got {self.maintenance_day!r}",
+        )
+        _require(
+            bool(re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", self.maintenance_time_utc)),
+            f"{where}.maintenance_time_utc",
+            f"must be HH:MM (24 h, UTC), got {self.maintenance_time_utc!r}",
+        )
+        # Amazon MQ: 2-100 characters of letters, digits, '-', '.', '_' and '~'.
+        _require(
+            bool(re.fullmatch(r"[A-Za-z0-9._~-]{2,100}", self.admin_username)),
+            f"{where}.admin_username",
+            f"must be 2-100 chars of [A-Za-z0-9._~-], got {self.admin_username!r}",
+        )
+        _require(
+            1 <= self.memory_alarm_pct <= 100,
+            f"{where}.memory_alarm_pct",
+            f"must be 1..100, got {self.memory_alarm_pct}",
+        )
+        _require(
+            self.disk_free_alarm_ratio >= 1,
+            f"{where}.disk_free_alarm_ratio",
+            f"must be >= 1 (RabbitMQ blocks publishers at 1), got {self.disk_free_alarm_ratio}",
+        )
         _require(
             self.deployment_mode in ("SINGLE_INSTANCE", "CLUSTER_MULTI_AZ"),
             f"{where}.deployment_mode",
@@ -253,6 +292,7 @@ class AlarmConfig:
     failed_executions: int = 1
     running_utilization_pct: int = 80
     step_errors: int = 1
+    dispatch_failures: int = 5
     duration_pct_of_timeout: int = 80
 
     def validate(self, where: str) -> None:
@@ -261,7 +301,13 @@ class AlarmConfig:
             f"{where}.email",
             f"must be an e-mail address, got {self.email!r}",
         )
-        for name in ("queue_age_s", "tasks_queue_age_s", "failed_executions", "step_errors"):
+        for name in (
+            "queue_age_s",
+            "tasks_queue_age_s",
+            "failed_executions",
+            "step_errors",
+            "dispatch_failures",
+        ):
             value = getattr(self, name)
             _require(value >= 1, f"{where}.{name}", f"must be >= 1, got {value}")
         for name in ("running_utilization_pct", "duration_pct_of_timeout"):

@@ -53,6 +53,11 @@ DOCS: Mapping[str, str] = {
     "broker": "Amazon MQ for RabbitMQ (None: no broker, cron.yaml drives periodic tasks)",
     "engine_version": "RabbitMQ engine version",
     "deployment_mode": "SINGLE_INSTANCE or CLUSTER_MULTI_AZ",
+    "maintenance_day": "broker maintenance window: day (UTC)",
+    "maintenance_time_utc": "broker maintenance window: start time HH:MM (UTC)",
+    "admin_username": "broker admin user (its password is generated in Secrets Manager)",
+    "memory_alarm_pct": "broker memory used as % of RabbitMQ's limit that alarms",
+    "disk_free_alarm_ratio": "broker free disk as a multiple of RabbitMQ's limit that alarms",
     "alarms": "alarm e-mail and thresholds",
     "email": "address subscribed to the alarm topic",
     "queue_age_s": "events queue: oldest message age that alarms",
@@ -60,6 +65,7 @@ DOCS: Mapping[str, str] = {
     "failed_executions": "failed or timed-out durable executions per 5 min that alarm",
     "running_utilization_pct": "running durable executions as % of quota that alarms",
     "step_errors": "step handler errors per 5 min that alarm",
+    "dispatch_failures": "worker 503 answers (could not start a workflow) per 5 min that alarm",
     "duration_pct_of_timeout": "step duration (p99) as % of its timeout that alarms",
 }
 

@@ -202,6 +202,50 @@ class Monitoring(Construct):
             ],
         )
 
+    # -- the Elastic Beanstalk worker -----------------------------------------------------------------
+
+    def watch_worker(self, *, environment_name: str, metrics_namespace: str) -> None:
+        """Enhanced health degraded or worse, and the worker's own dispatch failures (503s)."""
+        # EnvironmentHealth: 0 OK, 1 Info, 5 Unknown, 10 No data, 15 Warning, 20 Degraded, 25 Severe.
+        health = cw.Metric(
+            namespace="AWS/ElasticBeanstalk",
+            metric_name="EnvironmentHealth",
+            dimensions_map={"EnvironmentName": environment_name},
+            statistic="Maximum",
+            period=Duration.minutes(1),
+        )
+
+        def worker(metric: str) -> cw.Metric:
+            return cw.Metric(
+                namespace=metrics_namespace,
+                metric_name=metric,
+                dimensions_map={"Environment": self._config.name},
+                statistic="Sum",
+                period=Duration.minutes(5),
+            )
+
+        self.custom(
+            "Worker",
+            title="worker: health and dispatch",
+            alarms=[
+                AlarmSpec(
+                    "Degraded",
+                    health,
+                    20,
+                    "worker-health-degraded",
+                    "Worker environment health is Degraded (20) or Severe (25).",
+                ),
+                AlarmSpec(
+                    "DispatchFailures",
+                    worker("TransientFailures"),
+                    self._config.alarms.dispatch_failures,
+                    "worker-dispatch-failures",
+                    "The worker answered sqsd 503: it could not start workflows.",
+                ),
+            ],
+            graphs=[worker("Received"), worker("Started"), worker("DeadLettered")],
+        )
+
     # -- anything else ----------------------------------------------------------------------------
 
     def custom(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
+from sluice import catalog
+from stacks.broker import Broker
 from stacks.config import EnvConfig
+from stacks.media_store import UPLOADS, MediaStore
+from stacks.network import Network
 from stacks.queues import DurableQueue
+from stacks.uploads import notify_uploads
 
 
 class StatefulStack(Stack):
@@ -28,6 +33,10 @@ class StatefulStack(Stack):
                 rotation_period=Duration.days(365),
                 removal_policy=removal,
             )
+        # The worker's VPC (stateful: the broker and other data services live in it too).
+        self.network = Network(
+            self, "Network", config=config.network, removal_policy=removal, key=self.key
+        )
         self.events = DurableQueue(
             self,
             "Events",
@@ -36,3 +45,30 @@ class StatefulStack(Stack):
             removal_policy=removal,
             key=self.key,
         )
+        # Heavy tasks (transcode, embed) for the worker's tasks process (issue 5).
+        self.tasks = DurableQueue(
+            self,
+            "Tasks",
+            queue_name=f"{config.prefix}-tasks",
+            config=config.tasks_queue,
+            removal_policy=removal,
+            key=self.key,
+        )
+        # Media bucket, jobs table and notifications topic (issue 3).
+        self.media = MediaStore(self, "Media", config=config, removal_policy=removal, key=self.key)
+        # `sluice jobs show` finds the jobs table by this output.
+        CfnOutput(self, catalog.JOBS_TABLE_OUTPUT, value=self.media.table.table_name)
+        # An upload alone starts the pipeline (issue 4).
+        notify_uploads(self.media.bucket, self.events.queue, prefix=UPLOADS)
+        # The optional RabbitMQ broker of the periodic scheduler (issue 7); None without one.
+        self.broker: Broker | None = None
+        if config.broker is not None:
+            self.broker = Broker(
+                self,
+                "Broker",
+                config=config,
+                broker=config.broker,
+                vpc=self.network.vpc,
+                removal_policy=removal,
+                key=self.key,
+            )

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from aws_cdk import Stack
+from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
+from sluice import catalog
 from stacks.config import EnvConfig
+from stacks.heavy_steps import HeavySteps
 from stacks.monitoring import Monitoring
 from stacks.stateful import StatefulStack
+from stacks.worker_env import WorkerEnvironment
+from stacks.workflows import Workflows
+from worker.settings import WORKER_METRICS
 
 
 class StatelessStack(Stack):
@@ -33,3 +38,65 @@ class StatelessStack(Stack):
             max_age_s=config.alarms.queue_age_s,
             backlog="events-queue-backlog",
         )
+        # Durable workflows and their step handlers (issue 3); `aliases` is what the worker invokes.
+        self.workflows = Workflows(
+            self,
+            "Workflows",
+            config=config,
+            media=stateful.media,
+            events=stateful.events,
+            key=stateful.key,
+        )
+        for name, step in self.workflows.steps.items():
+            self.monitoring.watch_step(name, step.function)
+        for name, workflow in self.workflows.workflows.items():
+            self.monitoring.watch_workflow(name, workflow.function)
+        # Heavy steps (issue 5): transcode/embed workflows whose work the worker's tasks process does.
+        self.heavy = HeavySteps(
+            self,
+            "HeavySteps",
+            config=config,
+            workflows=self.workflows,
+            media=stateful.media,
+            tasks=stateful.tasks,
+            key=stateful.key,
+        )
+        for name, workflow in self.heavy.workflows.items():
+            self.monitoring.watch_workflow(name, workflow.function)
+        # `sluice jobs show` finds each workflow's durable executions by these outputs.
+        for name, workflow in {**self.workflows.workflows, **self.heavy.workflows}.items():
+            CfnOutput(self, catalog.workflow_output(name), value=workflow.function.function_name)
+        self.monitoring.watch_queue(
+            "Tasks",
+            queue=stateful.tasks.queue,
+            dlq=stateful.tasks.dlq,
+            max_age_s=config.alarms.tasks_queue_age_s,
+            backlog="tasks-queue-backlog",
+        )
+        # The EB worker: sqsd feeds it the events queue; it starts the workflows' aliases. Its
+        # tasks process (worker/tasks.py) and scheduler (worker/scheduler) read their own settings.
+        worker_env = dict(self.heavy.worker_environment)
+        if stateful.broker is not None:
+            worker_env |= stateful.broker.worker_environment()
+            worker_env["SLUICE_EVENTS_QUEUE_URL"] = stateful.events.queue.queue_url
+        self.worker = WorkerEnvironment(
+            self,
+            "Worker",
+            config=config,
+            vpc=stateful.network.vpc,
+            events=stateful.events,
+            workflow_aliases={**self.workflows.aliases, **self.heavy.aliases},
+            extra_environment=worker_env,
+        )
+        self.heavy.grant_heavy_steps(self.worker.instance_role)
+        self.monitoring.watch_worker(
+            environment_name=self.worker.environment_name, metrics_namespace=WORKER_METRICS
+        )
+        # The broker scheduler (issue 7): only the worker reaches the broker; broker alarms.
+        # (The worker's SLUICE_BROKER_* variables come from stateful.broker.worker_environment().)
+        if stateful.broker is not None:
+            stateful.broker.allow_from(self.worker.security_group)
+            stateful.broker.grant_connect(
+                self, self.worker.instance_role, events_queue=stateful.events.queue
+            )
+            stateful.broker.watch(self.monitoring)

@@ -108,3 +108,78 @@ def test_one_dashboard_per_environment_showing_this_stacks_resources(synth, env)
 def test_runbook_anchor_rules_match_github():
     assert "dead-letter-queue-has-messages" in runbook_sections()
     assert "follow-one-job" in runbook_sections()
+
+
+def _alarm_metric_names(alarm: dict) -> set[str]:
+    if "MetricName" in alarm:
+        return {alarm["MetricName"]}
+    return {
+        q["MetricStat"]["Metric"]["MetricName"]
+        for q in alarm.get("Metrics", [])
+        if "MetricStat" in q
+    }
+
+
+def test_every_alarm_the_issue_names_exists(synth, env):
+    """Queues, workflows, steps, worker (and the broker where enabled) each have their alarms."""
+    s = synth(env)
+    found = alarms(synth, env).values()
+
+    def having(metric: str) -> list[dict]:
+        return [a for a in found if metric in _alarm_metric_names(a)]
+
+    # events + tasks queue age, events + tasks DLQ
+    assert len(having("ApproximateAgeOfOldestMessage")) == 2
+    assert len(having("ApproximateNumberOfMessagesVisible")) >= 2
+    # one failed/timed-out alarm and one near-quota alarm per workflow
+    workflows = 3
+    assert len(having("DurableExecutionFailed")) == workflows
+    assert all(
+        "DurableExecutionTimedOut" in _alarm_metric_names(a)
+        for a in having("DurableExecutionFailed")
+    )
+    assert len(having("ApproximateRunningDurableExecutionsUtilization")) == workflows
+    for alarm in having("ApproximateRunningDurableExecutionsUtilization"):
+        assert alarm["Threshold"] == s.config.alarms.running_utilization_pct
+    # errors, throttles and duration near the timeout for each step handler
+    steps = len(s.stage.stateless.workflows.steps)
+    assert len(having("Errors")) == steps
+    assert len(having("Throttles")) == steps
+    assert len(having("Duration")) == steps
+    # the worker
+    (health,) = having("EnvironmentHealth")
+    assert health["Threshold"] == 20
+    assert health["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    (dispatch,) = having("TransientFailures")
+    assert dispatch["Threshold"] == s.config.alarms.dispatch_failures
+    # the broker, only where the environment has one
+    broker_alarms = [
+        a for a in found if "Broker" in a["AlarmName"] or "Scheduler" in a["AlarmName"]
+    ]
+    assert bool(broker_alarms) == (s.config.broker is not None)
+
+
+def test_worker_health_is_published_for_the_alarm(synth, env):
+    s = synth(env)
+    (environment,) = resources(s.stateless, "AWS::ElasticBeanstalk::Environment").values()
+    settings = {
+        (o["Namespace"], o["OptionName"]): o["Value"]
+        for o in environment["Properties"]["OptionSettings"]
+    }
+    doc = json.loads(settings[("aws:elasticbeanstalk:healthreporting:system", "ConfigDocument")])
+    assert doc["CloudWatchMetrics"]["Environment"]["EnvironmentHealth"] == 60
+
+
+def test_broker_environments_give_the_worker_the_broker_and_events_queue(synth, env):
+    s = synth(env)
+    (environment,) = resources(s.stateless, "AWS::ElasticBeanstalk::Environment").values()
+    names = {
+        o["OptionName"]
+        for o in environment["Properties"]["OptionSettings"]
+        if o["Namespace"] == "aws:elasticbeanstalk:application:environment"
+    }
+    broker_vars = {"SLUICE_BROKER_ENDPOINT", "SLUICE_BROKER_SECRET_ARN", "SLUICE_EVENTS_QUEUE_URL"}
+    if s.config.broker is None:
+        assert not names & broker_vars
+    else:
+        assert broker_vars <= names
