@@ -29,6 +29,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from sluice import catalog
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = "local"
 PREFIX = f"Sluice-{ENV}"
@@ -42,15 +44,8 @@ SCRIPT = (
     "The Lord is my shepherd, I shall not want. He makes me lie down in green pastures. "
     "He leads me beside still waters. He restores my soul. Let us pray together."
 )
-WORKFLOWS = ("transcribe_audio", "transcode_audio", "embed_transcript")
-STEPS = (
-    "fetch_audio_metadata",
-    "start_transcription",
-    "check_transcription",
-    "parse_save_transcription",
-    "notify_user",
-    "on_failure",
-)
+WORKFLOWS = catalog.WORKFLOWS
+STEPS = catalog.TRANSCRIBE_STEPS
 log = logging.getLogger("sluice.local")
 
 

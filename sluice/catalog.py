@@ -10,6 +10,17 @@ WORKFLOW_ALIAS = "live"
 TRANSCRIBE_AUDIO = "transcribe_audio"
 TRANSCODE_AUDIO = "transcode_audio"
 EMBED_TRANSCRIPT = "embed_transcript"
+WORKFLOWS = (TRANSCRIBE_AUDIO, TRANSCODE_AUDIO, EMBED_TRANSCRIPT)
+
+# The step handler Lambdas of transcribe_audio (lambdas/steps/<name>/handler.py), in order.
+TRANSCRIBE_STEPS = (
+    "fetch_audio_metadata",
+    "start_transcription",
+    "check_transcription",
+    "parse_save_transcription",
+    "notify_user",
+    "on_failure",
+)
 
 # Event name -> the workflows it starts (one durable execution each, named after the event id).
 ROUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(

@@ -378,15 +378,7 @@ class Workflows(Construct):
             )
 
         self.steps: dict[str, StepFunction] = {
-            name: step(name)
-            for name in (
-                "fetch_audio_metadata",
-                "start_transcription",
-                "check_transcription",
-                "parse_save_transcription",
-                "notify_user",
-                "on_failure",
-            )
+            name: step(name) for name in catalog.TRANSCRIBE_STEPS
         }
         s = self.steps
         objects(s["fetch_audio_metadata"], ["s3:GetObject", "s3:GetObjectVersion"], UPLOADS)

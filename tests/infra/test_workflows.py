@@ -7,19 +7,13 @@ from typing import Any
 
 import pytest
 
+from sluice import catalog
 from stacks import config as config_mod
 from stacks import workflows
 from stacks.bundling import stage_bundle
 from stacks.workflows import deps_layer
 
-STEPS = (
-    "fetch_audio_metadata",
-    "start_transcription",
-    "check_transcription",
-    "parse_save_transcription",
-    "notify_user",
-    "on_failure",
-)
+STEPS = catalog.TRANSCRIBE_STEPS
 WORKFLOW_HANDLER = "lambdas.workflows.transcribe_audio.handler.handler"
 
 
