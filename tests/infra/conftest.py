@@ -13,6 +13,7 @@ from aws_cdk.assertions import Template
 
 from stacks import config
 from stacks.stage import SluiceStage, build
+from tests.conftest import ROOT
 
 ENVIRONMENTS = tuple(config.ENVIRONMENTS)
 
@@ -35,7 +36,9 @@ class Synth:
 @cache
 def _synth(env: str, outdir: str) -> Synth:
     cfg = config.load(env)
-    app = cdk.App(outdir=outdir, context={"env": env})
+    # The same context (feature flags) as `cdk synth`, so tests see the templates that deploy.
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    app = cdk.App(outdir=outdir, context={**context, "env": env})
     stage = build(app, cfg)
     app.synth()  # runs the nag plugins: any finding raises here
     return Synth(

@@ -46,3 +46,26 @@ def test_the_checks_can_fail_a_queue_without_dlq_or_tls(tmp_path):
         app.synth()
     report = (tmp_path / "validation-report.json").read_text()
     assert "Bad/NoDlqNoTls/Resource" in report
+
+
+def test_the_cli_entry_point_synthesizes_prod_with_cdk_json_context(tmp_path):
+    """What `cdk synth -c env=prod` runs: app.py with cdk.json's context (feature flags)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    context = {**json.loads((ROOT / "cdk.json").read_text())["context"], "env": "prod"}
+    proc = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env={**os.environ, "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("assembly-Sluice-prod/*.template.json"))
