@@ -255,6 +255,8 @@ class WorkerEnvironment(Construct):
                     "SLUICE_MAX_BODY_BYTES": str(worker.max_body_bytes),
                     "SLUICE_HTTP_PATH": worker.http_path,
                     "SLUICE_WEB_THREADS": str(worker.http_connections),
+                    # The counts the worker alarms read go to CloudWatch once a minute.
+                    "SLUICE_PUBLISH_METRICS_S": "60",
                     "AWS_DEFAULT_REGION": Aws.REGION,
                     **(extra_environment or {}),
                 }.items()

@@ -14,7 +14,13 @@ from typing import Any
 
 from worker.dispatch import Delivery, Dispatcher
 from worker.invoke import LambdaInvoker
-from worker.observability import Metrics, configure_logging, correlation_id, message_id
+from worker.observability import (
+    Metrics,
+    MetricsPublisher,
+    configure_logging,
+    correlation_id,
+    message_id,
+)
 from worker.settings import SQS_MAX_MESSAGE_BYTES, Settings
 
 log = logging.getLogger("sluice.worker")
@@ -135,7 +141,16 @@ def create_app(
             timeout_s=settings.invoke_timeout_s
         )
         sqs_client = sqs_client or boto3.client("sqs", config=config)
-    metrics = Metrics(settings.metrics_namespace, {"Environment": settings.env})
+    dimensions = {"Environment": settings.env}
+    publisher = None
+    if settings.publish_metrics_s:
+        import boto3
+
+        publisher = MetricsPublisher(
+            boto3.client("cloudwatch"), settings.metrics_namespace, dimensions
+        )
+        publisher.start(settings.publish_metrics_s)
+    metrics = Metrics(settings.metrics_namespace, dimensions, publisher=publisher)
     dispatcher = Dispatcher(
         settings=settings, lambda_client=lambda_client, sqs_client=sqs_client, metrics=metrics
     )

@@ -1,6 +1,9 @@
 """JSON logs carrying the correlation id on every line, and EMF metrics, both on stdout.
 
-EB streams the web process's stdout to CloudWatch Logs; the EMF lines there become metrics.
+EB streams the web process's stdout to CloudWatch Logs, where the EMF lines are readable per
+message; but EB's log streaming neither keeps lines raw nor sends the EMF header, so those lines
+do not become metrics there. On EB the counts therefore also go to CloudWatch directly:
+`MetricsPublisher` aggregates them in memory and flushes one PutMetricData call a minute.
 A context variable holds the correlation id, so every line logged while one message is handled
 carries it without passing it around (gunicorn's threads each get their own context).
 """
@@ -11,6 +14,7 @@ import contextvars
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -68,13 +72,83 @@ def configure_logging(
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
-class Metrics:
-    """Writes one EMF document per handled message (CloudWatch extracts the metrics)."""
+class MetricsPublisher:
+    """Aggregates the worker's counts and latency; `flush()` sends them in one PutMetricData.
 
-    def __init__(self, namespace: str, dimensions: Mapping[str, str], stream: TextIO | None = None):
+    A per-message PutMetricData would cost a network call per event; a flush a minute costs one
+    call per process per minute, whatever the load. The alarms read 5-minute sums.
+    """
+
+    def __init__(self, cloudwatch: Any, namespace: str, dimensions: Mapping[str, str]) -> None:
+        self.cloudwatch = cloudwatch
+        self.namespace = namespace
+        self.dimensions = [{"Name": k, "Value": v} for k, v in dimensions.items()]
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys(COUNTS, 0)
+        self._latency: list[float] = []
+
+    def add(self, counts: Mapping[str, int], latency_ms: float) -> None:
+        with self._lock:
+            for name in COUNTS:
+                self._counts[name] += counts.get(name, 0)
+            self._latency.append(latency_ms)
+
+    def flush(self) -> None:
+        """Send what was added since the last flush (nothing when nothing was handled)."""
+        with self._lock:
+            counts, latency = self._counts, self._latency
+            self._counts, self._latency = dict.fromkeys(COUNTS, 0), []
+        if not latency:
+            return
+        data: list[dict[str, Any]] = [
+            {"MetricName": name, "Dimensions": self.dimensions, "Value": value, "Unit": "Count"}
+            for name, value in counts.items()
+        ]
+        data.append(
+            {
+                "MetricName": LATENCY,
+                "Dimensions": self.dimensions,
+                "Unit": "Milliseconds",
+                "StatisticValues": {
+                    "SampleCount": len(latency),
+                    "Sum": sum(latency),
+                    "Minimum": min(latency),
+                    "Maximum": max(latency),
+                },
+            }
+        )
+        try:
+            self.cloudwatch.put_metric_data(Namespace=self.namespace, MetricData=data)
+        except Exception:  # metrics must never take the worker down; the EMF lines remain
+            logging.getLogger("sluice.worker").exception("could not publish metrics")
+
+    def start(self, interval_s: float) -> threading.Thread:
+        """Flush every `interval_s` seconds from a daemon thread."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(interval_s)
+                self.flush()
+
+        thread = threading.Thread(target=loop, name="metrics-publisher", daemon=True)
+        thread.start()
+        return thread
+
+
+class Metrics:
+    """Writes one EMF document per handled message (and feeds `publisher`, when there is one)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        dimensions: Mapping[str, str],
+        stream: TextIO | None = None,
+        publisher: MetricsPublisher | None = None,
+    ):
         self.namespace = namespace
         self.dimensions = dict(dimensions)
         self.stream = stream
+        self.publisher = publisher
         self._definitions = [{"Name": name, "Unit": "Count"} for name in COUNTS] + [
             {"Name": LATENCY, "Unit": "Milliseconds"}
         ]
@@ -101,3 +175,5 @@ class Metrics:
         stream = self.stream or sys.stdout
         stream.write(json.dumps(doc, separators=(",", ":")) + "\n")
         stream.flush()
+        if self.publisher is not None:
+            self.publisher.add(counts, latency_ms)

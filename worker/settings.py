@@ -19,6 +19,7 @@ MAX_BODY = "SLUICE_MAX_BODY_BYTES"
 HTTP_PATH = "SLUICE_HTTP_PATH"
 METRICS_NAMESPACE = "SLUICE_METRICS_NAMESPACE"
 INVOKE_TIMEOUT = "SLUICE_INVOKE_TIMEOUT_S"
+PUBLISH_METRICS_S = "SLUICE_PUBLISH_METRICS_S"
 # SQS's own ceiling on a message: nothing larger can come from sqsd, nothing larger fits the DLQ.
 SQS_MAX_MESSAGE_BYTES = 1024 * 1024
 
@@ -44,6 +45,8 @@ class Settings:
     metrics_namespace: str = WORKER_METRICS
     # Connect + read budget of one Invoke; kept far below sqsd's InactivityTimeout.
     invoke_timeout_s: float = 10.0
+    # Seconds between PutMetricData flushes of the aggregated counts; 0 = only the EMF log lines.
+    publish_metrics_s: float = 0.0
     extra: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
@@ -67,6 +70,10 @@ class Settings:
                 raise SettingsError(
                     f"{WORKFLOW_ALIASES}: {name!r} must map to a Lambda alias ARN, got {arn!r}"
                 )
+        if not (self.publish_metrics_s == 0 or 10 <= self.publish_metrics_s <= 300):
+            raise SettingsError(
+                f"{PUBLISH_METRICS_S}: must be 0 (off) or 10..300 s, got {self.publish_metrics_s}"
+            )
         if not 0 < self.invoke_timeout_s <= 60:
             raise SettingsError(
                 f"{INVOKE_TIMEOUT}: must be in (0, 60] s, got {self.invoke_timeout_s}"
@@ -83,6 +90,7 @@ class Settings:
             http_path=env.get(HTTP_PATH, "/"),
             metrics_namespace=env.get(METRICS_NAMESPACE, WORKER_METRICS),
             invoke_timeout_s=_number(env, INVOKE_TIMEOUT, 10.0, float),
+            publish_metrics_s=_number(env, PUBLISH_METRICS_S, 0.0, float),
         )
 
 

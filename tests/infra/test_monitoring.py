@@ -168,6 +168,9 @@ def test_worker_health_is_published_for_the_alarm(synth, env):
     }
     doc = json.loads(settings[("aws:elasticbeanstalk:healthreporting:system", "ConfigDocument")])
     assert doc["CloudWatchMetrics"]["Environment"]["EnvironmentHealth"] == 60
+    # and the worker publishes the counts the dispatch-failures alarm reads
+    app_env = "aws:elasticbeanstalk:application:environment"
+    assert settings[(app_env, "SLUICE_PUBLISH_METRICS_S")] == "60"
 
 
 def test_broker_environments_give_the_worker_the_broker_and_events_queue(synth, env):
