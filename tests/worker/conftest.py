@@ -3,7 +3,9 @@ and a local Lambda Invoke endpoint with durable-execution naming semantics."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -166,23 +168,36 @@ def start_web(
     env = {**env, "PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}"}
     out = log.open("wb")
     process = subprocess.Popen(  # noqa: S602 - the Procfile line is a shell command, as on EB
-        web, shell=True, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
+        web,
+        shell=True,
+        cwd=cwd,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        # Its own process group: the shell's children (gunicorn and its workers) stop with it.
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{env['PORT']}"
     try:
         wait_healthy(url, process, log)
     except RuntimeError:
-        process.kill()
+        _signal_group(process, signal.SIGKILL)
         raise
     return Worker(url, log, process)
 
 
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
 def stop_web(worker: Worker) -> None:
-    worker.process.terminate()
+    _signal_group(worker.process, signal.SIGTERM)
     try:
         worker.process.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        worker.process.kill()
+        _signal_group(worker.process, signal.SIGKILL)
+        worker.process.wait(timeout=15)
 
 
 @pytest.fixture(scope="session")
