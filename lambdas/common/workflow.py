@@ -16,8 +16,38 @@ from typing import Any
 from aws_durable_execution_sdk_python import DurableContext, DurableOperationError
 from aws_durable_execution_sdk_python.config import Duration
 
-from lambdas.common.runtime import error_class
+from lambdas.common.runtime import error_class, logger, set_correlation_id
 from sluice.catalog import WORKFLOW_ALIAS
+from sluice.envelope import Event, event_from_dict, execution_name
+from sluice.errors import BusinessError
+
+
+def start_workflow(
+    event: Mapping[str, Any], ctx: DurableContext, *, workflow: str, started_by: frozenset[str]
+) -> tuple[Event, str]:
+    """The event a workflow was started with and its job id (the durable execution name).
+
+    Refuses events the workflow does not handle, and puts the event's correlation id on every
+    log line of the execution.
+    """
+    ev = event_from_dict(dict(event))
+    if ev.name not in started_by:
+        raise BusinessError(f"{workflow} does not handle {ev.name}", code="unknown_event")
+    job_id = execution_name(ev.id)
+    set_correlation_id(ev.correlation_id, job_id=job_id, workflow=workflow)
+    ctx.set_logger(logger)  # type: ignore[arg-type]
+    return ev, job_id
+
+
+def audio_source(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The audio object `data` names: bucket, key and, when given, version_id."""
+    bucket, key = data.get("bucket"), data.get("key")
+    if not isinstance(bucket, str) or not isinstance(key, str) or not bucket or not key:
+        raise BusinessError("event data lacks the audio's bucket and key", code="bad_event")
+    source: dict[str, Any] = {"bucket": bucket, "key": key}
+    if data.get("version_id"):
+        source["version_id"] = str(data["version_id"])
+    return source
 
 
 @dataclass(frozen=True)

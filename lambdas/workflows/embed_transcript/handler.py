@@ -14,10 +14,9 @@ from typing import Any
 from aws_durable_execution_sdk_python import DurableContext, durable_execution
 
 from lambdas.common.heavy_task import run_heavy_task
-from lambdas.common.runtime import env, logger, set_correlation_id, tracer
-from lambdas.common.workflow import StepFailed
+from lambdas.common.runtime import env, tracer
+from lambdas.common.workflow import StepFailed, start_workflow
 from sluice.catalog import EMBED_TASK, EMBED_TRANSCRIPT, EMBEDDINGS_PREFIX
-from sluice.envelope import event_from_dict, execution_name
 from sluice.errors import BusinessError
 
 WORKFLOW = EMBED_TRANSCRIPT
@@ -35,13 +34,8 @@ def transcript_of(data: Mapping[str, Any]) -> Any:
 
 
 def embed(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
-    ev = event_from_dict(dict(event))
-    if ev.name not in STARTED_BY:
-        raise BusinessError(f"{WORKFLOW} does not handle {ev.name}", code="unknown_event")
-    job_id = execution_name(ev.id)
+    ev, job_id = start_workflow(event, ctx, workflow=WORKFLOW, started_by=STARTED_BY)
     media_id = str(ev.data.get("job_id") or job_id)
-    set_correlation_id(ev.correlation_id, job_id=job_id, workflow=WORKFLOW)
-    ctx.set_logger(logger)  # type: ignore[arg-type]
     output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{EMBEDDINGS_PREFIX}{media_id}/"}
     try:
         transcript = transcript_of(ev.data)

@@ -13,10 +13,9 @@ from typing import Any
 from aws_durable_execution_sdk_python import DurableContext, durable_execution
 
 from lambdas.common.heavy_task import run_heavy_task
-from lambdas.common.runtime import env, logger, set_correlation_id, tracer
-from lambdas.common.workflow import StepFailed
+from lambdas.common.runtime import env, tracer
+from lambdas.common.workflow import StepFailed, audio_source, start_workflow
 from sluice.catalog import HLS_PREFIX, TRANSCODE_AUDIO, TRANSCODE_TASK
-from sluice.envelope import event_from_dict, execution_name
 from sluice.errors import BusinessError
 
 WORKFLOW = TRANSCODE_AUDIO
@@ -26,25 +25,13 @@ STARTED_BY = frozenset({"media/transcription.completed", "media/transcode.reques
 def source_of(data: Mapping[str, Any]) -> dict[str, Any]:
     """The audio object an event names (`source: {bucket, key}` or top-level bucket/key)."""
     nested = data.get("source")
-    src: Mapping[str, Any] = nested if isinstance(nested, Mapping) else data
-    bucket, key = src.get("bucket"), src.get("key")
-    if not isinstance(bucket, str) or not isinstance(key, str) or not bucket or not key:
-        raise BusinessError("event data lacks the audio's bucket and key", code="bad_event")
-    out: dict[str, Any] = {"bucket": bucket, "key": key}
-    if src.get("version_id"):
-        out["version_id"] = str(src["version_id"])
-    return out
+    return audio_source(nested if isinstance(nested, Mapping) else data)
 
 
 def transcode(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
-    ev = event_from_dict(dict(event))
-    if ev.name not in STARTED_BY:
-        raise BusinessError(f"{WORKFLOW} does not handle {ev.name}", code="unknown_event")
-    job_id = execution_name(ev.id)
+    ev, job_id = start_workflow(event, ctx, workflow=WORKFLOW, started_by=STARTED_BY)
     # Outputs sit under the media item's id: the transcription job's, when this follows one.
     media_id = str(ev.data.get("job_id") or job_id)
-    set_correlation_id(ev.correlation_id, job_id=job_id, workflow=WORKFLOW)
-    ctx.set_logger(logger)  # type: ignore[arg-type]
     source = source_of(ev.data)
     output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{HLS_PREFIX}{media_id}/"}
     try:

@@ -16,12 +16,12 @@ from aws_durable_execution_sdk_python.config import Duration, StepConfig
 from aws_durable_execution_sdk_python.retries import RetryStrategyConfig, create_retry_strategy
 
 from lambdas.common import jobs
-from lambdas.common.runtime import classify, logger, set_correlation_id, tracer
-from lambdas.common.workflow import StepFailed, invoke_step
-from sluice.envelope import event_from_dict, execution_name
+from lambdas.common.runtime import classify, tracer
+from lambdas.common.workflow import StepFailed, audio_source, invoke_step, start_workflow
+from sluice.catalog import TRANSCRIBE_AUDIO
 from sluice.errors import BusinessError, SluiceError, TransientError
 
-WORKFLOW = "transcribe_audio"
+WORKFLOW = TRANSCRIBE_AUDIO
 STARTED_BY = frozenset({"media/uploaded", "media/transcription.requested"})
 # Transcribe takes roughly a quarter of the audio's duration: poll from 15 s, backing off to
 # 5 minutes; the number of polls bounds the durable operations one execution uses.
@@ -49,24 +49,9 @@ def poll_delays() -> list[int]:
     return delays
 
 
-def _source(event_data: Mapping[str, Any]) -> dict[str, Any]:
-    bucket, key = event_data.get("bucket"), event_data.get("key")
-    if not isinstance(bucket, str) or not isinstance(key, str) or not bucket or not key:
-        raise BusinessError("event data lacks bucket and key", code="bad_event")
-    source: dict[str, Any] = {"bucket": bucket, "key": key}
-    if event_data.get("version_id"):
-        source["version_id"] = str(event_data["version_id"])
-    return source
-
-
 def transcribe(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
-    ev = event_from_dict(dict(event))
-    if ev.name not in STARTED_BY:
-        raise BusinessError(f"{WORKFLOW} does not handle {ev.name}", code="unknown_event")
-    job_id = execution_name(ev.id)
-    set_correlation_id(ev.correlation_id, job_id=job_id, workflow=WORKFLOW)
-    ctx.set_logger(logger)  # type: ignore[arg-type]
-    source = _source(ev.data)
+    ev, job_id = start_workflow(event, ctx, workflow=WORKFLOW, started_by=STARTED_BY)
+    source = audio_source(ev.data)
     execution_arn = ctx.state.durable_execution_arn
 
     def claim(_: StepContext) -> dict[str, Any]:
