@@ -15,12 +15,15 @@ from syrupy.extensions.json import JSONSnapshotExtension
 
 _HASH = re.compile(r"\b[0-9a-f]{64}\b")
 _ZIP = re.compile(r"\b[0-9a-f]{64}\.zip\b")
+# A Lambda version's logical id ends in a hash of the function's code: mask it like the asset.
+_VERSION = re.compile(r"(CurrentVersion[0-9A-F]{8})[0-9a-f]{32}\b")
 
 
 def masked(template: dict) -> dict:
     text = json.dumps(template, sort_keys=True)
     text = _ZIP.sub("<asset>.zip", text)
     text = _HASH.sub("<asset-hash>", text)
+    text = _VERSION.sub(r"\1<code-hash>", text)
     return json.loads(text)
 
 
@@ -37,5 +40,11 @@ def test_template_matches_snapshot(synth, env, stack, snapshot_json):
 
 def test_masking_keeps_everything_but_asset_hashes():
     digest = "a" * 64
-    doc = {"S3Key": f"{digest}.zip", "Other": "b" * 63, "Hash": digest}
-    assert masked(doc) == {"S3Key": "<asset>.zip", "Other": "b" * 63, "Hash": "<asset-hash>"}
+    version = "FnCurrentVersion18DCF9A9" + "c" * 32
+    doc = {"S3Key": f"{digest}.zip", "Other": "b" * 63, "Hash": digest, "Ref": version}
+    assert masked(doc) == {
+        "S3Key": "<asset>.zip",
+        "Other": "b" * 63,
+        "Hash": "<asset-hash>",
+        "Ref": "FnCurrentVersion18DCF9A9<code-hash>",
+    }
