@@ -49,8 +49,6 @@ class StatelessStack(Stack):
         )
         for name, step in self.workflows.steps.items():
             self.monitoring.watch_step(name, step.function)
-        for name, workflow in self.workflows.workflows.items():
-            self.monitoring.watch_workflow(name, workflow.function)
         # Heavy steps (issue 5): transcode/embed workflows whose work the worker's tasks process does.
         self.heavy = HeavySteps(
             self,
@@ -61,10 +59,9 @@ class StatelessStack(Stack):
             tasks=stateful.tasks,
             key=stateful.key,
         )
-        for name, workflow in self.heavy.workflows.items():
-            self.monitoring.watch_workflow(name, workflow.function)
-        # `sluice jobs show` finds each workflow's durable executions by these outputs.
+        # Every workflow is alarmed on; `sluice jobs show` finds its executions by its output.
         for name, workflow in {**self.workflows.workflows, **self.heavy.workflows}.items():
+            self.monitoring.watch_workflow(name, workflow.function)
             CfnOutput(self, catalog.workflow_output(name), value=workflow.function.function_name)
         self.monitoring.watch_queue(
             "Tasks",
