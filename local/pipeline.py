@@ -36,7 +36,7 @@ ENV = "local"
 PREFIX = f"Sluice-{ENV}"
 REGION = "us-east-1"
 BUCKET = "sluice-local-media"
-UPLOAD_KEY = "uploads/sermon.mp3"
+UPLOAD_KEY = f"{catalog.UPLOADS_PREFIX}sermon.mp3"
 AUDIO_SECONDS = 24
 # What "Transcribe" hears in local mode: the words are canned, their times span the audio.
 SCRIPT = (
@@ -109,7 +109,11 @@ def create_resources(endpoint: str) -> Resources:
                 {
                     "QueueArn": events_arn,
                     "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "uploads/"}]}},
+                    "Filter": {
+                        "Key": {
+                            "FilterRules": [{"Name": "prefix", "Value": catalog.UPLOADS_PREFIX}]
+                        }
+                    },
                 }
             ]
         },
@@ -501,10 +505,10 @@ class Snapshot:
 
 
 OUTPUT_PREFIXES = {
-    "transcript": ("transcripts/", (".json",)),
-    "captions": ("transcripts/", (".vtt",)),
-    "hls": ("hls/", (".m3u8",)),
-    "vectors": ("embeddings/", ("",)),
+    "transcript": (catalog.TRANSCRIPTS_PREFIX, (".json",)),
+    "captions": (catalog.TRANSCRIPTS_PREFIX, (".vtt",)),
+    "hls": (catalog.HLS_PREFIX, (".m3u8",)),
+    "vectors": (catalog.EMBEDDINGS_PREFIX, ("",)),
 }
 
 

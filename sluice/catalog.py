@@ -34,12 +34,18 @@ ROUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 
-# Heavy tasks (tasks queue -> the worker's tasks process), and where their outputs live in the
-# media bucket: one prefix per media item (the transcription job id), next to transcripts/<id>/.
-TRANSCODE_TASK = "media/transcode"
-EMBED_TASK = "media/embed"
+# Key prefixes of the media bucket: IAM policies (stacks), the lifecycle rule, the steps and the
+# tasks all name these. Outputs sit under one prefix per media item (the transcription job id).
+UPLOADS_PREFIX = "uploads/"
+TRANSCRIPTS_PREFIX = "transcripts/"
+TMP_PREFIX = "tmp/"  # expires (lifecycle rule)
+TRANSCRIBE_OUTPUT_PREFIX = f"{TMP_PREFIX}transcribe/"  # Transcribe's raw output
 HLS_PREFIX = "hls/"
 EMBEDDINGS_PREFIX = "embeddings/"
+
+# Heavy tasks (tasks queue -> the worker's tasks process).
+TRANSCODE_TASK = "media/transcode"
+EMBED_TASK = "media/embed"
 
 
 # Stack outputs the operator CLI (`sluice`) reads to find the jobs table and each workflow.

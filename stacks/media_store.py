@@ -10,12 +10,13 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
+from sluice import catalog
 from stacks.config import EnvConfig
 
-# Object key prefixes of the media bucket (runtime code uses the same ones).
-UPLOADS = "uploads/"
-TRANSCRIPTS = "transcripts/"
-TMP = "tmp/"
+# Object key prefixes of the media bucket: the one definition the runtime code uses too.
+UPLOADS = catalog.UPLOADS_PREFIX
+TRANSCRIPTS = catalog.TRANSCRIPTS_PREFIX
+TMP = catalog.TMP_PREFIX
 TTL_ATTRIBUTE = "expires_at"
 ACCESS_LOG_PREFIX = "media/"
 

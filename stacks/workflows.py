@@ -20,7 +20,7 @@ from constructs import Construct
 from sluice import catalog
 from stacks.bundling import ROOT, stage_bundle
 from stacks.config import EnvConfig, FunctionConfig
-from stacks.media_store import TMP, TRANSCRIPTS, UPLOADS, MediaStore, media_objects_arn
+from stacks.media_store import TRANSCRIPTS, UPLOADS, MediaStore, media_objects_arn
 from stacks.queues import DurableQueue
 
 LAMBDAS = ROOT / "lambdas"
@@ -29,7 +29,7 @@ REQUIREMENTS = LAMBDAS / "requirements.txt"
 RUNTIME = lambda_.Runtime.PYTHON_3_14
 ARCH = lambda_.Architecture.ARM_64
 JOB_TTL_DAYS = 400
-TRANSCRIBE_OUTPUT = f"{TMP}transcribe/"
+TRANSCRIBE_OUTPUT = catalog.TRANSCRIBE_OUTPUT_PREFIX
 
 
 def deps_layer(scope: Construct, construct_id: str) -> lambda_.LayerVersion:

@@ -12,9 +12,10 @@ from botocore.exceptions import ClientError
 from lambdas.common import jobs
 from lambdas.common.runtime import clients, env, require, step_handler
 from lambdas.steps.parse_save_transcription import transcript
+from sluice.catalog import TRANSCRIPTS_PREFIX
 from sluice.errors import BusinessError
 
-OUTPUT_PREFIX = "transcripts/"
+OUTPUT_PREFIX = TRANSCRIPTS_PREFIX
 
 
 def output_keys(job_id: str) -> dict[str, str]:

@@ -13,8 +13,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from lambdas.common.runtime import clients, env, logger, require, step_handler
+from sluice.catalog import TRANSCRIBE_OUTPUT_PREFIX
 
-OUTPUT_PREFIX = "tmp/transcribe/"
+OUTPUT_PREFIX = TRANSCRIBE_OUTPUT_PREFIX
 # Transcribe's sample-rate bounds; outside them it picks the rate itself.
 SAMPLE_RATES = range(8000, 48001)
 
