@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cdk_monitoring_constructs as mon
-from aws_cdk import Duration
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subs
@@ -23,8 +22,10 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from stacks.config import EnvConfig
+from stacks.keys import customer_key
 
 RUNBOOK = "docs/runbook.md"
+CLOUDWATCH = iam.ServicePrincipal("cloudwatch.amazonaws.com")
 GTE = cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
 
 
@@ -51,16 +52,36 @@ class Monitoring(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, config: EnvConfig) -> None:
         super().__init__(scope, construct_id)
         self._config = config
+        # Only this environment's alarms may act through the topic and its key (no confused deputy:
+        # the account and the alarm-name prefix are both pinned).
+        stack = Stack.of(self)
+        alarms_only = {
+            "StringEquals": {"aws:SourceAccount": stack.account},
+            "ArnLike": {
+                "aws:SourceArn": stack.format_arn(
+                    service="cloudwatch",
+                    resource="alarm",
+                    resource_name=f"{config.prefix}-*",
+                    arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                )
+            },
+        }
         # CloudWatch cannot publish to a topic encrypted with the AWS-managed SNS key, so the topic
         # gets a key of its own whose policy lets CloudWatch use it.
-        self.key = kms.Key(
+        self.key = customer_key(
             self,
             "AlarmKey",
             description=f"{config.prefix}: alarm topic",
-            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.DESTROY,
         )
-        self.key.grant(
-            iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*"
+        self.key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AlarmsEncryptNotifications",
+                principals=[CLOUDWATCH],
+                actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+                resources=["*"],
+                conditions=alarms_only,
+            )
         )
         self.topic = sns.Topic(
             self,
@@ -68,6 +89,17 @@ class Monitoring(Construct):
             display_name=f"Sluice {config.name} alarms",
             master_key=self.key,
             enforce_ssl=True,
+        )
+        # A topic policy replaces SNS's default one: without this statement the TLS-only deny
+        # would be all there is, and no alarm could publish.
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AlarmsPublish",
+                principals=[CLOUDWATCH],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions=alarms_only,
+            )
         )
         self.topic.add_subscription(subs.EmailSubscription(config.alarms.email))
         self.dashboard_name = f"{config.prefix}-jobs"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Aws, RemovalPolicy, Validations
+from aws_cdk import Acknowledgment, RemovalPolicy, Validations
 from aws_cdk import aws_ec2 as ec2
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -26,9 +25,6 @@ class Network(Construct):
         key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
-        if key is not None:
-            # CloudWatch Logs encrypts the flow log group with the environment's key.
-            key.grant_encrypt_decrypt(iam.ServicePrincipal(f"logs.{Aws.REGION}.amazonaws.com"))
         self.flow_log_group = logs.LogGroup(
             self,
             "FlowLogs",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
+from aws_cdk import CfnOutput, RemovalPolicy, Stack
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from sluice import catalog
 from stacks.broker import Broker
 from stacks.config import EnvConfig
+from stacks.keys import allow_log_encryption, customer_key
 from stacks.media_store import UPLOADS, MediaStore
 from stacks.network import Network
 from stacks.queues import DurableQueue
@@ -25,14 +26,14 @@ class StatefulStack(Stack):
         removal = RemovalPolicy.RETAIN if config.retain_data else RemovalPolicy.DESTROY
         self.key: kms.IKey | None = None
         if config.events_queue.customer_managed_key or config.tasks_queue.customer_managed_key:
-            self.key = kms.Key(
+            self.key = customer_key(
                 self,
                 "DataKey",
                 description=f"{config.prefix}: queues and data at rest",
-                enable_key_rotation=True,
-                rotation_period=Duration.days(365),
                 removal_policy=removal,
             )
+            # The flow logs and the Lambda log groups are encrypted with it.
+            allow_log_encryption(self.key)
         # The worker's VPC (stateful: the broker and other data services live in it too).
         self.network = Network(
             self, "Network", config=config.network, removal_policy=removal, key=self.key

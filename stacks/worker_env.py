@@ -27,9 +27,11 @@ WORKER_DIR = ROOT / "worker"
 SQSD_MAX_RETRIES = 100
 SLUICE_DIR = ROOT / "sluice"
 # EB service-role policies AWS maintains in step with the platform (enhanced health and managed
-# platform updates act on resources EB creates and names itself at environment creation).
+# platform updates act on resources EB creates and names itself at environment creation), by
+# their path in AWS's list of managed policies: the two live under different paths, and a wrong
+# path fails the stack at deploy (tests/infra/test_catalogues.py checks them against that list).
 SERVICE_ROLE_POLICIES = (
-    "AWSElasticBeanstalkEnhancedHealth",
+    "service-role/AWSElasticBeanstalkEnhancedHealth",
     "AWSElasticBeanstalkManagedUpdatesCustomerRolePolicy",
 )
 
@@ -111,7 +113,7 @@ class WorkerEnvironment(Construct):
                 conditions={"StringEquals": {"sts:ExternalId": "elasticbeanstalk"}},
             ),
             managed_policies=[
-                iam.ManagedPolicy.from_aws_managed_policy_name(f"service-role/{name}")
+                iam.ManagedPolicy.from_aws_managed_policy_name(name)
                 for name in SERVICE_ROLE_POLICIES
             ],
             description=f"{env_name}: Elastic Beanstalk's own role (health, managed updates)",
@@ -119,8 +121,7 @@ class WorkerEnvironment(Construct):
         for name in SERVICE_ROLE_POLICIES:
             Validations.of(self.service_role).acknowledge(
                 Acknowledgment(
-                    id=f"AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/"
-                    f"service-role/{name}]",
+                    id=f"AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/{name}]",
                     reason="Elastic Beanstalk's service role: enhanced health and managed "
                     "platform updates act on the Auto Scaling group, launch template and "
                     "CloudFormation stack EB creates and names at environment creation, so no "

@@ -325,9 +325,6 @@ class Workflows(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.layer = deps_layer(self, "Deps")
-        if key is not None:
-            # CloudWatch Logs encrypts the functions' log groups with the environment's key.
-            key.grant_encrypt_decrypt(iam.ServicePrincipal(f"logs.{Aws.REGION}.amazonaws.com"))
         table, topic = media.table, media.notifications
         env = {
             "MEDIA_BUCKET": media.bucket_name,

@@ -13,7 +13,9 @@ from aws_cdk.assertions import Template
 
 from stacks import config
 from stacks.stage import SluiceStage, build
+from stacks.summary import templates
 from tests.conftest import ROOT
+from tests.infra.render import ACCOUNT, Environment
 
 ENVIRONMENTS = tuple(config.ENVIRONMENTS)
 
@@ -31,6 +33,15 @@ class Synth:
 
     def template_files(self) -> list[Path]:
         return sorted(self.outdir.rglob("*.template.json"))
+
+    @property
+    def rendered(self) -> Environment:
+        """Every stack of the environment with its intrinsics resolved (tests/infra/render.py)."""
+        return Environment(
+            region=self.config.region,
+            templates=templates(self.outdir),
+            account=self.config.account or ACCOUNT,
+        )
 
 
 @cache

@@ -1,0 +1,243 @@
+"""Synthesized templates as a deployment would see them: intrinsics resolved to concrete strings.
+
+The catalogue checks compare our templates with what AWS publishes (managed policy paths, IAM
+actions and their resource types, service principals). Those compare strings, so every `Ref`,
+`Fn::GetAtt`, `Fn::Join`, `Fn::Sub`, `Fn::Select`, `Fn::Split` and `Fn::ImportValue` is
+rendered the way CloudFormation would resolve it: a resource's physical name from its properties
+(or a stable stand-in when CloudFormation generates it) and its ARN in the service's ARN format.
+A resource type or attribute without a rendering raises, so a new kind of resource cannot slip
+past the checks unrendered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ACCOUNT = "123456789012"
+PARTITION = "aws"
+
+
+def _name(lid: str, props: Mapping[str, Any], key: str | None) -> str:
+    """The physical name: the property when set, else a stand-in like CloudFormation's."""
+    if key and isinstance(props.get(key), str):
+        return str(props[key])
+    return f"gen-{lid.lower()[:40]}"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One stack's template within its environment."""
+
+    name: str
+    template: Mapping[str, Any]
+    env: Environment
+
+    @property
+    def resources(self) -> Mapping[str, Mapping[str, Any]]:
+        return self.template.get("Resources", {})
+
+    def render(self, value: Any) -> Any:
+        """`value` with every intrinsic function resolved (recursively)."""
+        if isinstance(value, list):
+            return [self.render(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            ((key, arg),) = value.items()
+            if key == "Ref":
+                return self.ref(arg)
+            if key == "Fn::GetAtt":
+                lid, attr = arg if isinstance(arg, list) else arg.split(".", 1)
+                return self.get_att(lid, attr)
+            if key == "Fn::Join":
+                sep, parts = arg
+                return sep.join(str(p) for p in self.render(parts))
+            if key == "Fn::Select":
+                index, items = arg
+                return self.render(items)[int(self.render(index))]
+            if key == "Fn::Split":
+                sep, text = arg
+                return str(self.render(text)).split(sep)
+            if key == "Fn::Sub":
+                return self._sub(arg)
+            if key == "Fn::ImportValue":
+                return self.env.export(str(self.render(arg)))
+            if key == "Fn::GetAZs":
+                return [f"{self.env.region}{z}" for z in "abc"]
+            if key.startswith("Fn::"):
+                raise NotImplementedError(f"{self.name}: cannot render {key}")
+        return {k: self.render(v) for k, v in value.items()}
+
+    def _sub(self, arg: Any) -> str:
+        text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+
+        def one(m: re.Match[str]) -> str:
+            token = m.group(1)
+            if token in variables:
+                return str(self.render(variables[token]))
+            if "." in token:
+                lid, attr = token.split(".", 1)
+                return str(self.get_att(lid, attr))
+            return str(self.ref(token))
+
+        return re.sub(r"\$\{([^}!]+)\}", one, text)
+
+    # -- Ref and GetAtt -------------------------------------------------------------------------
+
+    def ref(self, lid: str) -> str:
+        env = self.env
+        pseudo = {
+            "AWS::Partition": PARTITION,
+            "AWS::Region": env.region,
+            "AWS::AccountId": env.account,
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::StackName": self.name,
+        }
+        if lid in pseudo:
+            return pseudo[lid]
+        if lid in self.template.get("Parameters", {}):
+            return f"param-{lid}"
+        resource = self.resources[lid]
+        kind, props = resource["Type"], resource.get("Properties", {})
+        arn = self._arn(lid, kind, props)
+        by_arn = {
+            "AWS::SNS::Topic",
+            "AWS::Lambda::Alias",
+            "AWS::Lambda::Version",
+            "AWS::Lambda::LayerVersion",
+            "AWS::IAM::ManagedPolicy",
+            "AWS::SecretsManager::Secret",
+        }
+        if kind in by_arn:
+            return arn
+        if kind == "AWS::SQS::Queue":
+            return f"https://sqs.{env.region}.amazonaws.com/{env.account}/{self._queue_name(lid, props)}"
+        if kind == "AWS::KMS::Key":
+            return self._key_id(lid)
+        names = {
+            "AWS::S3::Bucket": "BucketName",
+            "AWS::DynamoDB::Table": "TableName",
+            "AWS::Lambda::Function": "FunctionName",
+            "AWS::Logs::LogGroup": "LogGroupName",
+            "AWS::IAM::Role": "RoleName",
+            "AWS::IAM::InstanceProfile": "InstanceProfileName",
+            "AWS::ElasticBeanstalk::Application": "ApplicationName",
+            "AWS::ElasticBeanstalk::Environment": "EnvironmentName",
+            "AWS::ElasticBeanstalk::ApplicationVersion": None,
+            "AWS::AmazonMQ::Broker": None,
+            "AWS::CloudWatch::Alarm": "AlarmName",
+        }
+        if kind in names:
+            return _name(lid, props, names[kind])
+        if kind.startswith("AWS::EC2::"):
+            return f"{kind.split('::')[-1].lower()}-{lid.lower()[:17]}"
+        if kind.startswith("Custom::") or kind == "AWS::CloudFormation::CustomResource":
+            return f"custom-{lid.lower()}"
+        raise NotImplementedError(f"{self.name}: no Ref rendering for {kind} ({lid})")
+
+    def get_att(self, lid: str, attr: str) -> Any:
+        resource = self.resources[lid]
+        kind, props = resource["Type"], resource.get("Properties", {})
+        if attr == "Arn" or (kind == "AWS::SNS::Topic" and attr == "TopicArn"):
+            return self._arn(lid, kind, props)
+        if kind == "AWS::SQS::Queue" and attr == "QueueName":
+            return self._queue_name(lid, props)
+        if kind == "AWS::SQS::Queue" and attr == "QueueUrl":
+            return self.ref(lid)
+        if kind == "AWS::EC2::SecurityGroup" and attr == "GroupId":
+            return self.ref(lid)
+        if kind == "AWS::Lambda::Version" and attr == "Version":
+            return "1"
+        if kind == "AWS::KMS::Key" and attr == "KeyId":
+            return self._key_id(lid)
+        if kind == "AWS::AmazonMQ::Broker" and attr == "AmqpEndpoints":
+            return [f"amqps://b-{lid.lower()}.mq.{self.env.region}.amazonaws.com:5671"]
+        if kind == "AWS::EC2::VPC" and attr in ("CidrBlock", "DefaultSecurityGroup"):
+            return "10.0.0.0/16" if attr == "CidrBlock" else f"sg-default-{lid.lower()}"
+        if kind.startswith("Custom::"):
+            return f"custom-{lid.lower()}-{attr}"
+        raise NotImplementedError(f"{self.name}: no GetAtt rendering for {kind}.{attr} ({lid})")
+
+    def _queue_name(self, lid: str, props: Mapping[str, Any]) -> str:
+        return _name(lid, props, "QueueName")
+
+    def _key_id(self, lid: str) -> str:
+        return f"00000000-0000-0000-0000-{hashlib.sha256(lid.encode()).hexdigest()[:12]}"
+
+    def _arn(self, lid: str, kind: str, props: Mapping[str, Any]) -> str:
+        region, account = self.env.region, self.env.account
+        head = f"arn:{PARTITION}"
+        if kind == "AWS::SQS::Queue":
+            return f"{head}:sqs:{region}:{account}:{self._queue_name(lid, props)}"
+        if kind == "AWS::Lambda::Function":
+            return f"{head}:lambda:{region}:{account}:function:{_name(lid, props, 'FunctionName')}"
+        if kind == "AWS::Lambda::Alias":
+            function = self.render(props["FunctionName"])
+            base = function if function.startswith("arn:") else self._function_arn(function)
+            return f"{base}:{props['Name']}"
+        if kind == "AWS::Lambda::Version":
+            function = self.render(props["FunctionName"])
+            base = function if function.startswith("arn:") else self._function_arn(function)
+            return f"{base}:1"
+        if kind == "AWS::Lambda::LayerVersion":
+            return f"{head}:lambda:{region}:{account}:layer:{lid.lower()}:1"
+        if kind == "AWS::Logs::LogGroup":
+            return f"{head}:logs:{region}:{account}:log-group:{_name(lid, props, 'LogGroupName')}:*"
+        if kind == "AWS::KMS::Key":
+            return f"{head}:kms:{region}:{account}:key/{self._key_id(lid)}"
+        if kind == "AWS::SNS::Topic":
+            return f"{head}:sns:{region}:{account}:{_name(lid, props, 'TopicName')}"
+        if kind == "AWS::S3::Bucket":
+            return f"{head}:s3:::{self.render(props['BucketName']) if 'BucketName' in props else _name(lid, props, None)}"
+        if kind == "AWS::DynamoDB::Table":
+            return f"{head}:dynamodb:{region}:{account}:table/{_name(lid, props, 'TableName')}"
+        if kind == "AWS::IAM::Role":
+            return f"{head}:iam::{account}:role/{_name(lid, props, 'RoleName')}"
+        if kind == "AWS::IAM::ManagedPolicy":
+            return f"{head}:iam::{account}:policy/{_name(lid, props, 'ManagedPolicyName')}"
+        if kind == "AWS::IAM::InstanceProfile":
+            return f"{head}:iam::{account}:instance-profile/{self.ref(lid)}"
+        if kind == "AWS::SecretsManager::Secret":
+            return f"{head}:secretsmanager:{region}:{account}:secret:{_name(lid, props, 'Name')}-AbCdEf"
+        if kind == "AWS::AmazonMQ::Broker":
+            return f"{head}:mq:{region}:{account}:broker:{props.get('BrokerName', lid)}:b-{lid.lower()}"
+        if kind == "AWS::CloudWatch::Alarm":
+            return f"{head}:cloudwatch:{region}:{account}:alarm:{_name(lid, props, 'AlarmName')}"
+        raise NotImplementedError(f"{self.name}: no ARN rendering for {kind} ({lid})")
+
+    def _function_arn(self, name: str) -> str:
+        return f"arn:{PARTITION}:lambda:{self.env.region}:{self.env.account}:function:{name}"
+
+
+@dataclass
+class Environment:
+    """All stacks of one environment (their exports resolve each other's imports)."""
+
+    region: str
+    templates: Mapping[str, Mapping[str, Any]]
+    account: str = ACCOUNT
+
+    @property
+    def stacks(self) -> list[Stack]:
+        return [Stack(name, t, self) for name, t in self.templates.items()]
+
+    def export(self, name: str) -> Any:
+        for stack in self.stacks:
+            for output in stack.template.get("Outputs", {}).values():
+                export = output.get("Export", {}).get("Name")
+                if export is not None and stack.render(export) == name:
+                    return stack.render(output["Value"])
+        raise KeyError(f"no stack exports {name!r}")
+
+    def resources(self, kind: str) -> list[tuple[Stack, str, Mapping[str, Any]]]:
+        """(stack, logical id, rendered properties) of every resource of type `kind`."""
+        found = []
+        for stack in self.stacks:
+            for lid, resource in stack.resources.items():
+                if resource["Type"] == kind:
+                    found.append((stack, lid, stack.render(resource.get("Properties", {}))))
+        return found

