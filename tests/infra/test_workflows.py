@@ -99,13 +99,34 @@ def test_each_step_has_its_own_role(synth):
     assert len(set(roles)) == len(roles)
 
 
-def test_no_permission_uses_a_star_resource_except_xray(synth, env):
+def test_no_permission_uses_a_star_resource_except_resourceless_actions(synth, env):
     s = synth(env)
     functions = _functions(s.stateless)
     for handler in [WORKFLOW_HANDLER, *map(_step_handler, STEPS)]:
         for st in _statements_of_role(s.stateless, _role_of(functions[handler][1])):
-            if st["Resource"] == "*":
+            if st["Resource"] != "*":
+                continue
+            if _actions([st]) == {"transcribe:StartTranscriptionJob"}:
+                # No resource type exists for it: its condition keys do the scoping.
+                assert set(st["Condition"]["StringEquals"]) >= {"transcribe:OutputBucketName"}
+            else:
                 assert _actions([st]) <= {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+
+
+def test_transcription_output_goes_only_to_the_media_bucket_with_the_data_key(synth, env):
+    s = synth(env)
+    _, props = _functions(s.stateless)[_step_handler("start_transcription")]
+    statements = _statements_of_role(s.stateless, _role_of(props))
+    (start,) = [st for st in statements if st["Action"] == "transcribe:StartTranscriptionJob"]
+    conditions = start["Condition"]["StringEquals"]
+    assert "-media-" in json.dumps(conditions["transcribe:OutputBucketName"])
+    if s.stage.stateful.key is None:
+        assert "transcribe:OutputEncryptionKMSKeyId" not in conditions
+    else:
+        # The caller encrypts Transcribe's output with the data key (AWS: "the role making the
+        # request must have permission to use the specified KMS key").
+        assert "DataKey" in json.dumps(conditions["transcribe:OutputEncryptionKMSKeyId"])
+        assert {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"} <= _actions(statements)
 
 
 @pytest.mark.parametrize(
