@@ -315,7 +315,7 @@ def statement_problems(statement: dict) -> list[str]:
 def iam_problems(env: Environment) -> list[str]:
     problems = []
     for kind, field in _POLICY_TYPES.items():
-        for stack, lid, props in env.resources(kind):
+        for _, lid, props in env.resources(kind):
             for st in props[field]["Statement"]:
                 if st["Effect"] == "Allow":
                     problems += [f"{lid}: {p}" for p in statement_problems(st)]
