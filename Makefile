@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 
-.PHONY: setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit bench bench-heavy bench-scheduler clean local local-up
+.PHONY: docs setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit bench bench-heavy bench-scheduler clean local local-up
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -96,6 +96,10 @@ bench-heavy: $(VENV)/.dev
 bench-scheduler: $(VENV)/.dev
 	mkdir -p build
 	$(PY) bench/scheduler_bench.py --json build/bench-scheduler.json
+
+## make docs: regenerate the README's generated parts (the configuration table)
+docs: $(VENV)/.runtime
+	$(PY) -m stacks.config_doc --write README.md
 
 clean:
 	rm -rf cdk.out build .pytest_cache .mypy_cache .ruff_cache

@@ -387,6 +387,11 @@ class EnvConfig:
         )
 
     @property
+    def data_key(self) -> bool:
+        """Whether the environment has a customer-managed data key (queues, bucket, table, logs)."""
+        return self.events_queue.customer_managed_key or self.tasks_queue.customer_managed_key
+
+    @property
     def prefix(self) -> str:
         """Stack and resource name prefix, e.g. `Sluice-prod`."""
         return f"Sluice-{self.name}"
@@ -421,9 +426,16 @@ ENVIRONMENTS: Mapping[str, EnvConfig] = MappingProxyType(
             workflows=WorkflowConfig(execution_timeout_days=7, retention_days=7, steps=_STEP_SIZES),
             alarms=AlarmConfig(email="sluice-dev@example.com", queue_age_s=900),
         ),
+        # Staging rehearses prod: the same keys and compliance packs, so every KMS permission
+        # path and every pack's rule is first exercised here; a smaller broker, fewer instances.
         "staging": EnvConfig(
             name="staging",
             log_retention_days=30,
+            compliance_packs=COMPLIANCE_PACKS,
+            events_queue=QueueConfig(max_receive_count=5, customer_managed_key=True),
+            tasks_queue=QueueConfig(
+                visibility_timeout_s=900, max_receive_count=3, customer_managed_key=True
+            ),
             workflows=WorkflowConfig(steps=_STEP_SIZES),
             broker=BrokerConfig(instance_type="mq.m7g.medium", deployment_mode="SINGLE_INSTANCE"),
             alarms=AlarmConfig(email="sluice-staging@example.com"),

@@ -1,12 +1,15 @@
 """Render every per-environment setting as the README's configuration table (kept true by a test).
 
-Run `python -m stacks.config_doc` and paste between the README's config-table markers.
+`python -m stacks.config_doc --write README.md` (`make docs`) rewrites the table between the
+README's config-table markers; without arguments it prints the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from stacks.config import ENVIRONMENTS, FunctionConfig
@@ -136,5 +139,15 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def write(path: Path) -> None:
+    """Replace the table between `path`'s config-table markers with the current one."""
+    text = path.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    path.write_text(text[:start] + "\n" + table() + "\n" + text[end:])
+
+
 if __name__ == "__main__":
-    print(table())
+    if sys.argv[1:2] == ["--write"]:
+        write(Path(sys.argv[2]))
+    else:
+        print(table())

@@ -101,7 +101,13 @@ class Monitoring(Construct):
                 conditions=alarms_only,
             )
         )
-        self.topic.add_subscription(subs.EmailSubscription(config.alarms.email))
+        subscription = self.topic.add_subscription(subs.EmailSubscription(config.alarms.email))
+        # cfn-lint-serverless asks each subscription for a DLQ (ES7000). An alarm e-mail that
+        # cannot be delivered (a bouncing address) would wait there unread; the alarm's state
+        # stays on the dashboard and in `aws cloudwatch describe-alarms` either way.
+        cfn_subscription = subscription.node.default_child
+        assert isinstance(cfn_subscription, sns.CfnSubscription)
+        cfn_subscription.add_metadata("cfn-lint", {"config": {"ignore_checks": ["ES7000"]}})
         self.dashboard_name = f"{config.prefix}-jobs"
         self.facade = mon.MonitoringFacade(
             self,

@@ -1,20 +1,14 @@
-"""One environment as a cdk.Stage (stateful + stateless stacks) and its compliance packs."""
+"""One environment as a cdk.Stage (stateful + stateless stacks) and the checks its synth runs."""
 
 from __future__ import annotations
 
 import aws_cdk as cdk
-from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks, NIST80053R5Checks
 from constructs import Construct
 
+from stacks import compliance
 from stacks.config import EnvConfig
 from stacks.stateful import StatefulStack
 from stacks.stateless import StatelessStack
-
-PACKS: dict[str, type[AwsSolutionsChecks | HIPAASecurityChecks | NIST80053R5Checks]] = {
-    "AwsSolutions": AwsSolutionsChecks,
-    "NIST80053R5": NIST80053R5Checks,
-    "HIPAASecurity": HIPAASecurityChecks,
-}
 
 
 class SluiceStage(cdk.Stage):
@@ -41,6 +35,6 @@ class SluiceStage(cdk.Stage):
 
 
 def build(app: cdk.App, config: EnvConfig) -> SluiceStage:
-    """Add environment `config` to `app` and register the compliance packs it enables."""
-    cdk.Validations.of(app).add_plugins(*(PACKS[name](app) for name in config.compliance_packs))
+    """Add environment `config` to `app` and register the checks its synth runs."""
+    compliance.register(app, config)
     return SluiceStage(app, config=config)

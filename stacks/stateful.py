@@ -25,7 +25,7 @@ class StatefulStack(Stack):
         )
         removal = RemovalPolicy.RETAIN if config.retain_data else RemovalPolicy.DESTROY
         self.key: kms.IKey | None = None
-        if config.events_queue.customer_managed_key or config.tasks_queue.customer_managed_key:
+        if config.data_key:
             self.key = customer_key(
                 self,
                 "DataKey",

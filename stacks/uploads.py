@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import jsii
-from aws_cdk import Acknowledgment, Stack, Validations
+from aws_cdk import Acknowledgment, CfnResource, Stack, Validations
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
@@ -92,6 +92,11 @@ def notify_uploads(bucket: s3.IBucket, queue: sqs.IQueue, *, prefix: str) -> Non
     handler = Stack.of(bucket).node.try_find_child(_HANDLER_ID)
     if handler is None:
         return
+    # cfn-lint-serverless wants every function sized explicitly (ES1005): 128 MB, Lambda's
+    # default, is what CDK's handler runs with.
+    function = handler.node.find_child("Resource")
+    assert isinstance(function, CfnResource)
+    function.add_property_override("MemorySize", 128)
     for finding, reason in _HANDLER_FINDINGS.items():
         Validations.of(handler).acknowledge(Acknowledgment(id=finding, reason=reason))
     for rule in _HANDLER_COMPUTE_RULES:

@@ -19,6 +19,7 @@ from constructs import Construct
 
 from sluice import catalog
 from stacks.bundling import ROOT, stage_bundle
+from stacks.compliance import GUARD
 from stacks.config import EnvConfig, FunctionConfig
 from stacks.media_store import TRANSCRIPTS, UPLOADS, MediaStore, media_objects_arn
 from stacks.queues import DurableQueue
@@ -142,6 +143,15 @@ class _Function(Construct):
             ],
         )
         self.log_group = logs.LogGroup(self, "Logs", removal_policy=removal, encryption_key=key)
+        if key is not None:
+            Validations.of(self.log_group).acknowledge(
+                Acknowledgment(
+                    id=f"{GUARD}::cloudwatch_log_group_encrypted_check",
+                    reason="Encrypted with the environment's data key, which lives in the "
+                    "stateful stack: KmsKeyId is an Fn::ImportValue the rule cannot follow "
+                    "(tests/infra/test_catalogues.py checks every log group's key policy).",
+                )
+            )
         # RetentionDays is a name enum in Python; the config holds days CloudWatch accepts.
         cfn_group = self.log_group.node.default_child
         assert isinstance(cfn_group, logs.CfnLogGroup)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_sqs as sqs
 from cdk_nag import AwsSolutionsChecks
 
 from stacks import config
-from stacks.stage import PACKS, build
+from stacks.compliance import PACKS
+from stacks.stage import build
 
 
 def _violations(result) -> list[str]:
@@ -69,3 +72,27 @@ def test_the_cli_entry_point_synthesizes_prod_with_cdk_json_context(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.glob("assembly-Sluice-prod/*.template.json"))
+
+
+def test_staging_rehearses_prods_encryption_and_packs():
+    """Every KMS permission path and every pack's rule is first exercised in staging, not prod."""
+    staging, prod = config.load("staging"), config.load("prod")
+    assert staging.compliance_packs == prod.compliance_packs
+    assert staging.data_key and prod.data_key
+    for queue in ("events_queue", "tasks_queue"):
+        assert (
+            getattr(staging, queue).customer_managed_key
+            == getattr(prod, queue).customer_managed_key
+        )
+
+
+def test_staging_resources_use_the_data_key_where_prod_does(synth):
+    def keyed(env: str) -> set[str]:
+        template = synth(env).stateful.to_json()["Resources"]
+        return {
+            lid.rstrip("0123456789ABCDEF")
+            for lid, r in template.items()
+            if "DataKey" in json.dumps(r.get("Properties", {}))
+        }
+
+    assert keyed("staging") == keyed("prod")

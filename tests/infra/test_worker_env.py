@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from stacks import config
-from stacks.stage import PACKS
+from stacks.compliance import PACKS
 from stacks.worker_env import worker_bundle
 from tests.infra.conftest import resources
 

@@ -222,7 +222,7 @@ def test_the_media_bucket_is_private_encrypted_versioned_logged_with_tmp_lifecyc
     algo = media["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
         "ServerSideEncryptionByDefault"
     ]["SSEAlgorithm"]
-    assert algo == ("aws:kms" if s.config.name == "prod" else "AES256")
+    assert algo == ("aws:kms" if s.config.data_key else "AES256")
     rules = {r.get("Prefix"): r for r in media["LifecycleConfiguration"]["Rules"]}
     assert rules["tmp/"]["ExpirationInDays"] == 7
 
