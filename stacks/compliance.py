@@ -99,14 +99,18 @@ def guard_waivers(config: EnvConfig) -> list[Waiver]:
     return [w for w in GUARD_WAIVERS if w.applies(config)]
 
 
-def register(app: cdk.App, config: EnvConfig) -> None:
-    """Add the environment's nag packs and the Control Tower rules to `app`'s synth."""
-    guard = CfnGuardValidator(
+def guard_validator(config: EnvConfig) -> CfnGuardValidator:
+    """The Control Tower rules, less this environment's waivers."""
+    return CfnGuardValidator(
         control_tower_rules_enabled=True,
         disabled_rules=[w.rule_file for w in guard_waivers(config)],
     )
-    # The plugin still types itself with CDK's Beta1 plugin interface; CDK accepts it as is.
+
+
+def register(app: cdk.App, config: EnvConfig) -> None:
+    """Add the environment's nag packs and the Control Tower rules to `app`'s synth."""
+    # The guard plugin still types itself with CDK's Beta1 plugin interface; CDK accepts it.
     cdk.Validations.of(app).add_plugins(
         *(PACKS[name](app) for name in config.compliance_packs),
-        guard,  # type: ignore[arg-type]
+        guard_validator(config),  # type: ignore[arg-type]
     )

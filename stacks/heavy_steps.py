@@ -77,10 +77,6 @@ class HeavySteps(Construct):
             wf.allow(["sqs:SendMessage"], [tasks.queue.queue_arn])
             if key is not None:  # the tasks queue is encrypted with the data key
                 wf.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
-            wf.acknowledge_wildcard(
-                f"<{logical_id(wf.log_group)}.Arn>:*",
-                "The function's own log group: its log streams.",
-            )
             self.workflows[name] = wf
         self.aliases: dict[str, lambda_.IAlias] = {n: wf.alias for n, wf in self.workflows.items()}
         # What worker/tasks.py (TasksSettings) and worker/heavy/common.py (Limits) read.

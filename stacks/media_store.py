@@ -67,17 +67,8 @@ class MediaStore(Construct):
         )
         Validations.of(self.log_bucket).acknowledge(
             Acknowledgment(
-                id="AwsSolutions-S1",
-                reason="This is the access-log bucket itself: logging it into itself would loop.",
-            ),
-            Acknowledgment(
                 id=f"{GUARD}::s3_bucket_logging_enabled_check",
                 reason="This is the access-log bucket itself: logging it into itself would loop.",
-            ),
-            Acknowledgment(
-                id=f"{GUARD}::s3_bucket_default_encryption_kms_check",
-                reason="S3 server access logging delivers only to SSE-S3 (AES256) buckets; the "
-                "logs hold request metadata, not media.",
             ),
             Acknowledgment(
                 id=f"{GUARD}::s3_event_notifications_enabled_check",
@@ -92,6 +83,14 @@ class MediaStore(Construct):
                 for pack in ("NIST.800.53.R5", "HIPAA.Security")
             ),
         )
+        if key is not None:  # without a key the rule is waived for every bucket (compliance.py)
+            Validations.of(self.log_bucket).acknowledge(
+                Acknowledgment(
+                    id=f"{GUARD}::s3_bucket_default_encryption_kms_check",
+                    reason="S3 server access logging delivers only to SSE-S3 (AES256) buckets; "
+                    "the logs hold request metadata, not media.",
+                )
+            )
         encryption = (
             dict(encryption=s3.BucketEncryption.KMS, encryption_key=key, bucket_key_enabled=True)
             if key is not None

@@ -82,14 +82,6 @@ class Network(Construct):
                         "this route; no instance runs in them (nothing gets a public IP)",
                     )
                 )
-        for pack in ("NIST.800.53.R5", "HIPAA.Security"):
-            Validations.of(self.vpc).acknowledge(
-                Acknowledgment(
-                    id=f"{pack}-VPCDefaultSecurityGroupClosed",
-                    reason="CDK's restrictDefaultSecurityGroup feature (on in cdk.json) removes "
-                    "the default security group's rules at deployment; nothing uses that group",
-                )
-            )
         flow_role_policy = self.vpc.node.find_child("All").node.find_child("IAMRole")
         for pack in ("NIST.800.53.R5", "HIPAA.Security"):
             Validations.of(flow_role_policy).acknowledge(

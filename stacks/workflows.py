@@ -197,12 +197,19 @@ class _Function(Construct):
         self.alias = self.function.add_alias(catalog.WORKFLOW_ALIAS)
         _acknowledge_compute(self.function, config=config)
         if sizing.reserved_concurrency is None:
+            setting = (
+                "workflows.orchestrator.reserved_concurrency"
+                if durable
+                else f"workflows.steps.{name}.reserved_concurrency"
+            )
             for pack in ("NIST.800.53.R5", "HIPAA.Security"):
                 Validations.of(self.function).acknowledge(
                     Acknowledgment(
                         id=f"{pack}-LambdaConcurrency",
-                        reason=f"{config.name} reserves no concurrency: a new account's low "
-                        "concurrency quota cannot reserve any (config workflows.steps).",
+                        reason=f"No concurrency is reserved for this {kind} in {config.name} "
+                        f"({setting} is None): every reservation comes out of the account's "
+                        "concurrency quota, so an environment reserves only where its steps "
+                        "must be protected from each other (prod's steps).",
                     )
                 )
         self._acknowledge_policy_wildcards(config)
@@ -406,11 +413,6 @@ class Workflows(Construct):
         s["notify_user"].allow(["sqs:SendMessage"], [events.queue.queue_arn])
         s["on_failure"].allow(["dynamodb:UpdateItem"], [table.table_arn])
         s["on_failure"].allow(["sns:Publish"], [topic.topic_arn])
-        for fn in self.steps.values():
-            fn.acknowledge_wildcard(
-                f"<{logical_id(fn.log_group)}.Arn>:*",
-                "The function's own log group: its log streams.",
-            )
         if key is not None:
             # Bucket, table, topic and queue share the data key; check_transcription touches none.
             for name, fn in self.steps.items():
@@ -434,10 +436,6 @@ class Workflows(Construct):
             key=key,
         )
         self.transcribe_audio.allow(["dynamodb:PutItem", "dynamodb:GetItem"], [table.table_arn])
-        self.transcribe_audio.acknowledge_wildcard(
-            f"<{logical_id(self.transcribe_audio.log_group)}.Arn>:*",
-            "The function's own log group: its log streams.",
-        )
         if key is not None:
             self.transcribe_audio.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
         self.workflows: dict[str, DurableWorkflow] = {
