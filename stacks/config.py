@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from sluice import naming
+
 # SQS hard limits (seconds): the console and API refuse anything outside them.
 SQS_MIN_RETENTION_S = 60
 SQS_MAX_RETENTION_S = 1_209_600  # 14 days
@@ -394,7 +396,7 @@ class EnvConfig:
     @property
     def prefix(self) -> str:
         """Stack and resource name prefix, e.g. `Sluice-prod`."""
-        return f"Sluice-{self.name}"
+        return naming.prefix(self.name)
 
 
 _STEP_SIZES = MappingProxyType(

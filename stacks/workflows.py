@@ -17,7 +17,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from sluice import catalog
+from sluice import catalog, naming
 from stacks.bundling import ROOT, stage_bundle
 from stacks.compliance import GUARD
 from stacks.config import EnvConfig, FunctionConfig
@@ -142,7 +142,14 @@ class _Function(Construct):
                 )
             ],
         )
-        self.log_group = logs.LogGroup(self, "Logs", removal_policy=removal, encryption_key=key)
+        # Named, so that the CLI and the runbook find a job's logs (sluice.naming).
+        self.log_group = logs.LogGroup(
+            self,
+            "Logs",
+            log_group_name=naming.lambda_log_group(config.name, name),
+            removal_policy=removal,
+            encryption_key=key,
+        )
         if key is not None:
             Validations.of(self.log_group).acknowledge(
                 Acknowledgment(

@@ -27,7 +27,7 @@ from botocore.exceptions import (
     TokenRetrievalError,
 )
 
-from sluice import catalog
+from sluice import catalog, naming
 
 # The queues an operator names on the command line (`--queue events|tasks`) and their AWS names:
 # stacks/stateful.py names them `Sluice-<env>-<queue>` and `…-dlq` (stacks/queues.py).
@@ -39,8 +39,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 T = TypeVar("T")
 
 
-def prefix(env: str) -> str:
-    return f"Sluice-{env}"
+prefix = naming.prefix
 
 
 def queue_name(env: str, queue: str, *, dlq: bool = False) -> str:

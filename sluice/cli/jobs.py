@@ -14,6 +14,7 @@ import click
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
+from sluice import naming
 from sluice.catalog import ROUTES
 from sluice.cli.aws import JOBS_TABLE_OUTPUT, Aws, friendly_errors, prefix, workflow_output_key
 from sluice.envelope import execution_name
@@ -28,7 +29,8 @@ LOGS_QUERY = """fields @timestamp, @log, level, message, step, outcome
 
 
 def log_group_prefixes(env: str) -> list[str]:
-    return [f"/aws/lambda/{prefix(env)}-", f"/aws/elasticbeanstalk/{prefix(env)}-worker/"]
+    """Where a job's lines are: the environment's Lambda log groups and the worker's."""
+    return [naming.lambda_log_groups(env), naming.worker_log_groups(env)]
 
 
 class Unavailable(Exception):

@@ -8,7 +8,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.stub import ANY, Stubber
+from botocore.stub import Stubber
 
 from sluice.cli.aws import Aws
 from sluice.cli.jobs import LOGS_QUERY
@@ -229,56 +229,55 @@ def test_show_gives_the_error_of_a_failed_execution(
     assert "error   BusinessError: not audio" in result.output
 
 
-def test_logs_option_runs_the_query_over_the_environments_log_groups(
-    jobs_table: Any, run, monkeypatch: pytest.MonkeyPatch
+def _stack_log_groups(env: str, tmp_path) -> list[str]:
+    """The log groups the synthesized stacks of `env` really create for their Lambdas."""
+    from tests.infra.conftest import _synth
+
+    synth = _synth(env, str(tmp_path / f"cdk.out-{env}"))
+    groups = []
+    for template in (synth.stateful, synth.stateless):
+        for lid, fn in template.find_resources("AWS::Lambda::Function").items():
+            ref = fn["Properties"].get("LoggingConfig", {}).get("LogGroup")
+            if ref is not None:
+                group = template.to_json()["Resources"][ref["Ref"]]
+                groups.append(group["Properties"]["LogGroupName"])
+    return groups
+
+
+def test_logs_option_queries_every_log_group_the_stack_creates(
+    jobs_table: Any, run, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
-    # Given CloudWatch Logs with one Lambda log group of the environment and one line of the job
+    # Given CloudWatch Logs holding the log groups the dev stacks create, and one of another env
+    groups = _stack_log_groups("dev", tmp_path)
+    assert len(groups) == 9, groups  # every workflow and step function names its group
     logs = boto3.client("logs", region_name=REGION)
-    stub = Stubber(logs)
-    group = "/aws/lambda/Sluice-test-stateless-TranscribeAudio"
-    stub.add_response(
-        "describe_log_groups",
-        {"logGroups": [{"logGroupName": group}]},
-        {"logGroupNamePrefix": "/aws/lambda/Sluice-test-"},
-    )
-    stub.add_response(
-        "describe_log_groups",
-        {"logGroups": []},
-        {"logGroupNamePrefix": "/aws/elasticbeanstalk/Sluice-test-worker/"},
-    )
-    stub.add_response(
-        "start_query",
-        {"queryId": "q-1"},
-        {
-            "logGroupNames": [group],
-            "startTime": ANY,
-            "endTime": ANY,
-            "queryString": LOGS_QUERY.format(id="job-7"),
-        },
-    )
+    for group in [*groups, "/aws/lambda/Sluice-prod-transcribe_audio"]:
+        logs.create_log_group(logGroupName=group)
+    asked: dict[str, Any] = {}
     row = {"@timestamp": "2026-11-23 10:00:01", "level": "INFO", "step": "notify_user"}
-    stub.add_response(
-        "get_query_results",
-        {
-            "status": "Complete",
-            "results": [
-                [{"field": k, "value": v} for k, v in {**row, "message": "step succeeded"}.items()]
-            ],
-        },
-        {"queryId": "q-1"},
-    )
+
+    def start_query(**kwargs: Any) -> dict[str, str]:
+        asked.update(kwargs)
+        return {"queryId": "q-1"}
+
+    def get_query_results(queryId: str) -> dict[str, Any]:
+        line = [{"field": k, "value": v} for k, v in {**row, "message": "step succeeded"}.items()]
+        return {"status": "Complete", "results": [line]}
+
+    monkeypatch.setattr(logs, "start_query", start_query)
+    monkeypatch.setattr(logs, "get_query_results", get_query_results)
     real = Aws.client
     monkeypatch.setattr(
         Aws, "client", lambda self, service: logs if service == "logs" else real(self, service)
     )
-    # When the operator asks for the logs too
-    with stub:
-        result = run("jobs", "show", "job-7", "--jobs-table", JOBS_TABLE, "--logs")
-    # Then the query ran over the environment's groups and its lines are printed
+    # When the operator asks for a dev job's logs too
+    result = run("jobs", "show", "job-7", "--jobs-table", JOBS_TABLE, "--logs", env="dev")
+    # Then the query ran over exactly the dev stacks' groups, and its lines are printed
     assert result.exit_code == 0, result.output
+    assert sorted(asked["logGroupNames"]) == sorted(groups)
+    assert asked["queryString"] == LOGS_QUERY.format(id="job-7")
     assert "2026-11-23 10:00:01  INFO  notify_user  step succeeded" in result.output
     assert "(1 line(s), status Complete)" in result.output
-    stub.assert_no_pending_responses()
 
 
 def test_workflow_functions_come_from_the_stateless_stack_outputs(

@@ -1,0 +1,29 @@
+"""The names a deployment gives its resources, derived from the environment's name.
+
+One definition for the stacks that create the resources and for everything that finds them
+again: the CLI, the runbook's queries and `make local`.
+"""
+
+from __future__ import annotations
+
+PROJECT = "Sluice"
+
+
+def prefix(env: str) -> str:
+    """Stack and resource name prefix, e.g. `Sluice-prod`."""
+    return f"{PROJECT}-{env}"
+
+
+def lambda_log_groups(env: str) -> str:
+    """The prefix of every Lambda log group of the environment."""
+    return f"/aws/lambda/{prefix(env)}-"
+
+
+def lambda_log_group(env: str, function: str) -> str:
+    """The log group of Lambda `function` (a workflow or step name, e.g. `transcribe_audio`)."""
+    return f"{lambda_log_groups(env)}{function}"
+
+
+def worker_log_groups(env: str) -> str:
+    """The prefix of the worker environment's log groups (EB names one per log file)."""
+    return f"/aws/elasticbeanstalk/{prefix(env)}-worker/"
