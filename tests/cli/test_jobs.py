@@ -236,7 +236,7 @@ def _stack_log_groups(env: str, tmp_path) -> list[str]:
     synth = _synth(env, str(tmp_path / f"cdk.out-{env}"))
     groups = []
     for template in (synth.stateful, synth.stateless):
-        for lid, fn in template.find_resources("AWS::Lambda::Function").items():
+        for fn in template.find_resources("AWS::Lambda::Function").values():
             ref = fn["Properties"].get("LoggingConfig", {}).get("LogGroup")
             if ref is not None:
                 group = template.to_json()["Resources"][ref["Ref"]]
