@@ -27,3 +27,9 @@ def lambda_log_group(env: str, function: str) -> str:
 def worker_log_groups(env: str) -> str:
     """The prefix of the worker environment's log groups (EB names one per log file)."""
     return f"/aws/elasticbeanstalk/{prefix(env)}-worker/"
+
+
+def metrics_namespace(env: str, component: str) -> str:
+    """The CloudWatch namespace of `component`'s own metrics (`Sluice-dev/Worker`): one per
+    environment, so that a role's cloudwatch:namespace condition names only its environment's."""
+    return f"{prefix(env)}/{component}"

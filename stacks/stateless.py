@@ -12,7 +12,6 @@ from stacks.monitoring import Monitoring
 from stacks.stateful import StatefulStack
 from stacks.worker_env import WorkerEnvironment
 from stacks.workflows import Workflows
-from worker.settings import WORKER_METRICS
 
 
 class StatelessStack(Stack):
@@ -87,7 +86,8 @@ class StatelessStack(Stack):
         )
         self.heavy.grant_heavy_steps(self.worker.instance_role)
         self.monitoring.watch_worker(
-            environment_name=self.worker.environment_name, metrics_namespace=WORKER_METRICS
+            environment_name=self.worker.environment_name,
+            metrics_namespace=self.worker.metrics_namespace,
         )
         # The broker scheduler (issue 7): only the worker reaches the broker; broker alarms.
         # (The worker's SLUICE_BROKER_* variables come from stateful.broker.worker_environment().)

@@ -19,6 +19,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
+from sluice import naming
 from stacks.bundling import ROOT, stage_bundle
 from stacks.config import EnvConfig
 from stacks.queues import DurableQueue
@@ -34,6 +35,32 @@ SERVICE_ROLE_POLICIES = (
     "service-role/AWSElasticBeanstalkEnhancedHealth",
     "AWSElasticBeanstalkManagedUpdatesCustomerRolePolicy",
 )
+
+
+# AWS's managed instance policy for worker tiers, AWSElasticBeanstalkWorkerTier, statement by
+# statement, and what the scoped instance policy below does instead. A test compares these Sids
+# with AWS's published document (moto's copy), so a statement AWS adds is decided here, not
+# silently missed.
+WORKER_TIER_COMPARISON = {
+    "MetricsAccess": "kept (Metrics): cloudwatch:PutMetricData has no resource type; a "
+    "condition limits it to this environment's namespace and EB's",
+    "XRayAccess": "kept (Tracing): the X-Ray daemon's calls, which have no resource type",
+    "QueueAccess": "narrowed (EventsQueue): sqsd receives, deletes and extends messages of the "
+    "events queue only, and its cron leader sends cron.yaml jobs to it",
+    "BucketAccess": "narrowed (EbEnvironmentFiles, EbEnvironmentListing, EbLogPublication, "
+    "ApplicationVersion): reads under resources/environments/ of EB's regional bucket, log "
+    "uploads under resources/environments/logs/, and this application version's object",
+    "DynamoPeriodicTasks": "narrowed (CronLeaderTable): EB's cron leader tables of this account "
+    "and region only",
+    "CloudWatchLogsAccess": "narrowed (EbLogs): this environment's /aws/elasticbeanstalk/<env>/ "
+    "log groups",
+    "ElasticBeanstalkHealthAccess": "narrowed (EbHealth): this application and environment",
+    "AIEnvironmentAnalysisInvokeFoundationModel": "dropped: EB's AI environment analysis is an "
+    "optional console feature; no Sluice process calls Amazon Bedrock",
+    "AIEnvironmentAnalysisInvokeInferenceProfile": "dropped: as above (Bedrock)",
+    "AIEnvironmentAnalysisReadOnly": "dropped: as above (Bedrock, EB events for the analysis)",
+    "MarketplaceOperationsFromBedrock": "dropped: as above (Marketplace subscriptions for Bedrock)",
+}
 
 
 def worker_bundle() -> Path:
@@ -74,6 +101,8 @@ class WorkerEnvironment(Construct):
         app_name = f"{config.prefix}-worker"
         env_name = f"{config.prefix}-worker"
         self.environment_name = env_name
+        # The worker's own counts (dispatch failures) go here; the alarms read them.
+        self.metrics_namespace = naming.metrics_namespace(config.name, "Worker")
 
         self.application = eb.CfnApplication(
             self, "Application", application_name=app_name, description="Sluice events worker"
@@ -258,6 +287,7 @@ class WorkerEnvironment(Construct):
                     "SLUICE_WEB_THREADS": str(worker.http_connections),
                     # The counts the worker alarms read go to CloudWatch once a minute.
                     "SLUICE_PUBLISH_METRICS_S": "60",
+                    "SLUICE_METRICS_NAMESPACE": self.metrics_namespace,
                     "AWS_DEFAULT_REGION": Aws.REGION,
                     **(extra_environment or {}),
                 }.items()
@@ -289,7 +319,8 @@ class WorkerEnvironment(Construct):
         # IAMNoInlinePolicy) and bring wildcard KMS actions; this is one managed policy.
         keys = {q.encryption_master_key for q in (events.queue, events.dlq)} - {None}
         named = [
-            # sqsd's side of the events queue.
+            # sqsd's side of the events queue; its cron leader also sends each cron.yaml job
+            # there when it falls due (the periodic tasks of an environment without a broker).
             iam.PolicyStatement(
                 sid="EventsQueue",
                 actions=[
@@ -298,6 +329,7 @@ class WorkerEnvironment(Construct):
                     "sqs:ChangeMessageVisibility",
                     "sqs:GetQueueAttributes",
                     "sqs:GetQueueUrl",
+                    "sqs:SendMessage",
                 ],
                 resources=[events.queue.queue_arn],
             ),
@@ -331,6 +363,7 @@ class WorkerEnvironment(Construct):
             )
         region, account, partition = Aws.REGION, Aws.ACCOUNT_ID, Aws.PARTITION
         eb_stack = f"arn:{partition}:cloudformation:{region}:{account}:stack/awseb-e-*"
+        eb_bucket = f"arn:{partition}:s3:::elasticbeanstalk-{region}-{account}"
         unnamed = [
             # EB names these at environment creation (awseb-e-<random id>-stack…).
             iam.PolicyStatement(
@@ -375,10 +408,21 @@ class WorkerEnvironment(Construct):
             iam.PolicyStatement(
                 sid="EbLogPublication",
                 actions=["s3:PutObject"],
-                resources=[
-                    f"arn:{partition}:s3:::elasticbeanstalk-{region}-{account}/resources/"
-                    f"environments/logs/*"
-                ],
+                resources=[f"{eb_bucket}/resources/environments/logs/*"],
+            ),
+            # EB's agents read the environment's manifest and deployment files from its regional
+            # bucket, under resources/environments/<environment id>/ (the id exists only once
+            # the environment does).
+            iam.PolicyStatement(
+                sid="EbEnvironmentFiles",
+                actions=["s3:GetObject", "s3:GetObjectVersion"],
+                resources=[f"{eb_bucket}/resources/environments/*"],
+            ),
+            iam.PolicyStatement(
+                sid="EbEnvironmentListing",
+                actions=["s3:ListBucket"],
+                resources=[eb_bucket],
+                conditions={"StringLike": {"s3:prefix": ["resources/environments/*"]}},
             ),
             iam.PolicyStatement(
                 sid="EbHealth",
@@ -397,8 +441,8 @@ class WorkerEnvironment(Construct):
                 actions=["cloudwatch:PutMetricData"],
                 resources=["*"],
                 conditions={
-                    "StringLike": {
-                        "cloudwatch:namespace": ["Sluice/*", "AWS/ElasticBeanstalk", "CWAgent"]
+                    "StringEquals": {
+                        "cloudwatch:namespace": [self.metrics_namespace, "AWS/ElasticBeanstalk"]
                     }
                 },
             ),
@@ -437,7 +481,12 @@ class WorkerEnvironment(Construct):
             "log files (one per file), created by EB's log streaming",
             "Resource::arn:<AWS::Partition>:s3:::elasticbeanstalk-<AWS::Region>-"
             "<AWS::AccountId>/resources/environments/logs/*": "EB publishes rotated logs "
-            "under this prefix of its regional bucket, keyed by instance id",
+            "under this prefix of its regional bucket, keyed by environment and instance id, "
+            "which exist only after this template is deployed",
+            "Resource::arn:<AWS::Partition>:s3:::elasticbeanstalk-<AWS::Region>-"
+            "<AWS::AccountId>/resources/environments/*": "EB's agents read the environment's "
+            "manifest and deployment files under resources/environments/<environment id>/, an "
+            "id EB assigns when it creates the environment",
         }
         for finding, reason in findings.items():
             Validations.of(policy).acknowledge(

@@ -103,7 +103,6 @@ class Stack:
             return f"param-{lid}"
         resource = self.resources[lid]
         kind, props = resource["Type"], resource.get("Properties", {})
-        arn = self._arn(lid, kind, props)
         by_arn = {
             "AWS::SNS::Topic",
             "AWS::Lambda::Alias",
@@ -113,7 +112,7 @@ class Stack:
             "AWS::SecretsManager::Secret",
         }
         if kind in by_arn:
-            return arn
+            return self._arn(lid, kind, props)
         if kind == "AWS::SQS::Queue":
             return f"https://sqs.{env.region}.amazonaws.com/{env.account}/{self._queue_name(lid, props)}"
         if kind == "AWS::KMS::Key":
@@ -200,7 +199,9 @@ class Stack:
         if kind == "AWS::IAM::ManagedPolicy":
             return f"{head}:iam::{account}:policy/{_name(lid, props, 'ManagedPolicyName')}"
         if kind == "AWS::IAM::InstanceProfile":
-            return f"{head}:iam::{account}:instance-profile/{self.ref(lid)}"
+            return (
+                f"{head}:iam::{account}:instance-profile/{_name(lid, props, 'InstanceProfileName')}"
+            )
         if kind == "AWS::SecretsManager::Secret":
             return f"{head}:secretsmanager:{region}:{account}:secret:{_name(lid, props, 'Name')}-AbCdEf"
         if kind == "AWS::AmazonMQ::Broker":

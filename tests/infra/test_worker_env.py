@@ -120,7 +120,10 @@ def test_the_instance_policy_is_scoped_to_this_environment(synth, env):
     # "*" only where AWS has no resource type, and metrics only in our namespaces
     star = {st["Sid"] for st in statements if st["Resource"] == "*"}
     assert star == {"Metrics", "Tracing"}
-    assert by_sid["Metrics"]["Condition"]["StringLike"]["cloudwatch:namespace"]
+    assert by_sid["Metrics"]["Condition"]["StringEquals"]["cloudwatch:namespace"] == [
+        f"Sluice-{env}/Worker",
+        "AWS/ElasticBeanstalk",
+    ]
     assert not any("*" in a for st in statements for a in _list(st["Action"]))
 
 
@@ -181,3 +184,71 @@ def test_the_worker_and_network_have_no_findings_in_any_pack(synth, env_name, pa
         if any(part in c.construct_path for part in ("/Worker/", "/Network/", "Notifications"))
     ]
     assert ours == []
+
+
+def test_sqsds_cron_leader_may_queue_periodic_tasks_on_the_worker_queue(synth, env):
+    # Without a broker (dev), sqsd's cron leader sends each cron.yaml job to the worker queue
+    rendered = synth(env).rendered
+    statements = _instance_statements(rendered)
+    (worker_queue,) = [
+        o["Value"]
+        for _, _, props in rendered.resources("AWS::ElasticBeanstalk::Environment")
+        for o in props["OptionSettings"]
+        if o["OptionName"] == "WorkerQueueURL"
+    ]
+    queue_arn = _queue_arn(rendered, worker_queue)
+    assert _allowed(statements, "sqs:SendMessage", queue_arn)
+    assert _allowed(statements, "sqs:ReceiveMessage", queue_arn)
+
+
+def test_instances_may_read_ebs_environment_files_from_its_bucket(synth, env):
+    rendered = synth(env).rendered
+    statements = _instance_statements(rendered)
+    bucket = f"arn:aws:s3:::elasticbeanstalk-{rendered.region}-{rendered.account}"
+    manifest = f"{bucket}/resources/environments/e-abc123/_runtime/manifest"
+    assert _allowed(statements, "s3:GetObject", manifest)
+    assert not _allowed(statements, "s3:GetObject", f"{bucket}/resources/templates/x")
+
+
+def test_every_statement_of_awss_worker_tier_policy_is_kept_narrowed_or_dropped_with_a_reason():
+    from moto.iam.aws_managed_policies import aws_managed_policies_data
+
+    from stacks.worker_env import WORKER_TIER_COMPARISON
+
+    published = json.loads(aws_managed_policies_data)["AWSElasticBeanstalkWorkerTier"]
+    sids = {st["Sid"] for st in published["Document"]["Statement"]}
+    assert set(WORKER_TIER_COMPARISON) == sids
+    assert all(
+        reason.split(" ", 1)[0] in ("kept", "narrowed", "dropped:")
+        for reason in WORKER_TIER_COMPARISON.values()
+    )
+
+
+def _instance_statements(rendered) -> list[dict]:
+    """Every statement of the managed policies attached to the worker's instance role."""
+    out = []
+    for _, _, props in rendered.resources("AWS::IAM::ManagedPolicy"):
+        if any(
+            "WorkerInstanceRole" in str(r) or "instancerole" in str(r).lower()
+            for r in props.get("Roles", [])
+        ):
+            out.extend(props["PolicyDocument"]["Statement"])
+    assert out, "the instance role has no policy"
+    return out
+
+
+def _queue_arn(rendered, url: str) -> str:
+    name = url.rsplit("/", 1)[1]
+    return f"arn:aws:sqs:{rendered.region}:{rendered.account}:{name}"
+
+
+def _allowed(statements: list[dict], action: str, resource: str) -> bool:
+    import fnmatch
+
+    return any(
+        st["Effect"] == "Allow"
+        and any(fnmatch.fnmatchcase(action, a) for a in _list(st["Action"]))
+        and any(fnmatch.fnmatchcase(resource, r) for r in _list(st["Resource"]))
+        and not st.get("Condition")
+        for st in statements
+    )
