@@ -18,10 +18,16 @@ SQSD_MAX_INACTIVITY_S = 36_000
 SQSD_MAX_CONNECTIONS = 100
 LAMBDA_MAX_TIMEOUT_S = 900
 DURABLE_MAX_EXECUTION_S = 366 * 24 * 3600
+# Retention periods, in days. CloudWatch Logs accepts these (PutRetentionPolicy); Elastic
+# Beanstalk's log streaming options (aws:elasticbeanstalk:cloudwatch:logs RetentionInDays) accept
+# fewer, so a setting used by both must be in both lists.
 # fmt: off
 VALID_LOG_RETENTION_DAYS = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
     2922, 3288, 3653,
+)
+EB_LOG_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1827, 3653,
 )
 # fmt: on
 COMPLIANCE_PACKS = ("AwsSolutions", "NIST80053R5", "HIPAASecurity")
@@ -353,9 +359,10 @@ class EnvConfig:
             f"must be a 12-digit AWS account id or None, got {self.account!r}",
         )
         _require(
-            self.log_retention_days in VALID_LOG_RETENTION_DAYS,
+            self.log_retention_days in EB_LOG_RETENTION_DAYS,
             f"{n}.log_retention_days",
-            f"CloudWatch Logs accepts {VALID_LOG_RETENTION_DAYS}, got {self.log_retention_days}",
+            "the Lambda log groups (CloudWatch Logs) and the worker's streamed logs (Elastic "
+            f"Beanstalk) both keep it: one of {EB_LOG_RETENTION_DAYS}, got {self.log_retention_days}",
         )
         _require(
             "AwsSolutions" in self.compliance_packs

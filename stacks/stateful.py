@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import CfnOutput, RemovalPolicy, Stack
+from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
@@ -10,6 +10,7 @@ from sluice import catalog
 from stacks.broker import Broker
 from stacks.config import EnvConfig
 from stacks.keys import allow_log_encryption, customer_key
+from stacks.lifecycle import removal_policy
 from stacks.media_store import UPLOADS, MediaStore
 from stacks.network import Network
 from stacks.queues import DurableQueue
@@ -23,7 +24,7 @@ class StatefulStack(Stack):
         super().__init__(
             scope, construct_id, termination_protection=config.termination_protection, **kwargs
         )
-        removal = RemovalPolicy.RETAIN if config.retain_data else RemovalPolicy.DESTROY
+        removal = removal_policy(config)
         self.key: kms.IKey | None = None
         if config.data_key:
             self.key = customer_key(

@@ -239,7 +239,6 @@ class WorkerEnvironment(Construct):
                     {
                         "Version": 1,
                         "CloudWatchMetrics": {"Environment": {"EnvironmentHealth": 60}},
-                        "Rules": {"Environment": {}},
                     },
                     sort_keys=True,
                 ),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 
-from aws_cdk import Acknowledgment, AssetHashType, Aws, Duration, RemovalPolicy, Stack, Validations
+from aws_cdk import Acknowledgment, AssetHashType, Aws, Duration, Stack, Validations
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -21,6 +21,7 @@ from sluice import catalog, naming
 from stacks.bundling import ROOT, stage_bundle
 from stacks.compliance import GUARD
 from stacks.config import EnvConfig, FunctionConfig
+from stacks.lifecycle import removal_policy
 from stacks.media_store import TRANSCRIPTS, UPLOADS, MediaStore, media_objects_arn
 from stacks.queues import DurableQueue
 
@@ -119,7 +120,7 @@ class _Function(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.name = name
-        removal = RemovalPolicy.RETAIN if config.retain_data else RemovalPolicy.DESTROY
+        removal = removal_policy(config)
         self.role = iam.Role(
             self,
             "Role",

@@ -89,3 +89,19 @@ def test_stack_names_carry_the_environment(synth, env):
     s = synth(env)
     assert s.stage.stateful.stack_name == f"Sluice-{env}-stateful"
     assert s.stage.stateless.stack_name == f"Sluice-{env}-stateless"
+
+
+def test_retained_resources_go_away_when_their_first_create_rolls_back(synth, env):
+    """A retained, named resource that outlived a failed first create would make the retry fail
+    with "already exists": keep data only once the stack that created it succeeded."""
+    s = synth(env)
+    policies = {
+        (lid, r.get("DeletionPolicy", "Delete"))
+        for t in (s.stateful, s.stateless)
+        for lid, r in t.to_json()["Resources"].items()
+    }
+    kept = {p for _, p in policies} - {"Delete"}
+    if s.config.retain_data:
+        assert kept == {"RetainExceptOnCreate"}
+    else:
+        assert kept == set()

@@ -252,3 +252,14 @@ def _allowed(statements: list[dict], action: str, resource: str) -> bool:
         and not st.get("Condition")
         for st in statements
     )
+
+
+def test_the_health_configuration_sets_only_what_it_means(synth, env):
+    document = json.loads(
+        _options(synth(env))[("aws:elasticbeanstalk:healthreporting:system", "ConfigDocument")]
+    )
+    # An empty Rules entry would override EB's default rules with nothing.
+    assert document == {
+        "Version": 1,
+        "CloudWatchMetrics": {"Environment": {"EnvironmentHealth": 60}},
+    }

@@ -10,7 +10,14 @@ import sys
 import pytest
 
 from stacks import config
-from stacks.config import AlarmConfig, ConfigError, EnvConfig, QueueConfig, WorkerConfig
+from stacks.config import (
+    AlarmConfig,
+    ConfigError,
+    EnvConfig,
+    NetworkConfig,
+    QueueConfig,
+    WorkerConfig,
+)
 from tests.conftest import ROOT
 
 
@@ -95,3 +102,12 @@ def test_synth_of_an_unknown_environment_fails_with_the_list(tmp_path):
     # Then it exits non-zero naming the setting and the valid environments
     assert proc.returncode != 0
     assert "env: unknown environment 'qa'; valid environments: dev, staging, prod" in proc.stderr
+
+
+def test_log_retention_must_be_one_elastic_beanstalk_accepts_too():
+    # 1096 days is a CloudWatch Logs value EB's RetentionInDays option does not list: the worker
+    # environment would fail to update.
+    with pytest.raises(ConfigError, match=r"^dev.log_retention_days: .*Elastic Beanstalk"):
+        EnvConfig(name="dev", log_retention_days=1096)
+    # The flow logs go to CloudWatch Logs only, which accepts it.
+    assert EnvConfig(name="dev", network=NetworkConfig(flow_log_retention_days=1096))
