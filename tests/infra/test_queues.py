@@ -73,7 +73,7 @@ def test_queues_are_encrypted_with_sqs_keys_or_the_customer_key(synth, env):
 
 def test_removal_policy_follows_the_environment(synth, env):
     s, _ = _queues(synth, env)
-    expected = "Retain" if s.config.retain_data else "Delete"
+    expected = "RetainExceptOnCreate" if s.config.retain_data else "Delete"
     s.stateful.all_resources("AWS::SQS::Queue", Match.object_like({"DeletionPolicy": expected}))
 
 
