@@ -188,24 +188,38 @@ class CallbackApi:
             time.sleep(0.05)
 
 
-@pytest.fixture
-def callback_api() -> Iterator[CallbackApi]:
+def serve_callback_api(*, close_on_report: bool = False) -> tuple[CallbackApi, Any]:
+    """A recording callback API on loopback; (api, server). With `close_on_report`, a callback
+    that was reported (success or failure) is closed, as Lambda's is: a later call on it gets
+    ResourceNotFoundException (404, in botocore's model for these operations)."""
     api = CallbackApi()
+    closed: set[str] = set()
+    lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # /2025-12-01/durable-execution-callbacks/<id>/<op>
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
             parts = self.path.strip("/").split("/")
+            op, callback = parts[-1], parts[-2]
             try:
                 doc = json.loads(raw) if raw else None
             except ValueError:
                 doc = raw
-            api.bodies.append((parts[-1], parts[-2], doc))
-            api.calls.append((parts[-1], parts[-2]))
-            body = b"{}"
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
+            with lock:
+                gone = close_on_report and callback in closed
+                if not gone:
+                    api.bodies.append((op, callback, doc))
+                    api.calls.append((op, callback))
+                    if op in ("succeed", "fail"):
+                        closed.add(callback)
+            status, headers, body = 200, {}, b"{}"
+            if gone:
+                status, headers = 404, {"x-amzn-ErrorType": "ResourceNotFoundException"}
+                body = b'{"message": "callback closed"}'
+            self.send_response(status)
+            for name, value in {"Content-Type": "application/json", **headers}.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -214,9 +228,15 @@ def callback_api() -> Iterator[CallbackApi]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     api.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return api, server
+
+
+@pytest.fixture
+def callback_api() -> Iterator[CallbackApi]:
+    api, server = serve_callback_api()
     yield api
     server.shutdown()
 
