@@ -288,6 +288,22 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
+def _business(error: Any) -> bool:
+    return isinstance(error, dict) and error.get("ErrorType") != "TransientError"
+
+
+def _wait_ffmpeg(pid: int, *, deadline: float, workflow: Any) -> int | None:
+    """A running ffmpeg child of the tasks process `pid`, or None by the deadline."""
+    while time.monotonic() < deadline:
+        workflow()
+        for child in _tree(pid):
+            with contextlib.suppress(OSError):
+                if b"ffmpeg" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0]:
+                    return child
+        time.sleep(0.05)
+    return None
+
+
 def run_tasks(m: int, seed: int, work: Path, *, kills: int, moto_url: str) -> Table:
     rng = random.Random(seed)
     s3 = boto3.client("s3", region_name=REGION, endpoint_url=moto_url)
@@ -296,7 +312,7 @@ def run_tasks(m: int, seed: int, work: Path, *, kills: int, moto_url: str) -> Ta
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
     queue_url = sqs.create_queue(QueueName=f"chaos-tasks-{seed}-{m}")["QueueUrl"]
     s3.put_object(
-        Bucket=bucket, Key="uploads/a.mp3", Body=make_audio(work / "a.mp3", 12.0).read_bytes()
+        Bucket=bucket, Key="uploads/a.mp3", Body=make_audio(work / "a.mp3", 30.0).read_bytes()
     )
     api, server = serve_callback_api(close_on_report=True)
     tmp = work / "tmp"
@@ -337,16 +353,16 @@ def run_tasks(m: int, seed: int, work: Path, *, kills: int, moto_url: str) -> Ta
 
     try:
         for _ in range(kills):
-            time.sleep(rng.uniform(1.0, 4.0))
-            workflow_step()
+            # each fault lands mid-transcode: at a random point while an ffmpeg runs
+            ffmpeg = _wait_ffmpeg(proc.pid, deadline=time.monotonic() + 30, workflow=workflow_step)
+            if ffmpeg is None:
+                break  # nothing left to interrupt
+            time.sleep(rng.uniform(0.0, 0.5))
             kind = rng.choice(["SIGKILL", "stop", "oom"])
             faults[kind] += 1
             if kind == "oom":  # the OOM killer takes one ffmpeg
-                for pid in _tree(proc.pid):
-                    with contextlib.suppress(OSError, ProcessLookupError):
-                        if b"ffmpeg" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                            os.kill(pid, signal.SIGKILL)
-                            break
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(ffmpeg, signal.SIGKILL)
                 continue
             if kind == "stop":  # systemd: SIGTERM to every process of the unit
                 for pid in [*_tree(proc.pid), proc.pid]:
@@ -356,7 +372,12 @@ def run_tasks(m: int, seed: int, work: Path, *, kills: int, moto_url: str) -> Ta
                 proc.kill()
             proc.wait(60)
             proc = start_tasks(moto_url, queue_url, api, tmp, log)
-        done = lambda: {c.split("#")[0] for c in api.ops("succeed")} >= set(tasks)  # noqa: E731
+
+        def done() -> bool:  # each job succeeded, or failed for good (business: no retry)
+            ended = {c.split("#")[0] for c in api.ops("succeed")}
+            ended |= {c.split("#")[0] for o, c, e in api.bodies if o == "fail" and _business(e)}
+            return ended >= set(tasks)
+
         while not done() and time.monotonic() < deadline:
             workflow_step()
             time.sleep(0.2)
@@ -367,7 +388,7 @@ def run_tasks(m: int, seed: int, work: Path, *, kills: int, moto_url: str) -> Ta
         proc.kill()
         server.shutdown()
     succeeded = Counter(c.split("#")[0] for c in api.ops("succeed"))
-    business = [e for e in api.failures() if e.get("ErrorType") != "TransientError"]
+    business = [e for e in api.failures() if _business(e)]
     leftovers = [p.name for p in tmp.iterdir() if p.name.startswith(SCRATCH_PREFIX)]
     table = Table()
     # a business failure, or a job never completed: every input is valid audio
