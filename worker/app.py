@@ -127,6 +127,8 @@ def _read_body(environ: Mapping[str, Any]) -> tuple[bytes, str]:
         return b"", f"bad Content-Length {declared[:40]!r}"
     if length is not None and length > SQS_MAX_MESSAGE_BYTES:
         return b"", _TOO_LARGE
+    if length is None and not environ.get("wsgi.input_terminated"):
+        return b"", ""  # PEP 3333: without a length, read only an input the server terminates
     try:
         body = environ["wsgi.input"].read(SQS_MAX_MESSAGE_BYTES + 1 if length is None else length)
     except Exception as exc:  # a broken chunk, a reset or timed-out connection

@@ -135,6 +135,7 @@ def call(app: App, body: bytes, transport: str, msgid: str) -> tuple[int, dict[s
         "REQUEST_METHOD": "POST",
         "PATH_INFO": "/",
         "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": True,  # as gunicorn says: a chunked body ends at its last chunk
         **{
             "HTTP_" + k.upper().replace("-", "_"): v
             for k, v in sqsd_headers(msgid).items()
