@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 
-.PHONY: docs setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit bench bench-heavy bench-scheduler clean local local-up
+.PHONY: docs setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit chaos bench bench-heavy bench-scheduler clean local local-up
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -74,6 +74,18 @@ local-up: $(VENV)/.dev
 ## make test: lint, type-check and run every test
 test: setup-dev lint typecheck
 	$(PY) -m pytest
+
+## make chaos: the long fault-injection run (tests/chaos): CHAOS_N events with duplicates and
+## poison through moto's SQS, the sqsd driver and the real worker while Lambda faults and the
+## web processes are killed; CHAOS_TASKS transcodes while the tasks process is killed. Prints the
+## table; every failure row must be 0. CHAOS_SEED=<n> replays a run. (make test runs a small one.)
+CHAOS_N ?= 1000
+CHAOS_TASKS ?= 10
+CHAOS_KILLS ?= 6
+CHAOS_SEED ?=
+chaos: setup-dev
+	SLUICE_CHAOS_N=$(CHAOS_N) SLUICE_CHAOS_TASKS=$(CHAOS_TASKS) SLUICE_CHAOS_KILLS=$(CHAOS_KILLS) \
+		SLUICE_CHAOS_SEED=$(CHAOS_SEED) $(PY) -m pytest tests/chaos -m chaos -q
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .

@@ -42,6 +42,9 @@ TMP_PREFIX = "tmp/"  # expires (lifecycle rule)
 TRANSCRIBE_OUTPUT_PREFIX = f"{TMP_PREFIX}transcribe/"  # Transcribe's raw output
 HLS_PREFIX = "hls/"
 EMBEDDINGS_PREFIX = "embeddings/"
+# Dead letters too large for the events DLQ: the worker keeps the body here and sends the DLQ a
+# pointer (claim check). The worker may only PutObject under it.
+DEAD_LETTER_PREFIX = "dead-letters/"
 
 # Heavy tasks (tasks queue -> the worker's tasks process).
 TRANSCODE_TASK = "media/transcode"

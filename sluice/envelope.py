@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Mapping
@@ -17,9 +18,17 @@ from sluice.errors import PoisonMessage
 VERSION = 1
 # SQS accepts up to 256 KiB by default; larger payloads travel by S3 reference.
 MAX_BODY_BYTES = 256 * 1024
-_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
-_NAME = re.compile(r"^[a-z][a-z0-9-]*(/[a-z0-9][a-z0-9._-]*)+$")
-_EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Always used with fullmatch: `$` also matches before a final "\n", and an id ending in a
+# newline would be written raw into the Invoke request's header (issue 12).
+_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
+_NAME = re.compile(r"[a-z][a-z0-9-]*(/[a-z0-9][a-z0-9._-]*)+")
+_EXECUTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Separates the readable part of a derived execution name from its hash. An id containing it is
+# always hashed, so no id can be spelled like another id's derived name.
+_NAME_HASH_SEPARATOR = "--"
+# Deeper JSON is refused: Python's decoder and encoder recurse, and an event this deep is not an
+# event. Far above any real envelope, far below the interpreter's recursion limit.
+MAX_JSON_DEPTH = 64
 
 # Poison reasons (the `reason` message attribute on the DLQ).
 MALFORMED_JSON = "malformed_json"
@@ -28,6 +37,7 @@ SCHEMA_VIOLATION = "schema_violation"
 UNKNOWN_EVENT = "unknown_event"
 ID_CONFLICT = "id_conflict"
 OVERSIZE = "oversize"
+LAMBDA_REJECTED = "lambda_rejected"  # Lambda refused the request itself (400/413): see dispatch
 
 
 def _poison(code: str, message: str) -> PoisonMessage:
@@ -47,15 +57,16 @@ def utc_now() -> str:
 def execution_name(event_id: str) -> str:
     """The durable execution name for an event id: deterministic, 1-64 chars of [A-Za-z0-9_-].
 
-    An id that already fits is used as is, so the execution is found by the id an operator sees;
-    any other id becomes a readable prefix plus a hash of the whole id, so distinct ids never share
-    a name.
+    An id that already fits (and holds no `--`) is used as is, so the execution is found by the id
+    an operator sees; any other id becomes a readable prefix, `--` and a hash of the whole id. A
+    name used as is never contains `--` and a derived one always does, so distinct ids never share
+    a name (short of a 128-bit hash collision).
     """
-    if _EXECUTION_NAME.match(event_id):
+    if _EXECUTION_NAME.fullmatch(event_id) and _NAME_HASH_SEPARATOR not in event_id:
         return event_id
     digest = hashlib.sha256(event_id.encode()).hexdigest()[:32]
     readable = re.sub(r"[^A-Za-z0-9_-]", "_", event_id)[:29]
-    return f"{readable}--{digest}"
+    return f"{readable}{_NAME_HASH_SEPARATOR}{digest}"
 
 
 @dataclass(frozen=True)
@@ -87,15 +98,22 @@ class Event:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
 
+    def start_payload(self) -> bytes:
+        """The durable execution's input: the envelope without `ts`, canonical JSON.
+
+        Lambda starts a name once and answers a repeat with the same input with the existing
+        execution, but a repeat with other input is a conflict. A scheduler tick, a cron POST or
+        a retried notify_user re-sends an event with its id and a new timestamp: the input must
+        not depend on when the event was sent, only on what it asks for (id, name, data,
+        correlation id). Workflows read it with `event_from_dict(..., ts_required=False)`.
+        """
+        doc = self.to_dict()
+        del doc["ts"]
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
     @property
     def execution_name(self) -> str:
         return execution_name(self.id)
-
-    @property
-    def fingerprint(self) -> str:
-        """A hash of what the event asks for (name and data), to detect id conflicts."""
-        canonical = json.dumps({"name": self.name, "data": self.data}, sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -127,24 +145,26 @@ class Task:
 def _check_common(doc: Any, kind: str) -> None:
     if not isinstance(doc, dict):
         raise _poison(SCHEMA_VIOLATION, f"a {kind} must be a JSON object, got {type(doc).__name__}")
-    if doc.get("v") != VERSION:
+    if type(doc.get("v")) is not int or doc["v"] != VERSION:  # True == 1 in Python
         raise _poison(SCHEMA_VIOLATION, f"unsupported envelope version v={doc.get('v')!r}")
     if doc.get("kind") != kind:
         raise _poison(SCHEMA_VIOLATION, f"kind must be {kind!r}, got {doc.get('kind')!r}")
     name = doc.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _poison(SCHEMA_VIOLATION, f"name must look like 'area/thing.verb', got {name!r}")
     if not isinstance(doc.get("data"), dict):
         raise _poison(SCHEMA_VIOLATION, "data must be a JSON object")
     corr = doc.get("correlation_id")
-    if not isinstance(corr, str) or not _ID.match(corr):
+    if not isinstance(corr, str) or not _ID.fullmatch(corr):
         raise _poison(SCHEMA_VIOLATION, "correlation_id must be 1-128 printable ASCII characters")
 
 
-def _check_event(doc: Any) -> None:
+def _check_event(doc: Any, *, ts_required: bool = True) -> None:
     _check_common(doc, "event")
-    if not isinstance(doc.get("id"), str) or not _ID.match(doc["id"]):
+    if not isinstance(doc.get("id"), str) or not _ID.fullmatch(doc["id"]):
         raise _poison(SCHEMA_VIOLATION, "id must be 1-128 printable ASCII characters")
+    if not ts_required and "ts" not in doc:  # a start payload (Event.start_payload)
+        return _check_fields(doc)
     ts = doc.get("ts")
     try:
         parsed = datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
@@ -152,6 +172,10 @@ def _check_event(doc: Any) -> None:
         parsed = None
     if not isinstance(ts, str) or parsed is None or parsed.tzinfo is None:
         raise _poison(SCHEMA_VIOLATION, f"ts must be an ISO 8601 time with a zone, got {ts!r}")
+    _check_fields(doc)
+
+
+def _check_fields(doc: dict[str, Any]) -> None:
     extra = set(doc) - {"v", "kind", "id", "name", "ts", "data", "correlation_id"}
     if extra:
         raise _poison(SCHEMA_VIOLATION, f"unknown fields: {sorted(extra)}")
@@ -175,18 +199,55 @@ def decode(body: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
             INVALID_UTF8, f"body is not UTF-8: {exc.reason} at byte {exc.start}"
         ) from None
     try:
-        return json.loads(text)
+        doc = json.loads(text, parse_constant=_not_json, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise _poison(MALFORMED_JSON, f"body is not JSON: {exc.msg} at {exc.pos}") from None
+    except RecursionError:
+        raise _poison(MALFORMED_JSON, f"JSON nested deeper than {MAX_JSON_DEPTH}") from None
+    except ValueError as exc:  # an integer past Python's digit limit, NaN, Infinity, 1e400
+        raise _poison(MALFORMED_JSON, f"body is not JSON we can carry: {exc}"[:300]) from None
+    if _depth_exceeds(doc, MAX_JSON_DEPTH):
+        raise _poison(MALFORMED_JSON, f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    return doc
 
 
-def event_from_dict(doc: Any) -> Event:
-    _check_event(doc)
+def _not_json(constant: str) -> Any:
+    """NaN, Infinity, -Infinity: Python's json reads them, JSON has no such values."""
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):  # 1e400 reads as inf and would be re-sent as Infinity
+        raise ValueError(f"{literal[:40]} is out of a double's range")
+    return value
+
+
+def _depth_exceeds(doc: Any, limit: int) -> bool:
+    """Whether containers nest deeper than `limit` (iterative: deep input cannot recurse)."""
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def event_from_dict(doc: Any, *, ts_required: bool = True) -> Event:
+    """The event `doc` holds; `ts_required=False` also accepts a start payload (no `ts`)."""
+    _check_event(doc, ts_required=ts_required)
     return Event(
         name=doc["name"],
         data=doc["data"],
         id=doc["id"],
-        ts=doc["ts"],
+        ts=doc.get("ts") or utc_now(),
         correlation_id=doc["correlation_id"],
     )
 
@@ -216,8 +277,11 @@ def is_s3_notification(doc: Any) -> bool:
 def events_from_s3_notification(doc: Mapping[str, Any]) -> list[Event]:
     """S3 ObjectCreated records as `media/uploaded` events; the id is stable per object version.
 
-    S3's test event (sent when the notification is configured) yields no events.
+    S3's test event (sent when the notification is configured) yields no events; so do records
+    of other event types. A notification without records is no notification S3 sends: poison.
     """
+    if doc.get("Event") != "s3:TestEvent" and not doc.get("Records"):
+        raise _poison(SCHEMA_VIOLATION, "S3 notification without records")
     events = []
     for record in doc.get("Records", []):
         if not str(record.get("eventName", "")).startswith("ObjectCreated:"):

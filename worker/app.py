@@ -27,6 +27,7 @@ log = logging.getLogger("sluice.worker")
 SQSD_PREFIX = "HTTP_X_AWS_SQSD_"
 _REASONS = {
     200: "200 OK",
+    400: "400 Bad Request",
     404: "404 Not Found",
     405: "405 Method Not Allowed",
     411: "411 Length Required",
@@ -90,11 +91,15 @@ class App:
             allowed = any(p == path for (_, p) in self.routes)
             response = Response(405 if allowed else 404, {"error": f"no route {method} {path}"})
         else:
-            body, too_large = _read_body(environ)
-            if too_large:
+            body, problem = _read_body(environ)
+            if problem == _TOO_LARGE:
                 # Larger than any SQS message: it cannot be from sqsd and cannot go to the DLQ.
-                log.warning("request body over SQS's limit refused", extra={"bytes": too_large})
+                log.warning("request body over SQS's limit refused")
                 response = Response(413, {"error": "body larger than an SQS message"})
+            elif problem:
+                # Never 200 for a body not read whole: sqsd would delete a message nobody read.
+                log.warning("request body not read whole", extra={"detail": problem})
+                response = Response(400, {"error": f"body not read whole: {problem}"})
             else:
                 response = handler(Request(method, path, body, sqsd))
         payload = json.dumps(response.body, separators=(",", ":")).encode()
@@ -105,15 +110,34 @@ class App:
         return [payload]
 
 
-def _read_body(environ: Mapping[str, Any]) -> tuple[bytes, int]:
-    """(body, 0), or (b"", declared length) when the body is larger than SQS allows."""
+_TOO_LARGE = "larger than an SQS message"
+
+
+def _read_body(environ: Mapping[str, Any]) -> tuple[bytes, str]:
+    """(body, ""), or (b"", why) when the body is too large or could not be read whole.
+
+    Without a Content-Length (a chunked POST: gunicorn passes no CONTENT_LENGTH) the body runs
+    to the end of wsgi.input, read up to one byte past the largest SQS message. A body shorter
+    than its Content-Length (the client went away) is reported, never taken for the message.
+    """
+    declared = environ.get("CONTENT_LENGTH") or ""
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
+        length = int(declared) if declared else None
     except ValueError:
-        length = 0
-    if length > SQS_MAX_MESSAGE_BYTES:
-        return b"", length
-    return (environ["wsgi.input"].read(length) if length > 0 else b""), 0
+        return b"", f"bad Content-Length {declared[:40]!r}"
+    if length is not None and length > SQS_MAX_MESSAGE_BYTES:
+        return b"", _TOO_LARGE
+    if length is None and not environ.get("wsgi.input_terminated"):
+        return b"", ""  # PEP 3333: without a length, read only an input the server terminates
+    try:
+        body = environ["wsgi.input"].read(SQS_MAX_MESSAGE_BYTES + 1 if length is None else length)
+    except Exception as exc:  # a broken chunk, a reset or timed-out connection
+        return b"", f"{type(exc).__name__}: {exc}"[:200]
+    if length is None and len(body) > SQS_MAX_MESSAGE_BYTES:
+        return b"", _TOO_LARGE
+    if length is not None and len(body) < length:
+        return b"", f"{len(body)} of {length} bytes"
+    return body, ""
 
 
 def create_app(
@@ -141,6 +165,12 @@ def create_app(
             timeout_s=settings.invoke_timeout_s
         )
         sqs_client = sqs_client or boto3.client("sqs", config=config)
+    s3_client = None
+    if settings.claim_check_bucket:
+        import boto3
+        from botocore.config import Config
+
+        s3_client = boto3.client("s3", config=Config(retries={"total_max_attempts": 2}))
     dimensions = {"Environment": settings.env}
     publisher = None
     if settings.publish_metrics_s:
@@ -152,7 +182,11 @@ def create_app(
         publisher.start(settings.publish_metrics_s)
     metrics = Metrics(settings.metrics_namespace, dimensions, publisher=publisher)
     dispatcher = Dispatcher(
-        settings=settings, lambda_client=lambda_client, sqs_client=sqs_client, metrics=metrics
+        settings=settings,
+        lambda_client=lambda_client,
+        sqs_client=sqs_client,
+        s3_client=s3_client,
+        metrics=metrics,
     )
     app = App(settings, dispatcher)
     # Without a broker, sqsd's cron.yaml POSTs run the periodic tasks (issue 7).

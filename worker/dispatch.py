@@ -4,35 +4,53 @@
 |-------------------------------------------------|--------|-----------------------------------------|
 | started, or already started (same id + payload) | 200    | sqsd deletes the message                |
 | poison: malformed JSON, invalid UTF-8, schema   | 200    | after the message is in the DLQ with    |
-| violation, unknown name, oversize, id conflict  |        | its reason attributes                   |
-| throttled / 5xx / network / DLQ unreachable     | 503    | sqsd retries after ErrorVisibilityTimeout|
+| violation, unknown name, oversize, id conflict, |        | its reason attributes (a body too large |
+| Lambda refused the request (400/413)            |        | for the DLQ: kept in S3, DLQ pointer)   |
+| throttled / 5xx / network / DLQ unreachable,    | 503    | sqsd retries after ErrorVisibilityTimeout|
+| deployment faults (no alias, 403, 404)          |        |                                          |
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from sluice import envelope
-from sluice.catalog import workflows_for
+from sluice.catalog import DEAD_LETTER_PREFIX, workflows_for
 from sluice.envelope import Event
 from sluice.errors import PoisonMessage, TransientError
 from worker.observability import Metrics, correlation_id
-from worker.settings import Settings
+from worker.settings import SQS_MAX_MESSAGE_BYTES, Settings
 
 log = logging.getLogger("sluice.worker")
 
 ALREADY_STARTED_OTHER_INPUT = "DurableExecutionAlreadyStartedException"
+# Invoke's errors (botocore's Lambda model) about the request itself: its content (400) or size
+# (413). No retry can change them, so the event is poison. Every other error is retried: 429 and
+# 5xx are Lambda's, and 403/404/409… are the deployment's (a missing alias or permission), which
+# the redrive policy holds until someone fixes it; the event is not to blame.
+POISON_INVOKE_ERRORS = frozenset(
+    {
+        "InvalidRequestContentException",
+        "RequestTooLargeException",
+        "SerializedRequestEntityTooLargeException",
+    }
+)
 # SQS accepts only these characters in a body; anything else travels base64-encoded.
-_SQS_TEXT = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
+_SQS_TEXT = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
+_NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _DETAIL_CHARS = 1000
+# Room kept below SQS's limit when a dead letter is truncated (SQS's own accounting margin).
+_SIZE_MARGIN = 1024
 
 STARTED = "started"
 DEAD_LETTERED = "dead_lettered"
@@ -81,18 +99,32 @@ class Dispatcher:
     """Validates, routes and starts; sends poison to the DLQ. Clients are injected."""
 
     def __init__(
-        self, *, settings: Settings, lambda_client: Any, sqs_client: Any, metrics: Metrics
+        self,
+        *,
+        settings: Settings,
+        lambda_client: Any,
+        sqs_client: Any,
+        metrics: Metrics,
+        s3_client: Any = None,
     ):
         self.settings = settings
         self.lambda_client = lambda_client
         self.sqs = sqs_client
+        self.s3 = s3_client  # for the claim check (settings.claim_check_bucket)
         self.metrics = metrics
 
     def handle(self, body: bytes, delivery: Delivery) -> Result:
         """Handle one message; never raises (an unexpected error is a 503: nothing is lost)."""
+        return self._measured(lambda: self._handle(body, delivery))
+
+    def reject(self, body: bytes, delivery: Delivery, poison: PoisonMessage) -> Result:
+        """Dead-letter a message another route found to be poison (e.g. a bad cron header)."""
+        return self._measured(lambda: self._dead_letter(body, delivery, poison))
+
+    def _measured(self, handle: Callable[[], Result]) -> Result:
         began = time.perf_counter()
         try:
-            result = self._handle(body, delivery)
+            result = handle()
         except Exception:
             log.exception("unexpected error; sqsd will retry the message")
             result = Result(503, TRANSIENT, "unexpected", {"TransientFailures": 1})
@@ -156,7 +188,9 @@ class Dispatcher:
                 FunctionName=alias_arn,
                 InvocationType="Event",
                 DurableExecutionName=name,
-                Payload=event.to_json().encode(),
+                # The same bytes on every re-send of this event (no timestamp): a repeat is the
+                # same start, not a conflict.
+                Payload=event.start_payload(),
             )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
@@ -165,8 +199,17 @@ class Dispatcher:
                     f"execution {name!r} of {workflow} already started with other input",
                     code=envelope.ID_CONFLICT,
                 ) from None
+            if code in POISON_INVOKE_ERRORS:
+                raise PoisonMessage(
+                    f"Lambda refused to start {workflow}: {code}: {exc}",
+                    code=envelope.LAMBDA_REJECTED,
+                ) from None
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             raise TransientError(f"{code or status}: {exc}", code=code or "client_error") from None
+        except ParamValidationError as exc:  # refused before sending (e.g. a bad header value)
+            raise PoisonMessage(
+                f"Invoke refused the request: {exc}", code=envelope.LAMBDA_REJECTED
+            ) from None
         except BotoCoreError as exc:  # connection refused/reset, timeouts
             raise TransientError(str(exc), code=type(exc).__name__) from None
         # No log line of its own: the message's one EMF line (a JSON log line with the
@@ -196,12 +239,16 @@ class Dispatcher:
             "correlation_id": event.correlation_id if event else correlation_id.get(),
             "event_id": event.id if event else "",
         }
+        # Attribute values come from headers and error messages: SQS refuses some characters.
+        attributes = {k: _NOT_SQS_TEXT.sub("?", v) for k, v in attributes.items() if v}
         try:
+            if _message_bytes(text, attributes) > SQS_MAX_MESSAGE_BYTES:
+                text, attributes = self._fit(body, text, attributes)
             self.sqs.send_message(
                 QueueUrl=self.settings.events_dlq_url,
                 MessageBody=text,
                 MessageAttributes={
-                    k: {"DataType": "String", "StringValue": v} for k, v in attributes.items() if v
+                    k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()
                 },
             )
         except (ClientError, BotoCoreError) as exc:
@@ -216,6 +263,34 @@ class Dispatcher:
         )
         return Result(200, DEAD_LETTERED, poison.code, {"DeadLettered": 1})
 
+    def _fit(
+        self, body: bytes, text: str, attributes: dict[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        """A dead letter too large for SQS (base64 grows a body by a third; attributes count):
+        keep the body in the media bucket and send a pointer (claim check), or, without a
+        bucket, send it truncated. Never a message SQS refuses: that would loop on 503."""
+        bucket = self.settings.claim_check_bucket
+        if bucket:
+            day = datetime.now(UTC).strftime("%Y-%m-%d")
+            # Content-addressed: a redelivery of the same body overwrites the same object.
+            key = f"{DEAD_LETTER_PREFIX}{day}/{hashlib.sha256(body).hexdigest()}"
+            self.s3.put_object(Bucket=bucket, Key=key, Body=body)
+            return f"s3://{bucket}/{key}", {**attributes, "body_encoding": "s3"}
+        attributes = {**attributes, "body_truncated": str(len(body))}
+        budget = SQS_MAX_MESSAGE_BYTES - _attributes_bytes(attributes) - _SIZE_MARGIN
+        if attributes["body_encoding"] == "base64":  # 4 characters per 3 bytes
+            return base64.b64encode(body[: budget // 4 * 3]).decode("ascii"), attributes
+        return text.encode()[:budget].decode("utf-8", "ignore"), attributes
+
+
+def _attributes_bytes(attributes: Mapping[str, str]) -> int:
+    """SQS counts each attribute's name, data type and value toward the message size."""
+    return sum(len(k.encode()) + len("String") + len(v.encode()) for k, v in attributes.items())
+
+
+def _message_bytes(text: str, attributes: Mapping[str, str]) -> int:
+    return len(text.encode()) + _attributes_bytes(attributes)
+
 
 def _sqs_body(body: bytes) -> tuple[str, str]:
     """The body as SQS can carry it: the text itself, or base64 when it is not valid SQS text."""
@@ -225,6 +300,6 @@ def _sqs_body(body: bytes) -> tuple[str, str]:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    if text is not None and _SQS_TEXT.match(text):
+    if text is not None and _SQS_TEXT.fullmatch(text):
         return text, "text"
     return base64.b64encode(body).decode("ascii"), "base64"

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import socket
 import ssl
 import threading
@@ -23,10 +24,19 @@ import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ParamValidationError,
+)
 
 SERVICE = "lambda"
 API = "/2015-03-31/functions/"
+# A control character (CR/LF above all) in a header value would end the header block early: the
+# request arrives split in two, without its signature, and the garbage half poisons the next
+# request on the kept-alive connection. Refused here whatever the caller validated.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _LazyCredentials:
@@ -192,6 +202,7 @@ class LambdaInvoker:
                 path, headers, Payload, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             )
             signed["Content-Length"] = str(len(Payload))
+            _check_header_values(signed)
             fresh = getattr(self._local, "conn", None) is None
             try:
                 conn = self._connection()
@@ -229,6 +240,15 @@ class LambdaInvoker:
         raise ClientError(
             {"Error": {"Code": code, "Message": message}, "ResponseMetadata": meta}, "Invoke"
         )
+
+
+def _check_header_values(headers: dict[str, str]) -> None:
+    """botocore's ParamValidationError (as boto3 raises for a bad parameter) before any write."""
+    for name, value in headers.items():
+        if _CONTROL.search(value):
+            raise ParamValidationError(
+                report=f"header {name} holds a control character: {value[:80]!r}"
+            )
 
 
 class _StaleConnection(OSError):

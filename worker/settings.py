@@ -20,6 +20,7 @@ HTTP_PATH = "SLUICE_HTTP_PATH"
 METRICS_NAMESPACE = "SLUICE_METRICS_NAMESPACE"
 INVOKE_TIMEOUT = "SLUICE_INVOKE_TIMEOUT_S"
 PUBLISH_METRICS_S = "SLUICE_PUBLISH_METRICS_S"
+CLAIM_CHECK_BUCKET = "SLUICE_CLAIM_CHECK_BUCKET"
 # SQS's own ceiling on a message: nothing larger can come from sqsd, nothing larger fits the DLQ.
 SQS_MAX_MESSAGE_BYTES = 1024 * 1024
 
@@ -47,6 +48,10 @@ class Settings:
     invoke_timeout_s: float = 10.0
     # Seconds between PutMetricData flushes of the aggregated counts; 0 = only the EMF log lines.
     publish_metrics_s: float = 0.0
+    # The media bucket, where a dead letter too large for the DLQ is kept (under
+    # catalog.DEAD_LETTER_PREFIX) while the DLQ gets a pointer. Empty: such a dead letter goes to
+    # the DLQ truncated, with a `body_truncated` attribute.
+    claim_check_bucket: str = ""
     extra: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
@@ -91,6 +96,7 @@ class Settings:
             metrics_namespace=env.get(METRICS_NAMESPACE, WORKER_METRICS),
             invoke_timeout_s=_number(env, INVOKE_TIMEOUT, 10.0, float),
             publish_metrics_s=_number(env, PUBLISH_METRICS_S, 0.0, float),
+            claim_check_bucket=env.get(CLAIM_CHECK_BUCKET, ""),
         )
 
 

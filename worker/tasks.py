@@ -9,7 +9,9 @@ visibility timeout; the callback's heartbeat timeout lets the workflow retry mea
 Failures are reported, not retried here: a business error fails the workflow's step for good, a
 transient one (ErrorType TransientError) makes the workflow send a fresh task after a backoff.
 On SIGTERM (deploy, scale-in) the loop stops receiving, lets running tasks finish within a grace
-period, and hands back (visibility 0) whatever is still running after it.
+period, and hands back (visibility 0) whatever is still running after it. Child processes
+(ffmpeg) ignore that stop (systemd signals the whole unit) and die with this process
+(worker.heavy.common.child); at start the process sweeps the scratch directories of dead runs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from sluice.envelope import Task, parse_task
 from sluice.errors import BusinessError, PoisonMessage, SluiceError, TransientError
-from worker.heavy.common import Limits, TaskContext
+from worker.heavy.common import Limits, TaskContext, kill_children, sweep_scratch
 from worker.observability import configure_logging, correlation_id, message_id
 
 log = logging.getLogger("sluice.tasks")
@@ -38,6 +40,8 @@ Handler = Callable[[Mapping[str, Any], TaskContext], dict[str, Any]]
 # The callback is gone (finished, timed out, or its execution ended): nobody waits for a report.
 CALLBACK_GONE = frozenset({"ResourceNotFoundException", "CallbackTimeoutException"})
 MAX_RESULT_BYTES = 256 * 1024  # SendDurableExecutionCallbackSuccess's documented limit
+# After the grace period: how long the tasks whose children were killed get to clean up.
+CLEANUP_S = 10.0
 
 
 def default_handlers() -> dict[str, Handler]:
@@ -165,19 +169,31 @@ class TaskRunner:
             self._slots.notify_all()
 
     def drain(self, grace_s: float | None = None) -> None:
-        """Wait up to the grace period for running tasks, then release what is still running."""
+        """Wait up to the grace period for running tasks, then release what is still running.
+
+        Released tasks report nothing (another worker redoes them); their children are killed
+        so that their threads end and remove their scratch directories before the exit.
+        """
         deadline = time.monotonic() + (self.grace_s if grace_s is None else grace_s)
-        with self._slots:
-            while self._threads and time.monotonic() < deadline:
-                self._slots.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+        self._wait_threads(deadline)
+        unfinished = []
         for lease in list(self._leases.values()):
             with lease.lock:
                 if lease.released:
                     continue
                 lease.released = True
                 lease.stop.set()
+            unfinished.append(lease)
+        if unfinished and kill_children():
+            self._wait_threads(time.monotonic() + CLEANUP_S)
+        for lease in unfinished:
             log.warning("releasing an unfinished task", extra={"task": _name(lease.task)})
             self._release(lease.receipt)
+
+    def _wait_threads(self, deadline: float) -> None:
+        with self._slots:
+            while self._threads and time.monotonic() < deadline:
+                self._slots.wait(min(1.0, max(0.0, deadline - time.monotonic())))
 
     @property
     def in_flight(self) -> int:
@@ -393,6 +409,9 @@ def main() -> None:  # pragma: no cover - exercised by the subprocess tests
 
     configure_logging("sluice-tasks")
     settings = TasksSettings.from_env()
+    swept = sweep_scratch()  # what killed runs left behind (tens of MB per transcode)
+    if swept:
+        log.warning("removed scratch of dead runs", extra={"paths": [str(p) for p in swept]})
     cfg = Config(retries={"mode": "standard", "max_attempts": 5})
     s3 = boto3.client("s3", config=cfg)
     limits = Limits.from_env()

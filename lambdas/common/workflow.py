@@ -30,7 +30,8 @@ def start_workflow(
     Refuses events the workflow does not handle, and puts the event's correlation id on every
     log line of the execution.
     """
-    ev = event_from_dict(dict(event))
+    # The worker starts workflows with Event.start_payload (no `ts`); older starts carry one.
+    ev = event_from_dict(dict(event), ts_required=False)
     if ev.name not in started_by:
         raise BusinessError(f"{workflow} does not handle {ev.name}", code="unknown_event")
     job_id = execution_name(ev.id)

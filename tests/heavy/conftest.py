@@ -3,10 +3,16 @@ moto's S3 and SQS, and the durable test runner answering the Lambda callback API
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +21,12 @@ import pytest
 from aws_durable_execution_sdk_python.lambda_service import ErrorObject
 from botocore.exceptions import ClientError
 from moto import mock_aws
+from moto.server import ThreadedMotoServer
 
 from lambdas.common.runtime import clients
+from sluice.envelope import Task
+from tests.conftest import ROOT
+from tests.heavy import sermon
 from worker.heavy.common import Limits, TaskContext
 from worker.heavy.transcode import ffmpeg_exe
 
@@ -144,3 +154,176 @@ class RunnerCallbacks:
 
     def count(self, op: str) -> int:
         return sum(1 for o, _ in self.calls if o == op)
+
+
+# --- the real tasks process against moto's server and a recording callback API ---------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class CallbackApi:
+    """Records Lambda durable-callback calls: (operation, callback id), and each call's body."""
+
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    bodies: list[tuple[str, str, Any]] = field(default_factory=list)
+    url: str = ""
+
+    def ops(self, op: str) -> list[str]:
+        return [cb for o, cb in self.calls if o == op]
+
+    def failures(self) -> list[Any]:
+        """The Error objects of every failure report (ErrorType, ErrorData …)."""
+        return [body for o, _, body in self.bodies if o == "fail"]
+
+    def wait_for(self, op: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ops(op):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {op} call within {timeout_s} s: {self.calls}")
+            time.sleep(0.05)
+
+
+def serve_callback_api(*, close_on_report: bool = False) -> tuple[CallbackApi, Any]:
+    """A recording callback API on loopback; (api, server). With `close_on_report`, a callback
+    that was reported (success or failure) is closed, as Lambda's is: a later call on it gets
+    ResourceNotFoundException (404, in botocore's model for these operations)."""
+    api = CallbackApi()
+    closed: set[str] = set()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # /2025-12-01/durable-execution-callbacks/<id>/<op>
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            parts = self.path.strip("/").split("/")
+            op, callback = parts[-1], parts[-2]
+            try:
+                doc = json.loads(raw) if raw else None
+            except ValueError:
+                doc = raw
+            with lock:
+                gone = close_on_report and callback in closed
+                if not gone:
+                    api.bodies.append((op, callback, doc))
+                    api.calls.append((op, callback))
+                    if op in ("succeed", "fail"):
+                        closed.add(callback)
+            status, headers, body = 200, {}, b"{}"
+            if gone:
+                status, headers = 404, {"x-amzn-ErrorType": "ResourceNotFoundException"}
+                body = b'{"message": "callback closed"}'
+            self.send_response(status)
+            for name, value in {"Content-Type": "application/json", **headers}.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    api.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return api, server
+
+
+@pytest.fixture
+def callback_api() -> Iterator[CallbackApi]:
+    api, server = serve_callback_api()
+    yield api
+    server.shutdown()
+
+
+@dataclass
+class Moto:
+    endpoint: str
+    s3: Any
+    sqs: Any
+    queue_url: str
+    bucket: str
+
+    def counts(self) -> tuple[int, int]:
+        """(visible, in flight) messages on the tasks queue."""
+        a = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(a["ApproximateNumberOfMessages"]), int(
+            a["ApproximateNumberOfMessagesNotVisible"]
+        )
+
+
+@pytest.fixture
+def moto_server() -> Iterator[Moto]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=endpoint)
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
+    # moto's state outlives one server in this process: names are unique per server.
+    bucket = f"sluice-proc-{port}"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    url = sqs.create_queue(QueueName=f"tasks-{port}")["QueueUrl"]
+    try:
+        yield Moto(endpoint=endpoint, s3=s3, sqs=sqs, queue_url=url, bucket=bucket)
+    finally:
+        server.stop()
+
+
+def put_embed_task(moto: Moto, *, segments: int, cb: str = "cb-proc") -> None:
+    doc = sermon.document()
+    base = doc["segments"]
+    doc["segments"] = [
+        {**base[i % len(base)], "start": 4.0 * i, "end": 4.0 * i + 3.5} for i in range(segments)
+    ]
+    moto.s3.put_object(
+        Bucket=moto.bucket, Key="transcripts/p/transcript.json", Body=json.dumps(doc)
+    )
+    task = Task(
+        name="media/embed",
+        callback_id=cb,
+        data={
+            "transcript": f"s3://{moto.bucket}/transcripts/p/transcript.json",
+            "output": {"bucket": moto.bucket, "prefix": "embeddings/p/"},
+        },
+        correlation_id="corr-proc",
+    )
+    moto.sqs.send_message(QueueUrl=moto.queue_url, MessageBody=task.to_json())
+
+
+def start_process(moto: Moto, api: CallbackApi, **settings: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AWS_ENDPOINT_URL": moto.endpoint,
+        "AWS_ENDPOINT_URL_LAMBDA": api.url,
+        "SLUICE_TASKS_QUEUE_URL": moto.queue_url,
+        "SLUICE_TASKS_CONCURRENCY": "1",
+        "SLUICE_TASKS_RECEIVE_WAIT_S": "1",
+        "SLUICE_TASKS_KEEPALIVE_S": "0.5",
+        "SLUICE_EMBED_THREADS": "1",
+        **settings,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker.tasks"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_counts(moto: Moto, expected: tuple[int, int], timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while moto.counts() != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"queue is {moto.counts()}, expected {expected}")
+        time.sleep(0.1)

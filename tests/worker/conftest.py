@@ -32,6 +32,8 @@ ALIASES = {
     "transcode_audio": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:transcode-audio:live",
 }
 MAX_BODY = 8 * 1024
+# The media bucket the worker keeps dead letters too large for the DLQ in (claim check).
+CLAIM_BUCKET = "sluice-test-media"
 
 
 def attr(message: dict[str, Any], name: str) -> str | None:
@@ -106,6 +108,14 @@ def queues(moto_endpoint: str) -> Queues:
 
 
 @pytest.fixture(scope="session")
+def media_bucket(moto_endpoint: str) -> Any:
+    """moto's S3 client with the claim-check bucket created."""
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=moto_endpoint)
+    s3.create_bucket(Bucket=CLAIM_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return s3
+
+
+@pytest.fixture(scope="session")
 def lambda_fake() -> Iterator[tuple[local_lambda.LocalLambda, str]]:
     state = local_lambda.LocalLambda()
     server = local_lambda.serve(state)
@@ -123,7 +133,9 @@ class Worker:
         return self.log.read_text().splitlines()
 
 
-def worker_env(*, port: int, lambda_url: str, moto_url: str, dlq_url: str) -> dict[str, str]:
+def worker_env(
+    *, port: int, lambda_url: str, moto_url: str, dlq_url: str, claim_bucket: str = ""
+) -> dict[str, str]:
     import json
 
     return {
@@ -139,6 +151,8 @@ def worker_env(*, port: int, lambda_url: str, moto_url: str, dlq_url: str) -> di
         "SLUICE_INVOKE_TIMEOUT_S": "5",
         "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
         "AWS_ENDPOINT_URL_SQS": moto_url,
+        "AWS_ENDPOINT_URL_S3": moto_url,
+        "SLUICE_CLAIM_CHECK_BUCKET": claim_bucket,
     }
 
 
@@ -206,10 +220,15 @@ def worker(
     lambda_fake: tuple[local_lambda.LocalLambda, str],
     moto_endpoint: str,
     queues: Queues,
+    media_bucket: Any,
 ) -> Iterator[Worker]:
     port = free_port()
     env = worker_env(
-        port=port, lambda_url=lambda_fake[1], moto_url=moto_endpoint, dlq_url=queues.dlq_url
+        port=port,
+        lambda_url=lambda_fake[1],
+        moto_url=moto_endpoint,
+        dlq_url=queues.dlq_url,
+        claim_bucket=CLAIM_BUCKET,
     )
     # The repository root stands in for the bundle root: same Procfile, same module paths.
     proc = start_web(

@@ -32,7 +32,7 @@ def test_a_valid_event_starts_its_workflow_and_answers_200(worker, lambda_fake):
     status, answer = post(worker.url, ev.to_json().encode())
     # Then the worker answers 200 and the execution named after the event id is started
     assert (status, answer["outcome"]) == (200, "started")
-    assert lambda_fake[0].started()[(TRANSCRIBE, ev.id)] == ev.to_dict()
+    assert lambda_fake[0].started()[(TRANSCRIBE, ev.id)] == json.loads(ev.start_payload())
 
 
 def test_a_duplicate_delivery_answers_200_and_starts_nothing_new(worker, lambda_fake):

@@ -7,13 +7,15 @@ import io
 import json
 
 import boto3
+import botocore.session
 import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 
-from sluice.envelope import ID_CONFLICT, Event
+from sluice.envelope import ID_CONFLICT, LAMBDA_REJECTED, Event
 from tests.worker.conftest import ALIASES, free_port
-from worker.dispatch import Delivery, Dispatcher
+from worker import local_lambda
+from worker.dispatch import POISON_INVOKE_ERRORS, Delivery, Dispatcher
 from worker.observability import Metrics
 from worker.settings import Settings
 
@@ -51,7 +53,7 @@ EXPECTED_REQUEST = {
     "FunctionName": ALIASES["transcribe_audio"],
     "InvocationType": "Event",
     "DurableExecutionName": "01JD3XK5Q0VZ8Y6T4W2R1N9M7B",
-    "Payload": EVENT.to_json().encode(),
+    "Payload": EVENT.start_payload(),
 }
 
 
@@ -79,7 +81,7 @@ def test_an_id_that_does_not_fit_lambdas_rule_gets_a_derived_execution_name(clie
         {
             **EXPECTED_REQUEST,
             "DurableExecutionName": ev.execution_name,
-            "Payload": ev.to_json().encode(),
+            "Payload": ev.start_payload(),
         },
     )
     assert dispatcher(lam, sqs).handle(ev.to_json().encode(), DELIVERY).status == 200
@@ -176,3 +178,59 @@ def test_poison_is_retried_when_the_dlq_cannot_take_it(clients):
     result = dispatcher(lam, sqs).handle(b"not json", DELIVERY)
     # Then sqsd keeps it (503): nothing is lost
     assert (result.status, result.reason) == (503, "dlq_unavailable")
+
+
+# --- every error Invoke can return, as botocore's service model lists it ----------------------
+
+INVOKE = botocore.session.get_session().get_service_model("lambda").operation_model("Invoke")
+INVOKE_ERRORS = {e.name: e.metadata["error"]["httpStatusCode"] for e in INVOKE.error_shapes}
+
+
+def test_the_poison_answers_are_invoke_errors_about_the_request_itself():
+    # The errors no retry can fix: the request's content (400) or size (413)
+    assert {code: INVOKE_ERRORS[code] for code in POISON_INVOKE_ERRORS} == {
+        "InvalidRequestContentException": 400,
+        "RequestTooLargeException": 413,
+        "SerializedRequestEntityTooLargeException": 413,
+    }
+
+
+@pytest.mark.parametrize(("code", "status"), sorted(INVOKE_ERRORS.items()))
+def test_each_invoke_error_is_either_poison_or_retried(clients, code, status):
+    lam, lam_stub, sqs, sqs_stub = clients
+    lam_stub.add_client_error(
+        "invoke", service_error_code=code, http_status_code=status, expected_params=EXPECTED_REQUEST
+    )
+    if code in POISON_INVOKE_ERRORS or code == "DurableExecutionAlreadyStartedException":
+        sqs_stub.add_response("send_message", {"MessageId": "dlq-1"})
+    result = dispatcher(lam, sqs).handle(EVENT.to_json().encode(), DELIVERY)
+    if code in POISON_INVOKE_ERRORS:
+        assert (result.status, result.reason) == (200, LAMBDA_REJECTED)
+    elif code == "DurableExecutionAlreadyStartedException":
+        assert (result.status, result.reason) == (200, ID_CONFLICT)
+    else:
+        # throttling, 5xx, and deployment faults (404, 403, 409 …): the redrive policy holds them
+        assert (result.status, result.outcome, result.reason) == (503, "transient", code)
+
+
+@pytest.mark.parametrize("code", ["AccessDeniedException", "ResourceNotFoundException"])
+def test_a_deployment_fault_is_retried_not_blamed_on_the_event(clients, code):
+    lam, lam_stub, sqs, _ = clients
+    lam_stub.add_client_error(
+        "invoke", service_error_code=code, http_status_code=403 if "Access" in code else 404
+    )
+    result = dispatcher(lam, sqs).handle(EVENT.to_json().encode(), DELIVERY)
+    assert (result.status, result.reason) == (503, code)
+
+
+def test_the_lambda_fakes_answers_are_invoke_errors_with_their_model_status():
+    # the fake (worker/local_lambda.py) answers only as botocore's model says Invoke can
+    answers = [
+        local_lambda.THROTTLED,
+        local_lambda.SERVICE_ERROR,
+        local_lambda.INVALID_REQUEST,
+        local_lambda.TOO_LARGE,
+        (409, "DurableExecutionAlreadyStartedException"),
+    ]
+    assert all(INVOKE_ERRORS[kind] == status for status, kind in answers)
+    assert set(local_lambda.Faults().kinds) >= {local_lambda.THROTTLED, local_lambda.SERVICE_ERROR}

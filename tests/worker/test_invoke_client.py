@@ -9,7 +9,12 @@ import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    ParamValidationError,
+)
 
 from tests.worker.conftest import ALIASES, free_port
 from worker.invoke import API, LambdaInvoker
@@ -164,5 +169,42 @@ def test_a_dropped_keep_alive_connection_is_reopened_and_chunked_errors_are_read
                 "Code": "DurableExecutionAlreadyStartedException",
                 "Message": "already started",
             }
+    finally:
+        server.shutdown()
+
+
+class Recorder(socketserver.BaseRequestHandler):
+    """Keeps every byte a client writes; answers each complete request with a 202."""
+
+    received: list[bytes] = []
+
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            Recorder.received.append(data)
+            if b"\r\n\r\n" in data:
+                self.request.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize("value", ["evt-1\n", "evt-1\r\nX-Injected: 1", "a\x00b", "a\x7f"])
+def test_a_header_value_with_a_control_character_is_refused_before_any_byte_is_written(value):
+    Recorder.received = []
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Recorder)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        invoker = LambdaInvoker(
+            region="eu-west-1",
+            credentials=CREDS,
+            endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+        )
+        # whatever its caller checked, the client refuses (botocore's own validation error)
+        with pytest.raises(ParamValidationError):
+            invoker.invoke(FunctionName=ALIAS, DurableExecutionName=value, Payload=b"{}")
+        assert Recorder.received == []
+        # and the connection stays usable for the next, innocent call
+        answer = invoker.invoke(FunctionName=ALIAS, DurableExecutionName="evt-2", Payload=b"{}")
+        assert answer["StatusCode"] == 202
+        request = b"".join(Recorder.received)
+        assert request.count(b"\r\n\r\n") == 1 and b"Authorization: AWS4-HMAC-SHA256" in request
     finally:
         server.shutdown()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,15 @@ from botocore.exceptions import ClientError
 
 from sluice.catalog import TRANSCODE_TASK
 from sluice.errors import BusinessError, TransientError
-from worker.heavy.common import Limits, TaskContext, location, s3_error
+from worker.heavy.common import (
+    Limits,
+    TaskContext,
+    child,
+    location,
+    s3_error,
+    scratch_dir,
+    signal_name,
+)
 
 TASK_NAME = TRANSCODE_TASK
 SEGMENT_S = 6
@@ -32,6 +39,9 @@ CONTENT_TYPES = {
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 _AUDIO = re.compile(r"Stream #\S+.*: Audio: (\w+)")
 _EXTINF = re.compile(r"^#EXTINF:([\d.]+),", re.M)
+# ffmpeg's own line when a signal made it stop early (it then exits 255, not by the signal).
+_STOPPED = "received signal"
+PROBE_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -67,21 +77,20 @@ def ffmpeg_exe() -> str:
 def probe(path: Path) -> Probe:
     """The audio codec and duration ffmpeg reads from the file's header.
 
-    ffmpeg without an output exits non-zero by design; what matters is what it printed.
+    ffmpeg without an output exits non-zero by design; what matters is what it printed, unless
+    a signal ended it.
     """
-    proc = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
-        capture_output=True,
-        text=True,
-        errors="replace",
-        timeout=120,
-        check=False,
-    )
-    audio = _AUDIO.search(proc.stderr)
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]
+    with child(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
+    ) as proc:
+        _, stderr = proc.communicate(timeout=PROBE_TIMEOUT_S)
+    _check_not_stopped(proc.returncode, stderr)
+    audio = _AUDIO.search(stderr)
     if audio is None:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        tail = stderr.strip().splitlines()[-1:] or ["no output"]
         raise BusinessError(f"not a readable audio file: {tail[0][:300]}", code="corrupt_audio")
-    m = _DURATION.search(proc.stderr)
+    m = _DURATION.search(stderr)
     duration = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
     return Probe(codec=audio[1], duration_s=duration)
 
@@ -113,21 +122,29 @@ def encode(
     progress: Callable[[], None] = lambda: None,
 ) -> None:
     """Run ffmpeg once for all renditions; `progress` is called on every progress report."""
-    proc = subprocess.Popen(
-        _encode_args(src, out, renditions),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    for _line in proc.stdout:  # key=value lines, a block about twice a second
-        progress()
-    err = proc.stderr.read()
-    if proc.wait() != 0:
+    args = _encode_args(src, out, renditions)
+    with child(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace"
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        for _line in proc.stdout:  # key=value lines, a block about twice a second
+            progress()
+        err = proc.stderr.read()
+        returncode = proc.wait()
+    _check_not_stopped(returncode, err)
+    if returncode != 0:
         raise BusinessError(
             f"ffmpeg could not decode the audio: {err.strip()[-300:]}", code="corrupt_audio"
         )
+
+
+def _check_not_stopped(returncode: int, stderr: str) -> None:
+    """A signal that ended ffmpeg (the OOM killer, a stop, our drain) says nothing about the
+    audio: transient, so the workflow retries, never corrupt_audio."""
+    if returncode < 0:
+        raise TransientError(f"ffmpeg killed by {signal_name(returncode)}", code="ffmpeg_killed")
+    if returncode != 0 and _STOPPED in stderr:
+        raise TransientError(f"ffmpeg stopped: {stderr.strip()[-200:]}", code="ffmpeg_killed")
 
 
 def master_playlist(out: Path, renditions: Sequence[Rendition]) -> str:
@@ -220,7 +237,7 @@ def run(data: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         )
     if size == 0:
         raise BusinessError(f"{what} is empty", code="corrupt_audio")
-    work = Path(tempfile.mkdtemp(prefix="sluice-transcode-"))
+    work = scratch_dir("transcode")  # swept by the next tasks process if this one dies
     try:
         src = work / ("source" + Path(src_key).suffix.lower()[:8])
         try:

@@ -13,9 +13,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sluice.errors import BusinessError
+from sluice.envelope import SCHEMA_VIOLATION
+from sluice.errors import BusinessError, PoisonMessage
 from worker.scheduler.env import broker_configured
 from worker.scheduler.registry import CRON_URL_PREFIX, REGISTRY, PeriodicTask, Registry, cron_tick
+from worker.scheduler.schedule import ScheduleError
 
 log = logging.getLogger("sluice.scheduler")
 
@@ -37,12 +39,20 @@ def register_cron_routes(
                 log.warning("cron POST for %s arrived on %s's path", named, task.name)
             if broker:
                 return Response(200, {"task": task.name, "outcome": "ignored-broker-schedules"})
-            _, tick = cron_tick(task.name, request.sqsd.get("scheduled-at"), registry=reg)
+            delivery = Delivery.from_headers(request.sqsd)
+            try:
+                _, tick = cron_tick(task.name, request.sqsd.get("scheduled-at"), registry=reg)
+            except ScheduleError as exc:
+                # No retry can mend the header: poison, with its reason, like a bad event.
+                poison = PoisonMessage(f"cron POST for {task.name}: {exc}", code=SCHEMA_VIOLATION)
+                result = app.dispatcher.reject(request.body, delivery, poison)
+                return Response(
+                    result.status,
+                    {"task": task.name, "outcome": result.outcome, "reason": result.reason},
+                )
             if task.action is None:
                 event = task.tick_event(tick)
-                result = app.dispatcher.handle(
-                    event.to_json().encode(), Delivery.from_headers(request.sqsd)
-                )
+                result = app.dispatcher.handle(event.to_json().encode(), delivery)
                 return Response(
                     result.status,
                     {"task": task.name, "event_id": event.id, "outcome": result.outcome},

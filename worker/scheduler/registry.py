@@ -20,7 +20,7 @@ from typing import Any
 from sluice.envelope import Event
 from worker.scheduler.schedule import Cron, Every, Schedule, ScheduleError
 
-_TASK_NAME = re.compile(r"^[a-z][a-z0-9-]{0,47}$")
+_TASK_NAME = re.compile(r"[a-z][a-z0-9-]{0,47}")  # fullmatch: `$` passes a final newline
 CRON_URL_PREFIX = "/cron/"
 log = logging.getLogger("sluice.scheduler")
 
@@ -60,7 +60,7 @@ class PeriodicTask:
     max_attempts: int = 3
 
     def __post_init__(self) -> None:
-        if not _TASK_NAME.match(self.name):
+        if not _TASK_NAME.fullmatch(self.name):
             raise ScheduleError(
                 f"task name must be 1-48 chars of [a-z0-9-] starting with a letter, got {self.name!r}"
             )
