@@ -33,3 +33,15 @@ def metrics_namespace(env: str, component: str) -> str:
     """The CloudWatch namespace of `component`'s own metrics (`Sluice-dev/Worker`): one per
     environment, so that a role's cloudwatch:namespace condition names only its environment's."""
     return f"{prefix(env)}/{component}"
+
+
+# The worker's Procfile processes. Each calls AWS as its own role, which the stack names to it in
+# the variable `role_variable(process)` (worker/credentials.py assumes it).
+WORKER_PROCESSES = ("web", "tasks", "scheduler")
+
+
+def role_variable(process: str) -> str:
+    """`web` -> `SLUICE_ROLE_ARN_WEB`: the environment variable naming the process's role."""
+    if process not in WORKER_PROCESSES:
+        raise ValueError(f"unknown worker process {process!r}: one of {WORKER_PROCESSES}")
+    return f"SLUICE_ROLE_ARN_{process.upper()}"

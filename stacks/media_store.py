@@ -109,6 +109,13 @@ class MediaStore(Construct):
             lifecycle_rules=[
                 # Intermediate files (Transcribe's raw output, scratch renditions).
                 s3.LifecycleRule(id="tmp", prefix=TMP, expiration=Duration.days(7)),
+                # Bodies of dead letters kept by claim check: as long as the DLQ keeps a
+                # message (14 days), and a fortnight more for the operator.
+                s3.LifecycleRule(
+                    id="dead-letters",
+                    prefix=catalog.DEAD_LETTER_PREFIX,
+                    expiration=Duration.days(28),
+                ),
                 s3.LifecycleRule(
                     id="old-versions",
                     noncurrent_version_expiration=Duration.days(30),

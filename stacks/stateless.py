@@ -82,9 +82,11 @@ class StatelessStack(Stack):
             vpc=stateful.network.vpc,
             events=stateful.events,
             workflow_aliases={**self.workflows.aliases, **self.heavy.aliases},
+            media_bucket=stateful.media.bucket_name,
+            key=stateful.key,
             extra_environment=worker_env,
         )
-        self.heavy.grant_heavy_steps(self.worker.instance_role)
+        self.heavy.grant_heavy_steps(self.worker.process_roles["tasks"])
         self.monitoring.watch_worker(
             environment_name=self.worker.environment_name,
             metrics_namespace=self.worker.metrics_namespace,
@@ -94,6 +96,6 @@ class StatelessStack(Stack):
         if stateful.broker is not None:
             stateful.broker.allow_from(self.worker.security_group)
             stateful.broker.grant_connect(
-                self, self.worker.instance_role, events_queue=stateful.events.queue
+                self, self.worker.process_roles["scheduler"], events_queue=stateful.events.queue
             )
             stateful.broker.watch(self.monitoring)

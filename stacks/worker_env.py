@@ -15,11 +15,12 @@ from aws_cdk import Acknowledgment, Aws, Stack, Validations
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticbeanstalk as eb
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
-from sluice import naming
+from sluice import catalog, naming
 from stacks.bundling import ROOT, stage_bundle
 from stacks.config import EnvConfig
 from stacks.queues import DurableQueue
@@ -92,9 +93,12 @@ class WorkerEnvironment(Construct):
         vpc: ec2.IVpc,
         events: DurableQueue,
         workflow_aliases: Mapping[str, lambda_.IAlias],
+        media_bucket: str,
+        key: kms.IKey | None = None,
         extra_environment: Mapping[str, str] | None = None,
     ) -> None:
-        """`extra_environment`: variables of the other worker processes (tasks, scheduler)."""
+        """`media_bucket` keeps dead letters too large for the DLQ (claim check); `key` is the
+        environment's data key; `extra_environment`: the tasks and scheduler processes' settings."""
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
         worker = config.worker
@@ -122,17 +126,30 @@ class WorkerEnvironment(Construct):
             self,
             "InstanceRole",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
-            description=f"{env_name} instances: events queue, workflow aliases, logs, metrics",
+            description=f"{env_name} instances: EB's agents and sqsd",
         )
         self.instance_profile = iam.CfnInstanceProfile(
             self, "InstanceProfile", roles=[self.instance_role.role_name]
         )
+        # One role per Procfile process, assumed from the instance role (worker/credentials.py):
+        # the process that runs ffmpeg over uploads cannot start workflows or read the broker
+        # secret, the web process cannot touch media. Grants go to the process that calls.
+        self.process_roles: dict[str, iam.Role] = {
+            process: iam.Role(
+                self,
+                f"{process.title()}Role",
+                assumed_by=iam.ArnPrincipal(self.instance_role.role_arn),
+                description=f"{env_name}: the {process} process",
+            )
+            for process in naming.WORKER_PROCESSES
+        }
         self._grant_instance(
-            stack=stack,
             app_name=app_name,
             env_name=env_name,
             events=events,
-            workflow_aliases=workflow_aliases,
+        )
+        self._grant_web(
+            events=events, workflow_aliases=workflow_aliases, media_bucket=media_bucket, key=key
         )
         self.service_role = iam.Role(
             self,
@@ -287,6 +304,12 @@ class WorkerEnvironment(Construct):
                     # The counts the worker alarms read go to CloudWatch once a minute.
                     "SLUICE_PUBLISH_METRICS_S": "60",
                     "SLUICE_METRICS_NAMESPACE": self.metrics_namespace,
+                    # Poison too large for an SQS message waits here, its pointer in the DLQ.
+                    "SLUICE_CLAIM_CHECK_BUCKET": media_bucket,
+                    **{
+                        naming.role_variable(process): role.role_arn
+                        for process, role in self.process_roles.items()
+                    },
                     "AWS_DEFAULT_REGION": Aws.REGION,
                     **(extra_environment or {}),
                 }.items()
@@ -304,19 +327,13 @@ class WorkerEnvironment(Construct):
         )
         self.environment.node.add_dependency(self.application)
 
-    def _grant_instance(
-        self,
-        *,
-        stack: Stack,
-        app_name: str,
-        env_name: str,
-        events: DurableQueue,
-        workflow_aliases: Mapping[str, lambda_.IAlias],
-    ) -> None:
+    def _grant_instance(self, *, app_name: str, env_name: str, events: DurableQueue) -> None:
+        """What EB's agents (deployment, logs, health, X-Ray daemon) and sqsd call, and the
+        assumption of the process roles: nothing the application's code calls itself."""
         role = self.instance_role
         # Statements rather than grant_*(): grants land in an inline policy (NIST/HIPAA
         # IAMNoInlinePolicy) and bring wildcard KMS actions; this is one managed policy.
-        keys = {q.encryption_master_key for q in (events.queue, events.dlq)} - {None}
+        keys = {events.queue.encryption_master_key} - {None}
         named = [
             # sqsd's side of the events queue; its cron leader also sends each cron.yaml job
             # there when it falls due (the periodic tasks of an environment without a broker).
@@ -331,10 +348,6 @@ class WorkerEnvironment(Construct):
                     "sqs:SendMessage",
                 ],
                 resources=[events.queue.queue_arn],
-            ),
-            # Poison goes to the DLQ with its reason.
-            iam.PolicyStatement(
-                sid="EventsDlq", actions=["sqs:SendMessage"], resources=[events.dlq.queue_arn]
             ),
             # The instances fetch exactly this application version; no wider read on the bucket.
             iam.PolicyStatement(
@@ -352,14 +365,13 @@ class WorkerEnvironment(Construct):
                     resources=[k.key_arn for k in keys if k is not None],
                 )
             )
-        if workflow_aliases:
-            named.append(
-                iam.PolicyStatement(
-                    sid="StartWorkflows",
-                    actions=["lambda:InvokeFunction"],
-                    resources=[a.function_arn for _, a in sorted(workflow_aliases.items())],
-                )
+        named.append(
+            iam.PolicyStatement(
+                sid="AssumeProcessRoles",
+                actions=["sts:AssumeRole"],
+                resources=[r.role_arn for r in self.process_roles.values()],
             )
+        )
         region, account, partition = Aws.REGION, Aws.ACCOUNT_ID, Aws.PARTITION
         eb_stack = f"arn:{partition}:cloudformation:{region}:{account}:stack/awseb-e-*"
         eb_bucket = f"arn:{partition}:s3:::elasticbeanstalk-{region}-{account}"
@@ -439,11 +451,7 @@ class WorkerEnvironment(Construct):
                 sid="Metrics",
                 actions=["cloudwatch:PutMetricData"],
                 resources=["*"],
-                conditions={
-                    "StringEquals": {
-                        "cloudwatch:namespace": [self.metrics_namespace, "AWS/ElasticBeanstalk"]
-                    }
-                },
+                conditions={"StringEquals": {"cloudwatch:namespace": "AWS/ElasticBeanstalk"}},
             ),
             iam.PolicyStatement(
                 sid="Tracing",
@@ -465,9 +473,9 @@ class WorkerEnvironment(Construct):
             roles=[role],
         )
         findings = {
-            "Resource::*": "cloudwatch:PutMetricData and the X-Ray actions have no resource "
-            "type (AWS service authorization reference); metrics are limited to our namespaces "
-            "by condition",
+            "Resource::*": "cloudwatch:PutMetricData and the X-Ray daemon's actions have no "
+            "resource type (AWS service authorization reference); metrics are limited to EB's "
+            "namespace by condition",
             "Resource::arn:<AWS::Partition>:dynamodb:<AWS::Region>:<AWS::AccountId>:table/"
             "awseb-e-*-stack-AWSEBWorkerCronLeaderRegistry*": "the cron leader table is "
             "created and named by Elastic Beanstalk (awseb-e-<id>-stack-…) after this "
@@ -488,6 +496,65 @@ class WorkerEnvironment(Construct):
             "id EB assigns when it creates the environment",
         }
         for finding, reason in findings.items():
+            Validations.of(policy).acknowledge(
+                Acknowledgment(id=f"AwsSolutions-IAM5[{finding}]", reason=reason)
+            )
+
+    def _grant_web(
+        self,
+        *,
+        events: DurableQueue,
+        workflow_aliases: Mapping[str, lambda_.IAlias],
+        media_bucket: str,
+        key: kms.IKey | None,
+    ) -> None:
+        """What the web process calls: start the workflows, dead-letter poison (with the body in
+        the media bucket when it cannot fit the DLQ), publish its counts."""
+        partition = Aws.PARTITION
+        dead_letters = f"arn:{partition}:s3:::{media_bucket}/{catalog.DEAD_LETTER_PREFIX}*"
+        statements = [
+            iam.PolicyStatement(
+                sid="StartWorkflows",
+                actions=["lambda:InvokeFunction"],
+                resources=[a.function_arn for _, a in sorted(workflow_aliases.items())],
+            ),
+            iam.PolicyStatement(
+                sid="EventsDlq", actions=["sqs:SendMessage"], resources=[events.dlq.queue_arn]
+            ),
+            iam.PolicyStatement(
+                sid="DeadLetterBodies", actions=["s3:PutObject"], resources=[dead_letters]
+            ),
+            iam.PolicyStatement(
+                sid="Metrics",
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": self.metrics_namespace}},
+            ),
+        ]
+        if key is not None:  # the DLQ and the bucket are encrypted with the data key
+            statements.append(
+                iam.PolicyStatement(
+                    sid="DataKey",
+                    actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                    resources=[key.key_arn],
+                )
+            )
+        policy = iam.ManagedPolicy(
+            self,
+            "WebPolicy",
+            description=f"{self.environment_name}: the web process",
+            statements=statements,
+            roles=[self.process_roles["web"]],
+        )
+        nag_bucket = (
+            f"arn:<AWS::Partition>:s3:::{media_bucket.replace(Aws.ACCOUNT_ID, '<AWS::AccountId>')}"
+        )
+        for finding, reason in {
+            "Resource::*": "cloudwatch:PutMetricData has no resource type; a condition limits "
+            "it to this environment's worker namespace",
+            f"Resource::{nag_bucket}/{catalog.DEAD_LETTER_PREFIX}*": "Bodies of dead letters "
+            "too large for the DLQ (claim check), under dead-letters/ only, keyed by their hash",
+        }.items():
             Validations.of(policy).acknowledge(
                 Acknowledgment(id=f"AwsSolutions-IAM5[{finding}]", reason=reason)
             )

@@ -153,6 +153,11 @@ def create_app(
         import boto3
         from botocore.config import Config
 
+        from worker.credentials import process_session
+
+        # Every client below calls AWS as the web process's own role (when the stack names one).
+        session = process_session("web", environ)
+
         # Retries inside one POST stay short: sqsd retries the whole message anyway.
         config = Config(
             connect_timeout=min(3.0, settings.invoke_timeout_s),
@@ -162,7 +167,7 @@ def create_app(
         )
         # Invoke is the hot path: the lean client costs a fraction of botocore's CPU per call.
         lambda_client = lambda_client or LambdaInvoker.from_environment(
-            timeout_s=settings.invoke_timeout_s
+            timeout_s=settings.invoke_timeout_s, session=session
         )
         sqs_client = sqs_client or boto3.client("sqs", config=config)
     s3_client = None

@@ -27,9 +27,10 @@ from urllib.parse import quote, urlsplit
 from botocore.exceptions import (
     ClientError,
     EndpointConnectionError,
-    NoCredentialsError,
     ParamValidationError,
 )
+
+from worker.credentials import LazyCredentials
 
 SERVICE = "lambda"
 API = "/2015-03-31/functions/"
@@ -37,24 +38,6 @@ API = "/2015-03-31/functions/"
 # request arrives split in two, without its signature, and the garbage half poisons the next
 # request on the kept-alive connection. Refused here whatever the caller validated.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class _LazyCredentials:
-    """botocore's provider chain, consulted when first needed (then refreshed by botocore)."""
-
-    def __init__(self, session: Any) -> None:
-        self.session = session
-        self.resolved: Any = None
-        self.lock = threading.Lock()
-
-    def get_frozen_credentials(self) -> Any:
-        if self.resolved is None:
-            with self.lock:
-                if self.resolved is None:
-                    self.resolved = self.session.get_credentials()
-        if self.resolved is None:
-            raise NoCredentialsError()
-        return self.resolved.get_frozen_credentials()
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
@@ -89,10 +72,12 @@ class LambdaInvoker:
         self.scope_tail = f"{region}/{SERVICE}/aws4_request"
 
     @classmethod
-    def from_environment(cls, *, timeout_s: float = 10.0) -> LambdaInvoker:
-        import botocore.session
+    def from_environment(cls, *, timeout_s: float = 10.0, session: Any = None) -> LambdaInvoker:
+        """An invoker with `session`'s region and credentials (the process's, by default)."""
+        if session is None:
+            import botocore.session
 
-        session = botocore.session.get_session()
+            session = botocore.session.get_session()
         region = session.get_config_variable("region") or os.environ.get("AWS_REGION", "")
         if not region:
             raise RuntimeError("AWS_REGION/AWS_DEFAULT_REGION: no region for Lambda Invoke")
@@ -100,7 +85,7 @@ class LambdaInvoker:
             region=region,
             # Resolved at the first call, not at boot: a slow instance metadata service must
             # not keep the web process from starting (a call without credentials is a 503).
-            credentials=_LazyCredentials(session),
+            credentials=LazyCredentials(session),
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL_LAMBDA")
             or os.environ.get("AWS_ENDPOINT_URL"),
             timeout_s=timeout_s,

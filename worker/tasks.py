@@ -407,7 +407,10 @@ def main() -> None:  # pragma: no cover - exercised by the subprocess tests
     import boto3
     from botocore.config import Config
 
+    from worker.credentials import process_session
+
     configure_logging("sluice-tasks")
+    process_session("tasks")  # boto3's clients below call AWS as the tasks process's own role
     settings = TasksSettings.from_env()
     swept = sweep_scratch()  # what killed runs left behind (tens of MB per transcode)
     if swept:

@@ -110,7 +110,11 @@ def test_worker_role_gets_the_tasks_queue_media_prefixes_and_these_callbacks_onl
     assert callback_targets == heavy_fns
     assert ("DataKey" in by_sid) == s.config.tasks_queue.customer_managed_key
     roles = policy["Roles"]
-    assert len(roles) == 1 and "InstanceRole" in json.dumps(roles)
+    assert roles == [
+        {"Ref": lid}
+        for lid in resources(s.stateless, "AWS::IAM::Role")
+        if lid.startswith("WorkerTasksRole")
+    ]
 
 
 def test_the_worker_can_start_the_heavy_workflows(synth, env):

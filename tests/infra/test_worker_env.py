@@ -112,19 +112,32 @@ def test_the_instance_policy_is_scoped_to_this_environment(synth, env):
     s = synth(env)
     statements = _worker_policy(s)
     by_sid = {st["Sid"]: st for st in statements}
-    # sqsd's queue actions name the events queue only; the DLQ gets only SendMessage
+    # sqsd's queue actions name the events queue only
     assert "EventsQueue" in json.dumps(by_sid["EventsQueue"]["Resource"])
-    assert by_sid["EventsDlq"]["Action"] == "sqs:SendMessage"
-    # invoke only the workflow aliases
-    assert "Alias" in json.dumps(by_sid["StartWorkflows"]["Resource"])
-    # "*" only where AWS has no resource type, and metrics only in our namespaces
+    # the process roles, and no others, may be assumed
+    assert "Role" in json.dumps(by_sid["AssumeProcessRoles"]["Resource"])
+    # "*" only where AWS has no resource type, and metrics only in EB's namespace
     star = {st["Sid"] for st in statements if st["Resource"] == "*"}
     assert star == {"Metrics", "Tracing"}
-    assert by_sid["Metrics"]["Condition"]["StringEquals"]["cloudwatch:namespace"] == [
-        f"Sluice-{env}/Worker",
-        "AWS/ElasticBeanstalk",
-    ]
+    assert by_sid["Metrics"]["Condition"]["StringEquals"]["cloudwatch:namespace"] == (
+        "AWS/ElasticBeanstalk"
+    )
     assert not any("*" in a for st in statements for a in _list(st["Action"]))
+
+
+def test_the_web_process_starts_workflows_dead_letters_and_counts_in_its_namespace(synth, env):
+    s = synth(env)
+    policies = resources(s.stateless, "AWS::IAM::ManagedPolicy")
+    (policy,) = [p for lid, p in policies.items() if lid.startswith("WorkerWebPolicy")]
+    by_sid = {st["Sid"]: st for st in policy["Properties"]["PolicyDocument"]["Statement"]}
+    assert "Alias" in json.dumps(by_sid["StartWorkflows"]["Resource"])
+    assert by_sid["EventsDlq"]["Action"] == "sqs:SendMessage"
+    assert "EventsDlq" in json.dumps(by_sid["EventsDlq"]["Resource"])
+    assert json.dumps(by_sid["DeadLetterBodies"]["Resource"]).endswith('/dead-letters/*"]]}')
+    assert by_sid["Metrics"]["Condition"]["StringEquals"]["cloudwatch:namespace"] == (
+        f"Sluice-{env}/Worker"
+    )
+    assert ("DataKey" in by_sid) == s.config.data_key
 
 
 def _list(value) -> list:
@@ -263,3 +276,58 @@ def test_the_health_configuration_sets_only_what_it_means(synth, env):
         "Version": 1,
         "CloudWatchMetrics": {"Environment": {"EnvironmentHealth": 60}},
     }
+
+
+def _role_actions(rendered, role_prefix: str) -> set[str]:
+    """Every action the managed policies attached to role `role_prefix…` allow."""
+    actions: set[str] = set()
+    for _, _, props in rendered.resources("AWS::IAM::ManagedPolicy"):
+        if any(str(r).startswith(f"gen-{role_prefix.lower()}") for r in props.get("Roles", [])):
+            for st in props["PolicyDocument"]["Statement"]:
+                actions.update(_list(st["Action"]))
+    return actions
+
+
+def test_each_worker_process_holds_only_what_it_calls(synth, env):
+    s = synth(env)
+    rendered = s.rendered
+    instance = _role_actions(rendered, "WorkerInstanceRole")
+    web = _role_actions(rendered, "WorkerWebRole")
+    tasks = _role_actions(rendered, "WorkerTasksRole")
+    scheduler = _role_actions(rendered, "WorkerSchedulerRole")
+    # The process that runs ffmpeg and the model over user uploads cannot start workflows,
+    # dead-letter events or read the broker's secret.
+    assert "lambda:InvokeFunction" in web and "lambda:InvokeFunction" not in tasks | scheduler
+    assert "sqs:SendMessage" in web and "s3:GetObject" not in web
+    assert {"s3:GetObject", "lambda:SendDurableExecutionCallbackSuccess"} <= tasks
+    assert not any(a.startswith("secretsmanager:") for a in web | tasks | instance)
+    if s.config.broker is not None:
+        assert "secretsmanager:GetSecretValue" in scheduler
+    # The instance role keeps only what EB's agents and sqsd call, and may assume the others.
+    assert "sts:AssumeRole" in instance
+    assert not instance & {"lambda:InvokeFunction", "s3:PutObject"} - {"s3:PutObject"}
+    assert "lambda:InvokeFunction" not in instance
+    assert not any(a.startswith("lambda:") or a.startswith("secretsmanager:") for a in instance)
+
+
+def test_each_process_role_trusts_only_the_instance_role_and_is_named_to_its_process(synth, env):
+    rendered = synth(env).rendered
+    roles = {lid: props for _, lid, props in rendered.resources("AWS::IAM::Role")}
+    options = {
+        o["OptionName"]: o["Value"]
+        for _, _, props in rendered.resources("AWS::ElasticBeanstalk::Environment")
+        for o in props["OptionSettings"]
+        if o["Namespace"] == "aws:elasticbeanstalk:application:environment"
+    }
+    (instance_arn,) = [
+        f"arn:aws:iam::{rendered.account}:role/gen-{lid.lower()[:40]}"
+        for lid in roles
+        if lid.startswith("WorkerInstanceRole")
+    ]
+    for process in ("web", "tasks", "scheduler"):
+        (lid,) = [lid for lid in roles if lid.startswith(f"Worker{process.title()}Role")]
+        (trust,) = roles[lid]["AssumeRolePolicyDocument"]["Statement"]
+        assert trust["Principal"] == {"AWS": instance_arn}
+        assert options[f"SLUICE_ROLE_ARN_{process.upper()}"].endswith(
+            f"role/gen-{lid.lower()[:40]}"
+        )

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    from worker.credentials import process_session
+
+    process_session("scheduler")  # the broker secret and the events queue, as its own role
     url = broker_url()
     if url is None:
         log.info("no broker configured: periodic tasks run from cron.yaml; idling")
