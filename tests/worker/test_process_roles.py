@@ -1,7 +1,8 @@
 """Each worker process calls AWS as its own role, assumed from the instance's (worker/credentials.py).
 
-moto's STS plays AWS: AssumeRole hands out the role's credentials and GetCallerIdentity says whose
-they are, so the tests see which identity each client would sign with.
+moto's STS plays AWS (the session's moto server: an in-process mock would reset the state the
+other worker tests share): AssumeRole hands out the role's credentials and GetCallerIdentity says
+whose they are, so the tests see which identity each client would sign with.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from worker.credentials import process_session, role_variable
 from worker.invoke import LambdaInvoker
@@ -19,17 +19,19 @@ ACCOUNT = "123456789012"
 
 
 @pytest.fixture
-def aws() -> Iterator[None]:
-    with mock_aws():
-        yield
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    yield
     boto3.DEFAULT_SESSION = None  # the next test starts from the plain default chain
 
 
 def _role(name: str) -> str:
     trust = '{"Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}'
-    return boto3.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"][
-        "Arn"
-    ]
+    iam = boto3.client("iam", region_name="eu-west-1")
+    try:
+        return iam.get_role(RoleName=name)["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        return iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"]["Arn"]
 
 
 def test_a_process_named_a_role_calls_aws_as_that_role(aws) -> None:
