@@ -2,10 +2,11 @@
 """CDK entry point: `cdk synth|deploy -c env=dev|staging|prod` (default dev)."""
 
 import sys
+from pathlib import Path
 
 import aws_cdk as cdk
 
-from stacks import config
+from stacks import checks, config
 from stacks.stage import build
 
 app = cdk.App()
@@ -14,4 +15,7 @@ try:
 except config.ConfigError as err:
     sys.exit(f"sluice: bad configuration: {err}")
 build(app, cfg)
-app.synth()
+assembly = app.synth()
+problems = checks.after_synth(Path(assembly.directory), region=cfg.region)
+if problems:
+    sys.exit("sluice: the synthesized templates would fail to deploy:\n  " + "\n  ".join(problems))

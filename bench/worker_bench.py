@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sluice import naming  # noqa: E402
 from sluice.envelope import Event  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -148,7 +149,7 @@ def main() -> None:
         "SLUICE_WEB_THREADS": str(args.threads),
         "SLUICE_WEB_WORKER_CLASS": args.worker_class,
         "SLUICE_ENV": "bench",
-        "SLUICE_WORKFLOW_ALIASES": json.dumps(
+        **naming.alias_variables(
             {"transcribe_audio": "arn:aws:lambda:eu-west-1:123456789012:function:t:live"}
         ),
         "SLUICE_EVENTS_DLQ_URL": "http://127.0.0.1:9/dlq",

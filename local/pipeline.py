@@ -29,7 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sluice import catalog
+from sluice import catalog, naming
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = "local"
@@ -374,7 +374,7 @@ class Pipeline:
                 "WEB_CONCURRENCY": "1",
                 "SLUICE_WEB_THREADS": "4",
                 "SLUICE_ENV": ENV,
-                "SLUICE_WORKFLOW_ALIASES": json.dumps({w: alias_arn(REGION, w) for w in WORKFLOWS}),
+                **naming.alias_variables({w: alias_arn(REGION, w) for w in WORKFLOWS}),
                 "SLUICE_EVENTS_DLQ_URL": self.res.urls["events-dlq"],
                 "SLUICE_INVOKE_TIMEOUT_S": "10",
             },

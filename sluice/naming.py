@@ -6,6 +6,8 @@ again: the CLI, the runbook's queries and `make local`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 PROJECT = "Sluice"
 
 
@@ -45,3 +47,24 @@ def role_variable(process: str) -> str:
     if process not in WORKER_PROCESSES:
         raise ValueError(f"unknown worker process {process!r}: one of {WORKER_PROCESSES}")
     return f"SLUICE_ROLE_ARN_{process.upper()}"
+
+
+# The worker finds each workflow's `live` alias in a variable of its own: one plain value each,
+# as Elastic Beanstalk's environment properties require (no JSON, <= 256 characters).
+ALIAS_VARIABLE_PREFIX = "SLUICE_ALIAS_"
+
+
+def alias_variable(workflow: str) -> str:
+    """`transcribe_audio` -> `SLUICE_ALIAS_TRANSCRIBE_AUDIO`."""
+    return ALIAS_VARIABLE_PREFIX + workflow.upper()
+
+
+def alias_variables(aliases: Mapping[str, str]) -> dict[str, str]:
+    """Workflow name -> alias ARN, as the environment variables the worker reads."""
+    return {alias_variable(name): arn for name, arn in aliases.items()}
+
+
+def aliases_from(environ: Mapping[str, str]) -> dict[str, str]:
+    """The workflow aliases `alias_variables` wrote into `environ`."""
+    n = len(ALIAS_VARIABLE_PREFIX)
+    return {k[n:].lower(): v for k, v in environ.items() if k.startswith(ALIAS_VARIABLE_PREFIX)}

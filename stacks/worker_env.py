@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from aws_cdk import Acknowledgment, Aws, Stack, Validations
+from aws_cdk import Acknowledgment, Aws, Validations
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticbeanstalk as eb
 from aws_cdk import aws_iam as iam
@@ -100,7 +100,6 @@ class WorkerEnvironment(Construct):
         """`media_bucket` keeps dead letters too large for the DLQ (claim check); `key` is the
         environment's data key; `extra_environment`: the tasks and scheduler processes' settings."""
         super().__init__(scope, construct_id)
-        stack = Stack.of(self)
         worker = config.worker
         app_name = f"{config.prefix}-worker"
         env_name = f"{config.prefix}-worker"
@@ -184,9 +183,6 @@ class WorkerEnvironment(Construct):
             allow_all_outbound=True,
         )
         private = vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
-        aliases_json = stack.to_json_string(
-            {name: alias.function_arn for name, alias in sorted(workflow_aliases.items())}
-        )
         settings = [
             option("aws:elasticbeanstalk:environment", "EnvironmentType", "LoadBalanced"),
             option("aws:elasticbeanstalk:environment", "ServiceRole", self.service_role.role_arn),
@@ -296,7 +292,9 @@ class WorkerEnvironment(Construct):
                 option("aws:elasticbeanstalk:application:environment", name, value)
                 for name, value in {
                     "SLUICE_ENV": config.name,
-                    "SLUICE_WORKFLOW_ALIASES": aliases_json,
+                    **naming.alias_variables(
+                        {name: alias.function_arn for name, alias in workflow_aliases.items()}
+                    ),
                     "SLUICE_EVENTS_DLQ_URL": events.dlq.queue_url,
                     "SLUICE_MAX_BODY_BYTES": str(worker.max_body_bytes),
                     "SLUICE_HTTP_PATH": worker.http_path,

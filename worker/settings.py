@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from sluice import naming
 from sluice.envelope import MAX_BODY_BYTES
 
 # The environment variables the EB environment sets (stacks/worker_env.py writes the same names).
 ENV_NAME = "SLUICE_ENV"
-WORKFLOW_ALIASES = "SLUICE_WORKFLOW_ALIASES"
 EVENTS_DLQ_URL = "SLUICE_EVENTS_DLQ_URL"
 MAX_BODY = "SLUICE_MAX_BODY_BYTES"
 HTTP_PATH = "SLUICE_HTTP_PATH"
@@ -73,7 +72,7 @@ class Settings:
         for name, arn in self.workflow_aliases.items():
             if not (isinstance(arn, str) and arn.startswith("arn:") and ":function:" in arn):
                 raise SettingsError(
-                    f"{WORKFLOW_ALIASES}: {name!r} must map to a Lambda alias ARN, got {arn!r}"
+                    f"{naming.alias_variable(name)}: must be a Lambda alias ARN, got {arn!r}"
                 )
         if not (self.publish_metrics_s == 0 or 10 <= self.publish_metrics_s <= 300):
             raise SettingsError(
@@ -89,7 +88,7 @@ class Settings:
         env = os.environ if environ is None else environ
         return cls(
             env=env.get(ENV_NAME, ""),
-            workflow_aliases=MappingProxyType(_json_map(env.get(WORKFLOW_ALIASES, "{}"))),
+            workflow_aliases=MappingProxyType(naming.aliases_from(env)),
             events_dlq_url=env.get(EVENTS_DLQ_URL, ""),
             max_body_bytes=_number(env, MAX_BODY, MAX_BODY_BYTES, int),
             http_path=env.get(HTTP_PATH, "/"),
@@ -98,16 +97,6 @@ class Settings:
             publish_metrics_s=_number(env, PUBLISH_METRICS_S, 0.0, float),
             claim_check_bucket=env.get(CLAIM_CHECK_BUCKET, ""),
         )
-
-
-def _json_map(raw: str) -> dict[str, str]:
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SettingsError(f"{WORKFLOW_ALIASES}: not JSON ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise SettingsError(f"{WORKFLOW_ALIASES}: must be a JSON object of name -> alias ARN")
-    return value
 
 
 def _number(env: Mapping[str, str], name: str, default: Any, kind: Callable[[str], Any]) -> Any:

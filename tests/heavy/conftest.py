@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import boto3
 import pytest
@@ -201,7 +202,8 @@ def serve_callback_api(*, close_on_report: bool = False) -> tuple[CallbackApi, A
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
             parts = self.path.strip("/").split("/")
-            op, callback = parts[-1], parts[-2]
+            # botocore quotes the id in the path ("job-2#2" arrives as "job-2%232")
+            op, callback = parts[-1], unquote(parts[-2])
             try:
                 doc = json.loads(raw) if raw else None
             except ValueError:

@@ -12,10 +12,10 @@ import pytest
 from aws_cdk.assertions import Template
 
 from stacks import config
+from stacks.rendering import ACCOUNT, Environment
 from stacks.stage import SluiceStage, build
 from stacks.summary import templates
 from tests.conftest import ROOT
-from tests.infra.render import ACCOUNT, Environment
 
 ENVIRONMENTS = tuple(config.ENVIRONMENTS)
 

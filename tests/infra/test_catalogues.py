@@ -18,7 +18,7 @@ import pytest
 from moto.iam.aws_managed_policies import aws_managed_policies_data
 from policy_sentry.querying.actions import get_action_data, get_actions_for_service
 
-from tests.infra.render import Environment
+from stacks.rendering import Environment
 
 AWS_MANAGED = json.loads(aws_managed_policies_data)
 _AWS_POLICY_ARN = re.compile(

@@ -331,3 +331,51 @@ def test_each_process_role_trusts_only_the_instance_role_and_is_named_to_its_pro
         assert options[f"SLUICE_ROLE_ARN_{process.upper()}"].endswith(
             f"role/gen-{lid.lower()[:40]}"
         )
+
+
+def test_every_environment_property_fits_ebs_limits(synth, env):
+    """With every generated name at its longest, EB accepts each property and their total."""
+    from stacks.checks import after_synth
+
+    s = synth(env)
+    assert after_synth(s.outdir, region=s.config.region) == []
+
+
+def test_the_property_check_refuses_what_eb_refuses():
+    from stacks.checks import eb_property_problems
+    from stacks.rendering import Environment
+
+    def env_with(**properties: str) -> Environment:
+        options = [
+            {
+                "Namespace": "aws:elasticbeanstalk:application:environment",
+                "OptionName": k,
+                "Value": v,
+            }
+            for k, v in properties.items()
+        ]
+        template = {
+            "Resources": {
+                "Env": {
+                    "Type": "AWS::ElasticBeanstalk::Environment",
+                    "Properties": {"OptionSettings": options},
+                }
+            }
+        }
+        return Environment(region="eu-west-1", templates={"S": template})
+
+    aliases = json.dumps(
+        {f"workflow_{i}": "arn:aws:lambda:eu-west-1:1:function:f:live" for i in range(8)}
+    )
+    assert len(aliases) > 256
+    (long, chars) = eb_property_problems(env_with(SLUICE_WORKFLOW_ALIASES=aliases))
+    assert "may be" in long and "limit 256" in long
+    assert "'{'" in chars and "'\"'" in chars
+    (key,) = eb_property_problems(env_with(**{"sluice-x": "1"}))
+    assert "property name" in key
+    many = {f"SLUICE_SETTING_{i}": "x" * 250 for i in range(17)}
+    (total,) = eb_property_problems(env_with(**many))
+    assert "limit 4096" in total
+    assert (
+        eb_property_problems(env_with(SLUICE_OK="arn:aws:lambda:eu-west-1:1:function:f:live")) == []
+    )

@@ -20,6 +20,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from sluice import naming
 from tests.conftest import ROOT
 from worker import local_lambda
 
@@ -136,7 +137,6 @@ class Worker:
 def worker_env(
     *, port: int, lambda_url: str, moto_url: str, dlq_url: str, claim_bucket: str = ""
 ) -> dict[str, str]:
-    import json
 
     return {
         **os.environ,
@@ -145,7 +145,7 @@ def worker_env(
         "WEB_CONCURRENCY": "1",
         "SLUICE_WEB_THREADS": "4",
         "SLUICE_ENV": "test",
-        "SLUICE_WORKFLOW_ALIASES": json.dumps(ALIASES),
+        **naming.alias_variables(ALIASES),
         "SLUICE_EVENTS_DLQ_URL": dlq_url,
         "SLUICE_MAX_BODY_BYTES": str(MAX_BODY),
         "SLUICE_INVOKE_TIMEOUT_S": "5",

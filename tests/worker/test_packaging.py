@@ -6,7 +6,6 @@ requirements, so this test installs them with --no-index: it never reaches PyPI.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import venv
@@ -75,7 +74,6 @@ def test_the_bundle_installs_offline_and_its_web_process_answers_health(tmp_path
         "PORT": str(port),
         "WEB_CONCURRENCY": "1",
         "SLUICE_ENV": "packaging",
-        "SLUICE_WORKFLOW_ALIASES": json.dumps({}),
         "SLUICE_EVENTS_DLQ_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/dlq",
         "AWS_DEFAULT_REGION": "eu-west-1",
     }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from worker.settings import Settings, SettingsError
@@ -11,7 +9,7 @@ from worker.settings import Settings, SettingsError
 ALIAS = "arn:aws:lambda:eu-west-1:123456789012:function:transcribe:live"
 GOOD = {
     "SLUICE_ENV": "dev",
-    "SLUICE_WORKFLOW_ALIASES": json.dumps({"transcribe_audio": ALIAS}),
+    "SLUICE_ALIAS_TRANSCRIBE_AUDIO": ALIAS,
     "SLUICE_EVENTS_DLQ_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/dlq",
     "SLUICE_MAX_BODY_BYTES": "65536",
     "SLUICE_HTTP_PATH": "/events",
@@ -34,9 +32,7 @@ def test_defaults_apply_when_optional_variables_are_absent():
     ("variable", "value", "message"),
     [
         ("SLUICE_ENV", "", "SLUICE_ENV"),
-        ("SLUICE_WORKFLOW_ALIASES", "{not json", "SLUICE_WORKFLOW_ALIASES: not JSON"),
-        ("SLUICE_WORKFLOW_ALIASES", "[]", "SLUICE_WORKFLOW_ALIASES: must be a JSON object"),
-        ("SLUICE_WORKFLOW_ALIASES", '{"x": "nope"}', "'x' must map to a Lambda alias ARN"),
+        ("SLUICE_ALIAS_X", "nope", "SLUICE_ALIAS_X: must be a Lambda alias ARN"),
         ("SLUICE_EVENTS_DLQ_URL", "dlq", "SLUICE_EVENTS_DLQ_URL"),
         ("SLUICE_MAX_BODY_BYTES", "lots", "SLUICE_MAX_BODY_BYTES: must be a number"),
         ("SLUICE_MAX_BODY_BYTES", str(2 * 1024 * 1024), "SLUICE_MAX_BODY_BYTES: must be between"),

@@ -1,12 +1,14 @@
 """Synthesized templates as a deployment would see them: intrinsics resolved to concrete strings.
 
 The catalogue checks compare our templates with what AWS publishes (managed policy paths, IAM
-actions and their resource types, service principals). Those compare strings, so every `Ref`,
-`Fn::GetAtt`, `Fn::Join`, `Fn::Sub`, `Fn::Select`, `Fn::Split` and `Fn::ImportValue` is
+actions and their resource types, service principals), and the synth-time checks measure values
+against service limits (Elastic Beanstalk's environment properties). Both need strings, so every
+`Ref`, `Fn::GetAtt`, `Fn::Join`, `Fn::Sub`, `Fn::Select`, `Fn::Split` and `Fn::ImportValue` is
 rendered the way CloudFormation would resolve it: a resource's physical name from its properties
-(or a stable stand-in when CloudFormation generates it) and its ARN in the service's ARN format.
-A resource type or attribute without a rendering raises, so a new kind of resource cannot slip
-past the checks unrendered.
+(or a stand-in where CloudFormation generates it) and its ARN in the service's ARN format. With
+`worst_case`, every generated name takes the longest length CloudFormation may give it, so a
+limit holds for any name a deployment gets. A resource type or attribute without a rendering
+raises, so a new kind of resource cannot slip past the checks unrendered.
 """
 
 from __future__ import annotations
@@ -21,11 +23,16 @@ ACCOUNT = "123456789012"
 PARTITION = "aws"
 
 
-def _name(lid: str, props: Mapping[str, Any], key: str | None) -> str:
-    """The physical name: the property when set, else a stand-in like CloudFormation's."""
-    if key and isinstance(props.get(key), str):
-        return str(props[key])
-    return f"gen-{lid.lower()[:40]}"
+# The longest name CloudFormation generates for a resource of each type (its service's limit).
+GENERATED_NAME_MAX = {
+    "AWS::Lambda::Function": 64,
+    "AWS::IAM::Role": 64,
+    "AWS::IAM::ManagedPolicy": 128,
+    "AWS::IAM::InstanceProfile": 128,
+    "AWS::SQS::Queue": 80,
+    "AWS::S3::Bucket": 63,
+    "AWS::SNS::Topic": 256,
+}
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,7 @@ class Stack:
             "AWS::CloudWatch::Alarm": "AlarmName",
         }
         if kind in names:
-            return _name(lid, props, names[kind])
+            return self._name(lid, kind, props, names[kind])
         if kind.startswith("AWS::EC2::"):
             return f"{kind.split('::')[-1].lower()}-{lid.lower()[:17]}"
         if kind.startswith("Custom::") or kind == "AWS::CloudFormation::CustomResource":
@@ -162,7 +169,16 @@ class Stack:
         raise NotImplementedError(f"{self.name}: no GetAtt rendering for {kind}.{attr} ({lid})")
 
     def _queue_name(self, lid: str, props: Mapping[str, Any]) -> str:
-        return _name(lid, props, "QueueName")
+        return self._name(lid, "AWS::SQS::Queue", props, "QueueName")
+
+    def _name(self, lid: str, kind: str, props: Mapping[str, Any], key: str | None) -> str:
+        """The physical name: the property when set, else a stand-in like CloudFormation's."""
+        if key and key in props:
+            return str(self.render(props[key]))
+        name = f"gen-{lid.lower()[:40]}"
+        if self.env.worst_case:
+            name = name.ljust(GENERATED_NAME_MAX.get(kind, 64), "x")
+        return name
 
     def _key_id(self, lid: str) -> str:
         return f"00000000-0000-0000-0000-{hashlib.sha256(lid.encode()).hexdigest()[:12]}"
@@ -173,7 +189,7 @@ class Stack:
         if kind == "AWS::SQS::Queue":
             return f"{head}:sqs:{region}:{account}:{self._queue_name(lid, props)}"
         if kind == "AWS::Lambda::Function":
-            return f"{head}:lambda:{region}:{account}:function:{_name(lid, props, 'FunctionName')}"
+            return f"{head}:lambda:{region}:{account}:function:{self._name(lid, kind, props, 'FunctionName')}"
         if kind == "AWS::Lambda::Alias":
             function = self.render(props["FunctionName"])
             base = function if function.startswith("arn:") else self._function_arn(function)
@@ -185,29 +201,29 @@ class Stack:
         if kind == "AWS::Lambda::LayerVersion":
             return f"{head}:lambda:{region}:{account}:layer:{lid.lower()}:1"
         if kind == "AWS::Logs::LogGroup":
-            return f"{head}:logs:{region}:{account}:log-group:{_name(lid, props, 'LogGroupName')}:*"
+            return f"{head}:logs:{region}:{account}:log-group:{self._name(lid, kind, props, 'LogGroupName')}:*"
         if kind == "AWS::KMS::Key":
             return f"{head}:kms:{region}:{account}:key/{self._key_id(lid)}"
         if kind == "AWS::SNS::Topic":
-            return f"{head}:sns:{region}:{account}:{_name(lid, props, 'TopicName')}"
+            return f"{head}:sns:{region}:{account}:{self._name(lid, kind, props, 'TopicName')}"
         if kind == "AWS::S3::Bucket":
-            return f"{head}:s3:::{self.render(props['BucketName']) if 'BucketName' in props else _name(lid, props, None)}"
+            return f"{head}:s3:::{self._name(lid, kind, props, 'BucketName')}"
         if kind == "AWS::DynamoDB::Table":
-            return f"{head}:dynamodb:{region}:{account}:table/{_name(lid, props, 'TableName')}"
+            return f"{head}:dynamodb:{region}:{account}:table/{self._name(lid, kind, props, 'TableName')}"
         if kind == "AWS::IAM::Role":
-            return f"{head}:iam::{account}:role/{_name(lid, props, 'RoleName')}"
+            return f"{head}:iam::{account}:role/{self._name(lid, kind, props, 'RoleName')}"
         if kind == "AWS::IAM::ManagedPolicy":
-            return f"{head}:iam::{account}:policy/{_name(lid, props, 'ManagedPolicyName')}"
-        if kind == "AWS::IAM::InstanceProfile":
             return (
-                f"{head}:iam::{account}:instance-profile/{_name(lid, props, 'InstanceProfileName')}"
+                f"{head}:iam::{account}:policy/{self._name(lid, kind, props, 'ManagedPolicyName')}"
             )
+        if kind == "AWS::IAM::InstanceProfile":
+            return f"{head}:iam::{account}:instance-profile/{self._name(lid, kind, props, 'InstanceProfileName')}"
         if kind == "AWS::SecretsManager::Secret":
-            return f"{head}:secretsmanager:{region}:{account}:secret:{_name(lid, props, 'Name')}-AbCdEf"
+            return f"{head}:secretsmanager:{region}:{account}:secret:{self._name(lid, kind, props, 'Name')}-AbCdEf"
         if kind == "AWS::AmazonMQ::Broker":
             return f"{head}:mq:{region}:{account}:broker:{props.get('BrokerName', lid)}:b-{lid.lower()}"
         if kind == "AWS::CloudWatch::Alarm":
-            return f"{head}:cloudwatch:{region}:{account}:alarm:{_name(lid, props, 'AlarmName')}"
+            return f"{head}:cloudwatch:{region}:{account}:alarm:{self._name(lid, kind, props, 'AlarmName')}"
         raise NotImplementedError(f"{self.name}: no ARN rendering for {kind} ({lid})")
 
     def _function_arn(self, name: str) -> str:
@@ -221,6 +237,7 @@ class Environment:
     region: str
     templates: Mapping[str, Mapping[str, Any]]
     account: str = ACCOUNT
+    worst_case: bool = False
 
     @property
     def stacks(self) -> list[Stack]:
