@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from sluice import naming
+from sluice import catalog, naming
 
 # SQS hard limits (seconds): the console and API refuse anything outside them.
 SQS_MIN_RETENTION_S = 60
@@ -17,6 +17,8 @@ SQS_MAX_RECEIVE_COUNT = 1000
 SQSD_MAX_INACTIVITY_S = 36_000
 SQSD_MAX_CONNECTIONS = 100
 LAMBDA_MAX_TIMEOUT_S = 900
+# Lambda keeps this much of an account's concurrency unreserved, whatever functions reserve.
+LAMBDA_UNRESERVED_MIN = 100
 DURABLE_MAX_EXECUTION_S = 366 * 24 * 3600
 # Retention periods, in days. CloudWatch Logs accepts these (PutRetentionPolicy); Elastic
 # Beanstalk's log streaming options (aws:elasticbeanstalk:cloudwatch:logs RetentionInDays) accept
@@ -208,6 +210,12 @@ class WorkflowConfig:
         """The sizing of step `name` (the default sizing when the environment names none)."""
         return self.steps.get(name, FunctionConfig())
 
+    def reserved_concurrency(self) -> int:
+        """What every function of the environment reserves together, out of the account's."""
+        per_workflow = self.orchestrator.reserved_concurrency or 0
+        steps = sum(self.step(name).reserved_concurrency or 0 for name in catalog.TRANSCRIBE_STEPS)
+        return per_workflow * len(catalog.WORKFLOWS) + steps
+
     def validate(self, where: str) -> None:
         _require(
             1 <= self.execution_timeout_days * 86_400 <= DURABLE_MAX_EXECUTION_S,
@@ -332,6 +340,9 @@ class EnvConfig:
     account: str | None = None
     retain_data: bool = False
     termination_protection: bool = False
+    # The account's Lambda concurrency quota (Service Quotas L-B99A9384; new accounts may get
+    # less than the default 1,000): every reservation comes out of it (docs/runbook.md).
+    account_concurrency_quota: int = 1000
     log_retention_days: int = 30
     compliance_packs: tuple[str, ...] = ("AwsSolutions",)
     events_queue: QueueConfig = QueueConfig()
@@ -379,6 +390,15 @@ class EnvConfig:
         if self.broker is not None:
             self.broker.validate(f"{n}.broker")
         self.alarms.validate(f"{n}.alarms")
+        reserved = self.workflows.reserved_concurrency()
+        _require(
+            reserved <= self.account_concurrency_quota - LAMBDA_UNRESERVED_MIN,
+            f"{n}.account_concurrency_quota",
+            f"({self.account_concurrency_quota}) must hold the {reserved} concurrent executions "
+            f"the functions reserve (workflows.orchestrator, workflows.steps) plus the "
+            f"{LAMBDA_UNRESERVED_MIN} Lambda keeps unreserved: raise the quota first "
+            "(docs/runbook.md#before-the-first-deploy) or reserve less",
+        )
         # sqsd keeps a message invisible while the worker handles it: if the queue (or sqsd's
         # VisibilityTimeout, which we set from the queue) expired first, a second instance would
         # receive the same message while the first still works on it.

@@ -22,6 +22,8 @@ DOCS: Mapping[str, str] = {
     "account": "AWS account (None: the CLI's current account)",
     "retain_data": "RETAIN stateful resources on stack deletion (else DESTROY)",
     "termination_protection": "CloudFormation termination protection on both stacks",
+    "account_concurrency_quota": "the account's Lambda concurrency quota; reservations must "
+    "leave 100 of it unreserved (checked at synth)",
     "log_retention_days": "retention of every log group (Lambda, worker, flow logs default)",
     "compliance_packs": "cdk-nag packs run at synth; any finding fails synth",
     "events_queue": "events queue and its DLQ",

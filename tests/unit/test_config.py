@@ -111,3 +111,15 @@ def test_log_retention_must_be_one_elastic_beanstalk_accepts_too():
         EnvConfig(name="dev", log_retention_days=1096)
     # The flow logs go to CloudWatch Logs only, which accepts it.
     assert EnvConfig(name="dev", network=NetworkConfig(flow_log_retention_days=1096))
+
+
+def test_reserved_concurrency_must_leave_lambdas_unreserved_pool_in_the_account_quota():
+    prod = config.load("prod")
+    reserved = sum(s.reserved_concurrency or 0 for s in prod.workflows.steps.values())
+    assert reserved == 60
+    # A new account's reduced quota cannot hold prod's reservations and Lambda's 100 unreserved.
+    with pytest.raises(ConfigError) as err:
+        dataclasses.replace(prod, account_concurrency_quota=150)
+    assert str(err.value).startswith("prod.account_concurrency_quota:"), str(err.value)
+    assert "60" in str(err.value) and "100" in str(err.value)
+    assert dataclasses.replace(prod, account_concurrency_quota=160).account_concurrency_quota == 160
