@@ -114,7 +114,9 @@ class WorkerConfig:
     instance_type: str = "t3.medium"
     min_instances: int = 1
     max_instances: int = 2
-    solution_stack_name: str = "64bit Amazon Linux 2023 v4.7.3 running Python 3.13"
+    # EB's platform branch; the deploy picks its recommended version (a pinned version retires
+    # and cannot be used by a fresh account), and managed updates keep it current.
+    platform_branch: str = "Python 3.13 running on 64bit Amazon Linux 2023"
     # sqsd settings: processing_timeout_s is sqsd's InactivityTimeout, the longest one POST may take.
     http_path: str = "/"
     http_connections: int = 10
@@ -126,6 +128,17 @@ class WorkerConfig:
     max_body_bytes: int = 256 * 1024
 
     def validate(self, where: str) -> None:
+        _require(
+            bool(
+                re.fullmatch(
+                    r"Python 3\.\d+ running on 64bit Amazon Linux 2023", self.platform_branch
+                )
+            ),
+            f"{where}.platform_branch",
+            "must name an Elastic Beanstalk platform branch such as 'Python 3.13 running on 64bit "
+            f"Amazon Linux 2023' (the deploy picks its recommended version), got "
+            f"{self.platform_branch!r}",
+        )
         _require(
             1 <= self.min_instances <= self.max_instances,
             f"{where}.min_instances",

@@ -41,7 +41,8 @@ DOCS: Mapping[str, str] = {
     "instance_type": "instance type",
     "min_instances": "auto scaling lower bound",
     "max_instances": "auto scaling upper bound",
-    "solution_stack_name": "EB platform (Amazon Linux 2023, Python)",
+    "platform_branch": "EB platform branch; each deploy that creates the environment takes its "
+    "recommended version, managed updates keep it current",
     "http_path": "sqsd HttpPath the messages are POSTed to",
     "http_connections": "sqsd HttpConnections (concurrent POSTs per instance)",
     "processing_timeout_s": "sqsd InactivityTimeout: longest one POST may take",

@@ -11,17 +11,20 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from aws_cdk import Acknowledgment, Aws, Validations
+from aws_cdk import Acknowledgment, Aws, Duration, RemovalPolicy, Stack, Validations
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticbeanstalk as eb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from sluice import catalog, naming
 from stacks.bundling import ROOT, stage_bundle
+from stacks.compliance import GUARD
 from stacks.config import EnvConfig
 from stacks.queues import DurableQueue
 
@@ -62,6 +65,18 @@ WORKER_TIER_COMPARISON = {
     "AIEnvironmentAnalysisReadOnly": "dropped: as above (Bedrock, EB events for the analysis)",
     "MarketplaceOperationsFromBedrock": "dropped: as above (Marketplace subscriptions for Bedrock)",
 }
+
+
+PLATFORM_ARN = "PlatformSummaryList.0.PlatformArn"
+
+
+def platform_filters(branch: str) -> list[dict[str, object]]:
+    """ListPlatformVersions filters for `branch`'s recommended worker-tier version."""
+    return [
+        {"Type": "PlatformBranchName", "Operator": "=", "Values": [branch]},
+        {"Type": "PlatformLifecycleState", "Operator": "=", "Values": ["recommended"]},
+        {"Type": "SupportedTier", "Operator": "=", "Values": ["Worker/SQS/HTTP"]},
+    ]
 
 
 def worker_bundle() -> Path:
@@ -318,7 +333,7 @@ class WorkerEnvironment(Construct):
             "Environment",
             application_name=app_name,
             environment_name=env_name,
-            solution_stack_name=worker.solution_stack_name,
+            platform_arn=self._recommended_platform(config, key),
             tier=eb.CfnEnvironment.TierProperty(name="Worker", type="SQS/HTTP"),
             version_label=self.application_version.ref,
             option_settings=settings,
@@ -556,3 +571,95 @@ class WorkerEnvironment(Construct):
             Validations.of(policy).acknowledge(
                 Acknowledgment(id=f"AwsSolutions-IAM5[{finding}]", reason=reason)
             )
+
+    def _recommended_platform(self, config: EnvConfig, key: kms.IKey | None) -> str:
+        """The ARN of the configured branch's recommended platform version, asked of EB when
+        the environment is created (or its branch changes), never pinned in the template.
+
+        EB lets an account create an environment on an older platform version only while it
+        uses that version; a fresh account would get "No Solution Stack named …". After the
+        creation, managed platform updates keep the environment current; the template's value
+        does not change, so CloudFormation never moves the environment back.
+        """
+        branch = config.worker.platform_branch
+        call = cr.AwsSdkCall(
+            service="ElasticBeanstalk",
+            action="listPlatformVersions",
+            parameters={"Filters": platform_filters(branch)},
+            physical_resource_id=cr.PhysicalResourceId.of(f"{config.prefix}-platform:{branch}"),
+            output_paths=[PLATFORM_ARN],
+        )
+        role = iam.Role(
+            self,
+            "PlatformLookupRole",
+            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+            description=f"{config.prefix}: look up EB's recommended platform at deploy time",
+        )
+        log_group = logs.LogGroup(
+            self,
+            "PlatformLookupLogs",
+            log_group_name=naming.lambda_log_group(config.name, "platform_lookup"),
+            removal_policy=RemovalPolicy.DESTROY,
+            encryption_key=key,
+        )
+        cfn_group = log_group.node.default_child
+        assert isinstance(cfn_group, logs.CfnLogGroup)
+        cfn_group.retention_in_days = config.log_retention_days
+        if key is not None:
+            Validations.of(log_group).acknowledge(
+                Acknowledgment(
+                    id=f"{GUARD}::cloudwatch_log_group_encrypted_check",
+                    reason="Encrypted with the environment's data key from the stateful stack: "
+                    "KmsKeyId is an Fn::ImportValue the rule cannot follow.",
+                )
+            )
+        policy = iam.ManagedPolicy(
+            self,
+            "PlatformLookupPolicy",
+            description=f"{config.prefix}: list EB platform versions, write its own logs",
+            roles=[role],
+            statements=[
+                iam.PolicyStatement(
+                    actions=["elasticbeanstalk:ListPlatformVersions"], resources=["*"]
+                ),
+                iam.PolicyStatement(
+                    actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                    resources=[log_group.log_group_arn],
+                ),
+            ],
+        )
+        lookup = cr.AwsCustomResource(
+            self,
+            "Platform",
+            on_create=call,
+            on_update=call,
+            role=role,
+            log_group=log_group,
+            memory_size=128,
+            install_latest_aws_sdk=False,
+            timeout=Duration.minutes(2),
+        )
+        lookup.node.add_dependency(policy)
+        Validations.of(policy).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-IAM5[Resource::*]",
+                reason="elasticbeanstalk:ListPlatformVersions lists AWS's public platform "
+                "versions; nothing of the account is readable through it.",
+            )
+        )
+        # The provider is a singleton of the stack, its id the UUID without dashes.
+        provider = Stack.of(self).node.find_child(
+            "AWS" + cr.AwsCustomResource.PROVIDER_FUNCTION_UUID.replace("-", "")
+        )
+        for pack in ("NIST.800.53.R5", "HIPAA.Security"):
+            for rule, reason in {
+                "LambdaConcurrency": "CDK's AwsCustomResource provider runs once when the "
+                "worker environment is created or its platform branch changes",
+                "LambdaDLQ": "invoked synchronously by CloudFormation, which fails the "
+                "deployment on an error: nothing to dead-letter",
+                "LambdaInsideVPC": "calls only Elastic Beanstalk's public API",
+            }.items():
+                Validations.of(provider).acknowledge(
+                    Acknowledgment(id=f"{pack}-{rule}", reason=reason)
+                )
+        return lookup.get_response_field(PLATFORM_ARN)

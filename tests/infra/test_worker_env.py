@@ -34,7 +34,6 @@ def test_the_environment_is_a_worker_tier_on_the_configured_platform(synth, env)
     s = synth(env)
     props = _environment(s)
     assert props["Tier"] == {"Name": "Worker", "Type": "SQS/HTTP"}
-    assert props["SolutionStackName"] == s.config.worker.solution_stack_name
     assert props["EnvironmentName"] == f"Sluice-{env}-worker"
     (version,) = resources(s.stateless, "AWS::ElasticBeanstalk::ApplicationVersion").values()
     assert version["Properties"]["SourceBundle"]["S3Key"].endswith(".zip")
@@ -379,3 +378,51 @@ def test_the_property_check_refuses_what_eb_refuses():
     assert (
         eb_property_problems(env_with(SLUICE_OK="arn:aws:lambda:eu-west-1:1:function:f:live")) == []
     )
+
+
+def _platform_lookup(s) -> dict:
+    (lookup,) = resources(s.stateless, "Custom::AWS").values()
+    return json.loads(lookup["Properties"]["Create"]["Fn::Join"][1][0]) if isinstance(
+        lookup["Properties"]["Create"], dict
+    ) else json.loads(lookup["Properties"]["Create"])
+
+
+def test_the_platform_is_the_branchs_recommended_version_resolved_at_deploy(synth, env):
+    """No pinned platform version (a fresh account cannot create an environment on a retired
+    one): a deploy-time lookup asks EB for the configured branch's recommended version."""
+    s = synth(env)
+    props = _environment(s)
+    assert "SolutionStackName" not in props
+    (lookup_id,) = resources(s.stateless, "Custom::AWS")
+    assert props["PlatformArn"] == {"Fn::GetAtt": [lookup_id, "PlatformSummaryList.0.PlatformArn"]}
+    call = _platform_lookup(s)
+    assert (call["service"], call["action"]) == ("ElasticBeanstalk", "listPlatformVersions")
+    filters = {f["Type"]: f["Values"] for f in call["parameters"]["Filters"]}
+    assert filters == {
+        "PlatformBranchName": [s.config.worker.platform_branch],
+        "PlatformLifecycleState": ["recommended"],
+        "SupportedTier": ["Worker/SQS/HTTP"],
+    }
+    # managed platform updates keep it current from then on
+    o = _options(s)
+    assert o[("aws:elasticbeanstalk:managedactions", "ManagedActionsEnabled")] == "true"
+
+
+def test_the_platform_lookup_is_a_valid_call_of_ebs_api():
+    """The custom resource's call, checked against botocore's model of ListPlatformVersions."""
+    import botocore.session
+    from botocore.validate import validate_parameters
+
+    from stacks.worker_env import platform_filters
+
+    model = botocore.session.get_session().get_service_model("elasticbeanstalk")
+    operation = model.operation_model("ListPlatformVersions")
+    params = {"Filters": platform_filters("Python 3.13 running on 64bit Amazon Linux 2023")}
+    validate_parameters(params, operation.input_shape)  # raises on a wrong shape
+    documented = operation.input_shape.members["Filters"].member.members["Type"].documentation
+    for f in params["Filters"]:
+        assert f"<code>{f['Type']}</code>" in documented
+    values = operation.input_shape.members["Filters"].member.members["Values"].documentation
+    assert "<code>recommended</code>" in values and "<code>Worker/SQS/HTTP</code>" in values
+    output = operation.output_shape.members["PlatformSummaryList"].member.members
+    assert "PlatformArn" in output

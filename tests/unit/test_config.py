@@ -123,3 +123,9 @@ def test_reserved_concurrency_must_leave_lambdas_unreserved_pool_in_the_account_
     assert str(err.value).startswith("prod.account_concurrency_quota:"), str(err.value)
     assert "60" in str(err.value) and "100" in str(err.value)
     assert dataclasses.replace(prod, account_concurrency_quota=160).account_concurrency_quota == 160
+
+
+@pytest.mark.parametrize("branch", ["", "64bit Amazon Linux 2023 v4.7.3 running Python 3.13"])
+def test_the_platform_is_a_branch_not_a_pinned_version(branch):
+    with pytest.raises(ConfigError, match=r"^dev.worker.platform_branch: .*running on"):
+        EnvConfig(name="dev", worker=WorkerConfig(platform_branch=branch))
