@@ -382,9 +382,11 @@ def test_the_property_check_refuses_what_eb_refuses():
 
 def _platform_lookup(s) -> dict:
     (lookup,) = resources(s.stateless, "Custom::AWS").values()
-    return json.loads(lookup["Properties"]["Create"]["Fn::Join"][1][0]) if isinstance(
-        lookup["Properties"]["Create"], dict
-    ) else json.loads(lookup["Properties"]["Create"])
+    return (
+        json.loads(lookup["Properties"]["Create"]["Fn::Join"][1][0])
+        if isinstance(lookup["Properties"]["Create"], dict)
+        else json.loads(lookup["Properties"]["Create"])
+    )
 
 
 def test_the_platform_is_the_branchs_recommended_version_resolved_at_deploy(synth, env):
