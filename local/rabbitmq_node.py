@@ -1,4 +1,5 @@
-"""A private RabbitMQ node for tests and benchmarks: loopback ports, its own temp dirs, no plugins.
+"""A private RabbitMQ node for tests and benchmarks: loopback ports, its own temp dirs, no plugins
+but the management API when asked (Amazon MQ serves it on every RabbitMQ broker).
 
 It runs Debian's `rabbitmq-server` (installed by .ci/run) as the current user, without the
 package's wrapper (which switches to the `rabbitmq` user and the system data directory), so
@@ -49,24 +50,39 @@ def _free_port() -> int:
 class RabbitNode:
     """One private node; `url` is its AMQP URL (guest over loopback)."""
 
-    def __init__(self, base: Path, name: str = "sluice-test") -> None:
+    def __init__(self, base: Path, name: str = "sluice-test", *, management: bool = False) -> None:
         self.base = base
         self.port = _free_port()
         self.dist_port = _free_port()
+        self.management_port = _free_port() if management else None
         self.nodename = f"{name}-{os.getpid()}-{self.port}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
         self._proc: subprocess.Popen[bytes] | None = None
         for sub in ("mnesia", "log", "home"):
             (base / sub).mkdir(parents=True, exist_ok=True)
-        (base / "enabled_plugins").write_text("[].\n")
+        (base / "enabled_plugins").write_text("[rabbitmq_management].\n" if management else "[].\n")
+        management_conf = (
+            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+            # node statistics every second, not every five: tests read them soon after start
+            "collect_statistics_interval = 1000\n"
+            if management
+            else ""
+        )
         (base / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            management_conf + f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "log.console = false\n"
             "log.file.level = warning\n"
             # Tests publish fast: never let the memory alarm block them on a busy CI machine.
             "vm_memory_high_watermark.relative = 0.8\n"
             "disk_free_limit.absolute = 50MB\n"
         )
+
+    @property
+    def management_url(self) -> str:
+        """The management API's base URL (only with `management=True`)."""
+        if self.management_port is None:
+            raise RuntimeError("this node runs without the management plugin")
+        return f"http://127.0.0.1:{self.management_port}"
 
     @property
     def env(self) -> dict[str, str]:

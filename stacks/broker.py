@@ -18,12 +18,14 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from sluice import naming
 from stacks.config import BrokerConfig, EnvConfig
 from stacks.monitoring import Monitoring
+from worker.scheduler import broker_metrics
 from worker.scheduler.registry import REGISTRY, Registry
-from worker.scheduler.topology import Names
 
 AMQPS_PORT = 5671
+HTTPS_PORT = 443
 LT = cw.ComparisonOperator.LESS_THAN_THRESHOLD
 LTE = cw.ComparisonOperator.LESS_THAN_OR_EQUAL_TO_THRESHOLD
 
@@ -46,6 +48,8 @@ class Broker(Construct):
         self.config = broker
         self._key = key
         self.broker_name = f"{config.prefix}-scheduler"
+        # Where the scheduler publishes the broker figures the alarms read.
+        self.metrics_namespace = naming.metrics_namespace(config.name, "Scheduler")
         self.security_group = ec2.SecurityGroup(
             self,
             "SecurityGroup",
@@ -151,6 +155,10 @@ class Broker(Construct):
         # Declared from `other`'s side: when it lives in the stateless stack the ingress rule
         # goes there too, so the stateful stack never refers to the stateless one.
         other.connections.allow_to_default_port(self.connections, "worker to broker (AMQPS)")
+        # RabbitMQ's management API: the scheduler reads each node's memory and disk there.
+        other.connections.allow_to(
+            self.connections, ec2.Port.tcp(HTTPS_PORT), "worker to broker (management API)"
+        )
 
     def grant_connect(
         self, scope: Construct, role: iam.IRole, *, events_queue: sqs.IQueue
@@ -168,6 +176,13 @@ class Broker(Construct):
                 sid="SchedulerSendsEvents",
                 actions=["sqs:SendMessage"],
                 resources=[events_queue.queue_arn],
+            ),
+            # The broker figures the alarms read (no resource type: limited by namespace).
+            iam.PolicyStatement(
+                sid="BrokerFigures",
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": self.metrics_namespace}},
             ),
             iam.PolicyStatement(
                 sid="BrokerAdminSecret",
@@ -188,93 +203,95 @@ class Broker(Construct):
                     },
                 )
             )
-        return iam.ManagedPolicy(
+        policy = iam.ManagedPolicy(
             scope,
             "BrokerAccess",
             description=f"{self.broker_name}: read the admin credentials",
             statements=statements,
             roles=[role],
         )
+        Validations.of(policy).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-IAM5[Resource::*]",
+                reason="cloudwatch:PutMetricData has no resource type; a condition limits it to "
+                "this environment's scheduler namespace.",
+            )
+        )
+        return policy
 
     def worker_environment(self) -> dict[str, str]:
         """The worker's environment variables for the broker (read by worker.scheduler.env)."""
         return {
             "SLUICE_BROKER_ENDPOINT": self.amqps_endpoint,
             "SLUICE_BROKER_SECRET_ARN": self.admin_secret.secret_arn,
+            "SLUICE_SCHEDULER_METRICS_NAMESPACE": self.metrics_namespace,
         }
 
     # -- alarms ---------------------------------------------------------------------------------
+    # Amazon MQ publishes no per-queue metrics for RabbitMQ 4, and its memory and disk figures
+    # of a cluster are sums over the nodes. The scheduler measures what the alarms need itself
+    # (worker/scheduler/broker_metrics.py): per task, per node, in this namespace.
 
-    def _metric(self, name: str, statistic: str = "Maximum", **dims: str) -> cw.Metric:
+    def _own(self, name: str, statistic: str = "Maximum", **dims: str) -> cw.Metric:
         return cw.Metric(
-            namespace="AWS/AmazonMQ",
+            namespace=self.metrics_namespace,
             metric_name=name,
-            dimensions_map={"Broker": self.broker_name, **dims},
+            dimensions_map=dims or None,
             statistic=statistic,
             period=Duration.minutes(5),
         )
 
-    def _queue_metric(self, name: str, queue: str) -> cw.Metric:
-        return self._metric(name, VirtualHost="/", Queue=queue)
+    def _per_node(self, name: str, function: str) -> cw.MathExpression:
+        """The worst node's `name` (a Metrics Insights query: node names are the broker's)."""
+        return cw.MathExpression(
+            # Our own constants, not input: no injection.
+            expression=f'SELECT {function}({name}) FROM SCHEMA("{self.metrics_namespace}", Node)',  # noqa: S608
+            using_metrics={},
+            label=f"{name}, worst node",
+            period=Duration.minutes(5),
+        )
 
-    def watch(
-        self, monitoring: Monitoring, registry: Registry = REGISTRY, names: Names | None = None
-    ) -> None:
-        """Memory and disk pressure, task queues without a consumer, dead-lettered ticks and
-        processor queue depth, through the environment's alarm topic."""
-        names = names or Names()
+    def watch(self, monitoring: Monitoring, registry: Registry = REGISTRY) -> None:
+        """Memory and disk pressure on any node, task queues without a consumer, dead-lettered
+        ticks and tokens piling up, through the environment's alarm topic."""
         cfg = self.config
         monitoring.alarm(
             "Broker-Memory",
-            metric=cw.MathExpression(
-                expression="100 * used / limit",
-                using_metrics={
-                    "used": self._metric("RabbitMQMemUsed"),
-                    "limit": self._metric("RabbitMQMemLimit"),
-                },
-                label="memory used (% of limit)",
-                period=Duration.minutes(5),
-            ),
+            metric=self._per_node(broker_metrics.MEMORY_USED_PCT, "MAX"),
             threshold=cfg.memory_alarm_pct,
             runbook="scheduler-broker-memory-or-disk-pressure",
-            summary="Broker memory near RabbitMQ's high watermark (publishers get blocked).",
+            summary="A broker node's memory near RabbitMQ's high watermark (publishers get "
+            "blocked).",
         )
         monitoring.alarm(
             "Broker-Disk",
-            metric=cw.MathExpression(
-                expression="free / limit",
-                using_metrics={
-                    "free": self._metric("RabbitMQDiskFree", "Minimum"),
-                    "limit": self._metric("RabbitMQDiskFreeLimit"),
-                },
-                label="free disk (multiple of limit)",
-                period=Duration.minutes(5),
-            ),
+            metric=self._per_node(broker_metrics.DISK_FREE_RATIO, "MIN"),
             threshold=cfg.disk_free_alarm_ratio,
             comparison=LTE,
             runbook="scheduler-broker-memory-or-disk-pressure",
-            summary="Broker free disk near RabbitMQ's limit (publishers get blocked).",
+            summary="A broker node's free disk near RabbitMQ's limit (publishers get blocked).",
         )
         monitoring.alarm(
             "Broker-DeadTicks",
-            metric=self._queue_metric("MessageCount", names.dead_queue),
+            metric=self._own(broker_metrics.DEAD_TICKS),
             threshold=1,
             runbook="scheduler-dead-lettered-ticks",
             summary="Scheduler ticks dead-lettered after their retry limit.",
         )
         for task in registry:
-            processor = names.processor(task.name)
             monitoring.alarm(
                 f"Broker-NoConsumer-{task.name}",
-                metric=self._queue_metric("ConsumerCount", processor),
+                metric=self._own(broker_metrics.CONSUMERS, Task=task.name),
                 threshold=1,
                 comparison=LT,
                 runbook="scheduler-task-without-consumer",
-                summary=f"Periodic task {task.name}: no scheduler process consumes its queue.",
+                summary=f"Periodic task {task.name}: no scheduler process consumes its queue "
+                "(or none reports: a silent scheduler counts as none).",
+                missing=cw.TreatMissingData.BREACHING,
             )
             monitoring.alarm(
                 f"Broker-Depth-{task.name}",
-                metric=self._queue_metric("MessageCount", processor),
+                metric=self._own(broker_metrics.TOKENS_READY, Task=task.name),
                 threshold=2,
                 runbook="scheduler-queue-depth",
                 summary=f"Periodic task {task.name}: tokens pile up in its processor queue.",

@@ -44,6 +44,8 @@ class AlarmSpec:
     runbook: str
     description: str
     comparison: cw.ComparisonOperator = GTE
+    # An idle metric (an empty DLQ, no failures) stops reporting: healthy, not alarming.
+    missing: cw.TreatMissingData = cw.TreatMissingData.NOT_BREACHING
 
 
 class Monitoring(Construct):
@@ -305,7 +307,7 @@ class Monitoring(Construct):
                         comparison_operator=spec.comparison,
                         additional_description=spec.description,
                         runbook_link=runbook(spec.runbook),
-                        treat_missing_data_override=cw.TreatMissingData.NOT_BREACHING,
+                        treat_missing_data_override=spec.missing,
                     )
                 },
             )
@@ -327,12 +329,15 @@ class Monitoring(Construct):
         runbook: str,
         summary: str,
         comparison: cw.ComparisonOperator = GTE,
+        missing: cw.TreatMissingData = cw.TreatMissingData.NOT_BREACHING,
     ) -> None:
         """One alarm on its own dashboard row (`runbook` is the anchor of its runbook section)."""
         self.custom(
             construct_id,
             title=summary,
-            alarms=[AlarmSpec(construct_id, metric, threshold, runbook, summary, comparison)],
+            alarms=[
+                AlarmSpec(construct_id, metric, threshold, runbook, summary, comparison, missing)
+            ],
         )
 
     @property

@@ -8,7 +8,6 @@ import pytest
 
 from tests.infra.conftest import resources
 from worker.scheduler import REGISTRY
-from worker.scheduler.topology import Names
 
 WITH_BROKER = ("staging", "prod")
 
@@ -99,7 +98,7 @@ def test_only_the_worker_reaches_the_broker_on_5671(synth, env):
 
 
 @pytest.mark.parametrize("env", WITH_BROKER)
-def test_worker_role_reads_only_the_broker_secret_and_sends_only_events(synth, env):
+def test_scheduler_role_reads_only_the_broker_secret_sends_events_and_its_figures(synth, env):
     s = synth(env)
     policies = [
         r["Properties"]
@@ -107,35 +106,59 @@ def test_worker_role_reads_only_the_broker_secret_and_sends_only_events(synth, e
         if "admin credentials" in r["Properties"].get("Description", "")
     ]
     (policy,) = policies
-    (send, stmt, *rest) = policy["PolicyDocument"]["Statement"]
+    by_sid = {st["Sid"]: st for st in policy["PolicyDocument"]["Statement"]}
     # A tick's event goes to the events queue, and nowhere else.
+    send = by_sid["SchedulerSendsEvents"]
     assert send["Action"] == "sqs:SendMessage"
     assert "EventsQueue" in json.dumps(send["Resource"])
     assert "Dlq" not in json.dumps(send["Resource"])
-    assert sorted(stmt["Action"]) == [
+    secret = by_sid["BrokerAdminSecret"]
+    assert sorted(secret["Action"]) == [
         "secretsmanager:DescribeSecret",
         "secretsmanager:GetSecretValue",
     ]
-    assert "*" not in json.dumps(stmt["Resource"])
-    for extra in rest:  # prod: the data key, only through Secrets Manager
-        assert extra["Action"] == "kms:Decrypt"
-        assert "kms:ViaService" in extra["Condition"]["StringEquals"]
+    assert "*" not in json.dumps(secret["Resource"])
+    figures = by_sid["BrokerFigures"]
+    assert figures["Condition"]["StringEquals"]["cloudwatch:namespace"] == f"Sluice-{env}/Scheduler"
+    if "BrokerAdminSecretKey" in by_sid:  # prod: the data key, only through Secrets Manager
+        key = by_sid["BrokerAdminSecretKey"]
+        assert key["Action"] == "kms:Decrypt"
+        assert "kms:ViaService" in key["Condition"]["StringEquals"]
+    assert set(by_sid) <= {
+        "SchedulerSendsEvents",
+        "BrokerAdminSecret",
+        "BrokerFigures",
+        "BrokerAdminSecretKey",
+    }
 
 
 @pytest.mark.parametrize("env", WITH_BROKER)
-def test_broker_alarms_cover_memory_disk_consumers_dead_ticks_and_depth(synth, env):
-    alarms = [
-        r["Properties"] for r in resources(synth(env).stateless, "AWS::CloudWatch::Alarm").values()
-    ]
-    names = " ".join(a["AlarmName"] for a in alarms)
-    for fragment in ("Broker-Memory", "Broker-Disk", "Broker-DeadTicks"):
-        assert fragment in names
+def test_broker_alarms_watch_every_node_every_task_and_dead_ticks(synth, env):
+    alarms = {
+        r["Properties"]["AlarmName"]: r["Properties"]
+        for r in resources(synth(env).stateless, "AWS::CloudWatch::Alarm").values()
+        if "Broker-" in r["Properties"]["AlarmName"]
+    }
+    namespace = f"Sluice-{env}/Scheduler"
+
+    def alarm(fragment: str) -> dict:
+        (found,) = [a for name, a in alarms.items() if fragment in name]
+        return found
+
+    def query(fragment: str) -> str:
+        (metric,) = alarm(fragment)["Metrics"]
+        return metric["Expression"]
+
+    # memory and disk: the worst node, whatever the nodes' names (a Metrics Insights query)
+    schema = f'SCHEMA("{namespace}", Node)'
+    assert query("Broker-Memory") == f"SELECT MAX(MemoryUsedPct) FROM {schema}"  # noqa: S608
+    assert query("Broker-Disk") == f"SELECT MIN(DiskFreeRatio) FROM {schema}"  # noqa: S608
     for task in REGISTRY.names:
-        assert f"Broker-NoConsumer-{task}" in names
-        assert f"Broker-Depth-{task}" in names
-    text = json.dumps(alarms)
-    assert Names().processor(REGISTRY.names[0]) in text
-    assert Names().dead_queue in text
+        (no_consumer,) = [a for n, a in alarms.items() if f"Broker-NoConsumer-{task}" in n]
+        assert no_consumer["TreatMissingData"] == "breaching"  # a silent scheduler is none
+        assert f"Broker-Depth-{task}" in " ".join(alarms)
+    dead = alarm("Broker-DeadTicks")
+    assert (dead["Namespace"], dead["MetricName"]) == (namespace, "DeadTicks")
 
 
 def test_no_broker_alarms_without_a_broker(synth):

@@ -18,6 +18,8 @@ import pytest
 from moto.iam.aws_managed_policies import aws_managed_policies_data
 from policy_sentry.querying.actions import get_action_data, get_actions_for_service
 
+from stacks import published_metrics
+from stacks.published_metrics import Published
 from stacks.rendering import Environment
 
 AWS_MANAGED = json.loads(aws_managed_policies_data)
@@ -359,3 +361,90 @@ def test_every_iam_action_exists_and_its_resources_fit_its_resource_types(synth,
 def test_the_iam_check_catches_a_statement_iam_would_not_honour(statement, problem):
     (found,) = statement_problems({"Effect": "Allow", **statement})
     assert problem in found
+
+
+# -- every alarm watches a metric that is published -------------------------------------------
+
+_INSIGHTS = re.compile(r'SELECT\s+\w+\((\w+)\)\s+FROM\s+SCHEMA\("([^"]+)"((?:,\s*\w+)*)\)')
+
+
+def own_metrics(env: str) -> dict[str, tuple[Published, ...]]:
+    """What our own processes publish, read from the code that publishes it."""
+    from sluice import naming
+    from worker.observability import COUNTS, LATENCY
+    from worker.scheduler import broker_metrics
+
+    def sets(*dims: tuple[str, ...]) -> frozenset[frozenset[str]]:
+        return frozenset(frozenset(d) for d in dims)
+
+    return {
+        naming.metrics_namespace(env, "Worker"): (
+            Published(
+                "worker/observability.py", frozenset({*COUNTS, LATENCY}), sets(("Environment",))
+            ),
+        ),
+        naming.metrics_namespace(env, "Scheduler"): (
+            Published(
+                "worker/scheduler/broker_metrics.py",
+                frozenset(broker_metrics.METRICS),
+                sets((), ("Task",), ("Node",)),
+            ),
+        ),
+    }
+
+
+def alarm_metrics(alarm: dict) -> list[tuple[str, str, frozenset[str]]]:
+    """(namespace, metric, dimension names) of every metric an alarm reads."""
+    if "MetricName" in alarm:
+        names = frozenset(d["Name"] for d in alarm.get("Dimensions", []))
+        return [(alarm["Namespace"], alarm["MetricName"], names)]
+    found = []
+    for query in alarm["Metrics"]:
+        if "MetricStat" in query:
+            metric = query["MetricStat"]["Metric"]
+            names = frozenset(d["Name"] for d in metric.get("Dimensions", []))
+            found.append((metric["Namespace"], metric["MetricName"], names))
+        elif (m := _INSIGHTS.match(query.get("Expression", ""))) is not None:
+            names = frozenset(d.strip() for d in m[3].split(",") if d.strip())
+            found.append((m[2], m[1], names))
+    return found
+
+
+def unpublished(env: Environment, published: dict[str, tuple[Published, ...]]) -> list[str]:
+    problems = []
+    for _, lid, alarm in env.resources("AWS::CloudWatch::Alarm"):
+        metrics = alarm_metrics(alarm)
+        if not metrics:
+            problems.append(f"{lid}: reads no metric this check knows")
+        for namespace, metric, dims in metrics:
+            if not any(p.has(metric, dims) for p in published.get(namespace, ())):
+                problems.append(f"{lid}: {namespace} {metric} by {sorted(dims)} is not published")
+    return problems
+
+
+def test_every_alarm_watches_a_metric_that_its_service_publishes(synth, env):
+    s = synth(env)
+    engine = s.config.broker.engine_version if s.config.broker else None
+    assert unpublished(s.rendered, published_metrics.aws(engine) | own_metrics(env)) == []
+
+
+def test_rabbitmq_4_publishes_no_queue_metrics_but_3_13_does():
+    # The alarm the scheduler's dead-lettered ticks used to have: a per-queue metric
+    alarm = {
+        "Namespace": "AWS/AmazonMQ",
+        "MetricName": "MessageCount",
+        "Dimensions": [
+            {"Name": "Broker", "Value": "Sluice-prod-scheduler"},
+            {"Name": "VirtualHost", "Value": "/"},
+            {"Name": "Queue", "Value": "sluice.sched.dead"},
+        ],
+    }
+    env = Environment(
+        region="eu-west-1",
+        templates={
+            "S": {"Resources": {"A": {"Type": "AWS::CloudWatch::Alarm", "Properties": alarm}}}
+        },
+    )
+    (problem,) = unpublished(env, published_metrics.aws("4.2"))
+    assert "MessageCount by ['Broker', 'Queue', 'VirtualHost'] is not published" in problem
+    assert unpublished(env, published_metrics.aws("3.13")) == []

@@ -16,7 +16,7 @@ from worker.scheduler.topology import Names
 def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
     """A private rabbitmq-server on loopback ports in a temp dir; a missing server fails."""
     try:
-        node = RabbitNode(tmp_path_factory.mktemp("rabbitmq")).start()
+        node = RabbitNode(tmp_path_factory.mktemp("rabbitmq"), management=True).start()
     except RabbitMQMissing as exc:
         pytest.fail(str(exc))
     yield node

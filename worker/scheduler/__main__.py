@@ -16,7 +16,8 @@ import threading
 from typing import Any
 
 from sluice.envelope import Event
-from worker.scheduler.env import EVENTS_QUEUE_URL
+from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
+from worker.scheduler.env import BROKER_MANAGEMENT_URL, EVENTS_QUEUE_URL, METRICS_NAMESPACE
 from worker.scheduler.registry import REGISTRY, cron_yaml
 from worker.scheduler.runner import Scheduler, SendEvent, broker_url
 from worker.scheduler.topology import Names
@@ -63,6 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     names = Names(args.prefix) if args.prefix else Names()
     scheduler = Scheduler(REGISTRY, url, names=names, send=event_sender()).start()
     log.info("scheduler started: %s", ", ".join(REGISTRY.names))
+    namespace = os.environ.get(METRICS_NAMESPACE)
+    if namespace:  # the broker figures the alarms read (Amazon MQ publishes none per queue)
+        import boto3
+
+        figures = BrokerFigures(
+            url,
+            REGISTRY,
+            names,
+            management=os.environ.get(BROKER_MANAGEMENT_URL) or management_url(url),
+        )
+        publish_every(60, figures, boto3.client("cloudwatch"), namespace, {}, stop)
     stop.wait()
     scheduler.stop()
     return 0

@@ -12,6 +12,10 @@ BROKER_ENDPOINT = "SLUICE_BROKER_ENDPOINT"
 BROKER_SECRET_ARN = "SLUICE_BROKER_SECRET_ARN"  # noqa: S105 - a variable name
 # Where event tasks send their events (the events queue).
 EVENTS_QUEUE_URL = "SLUICE_EVENTS_QUEUE_URL"
+# Where the broker figures go (Sluice-<env>/Scheduler); unset: they are not published.
+METRICS_NAMESPACE = "SLUICE_SCHEDULER_METRICS_NAMESPACE"
+# RabbitMQ's management API; default: https on the broker's AMQPS host (Amazon MQ serves it there).
+BROKER_MANAGEMENT_URL = "SLUICE_BROKER_MANAGEMENT_URL"
 
 
 def broker_configured(environ: Mapping[str, str] | None = None) -> bool:

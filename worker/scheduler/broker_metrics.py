@@ -1,0 +1,162 @@
+"""The broker figures the alarms need, measured and published by the scheduler itself.
+
+Amazon MQ publishes no per-queue metrics for RabbitMQ 4 brokers, and the memory and disk figures
+it publishes per broker are sums over a cluster's nodes, so one node near its limit hides behind
+two idle ones. The scheduler therefore measures, once a minute:
+- per task, its processor queue: tokens ready (`TokensReady`) and consumers (`Consumers`), by a
+  passive queue declaration over AMQP; and dead-lettered ticks (`DeadTicks`);
+- per node, from RabbitMQ's management API (`GET /api/nodes`, which Amazon MQ serves on the
+  broker's HTTPS endpoint): memory used as % of the node's limit (`MemoryUsedPct`) and free disk
+  as a multiple of its limit (`DiskFreeRatio`);
+and publishes them to the environment's scheduler namespace. Every scheduler process publishes
+the same figures; the alarms read their Maximum (or Minimum), so the copies agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import threading
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pika
+
+from worker.scheduler.registry import Registry
+from worker.scheduler.topology import Names
+
+log = logging.getLogger("sluice.scheduler")
+
+# The metric names the alarms read (stacks/broker.py names them from here).
+TOKENS_READY = "TokensReady"
+CONSUMERS = "Consumers"
+DEAD_TICKS = "DeadTicks"
+MEMORY_USED_PCT = "MemoryUsedPct"
+DISK_FREE_RATIO = "DiskFreeRatio"
+METRICS = (TOKENS_READY, CONSUMERS, DEAD_TICKS, MEMORY_USED_PCT, DISK_FREE_RATIO)
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    value: float
+    dimensions: tuple[tuple[str, str], ...] = ()
+
+    def datum(self) -> dict[str, Any]:
+        return {
+            "MetricName": self.name,
+            "Value": self.value,
+            "Unit": _UNITS.get(self.name, "Count"),
+            "Dimensions": [{"Name": k, "Value": v} for k, v in self.dimensions],
+        }
+
+
+_UNITS = {MEMORY_USED_PCT: "Percent", DISK_FREE_RATIO: "None"}
+
+
+def management_url(amqp_url: str) -> str:
+    """The management API of the broker at `amqp_url`: Amazon MQ serves it over HTTPS on the
+    same host as AMQPS (amqps://b-….mq.<region>.amazonaws.com:5671 -> https://b-….amazonaws.com)."""
+    host = urlsplit(amqp_url).hostname or ""
+    return f"https://{host}"
+
+
+class BrokerFigures:
+    """Measures the figures above on the broker at `url` (credentials in the URL)."""
+
+    def __init__(
+        self, url: str, registry: Registry, names: Names, *, management: str | None
+    ) -> None:
+        self.url, self.registry, self.names, self.management = url, registry, names, management
+
+    def queues(self) -> list[Figure]:
+        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            channel = connection.channel()
+            figures = []
+            for task in self.registry:
+                ok = channel.queue_declare(self.names.processor(task.name), passive=True)
+                dims = (("Task", task.name),)
+                figures.append(Figure(TOKENS_READY, ok.method.message_count, dims))
+                figures.append(Figure(CONSUMERS, ok.method.consumer_count, dims))
+            dead = channel.queue_declare(self.names.dead_queue, passive=True)
+            figures.append(Figure(DEAD_TICKS, dead.method.message_count))
+            return figures
+        finally:
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def nodes(self) -> list[Figure]:
+        if not self.management:
+            return []
+        parts = urlsplit(self.url)
+        token = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        request = urllib.request.Request(  # noqa: S310 - the broker's own https/http endpoint
+            f"{self.management.rstrip('/')}/api/nodes",
+            headers={"Authorization": "Basic " + base64.b64encode(token.encode()).decode()},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            nodes = json.loads(answer.read())
+        figures = []
+        for node in nodes:
+            if not node.get("running") or not node.get("mem_limit"):
+                continue
+            dims = (("Node", str(node["name"])),)
+            used = 100.0 * node["mem_used"] / node["mem_limit"]
+            figures.append(Figure(MEMORY_USED_PCT, round(used, 2), dims))
+            if node.get("disk_free_limit"):
+                ratio = node["disk_free"] / node["disk_free_limit"]
+                figures.append(Figure(DISK_FREE_RATIO, round(ratio, 3), dims))
+        return figures
+
+    def measure(self) -> list[Figure]:
+        """Every figure; a part that cannot be measured now is left out (and logged)."""
+        figures: list[Figure] = []
+        for part in (self.queues, self.nodes):
+            try:
+                figures += part()
+            except Exception as exc:  # the broker may be restarting: measure again next time
+                log.warning("broker figures: %s failed: %s", part.__name__, exc)
+        return figures
+
+
+def publish(
+    cloudwatch: Any, namespace: str, figures: Iterable[Figure], dimensions: dict[str, str]
+) -> int:
+    """One PutMetricData call per 1,000 figures (its limit); returns how many were sent."""
+    common = [{"Name": k, "Value": v} for k, v in dimensions.items()]
+    data = []
+    for figure in figures:
+        datum = figure.datum()
+        datum["Dimensions"] = common + datum["Dimensions"]
+        data.append(datum)
+    for i in range(0, len(data), 1000):
+        cloudwatch.put_metric_data(Namespace=namespace, MetricData=data[i : i + 1000])
+    return len(data)
+
+
+def publish_every(
+    interval_s: float,
+    figures: BrokerFigures,
+    cloudwatch: Any,
+    namespace: str,
+    dimensions: dict[str, str],
+    stop: threading.Event,
+) -> threading.Thread:
+    """Measure and publish every `interval_s` seconds on a daemon thread until `stop`."""
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                publish(cloudwatch, namespace, figures.measure(), dimensions)
+            except Exception:  # metrics must never take the scheduler down
+                log.exception("could not publish the broker figures")
+
+    thread = threading.Thread(target=loop, name="broker-figures", daemon=True)
+    thread.start()
+    return thread
