@@ -19,7 +19,7 @@ $(VENV)/.runtime: $(PY) requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt worker/requirements.txt lambdas/requirements.txt pyproject.toml
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-cli.txt worker/requirements.txt lambdas/requirements.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements-dev.txt
 	# the `sluice` console script (pyproject's [project.scripts]), editable: runs this checkout
 	$(PY) -m pip install -q -e . --no-deps
@@ -43,11 +43,12 @@ $(LAMBDA_DEPS)/.installed: lambdas/requirements.txt $(VENV)/.runtime
 lambda-deps: $(LAMBDA_DEPS)/.installed
 
 setup: $(VENV)/.runtime node_modules/.installed $(LAMBDA_DEPS)/.installed
-## make wheelhouse: the worker's pinned requirements as files (build/wheelhouse), so the packaging
+## make wheelhouse: the worker's and the CLI's pinned requirements as files (build/wheelhouse), so the packaging
 ## test installs the EB bundle's requirements into a fresh venv offline (--no-index).
 WHEELHOUSE := build/wheelhouse
-$(WHEELHOUSE)/.done: worker/requirements.txt $(PY)
-	$(PY) -m pip download -q -d $(WHEELHOUSE) -r worker/requirements.txt
+$(WHEELHOUSE)/.done: worker/requirements.txt requirements-cli.txt $(PY)
+	$(PY) -m pip download -q -d $(WHEELHOUSE) -r worker/requirements.txt -r requirements-cli.txt \
+		setuptools==84.2.1
 	touch $@
 wheelhouse: $(WHEELHOUSE)/.done
 

@@ -558,8 +558,8 @@ def snapshot(p: Pipeline) -> Snapshot:
     )
     tokens, ticks = None, 0
     if p.broker_url:
-        from sluice.cli.schedules import token_counts
-        from worker.scheduler.registry import REGISTRY
+        from sluice.scheduling.registry import REGISTRY
+        from sluice_cli.schedules import token_counts
 
         tokens = token_counts(p.broker_url, list(REGISTRY.names))
         log_text = (p.workdir / "scheduler.log").read_text(errors="replace")

@@ -18,11 +18,10 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from sluice import naming
+from sluice import metrics, naming
+from sluice.scheduling.registry import REGISTRY, Registry
 from stacks.config import BrokerConfig, EnvConfig
 from stacks.monitoring import Monitoring
-from worker.scheduler import broker_metrics
-from worker.scheduler.registry import REGISTRY, Registry
 
 AMQPS_PORT = 5671
 HTTPS_PORT = 443
@@ -230,7 +229,7 @@ class Broker(Construct):
     # -- alarms ---------------------------------------------------------------------------------
     # Amazon MQ publishes no per-queue metrics for RabbitMQ 4, and its memory and disk figures
     # of a cluster are sums over the nodes. The scheduler measures what the alarms need itself
-    # (worker/scheduler/broker_metrics.py): per task, per node, in this namespace.
+    # (worker/scheduler/metrics.py): per task, per node, in this namespace.
 
     def _own(self, name: str, statistic: str = "Maximum", **dims: str) -> cw.Metric:
         return cw.Metric(
@@ -257,7 +256,7 @@ class Broker(Construct):
         cfg = self.config
         monitoring.alarm(
             "Broker-Memory",
-            metric=self._per_node(broker_metrics.MEMORY_USED_PCT, "MAX"),
+            metric=self._per_node(metrics.MEMORY_USED_PCT, "MAX"),
             threshold=cfg.memory_alarm_pct,
             runbook="scheduler-broker-memory-or-disk-pressure",
             summary="A broker node's memory near RabbitMQ's high watermark (publishers get "
@@ -265,7 +264,7 @@ class Broker(Construct):
         )
         monitoring.alarm(
             "Broker-Disk",
-            metric=self._per_node(broker_metrics.DISK_FREE_RATIO, "MIN"),
+            metric=self._per_node(metrics.DISK_FREE_RATIO, "MIN"),
             threshold=cfg.disk_free_alarm_ratio,
             comparison=LTE,
             runbook="scheduler-broker-memory-or-disk-pressure",
@@ -273,7 +272,7 @@ class Broker(Construct):
         )
         monitoring.alarm(
             "Broker-DeadTicks",
-            metric=self._own(broker_metrics.DEAD_TICKS),
+            metric=self._own(metrics.DEAD_TICKS),
             threshold=1,
             runbook="scheduler-dead-lettered-ticks",
             summary="Scheduler ticks dead-lettered after their retry limit.",
@@ -281,7 +280,7 @@ class Broker(Construct):
         for task in registry:
             monitoring.alarm(
                 f"Broker-NoConsumer-{task.name}",
-                metric=self._own(broker_metrics.CONSUMERS, Task=task.name),
+                metric=self._own(metrics.CONSUMERS, Task=task.name),
                 threshold=1,
                 comparison=LT,
                 runbook="scheduler-task-without-consumer",
@@ -291,7 +290,7 @@ class Broker(Construct):
             )
             monitoring.alarm(
                 f"Broker-Depth-{task.name}",
-                metric=self._own(broker_metrics.TOKENS_READY, Task=task.name),
+                metric=self._own(metrics.TOKENS_READY, Task=task.name),
                 threshold=2,
                 runbook="scheduler-queue-depth",
                 summary=f"Periodic task {task.name}: tokens pile up in its processor queue.",

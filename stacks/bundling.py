@@ -21,9 +21,8 @@ EXCLUDE_DIRS = frozenset(
     {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "tests", ".venv", "node_modules"}
 )
 EXCLUDE_SUFFIXES = (".pyc", ".pyo")
-# Bundle paths never shipped: the operator CLI lives in the contract package for one definition of
-# names, but no Lambda or worker imports it, and shipping it would change asset hashes on CLI edits.
-EXCLUDE_PATHS = ("sluice/cli/",)
+# Bundle paths never shipped (none today: the CLI is a package of its own, sluice_cli).
+EXCLUDE_PATHS: tuple[str, ...] = ()
 
 
 def _files(src: Path) -> Iterable[tuple[str, Path]]:

@@ -19,13 +19,15 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from sluice.metrics import WORKER_COUNTS, WORKER_LATENCY
+
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 message_id: contextvars.ContextVar[str] = contextvars.ContextVar("message_id", default="")
 
 # The metrics of one handled message (DESIGN.md: received, started, duplicates, dead-lettered,
 # transient failures, handling latency).
-COUNTS = ("Received", "Started", "Duplicates", "DeadLettered", "TransientFailures")
-LATENCY = "HandlingLatency"
+COUNTS = WORKER_COUNTS
+LATENCY = WORKER_LATENCY
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 

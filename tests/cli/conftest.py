@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 from moto import mock_aws
 
-from sluice.cli import cli
+from sluice_cli import cli
 
 ENV = "test"
 REGION = "eu-west-1"

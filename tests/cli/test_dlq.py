@@ -12,7 +12,7 @@ import click
 import pytest
 from botocore.stub import Stubber
 
-from sluice.cli.dlq import copy_back, move_task
+from sluice_cli.dlq import copy_back, move_task
 from tests.cli.conftest import REGION, Sqs
 
 SOURCE_ARN = "arn:aws:sqs:eu-west-1:123456789012:Sluice-test-events"

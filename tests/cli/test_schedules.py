@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from worker.scheduler.registry import REGISTRY
+from sluice.scheduling.registry import REGISTRY
 
 
 def test_list_shows_every_registered_task_and_when_it_is_next_due(run) -> None:

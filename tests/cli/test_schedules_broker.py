@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -10,14 +9,14 @@ from collections.abc import Iterator
 import pika
 import pytest
 
-import sluice.cli  # noqa: F401 - loads sluice.cli.schedules
+import sluice_cli  # noqa: F401 - loads sluice_cli.schedules
 from local.rabbitmq_node import RabbitMQMissing, RabbitNode
-from worker.scheduler.registry import PeriodicTask, Registry
-from worker.scheduler.schedule import Every
-from worker.scheduler.topology import Names
+from sluice.scheduling.names import Names
+from sluice.scheduling.registry import PeriodicTask, Registry
+from sluice.scheduling.schedule import Every
 
-# The module, not the click group `sluice.cli` exports under the same name.
-cli_schedules = sys.modules["sluice.cli.schedules"]
+# The module, not the click group `sluice_cli` exports under the same name.
+cli_schedules = sys.modules["sluice_cli.schedules"]
 
 
 pytestmark = pytest.mark.slow  # a private RabbitMQ node takes seconds to start
@@ -53,23 +52,15 @@ def test_list_says_when_the_scheduler_never_started(rabbit: RabbitNode, prefix: 
     assert "not declared (scheduler not started)" in result.output
 
 
-def test_reseed_restores_exactly_one_token_and_a_second_reseed_adds_none(
+def test_reseed_without_a_scheduler_says_to_start_one_and_publishes_nothing(
     rabbit: RabbitNode, prefix: str, run
 ) -> None:
-    # Given no scheduler running and no token (never seeded, or lost with the broker's messages)
-    # When an operator re-seeds
-    first = run("schedules", "reseed", "--broker-url", rabbit.url, "--prefix", prefix)
-    # Then the task holds one token, and list shows it
-    assert first.exit_code == 0, first.output
-    assert "fast: tokens 0 -> 1" in first.output
-    listed = run("schedules", "list", "--broker-url", rabbit.url, "--prefix", prefix)
-    # one token, waiting in the hatchery or (its TTL already run out) in the processor queue
-    (waiting, ready) = map(int, re.search(r" (\d+)/(\d+) ok", listed.output).groups())
-    assert waiting + ready == 1, listed.output
-    # When they re-seed again, nothing is added
-    second = run("schedules", "reseed", "fast", "--broker-url", rabbit.url, "--prefix", prefix)
-    assert second.exit_code == 0, second.output
-    assert "fast: tokens 1 -> 1" in second.output
+    # Given no scheduler running: nothing would consume a token
+    result = run("schedules", "reseed", "--broker-url", rabbit.url, "--prefix", prefix)
+    # Then the CLI publishes none and says what restores them
+    assert result.exit_code == 1, result.output
+    assert "no scheduler is running: start the worker's scheduler process" in result.output
+    assert cli_schedules.token_counts(rabbit.url, ["fast"], Names(prefix)) == {"fast": (-1, -1)}
 
 
 def test_reseed_leaves_it_to_a_running_scheduler(rabbit: RabbitNode, prefix: str, run) -> None:
@@ -85,6 +76,6 @@ def test_reseed_leaves_it_to_a_running_scheduler(rabbit: RabbitNode, prefix: str
         connection.close()
     # Then the CLI publishes nothing and says who will
     assert result.exit_code == 0, result.output
-    assert "a scheduler is running" in result.output
+    assert "a scheduler is running: its reconciler (the leader) re-seeds fast" in result.output
     counts = cli_schedules.token_counts(rabbit.url, ["fast"], Names(prefix))
     assert counts == {"fast": (-1, -1)}

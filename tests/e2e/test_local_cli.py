@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from sluice.cli import cli
+from sluice_cli import cli
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from sluice.scheduling.registry import REGISTRY
 from tests.infra.conftest import resources
-from worker.scheduler import REGISTRY
 
 WITH_BROKER = ("staging", "prod")
 

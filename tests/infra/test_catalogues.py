@@ -370,9 +370,7 @@ _INSIGHTS = re.compile(r'SELECT\s+\w+\((\w+)\)\s+FROM\s+SCHEMA\("([^"]+)"((?:,\s
 
 def own_metrics(env: str) -> dict[str, tuple[Published, ...]]:
     """What our own processes publish, read from the code that publishes it."""
-    from sluice import naming
-    from worker.observability import COUNTS, LATENCY
-    from worker.scheduler import broker_metrics
+    from sluice import metrics, naming
 
     def sets(*dims: tuple[str, ...]) -> frozenset[frozenset[str]]:
         return frozenset(frozenset(d) for d in dims)
@@ -380,13 +378,13 @@ def own_metrics(env: str) -> dict[str, tuple[Published, ...]]:
     return {
         naming.metrics_namespace(env, "Worker"): (
             Published(
-                "worker/observability.py", frozenset({*COUNTS, LATENCY}), sets(("Environment",))
+                "worker/observability.py", frozenset(metrics.WORKER_METRICS), sets(("Environment",))
             ),
         ),
         naming.metrics_namespace(env, "Scheduler"): (
             Published(
                 "worker/scheduler/broker_metrics.py",
-                frozenset(broker_metrics.METRICS),
+                frozenset(metrics.SCHEDULER_METRICS),
                 sets((), ("Task",), ("Node",)),
             ),
         ),

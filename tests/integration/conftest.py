@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from local.rabbitmq_node import RabbitMQMissing, RabbitNode
+from sluice.scheduling.names import Names
 from tests.integration.scheduling import ControlTap
-from worker.scheduler.topology import Names
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ import sys
 import threading
 import time
 
-from worker.scheduler.registry import PeriodicTask, Registry, Tick
+from sluice.scheduling.names import Names
+from sluice.scheduling.registry import PeriodicTask, Registry, Tick
+from sluice.scheduling.schedule import Every
 from worker.scheduler.runner import Scheduler
-from worker.scheduler.schedule import Every
-from worker.scheduler.topology import Names
 
 
 def main() -> None:

@@ -13,8 +13,9 @@ from typing import Any
 
 import pika
 
-from worker.scheduler.registry import Tick
-from worker.scheduler.topology import Names, declare
+from sluice.scheduling.names import Names
+from sluice.scheduling.registry import Tick
+from worker.scheduler.topology import declare
 
 
 @dataclass

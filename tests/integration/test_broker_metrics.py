@@ -9,18 +9,16 @@ import boto3
 import pika
 from botocore.stub import Stubber
 
-from worker.scheduler.broker_metrics import (
+from sluice.metrics import (
     CONSUMERS,
     DEAD_TICKS,
     DISK_FREE_RATIO,
     MEMORY_USED_PCT,
     TOKENS_READY,
-    BrokerFigures,
-    management_url,
-    publish,
 )
-from worker.scheduler.registry import PeriodicTask, Registry
-from worker.scheduler.schedule import Every
+from sluice.scheduling.registry import PeriodicTask, Registry
+from sluice.scheduling.schedule import Every
+from worker.scheduler.broker_metrics import BrokerFigures, Figure, management_url, publish
 from worker.scheduler.topology import declare
 
 
@@ -73,8 +71,6 @@ def test_the_published_request_is_one_cloudwatch_accepts():
     cloudwatch = boto3.client("cloudwatch", region_name="eu-west-1")
     stub = Stubber(cloudwatch)
     stub.add_response("put_metric_data", {})
-    from worker.scheduler.broker_metrics import Figure
-
     figures = [
         Figure(TOKENS_READY, 1, (("Task", "heartbeat"),)),
         Figure(MEMORY_USED_PCT, 41.5, (("Node", "rabbit@ip-10-0-0-1"),)),

@@ -15,12 +15,12 @@ import pytest
 
 from local.rabbitmq_node import RabbitNode
 from sluice.errors import BusinessError, TransientError
+from sluice.scheduling.names import Names
+from sluice.scheduling.registry import PeriodicTask, Registry, Tick
+from sluice.scheduling.schedule import Every
 from tests.conftest import ROOT
 from tests.integration.scheduling import Recorder, grid_steps, lateness_ms
-from worker.scheduler.registry import PeriodicTask, Registry, Tick
 from worker.scheduler.runner import Scheduler
-from worker.scheduler.schedule import Every
-from worker.scheduler.topology import Names
 
 
 def scheduler(rabbit: RabbitNode, names: Names, *tasks: PeriodicTask) -> Scheduler:

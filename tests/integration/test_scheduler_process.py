@@ -12,8 +12,8 @@ import uuid
 import pika
 import pytest
 
+from sluice.scheduling.names import Names
 from tests.conftest import ROOT
-from worker.scheduler.topology import Names
 
 
 def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
@@ -74,7 +74,7 @@ def test_with_a_broker_the_process_declares_the_registry_and_stops_cleanly(rabbi
 
 
 def test_cron_yaml_command_prints_what_the_registry_generates():
-    from worker.scheduler import REGISTRY, cron_yaml
+    from sluice.scheduling.registry import REGISTRY, cron_yaml
 
     out = subprocess.run(
         [sys.executable, "-m", "worker.scheduler", "--cron-yaml"],

@@ -9,9 +9,10 @@ from typing import Any
 
 from sluice.envelope import parse_events
 from sluice.errors import BusinessError
+from sluice.scheduling.registry import PeriodicTask, Registry, Tick
+from sluice.scheduling.schedule import Every
 from worker.app import App
 from worker.dispatch import Delivery, Result
-from worker.scheduler import Every, PeriodicTask, Registry, Tick
 from worker.scheduler.cron_http import register_cron_routes
 from worker.settings import Settings
 

@@ -6,19 +6,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.conftest import ROOT
-from worker.scheduler import (
+from sluice.scheduling.registry import (
     REGISTRY,
-    Cron,
-    Every,
     PeriodicTask,
     Registry,
-    ScheduleError,
     Tick,
     cron_event,
     cron_yaml,
 )
-from worker.scheduler.schedule import next_due
+from sluice.scheduling.schedule import Cron, Every, ScheduleError, next_due
+from tests.conftest import ROOT
 
 
 def ts(text: str) -> float:

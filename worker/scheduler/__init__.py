@@ -1,25 +1,2 @@
-"""Drift-free periodic tasks: a registry, a RabbitMQ hatchery-queue scheduler, and cron.yaml."""
-
-from worker.scheduler.registry import (
-    REGISTRY,
-    PeriodicTask,
-    Registry,
-    Tick,
-    cron_event,
-    cron_tick,
-    cron_yaml,
-)
-from worker.scheduler.schedule import Cron, Every, ScheduleError
-
-__all__ = [
-    "REGISTRY",
-    "Cron",
-    "Every",
-    "PeriodicTask",
-    "Registry",
-    "ScheduleError",
-    "Tick",
-    "cron_event",
-    "cron_tick",
-    "cron_yaml",
-]
+"""The scheduler process: runs the declared periodic tasks' ticks on RabbitMQ (sluice.scheduling
+declares them), serves cron.yaml's POSTs without a broker, and publishes the broker figures."""

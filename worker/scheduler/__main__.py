@@ -16,11 +16,11 @@ import threading
 from typing import Any
 
 from sluice.envelope import Event
+from sluice.scheduling.names import Names
+from sluice.scheduling.registry import REGISTRY, cron_yaml
 from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
 from worker.scheduler.env import BROKER_MANAGEMENT_URL, EVENTS_QUEUE_URL, METRICS_NAMESPACE
-from worker.scheduler.registry import REGISTRY, cron_yaml
 from worker.scheduler.runner import Scheduler, SendEvent, broker_url
-from worker.scheduler.topology import Names
 
 
 def event_sender() -> SendEvent | None:

@@ -27,18 +27,17 @@ from urllib.parse import unquote, urlsplit
 
 import pika
 
-from worker.scheduler.registry import Registry
-from worker.scheduler.topology import Names
+from sluice.metrics import (
+    CONSUMERS,
+    DEAD_TICKS,
+    DISK_FREE_RATIO,
+    MEMORY_USED_PCT,
+    TOKENS_READY,
+)
+from sluice.scheduling.names import Names
+from sluice.scheduling.registry import Registry
 
 log = logging.getLogger("sluice.scheduler")
-
-# The metric names the alarms read (stacks/broker.py names them from here).
-TOKENS_READY = "TokensReady"
-CONSUMERS = "Consumers"
-DEAD_TICKS = "DeadTicks"
-MEMORY_USED_PCT = "MemoryUsedPct"
-DISK_FREE_RATIO = "DiskFreeRatio"
-METRICS = (TOKENS_READY, CONSUMERS, DEAD_TICKS, MEMORY_USED_PCT, DISK_FREE_RATIO)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from typing import Any
 
 from sluice.envelope import SCHEMA_VIOLATION
 from sluice.errors import BusinessError, PoisonMessage
+from sluice.scheduling.registry import CRON_URL_PREFIX, REGISTRY, PeriodicTask, Registry, cron_tick
+from sluice.scheduling.schedule import ScheduleError
 from worker.scheduler.env import broker_configured
-from worker.scheduler.registry import CRON_URL_PREFIX, REGISTRY, PeriodicTask, Registry, cron_tick
-from worker.scheduler.schedule import ScheduleError
 
 log = logging.getLogger("sluice.scheduler")
 

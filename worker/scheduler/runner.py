@@ -28,10 +28,11 @@ import pika.exceptions
 
 from sluice.envelope import Event
 from sluice.errors import BusinessError
+from sluice.scheduling.names import Names, expiration_ms, quiet_window_s
+from sluice.scheduling.registry import PeriodicTask, Registry, Tick
+from sluice.scheduling.schedule import next_due
 from worker.scheduler.env import BROKER_ENDPOINT, BROKER_SECRET_ARN, BROKER_URL
-from worker.scheduler.registry import PeriodicTask, Registry, Tick
-from worker.scheduler.schedule import next_due
-from worker.scheduler.topology import Names, declare, expiration_ms, quiet_window_s
+from worker.scheduler.topology import declare
 
 log = logging.getLogger("sluice.scheduler")
 Clock = Callable[[], float]

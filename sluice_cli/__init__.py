@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import click
 
-from sluice.cli.aws import Aws, default_endpoint
-from sluice.cli.dlq import dlq
-from sluice.cli.jobs import jobs
-from sluice.cli.schedules import schedules
-from sluice.cli.send import send
+from sluice_cli.aws import Aws, default_endpoint
+from sluice_cli.dlq import dlq
+from sluice_cli.jobs import jobs
+from sluice_cli.schedules import schedules
+from sluice_cli.send import send
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,30 +1,27 @@
-"""`sluice schedules list|reseed`: the periodic tasks (worker/scheduler registry) and their tokens.
+"""`sluice schedules list|reseed`: the declared periodic tasks (sluice.scheduling) and their tokens.
 
-`list` reads the registry in code; with a broker (`--broker-url` / SLUICE_BROKER_URL) it also
+`list` reads the declared registry; with a broker (`--broker-url` / SLUICE_BROKER_URL) it also
 shows how many tokens wait in each task's hatchery and processor queues (exactly one is healthy).
-`reseed` asks the scheduler's reconciler to restore a lost token; it needs the broker.
+`reseed` checks the tokens and whether a scheduler runs: a running scheduler's reconciler (the
+leader) restores a lost token within one period, and nothing but a running scheduler can consume
+one, so the CLI never publishes tokens itself.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
+from sluice.scheduling.names import Names
+from sluice.scheduling.registry import REGISTRY, Registry
+
 BROKER_ENV = "SLUICE_BROKER_URL"
 
 
-def _registry() -> Any:
-    try:
-        from worker.scheduler.registry import REGISTRY
-    except ImportError as exc:
-        raise click.ClickException(
-            f"the scheduler registry (worker/scheduler) cannot be imported: {exc}; run the CLI "
-            "from the Sluice checkout (`pip install -e .` there)"
-        ) from None
+def _registry() -> Registry:
     return REGISTRY
 
 
@@ -46,8 +43,6 @@ def token_counts(
     """Task -> (messages in its hatchery queue, in its processor queue), read passively; -1 for a
     queue the scheduler has not declared yet."""
     import pika
-
-    from worker.scheduler.topology import Names
 
     names = names or Names()
     try:
@@ -92,8 +87,6 @@ def schedules() -> None:
 @click.option("--prefix", hidden=True, help="Exchange/queue name prefix (tests).")
 def list_(broker_url: str | None, prefix: str | None) -> None:
     """The registered periodic tasks and when each is next due."""
-    from worker.scheduler.topology import Names
-
     registry = _registry()
     now = time.time()
     names = Names(prefix) if prefix else Names()
@@ -103,7 +96,8 @@ def list_(broker_url: str | None, prefix: str | None) -> None:
         header += " tokens (hatchery/processor)"
     click.echo(header)
     for task in registry:
-        does = f"event {task.event}" if task.event else f"runs {task.action.__name__}()"
+        action = getattr(task.action, "__name__", "its action")
+        does = f"event {task.event}" if task.event else f"runs {action}()"
         line = (
             f"{task.name:<24} {describe(task.schedule):<28} "
             f"{_iso(task.schedule.first_after(now)):<21} {does:<36}"
@@ -128,9 +122,8 @@ def list_(broker_url: str | None, prefix: str | None) -> None:
 @click.argument("task", required=False)
 @click.option("--broker-url", envvar=BROKER_ENV, help="amqp(s):// URL of the scheduler's broker.")
 @click.option("--prefix", hidden=True, help="Exchange/queue name prefix (tests).")
-@click.option("--wait", "wait_s", default=10.0, show_default=True, help="Extra seconds to wait.")
-def reseed(task: str | None, broker_url: str | None, prefix: str | None, wait_s: float) -> None:
-    """Restore the token of TASK (or of every task) when it was lost; never makes a second."""
+def reseed(task: str | None, broker_url: str | None, prefix: str | None) -> None:
+    """Check the token of TASK (or of every task); a running scheduler restores a lost one."""
     registry = _registry()
     if task is not None and task not in registry:
         raise click.BadParameter(
@@ -141,45 +134,25 @@ def reseed(task: str | None, broker_url: str | None, prefix: str | None, wait_s:
             f"reseed needs the broker: pass --broker-url or set {BROKER_ENV} (without a broker, "
             "cron.yaml drives the tasks and there are no tokens to reseed)"
         )
-    from worker.scheduler.registry import Registry
-    from worker.scheduler.runner import Reconciler
-    from worker.scheduler.topology import Names, quiet_window_s
+    from sluice.scheduling.names import Names
 
     names = Names(prefix) if prefix else Names()
     tasks = [registry.get(task)] if task else list(registry)
-    before = token_counts(broker_url, [t.name for t in tasks], names)
-    if _leader_present(broker_url, names):
-        click.echo(
-            "a scheduler is running: its reconciler (the leader) re-seeds a lost token within "
-            "one period; nothing to do here"
+    counts = token_counts(broker_url, [t.name for t in tasks], names)
+    _echo_tokens(counts)
+    if not _leader_present(broker_url, names):
+        raise click.ClickException(
+            "no scheduler is running: start the worker's scheduler process; its reconciler "
+            "restores every lost token within one period (a token nothing consumes would only wait)"
         )
-        _echo_tokens(before)
-        return
-    # No scheduler leads: run the scheduler's own reconciler until every token is back. It seeds
-    # only a task with no token and no activity for its quiet window, so it never makes a second.
-    window = max(quiet_window_s(t) for t in tasks)
-    reconciler = Reconciler(Registry(tasks), broker_url, names=names)
-    stop = threading.Event()
-    thread = threading.Thread(target=reconciler.serve, args=(stop,), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 2 * window + wait_s
-    after = before
-    try:
-        with click.progressbar(length=len(tasks), label="re-seeding") as bar:
-            while time.monotonic() < deadline:
-                after = token_counts(broker_url, [t.name for t in tasks], names)
-                held = sum(1 for c in after.values() if sum(c) == 1)
-                bar.update(held - bar.pos)
-                if held == len(tasks):
-                    break
-                time.sleep(0.2)
-    finally:
-        stop.set()
-        thread.join(10)
-    _echo_tokens(after, before)
-    lost = [t for t, c in after.items() if sum(c) != 1]
+    lost = [t for t, c in counts.items() if sum(max(n, 0) for n in c) != 1]
     if lost:
-        raise click.ClickException(f"no single token for {', '.join(lost)} after re-seeding")
+        click.echo(
+            f"a scheduler is running: its reconciler (the leader) re-seeds {', '.join(lost)} "
+            "within one period; `sluice schedules list` shows when it did"
+        )
+    else:
+        click.echo("a scheduler is running and every task holds its one token: nothing to do")
 
 
 def _leader_present(url: str, names: Any) -> bool:

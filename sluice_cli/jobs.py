@@ -16,8 +16,8 @@ from botocore.exceptions import ClientError
 
 from sluice import naming
 from sluice.catalog import ROUTES
-from sluice.cli.aws import JOBS_TABLE_OUTPUT, Aws, friendly_errors, prefix, workflow_output_key
 from sluice.envelope import execution_name
+from sluice_cli.aws import JOBS_TABLE_OUTPUT, Aws, friendly_errors, prefix, workflow_output_key
 
 JOBS_TABLE_ENV = "SLUICE_JOBS_TABLE"
 # JSON object workflow name -> function name or ARN (what the stack outputs say, for local runs).

@@ -16,7 +16,7 @@ from typing import Any
 import click
 from botocore.exceptions import ClientError
 
-from sluice.cli.aws import QUEUES, Aws, friendly_errors
+from sluice_cli.aws import QUEUES, Aws, friendly_errors
 
 BATCH = 10  # SQS's most messages per receive / send batch / delete batch
 # How SQS (or an emulator) says it has no message move tasks: then redrive copies by itself.

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from sluice.envelope import Event
-from worker.scheduler.schedule import Cron, Every, Schedule, ScheduleError
+from sluice.scheduling.schedule import Cron, Every, Schedule, ScheduleError
 
 _TASK_NAME = re.compile(r"[a-z][a-z0-9-]{0,47}")  # fullmatch: `$` passes a final newline
 CRON_URL_PREFIX = "/cron/"

@@ -9,10 +9,10 @@ from typing import Any
 import click
 
 from sluice.catalog import ROUTES
-from sluice.cli.aws import Aws, friendly_errors
 from sluice.envelope import Event
 from sluice.errors import PoisonMessage
 from sluice.producer import send_event, validate
+from sluice_cli.aws import Aws, friendly_errors
 
 
 def parse_data(raw: str) -> dict[str, Any]:

@@ -1,0 +1,18 @@
+"""The metrics Sluice's own processes publish: one definition for the code that publishes them and
+for the alarms that read them (namespaces: sluice.naming.metrics_namespace)."""
+
+from __future__ import annotations
+
+# The worker's web process, per handled message (dimension Environment).
+WORKER_COUNTS = ("Received", "Started", "Duplicates", "DeadLettered", "TransientFailures")
+WORKER_LATENCY = "HandlingLatency"
+WORKER_METRICS = (*WORKER_COUNTS, WORKER_LATENCY)
+
+# The scheduler's broker figures (worker/scheduler/broker_metrics.py): per task (dimension Task),
+# per node (dimension Node), or for the whole scheduler.
+TOKENS_READY = "TokensReady"
+CONSUMERS = "Consumers"
+DEAD_TICKS = "DeadTicks"
+MEMORY_USED_PCT = "MemoryUsedPct"
+DISK_FREE_RATIO = "DiskFreeRatio"
+SCHEDULER_METRICS = (TOKENS_READY, CONSUMERS, DEAD_TICKS, MEMORY_USED_PCT, DISK_FREE_RATIO)

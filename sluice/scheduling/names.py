@@ -1,0 +1,70 @@
+"""The broker's names for the scheduler's exchanges and queues, and the time scales of a task.
+
+One definition for the scheduler that declares them (worker/scheduler/topology.py), the CLI that
+counts tokens and the alarms that watch the queues.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sluice.scheduling.registry import PeriodicTask
+
+PREFIX = "sluice.sched"
+# Attempts beyond a task's own limit that the broker still allows before it dead-letters a token
+# by itself: a backstop for runs that kill their consumer (the runner cannot count those).
+BROKER_DELIVERY_MARGIN = 2
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every exchange and queue name, derived from one prefix (tests use their own)."""
+
+    prefix: str = PREFIX
+
+    @property
+    def scheduler_exchange(self) -> str:
+        return f"{self.prefix}.hatchery"
+
+    @property
+    def processor_exchange(self) -> str:
+        return f"{self.prefix}.processor"
+
+    @property
+    def control_exchange(self) -> str:
+        return f"{self.prefix}.control"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def leader_queue(self) -> str:
+        return f"{self.prefix}.leader"
+
+    def hatchery(self, task: str) -> str:
+        return f"{self.prefix}.hatchery.{task}"
+
+    def processor(self, task: str) -> str:
+        return f"{self.prefix}.run.{task}"
+
+
+def quiet_window_s(task: PeriodicTask) -> float:
+    """How long a task may show no token and no activity before its token counts as lost.
+
+    Half a period keeps re-seeding within one period; the floor covers a token's transit from
+    hatchery to consumer and a busy machine's scheduling stalls, the ceiling keeps long periods
+    responsive. A stall longer than the window can still make a spare token: the runner drops it
+    on arrival (a `duplicate` event), so a tick never runs twice.
+    """
+    return min(max(task.period_s / 2, 0.1), 10.0)
+
+
+def expiration_ms(delay_s: float) -> str:
+    """A per-message TTL for pika's `expiration` property (whole milliseconds, never negative)."""
+    return str(max(0, math.ceil(delay_s * 1000)))
