@@ -124,3 +124,106 @@ def test_reserved_concurrency_must_leave_lambdas_unreserved_pool_in_the_account_
 def test_the_platform_is_a_branch_not_a_pinned_version(branch):
     with pytest.raises(ConfigError, match=r"^dev.worker.platform_branch: .*running on"):
         EnvConfig(name="dev", worker={"platform_branch": branch})
+
+
+# What pydantic adds: a typo of type or of name fails with the setting named, where the
+# dataclasses took it (True or "5" for an int, "false" for a bool, a trailing newline).
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # a bool is an int to Python: True would have been 1 receive
+        ({"events_queue": {"max_receive_count": True}}, "dev.events_queue.max_receive_count: "),
+        (
+            {"alarms": {"queue_age_s": "300"}},
+            "dev.alarms.queue_age_s: must be a valid integer, got '300'",
+        ),
+        ({"worker": {"max_instances": 2.5}}, "dev.worker.max_instances: must be a valid integer"),
+        # a non-empty string is truthy: "false" would have retained dev's data
+        ({"retain_data": "false"}, "dev.retain_data: must be a valid boolean, got 'false'"),
+        ({"log_retention_days": True}, "dev.log_retention_days: must be a valid integer"),
+        ({"events_queue": None}, "dev.events_queue: must be a valid dictionary"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_the_setting(change, message):
+    with pytest.raises(ConfigError) as err:
+        EnvConfig(name="dev", **change)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"retian_data": True}, "dev.retian_data: unknown setting (known: name, region,"),
+        (
+            {"events_queue": {"max_recieve_count": 3}},
+            "dev.events_queue.max_recieve_count: unknown setting (known: max_receive_count,",
+        ),
+        (
+            {"workflows": {"steps": {"on_failure": {"memory": 512}}}},
+            "dev.workflows.steps.on_failure.memory: unknown setting (known: memory_mb,",
+        ),
+        # a step's sizing under a misspelled name would silently size nothing
+        (
+            {"workflows": {"steps": {"fetch_audio_metdata": {"memory_mb": 512}}}},
+            "dev.workflows.steps: unknown step 'fetch_audio_metdata'; the steps are fetch_audio_",
+        ),
+    ],
+)
+def test_a_misspelled_setting_names_it_and_the_known_ones(change, message):
+    with pytest.raises(ConfigError) as err:
+        EnvConfig(name="dev", **change)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "setting"),
+    [
+        ({"alarms": {"email": "oncall@example.com\n"}}, "dev.alarms.email"),
+        ({"region": "eu-west-1\n"}, "dev.region"),
+        ({"account": "123456789012\n"}, "dev.account"),
+        ({"broker": {"maintenance_time_utc": "04:00\n"}}, "dev.broker.maintenance_time_utc"),
+        ({"worker": {"http_path": "/\n"}}, "dev.worker.http_path"),
+    ],
+)
+def test_a_pattern_matches_the_whole_value_not_up_to_a_trailing_newline(change, setting):
+    # re's `$` also matches before a final newline; the patterns are matched in full.
+    with pytest.raises(ConfigError, match=rf"^{setting}: must be .*\\n'$"):
+        EnvConfig(name="dev", **change)
+
+
+def test_a_range_names_both_bounds_and_the_value():
+    with pytest.raises(ConfigError) as err:
+        EnvConfig(name="dev", events_queue={"max_receive_count": 0})
+    assert str(err.value) == "dev.events_queue.max_receive_count: must be between 1 and 1000, got 0"
+
+
+def test_every_wrong_setting_is_named_one_per_line():
+    with pytest.raises(ConfigError) as err:
+        EnvConfig(name="dev", network={"max_azs": 1}, alarms={"email": "x", "step_errors": 0})
+    assert str(err.value).splitlines() == [
+        "dev.network.max_azs: must be >= 2, got 1",
+        "dev.alarms.email: must be an e-mail address, got 'x'",
+        "dev.alarms.step_errors: must be >= 1, got 0",
+    ]
+
+
+def test_an_impossible_name_is_named_without_an_environment():
+    with pytest.raises(ConfigError, match=r"^name: must be 2-16 lowercase letters"):
+        EnvConfig(name="Dev")
+
+
+def test_rabbitmq_4_needs_a_graviton_broker():
+    with pytest.raises(
+        ConfigError, match=r"^dev.broker.instance_type: RabbitMQ 4.2 runs only on mq.m7g"
+    ):
+        EnvConfig(name="dev", broker={"instance_type": "mq.m5.large"})
+    assert EnvConfig(name="dev", broker={"instance_type": "mq.m5.large", "engine_version": "3.13"})
+
+
+def test_replace_validates_what_model_copy_would_not():
+    dev = config.load("dev")
+    # model_copy(update=...) builds the copy without validating it: replace() is the way.
+    assert dev.model_copy(update={"log_retention_days": 42}).log_retention_days == 42
+    with pytest.raises(ConfigError, match=r"^dev.log_retention_days: "):
+        config.replace(dev, log_retention_days=42)
+    assert config.replace(dev, worker={"min_instances": 2}).worker.min_instances == 2
