@@ -1,11 +1,28 @@
-"""Per-environment settings of Sluice: typed, frozen data, validated once, chosen in app.py."""
+"""Per-environment settings of Sluice: pydantic models, frozen, validated once, chosen in app.py.
+
+Each field's type holds its constraint (bounds, choices, patterns) and its `description` is the
+README's configuration table (`make docs`). Rules that relate two settings are model validators.
+An impossible value raises ConfigError naming the setting, `<env>.<section>.<field>: <message>`.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Annotated, Any, Literal, NoReturn, Self, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from sluice import catalog, naming
 
@@ -32,192 +49,223 @@ EB_LOG_RETENTION_DAYS = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1827, 3653,
 )
 # fmt: on
-COMPLIANCE_PACKS = ("AwsSolutions", "NIST80053R5", "HIPAASecurity")
-_EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
-_ACCOUNT = re.compile(r"^\d{12}$")
-_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
-_WEEKDAYS = ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY")
+CompliancePack = Literal["AwsSolutions", "NIST80053R5", "HIPAASecurity"]
+COMPLIANCE_PACKS: tuple[CompliancePack, ...] = get_args(CompliancePack)
+Weekday = Literal["MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"]
 
 
 class ConfigError(ValueError):
     """A setting is impossible; the message names the setting (`<env>.<section>.<field>`)."""
 
 
-def _require(ok: bool, setting: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{setting}: {message}")
+def _fullmatch(pattern: str, should_be: str) -> AfterValidator:
+    """A string constraint: all of the value matches `pattern` (a trailing newline does not)."""
+    regex = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(f"must be {should_be}, got {value!r}")
+        return value
+
+    return AfterValidator(check)
 
 
-@dataclass(frozen=True)
-class QueueConfig:
+def _one_of(values: tuple[int, ...], accepted_by: str) -> AfterValidator:
+    # Not a Literal: Literal[1, ...] lets True through (True == 1), even in strict mode.
+    def check(value: int) -> int:
+        if value not in values:
+            raise ValueError(f"{accepted_by} {values}, got {value}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _fail(setting: str, message: str) -> NoReturn:
+    """Reject a rule between settings, naming `setting` (relative to the model that checks it)."""
+    raise PydanticCustomError("setting", "{message}", {"setting": setting, "message": message})
+
+
+class _Settings(BaseModel):
+    # strict: a typo of type fails (True or "5" for an int, "false" for a bool) instead of being
+    # coerced; frozen: the stacks cannot change what was validated; forbid: a misspelled setting
+    # fails instead of being ignored.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+# Constrained types several settings share, and those whose message must say what is wanted.
+Positive = Annotated[int, Field(ge=1)]
+Percent = Annotated[int, Field(ge=1, le=100)]
+VisibilityS = Annotated[int, Field(ge=0, le=SQS_MAX_VISIBILITY_S)]
+RetentionS = Annotated[int, Field(ge=SQS_MIN_RETENTION_S, le=SQS_MAX_RETENTION_S)]
+EnvName = Annotated[
+    str, _fullmatch(r"[a-z][a-z0-9]{1,15}", "2-16 lowercase letters/digits starting with a letter")
+]
+Region = Annotated[str, _fullmatch(r"[a-z]{2}(-gov)?-[a-z]+-\d", "an AWS region such as eu-west-1")]
+AccountId = Annotated[str, _fullmatch(r"\d{12}", "a 12-digit AWS account id or None")]
+Email = Annotated[
+    str,
+    _fullmatch(
+        r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", "an e-mail address"
+    ),
+]
+# A branch, not a platform version: a pinned version retires and a fresh account cannot use it;
+# the deploy picks the branch's recommended version and managed updates keep it current.
+PlatformBranch = Annotated[
+    str,
+    _fullmatch(
+        r"Python 3\.\d+ running on 64bit Amazon Linux 2023",
+        "an Elastic Beanstalk platform branch such as 'Python 3.13 running on 64bit Amazon Linux "
+        "2023' (the deploy picks its recommended version)",
+    ),
+]
+MqInstanceType = Annotated[
+    str, _fullmatch(r"mq\.[a-z0-9]+\.[a-z0-9]+", "an Amazon MQ instance type such as mq.m7g.medium")
+]
+# Amazon MQ's rule for user names.
+MqUsername = Annotated[str, _fullmatch(r"[A-Za-z0-9._~-]{2,100}", "2-100 chars of [A-Za-z0-9._~-]")]
+TimeUtc = Annotated[str, _fullmatch(r"([01]\d|2[0-3]):[0-5]\d", "HH:MM (24 h, UTC)")]
+
+
+class QueueConfig(_Settings):
     """The events queue (and, later, the tasks queue) with its dead-letter queue."""
 
-    max_receive_count: int = 5
-    visibility_timeout_s: int = 960
-    retention_s: int = 4 * 24 * 3600
-    dlq_retention_s: int = SQS_MAX_RETENTION_S
-    customer_managed_key: bool = False
+    max_receive_count: int = Field(
+        5, ge=1, le=SQS_MAX_RECEIVE_COUNT, description="receives before a message moves to the DLQ"
+    )
+    visibility_timeout_s: VisibilityS = Field(
+        960, description="queue visibility timeout (>= worker.processing_timeout_s)"
+    )
+    retention_s: RetentionS = Field(4 * 24 * 3600, description="how long the queue keeps a message")
+    dlq_retention_s: RetentionS = Field(
+        SQS_MAX_RETENTION_S, description="how long the DLQ keeps a message (>= retention_s)"
+    )
+    customer_managed_key: bool = Field(
+        False, description="encrypt with the environment's KMS key (else SQS-managed SSE)"
+    )
 
-    def validate(self, where: str) -> None:
-        _require(
-            1 <= self.max_receive_count <= SQS_MAX_RECEIVE_COUNT,
-            f"{where}.max_receive_count",
-            f"must be between 1 and {SQS_MAX_RECEIVE_COUNT}, got {self.max_receive_count}",
-        )
-        _require(
-            0 <= self.visibility_timeout_s <= SQS_MAX_VISIBILITY_S,
-            f"{where}.visibility_timeout_s",
-            f"must be between 0 and {SQS_MAX_VISIBILITY_S} s, got {self.visibility_timeout_s}",
-        )
-        for name in ("retention_s", "dlq_retention_s"):
-            value = getattr(self, name)
-            _require(
-                SQS_MIN_RETENTION_S <= value <= SQS_MAX_RETENTION_S,
-                f"{where}.{name}",
-                f"SQS keeps messages between {SQS_MIN_RETENTION_S} s and "
-                f"{SQS_MAX_RETENTION_S} s (14 days), got {value}",
+    @model_validator(mode="after")
+    def _dlq_keeps_what_arrives(self) -> Self:
+        if self.dlq_retention_s < self.retention_s:
+            _fail(
+                "dlq_retention_s",
+                f"must be at least retention_s ({self.retention_s} s): a message's age is kept "
+                "when it moves to the DLQ, so a shorter DLQ retention deletes it on arrival",
             )
-        _require(
-            self.dlq_retention_s >= self.retention_s,
-            f"{where}.dlq_retention_s",
-            f"must be at least retention_s ({self.retention_s} s): a message's age is kept "
-            "when it moves to the DLQ, so a shorter DLQ retention deletes it on arrival",
-        )
+        return self
 
 
-@dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(_Settings):
     """The worker's VPC."""
 
-    max_azs: int = 2
-    nat_gateways: int = 1
-    flow_log_retention_days: int = 30
+    max_azs: int = Field(2, ge=2, description="availability zones used")
+    nat_gateways: Positive = Field(1, description="NAT gateways (1 in dev; one per AZ in prod)")
+    flow_log_retention_days: Annotated[
+        int, _one_of(VALID_LOG_RETENTION_DAYS, "CloudWatch Logs accepts")
+    ] = Field(30, description="VPC flow log retention")
 
-    def validate(self, where: str) -> None:
-        _require(self.max_azs >= 2, f"{where}.max_azs", f"must be >= 2, got {self.max_azs}")
-        _require(
-            1 <= self.nat_gateways <= self.max_azs,
-            f"{where}.nat_gateways",
-            f"must be between 1 and max_azs ({self.max_azs}), got {self.nat_gateways}",
-        )
-        _require(
-            self.flow_log_retention_days in VALID_LOG_RETENTION_DAYS,
-            f"{where}.flow_log_retention_days",
-            f"CloudWatch Logs accepts {VALID_LOG_RETENTION_DAYS}, got {self.flow_log_retention_days}",
-        )
+    @model_validator(mode="after")
+    def _a_nat_gateway_sits_in_a_zone(self) -> Self:
+        if self.nat_gateways > self.max_azs:
+            _fail(
+                "nat_gateways",
+                f"must be between 1 and max_azs ({self.max_azs}), got {self.nat_gateways}",
+            )
+        return self
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
+class WorkerConfig(_Settings):
     """The Elastic Beanstalk worker environment and its sqsd daemon."""
 
-    instance_type: str = "t3.medium"
-    min_instances: int = 1
-    max_instances: int = 2
-    # EB's platform branch; the deploy picks its recommended version (a pinned version retires
-    # and cannot be used by a fresh account), and managed updates keep it current.
-    platform_branch: str = "Python 3.13 running on 64bit Amazon Linux 2023"
-    # sqsd settings: processing_timeout_s is sqsd's InactivityTimeout, the longest one POST may take.
-    http_path: str = "/"
-    http_connections: int = 10
-    processing_timeout_s: int = 60
-    error_visibility_timeout_s: int = 30
-    # Target backlog per instance for target tracking on the events queue.
-    backlog_per_instance: int = 100
-    tasks_concurrency: int = 2
-    max_body_bytes: int = 256 * 1024
+    instance_type: str = Field("t3.medium", description="instance type")
+    min_instances: Positive = Field(1, description="auto scaling lower bound")
+    max_instances: Positive = Field(2, description="auto scaling upper bound")
+    platform_branch: PlatformBranch = Field(
+        "Python 3.13 running on 64bit Amazon Linux 2023",
+        description="EB platform branch; each deploy that creates the environment takes its "
+        "recommended version, managed updates keep it current",
+    )
+    http_path: Annotated[str, _fullmatch(r"/\S*", "a path starting with '/'")] = Field(
+        "/", description="sqsd HttpPath the messages are POSTed to"
+    )
+    http_connections: int = Field(
+        10,
+        ge=1,
+        le=SQSD_MAX_CONNECTIONS,
+        description="sqsd HttpConnections (concurrent POSTs per instance)",
+    )
+    processing_timeout_s: int = Field(
+        60,
+        ge=1,
+        le=SQSD_MAX_INACTIVITY_S,
+        description="sqsd InactivityTimeout: longest one POST may take",
+    )
+    error_visibility_timeout_s: VisibilityS = Field(
+        30, description="sqsd ErrorVisibilityTimeout: delay before a failed message returns"
+    )
+    backlog_per_instance: Positive = Field(
+        100, description="target events backlog per instance for scaling"
+    )
+    tasks_concurrency: Positive = Field(2, description="heavy tasks run at once per instance")
+    # 1 MiB is SQS's largest message.
+    max_body_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="largest message body the worker accepts (else DLQ, reason oversize)",
+    )
 
-    def validate(self, where: str) -> None:
-        _require(
-            bool(
-                re.fullmatch(
-                    r"Python 3\.\d+ running on 64bit Amazon Linux 2023", self.platform_branch
-                )
-            ),
-            f"{where}.platform_branch",
-            "must name an Elastic Beanstalk platform branch such as 'Python 3.13 running on 64bit "
-            f"Amazon Linux 2023' (the deploy picks its recommended version), got "
-            f"{self.platform_branch!r}",
-        )
-        _require(
-            1 <= self.min_instances <= self.max_instances,
-            f"{where}.min_instances",
-            f"must be between 1 and max_instances ({self.max_instances}), got {self.min_instances}",
-        )
-        _require(
-            self.http_path.startswith("/"),
-            f"{where}.http_path",
-            f"must start with '/', got {self.http_path!r}",
-        )
-        _require(
-            1 <= self.http_connections <= SQSD_MAX_CONNECTIONS,
-            f"{where}.http_connections",
-            f"sqsd allows 1 to {SQSD_MAX_CONNECTIONS}, got {self.http_connections}",
-        )
-        _require(
-            1 <= self.processing_timeout_s <= SQSD_MAX_INACTIVITY_S,
-            f"{where}.processing_timeout_s",
-            f"sqsd's InactivityTimeout allows 1 to {SQSD_MAX_INACTIVITY_S} s, "
-            f"got {self.processing_timeout_s}",
-        )
-        _require(
-            0 <= self.error_visibility_timeout_s <= SQS_MAX_VISIBILITY_S,
-            f"{where}.error_visibility_timeout_s",
-            f"must be between 0 and {SQS_MAX_VISIBILITY_S} s, got {self.error_visibility_timeout_s}",
-        )
-        _require(
-            self.backlog_per_instance >= 1,
-            f"{where}.backlog_per_instance",
-            f"must be >= 1, got {self.backlog_per_instance}",
-        )
-        _require(
-            self.tasks_concurrency >= 1,
-            f"{where}.tasks_concurrency",
-            f"must be >= 1, got {self.tasks_concurrency}",
-        )
-        _require(
-            1024 <= self.max_body_bytes <= 1024 * 1024,
-            f"{where}.max_body_bytes",
-            f"must be between 1 KiB and 1 MiB (SQS's limit), got {self.max_body_bytes}",
-        )
+    @model_validator(mode="after")
+    def _scales_between_its_bounds(self) -> Self:
+        if self.min_instances > self.max_instances:
+            _fail(
+                "min_instances",
+                f"must be between 1 and max_instances ({self.max_instances}), "
+                f"got {self.min_instances}",
+            )
+        return self
 
 
-@dataclass(frozen=True)
-class FunctionConfig:
+class FunctionConfig(_Settings):
     """One Lambda function's sizing."""
 
-    memory_mb: int = 256
-    timeout_s: int = 60
-    # None: no reserved concurrency (a new account's low quota cannot reserve any).
-    reserved_concurrency: int | None = None
-
-    def validate(self, where: str) -> None:
-        _require(
-            128 <= self.memory_mb <= 10_240,
-            f"{where}.memory_mb",
-            f"Lambda allows 128 to 10240 MB, got {self.memory_mb}",
-        )
-        _require(
-            1 <= self.timeout_s <= LAMBDA_MAX_TIMEOUT_S,
-            f"{where}.timeout_s",
-            f"Lambda allows 1 to {LAMBDA_MAX_TIMEOUT_S} s, got {self.timeout_s}",
-        )
-        _require(
-            self.reserved_concurrency is None or self.reserved_concurrency >= 1,
-            f"{where}.reserved_concurrency",
-            f"must be None or >= 1, got {self.reserved_concurrency}",
-        )
+    memory_mb: int = Field(256, ge=128, le=10_240, description="memory (MB)")
+    timeout_s: int = Field(60, ge=1, le=LAMBDA_MAX_TIMEOUT_S, description="timeout (s)")
+    reserved_concurrency: Positive | None = Field(
+        None,
+        description="reserved concurrency (None: none; a new account's quota cannot reserve any)",
+    )
 
 
-@dataclass(frozen=True)
-class WorkflowConfig:
+def _known_steps(steps: Mapping[str, FunctionConfig]) -> Mapping[str, FunctionConfig]:
+    unknown = sorted(set(steps) - set(catalog.TRANSCRIBE_STEPS))
+    if unknown:
+        raise ValueError(
+            f"unknown step {', '.join(map(repr, unknown))}; "
+            f"the steps are {', '.join(catalog.TRANSCRIBE_STEPS)}"
+        )
+    return MappingProxyType(dict(steps))  # read-only, like the rest of the configuration
+
+
+class WorkflowConfig(_Settings):
     """Durable workflow functions and the step handlers they invoke."""
 
-    execution_timeout_days: int = 30
-    retention_days: int = 14
-    max_audio_seconds: int = 4 * 3600
-    orchestrator: FunctionConfig = FunctionConfig(memory_mb=512, timeout_s=300)
-    steps: Mapping[str, FunctionConfig] = field(default_factory=lambda: MappingProxyType({}))
+    execution_timeout_days: int = Field(
+        30, ge=1, le=DURABLE_MAX_EXECUTION_S // 86_400, description="durable execution timeout"
+    )
+    retention_days: int = Field(14, ge=1, le=90, description="durable execution history retention")
+    max_audio_seconds: Positive = Field(
+        4 * 3600, description="longest audio accepted (business error beyond)"
+    )
+    orchestrator: FunctionConfig = Field(
+        FunctionConfig(memory_mb=512, timeout_s=300),
+        description="workflow functions: memory / timeout / reserved concurrency",
+    )
+    steps: Annotated[
+        Mapping[str, FunctionConfig], AfterValidator(_known_steps), PlainSerializer(dict)
+    ] = Field(
+        default_factory=lambda: MappingProxyType({}),
+        description="step handler: memory / timeout / reserved concurrency",
+    )
 
     def step(self, name: str) -> FunctionConfig:
         """The sizing of step `name` (the default sizing when the environment names none)."""
@@ -229,204 +277,167 @@ class WorkflowConfig:
         steps = sum(self.step(name).reserved_concurrency or 0 for name in catalog.TRANSCRIBE_STEPS)
         return per_workflow * len(catalog.WORKFLOWS) + steps
 
-    def validate(self, where: str) -> None:
-        _require(
-            1 <= self.execution_timeout_days * 86_400 <= DURABLE_MAX_EXECUTION_S,
-            f"{where}.execution_timeout_days",
-            f"durable executions run 1 to 366 days, got {self.execution_timeout_days}",
-        )
-        _require(
-            1 <= self.retention_days <= 90,
-            f"{where}.retention_days",
-            f"durable history is kept 1 to 90 days, got {self.retention_days}",
-        )
-        _require(
-            self.max_audio_seconds >= 1,
-            f"{where}.max_audio_seconds",
-            f"must be >= 1, got {self.max_audio_seconds}",
-        )
-        self.orchestrator.validate(f"{where}.orchestrator")
-        for name, fn in self.steps.items():
-            fn.validate(f"{where}.steps.{name}")
 
-
-@dataclass(frozen=True)
-class BrokerConfig:
+class BrokerConfig(_Settings):
     """Amazon MQ for RabbitMQ, driving the periodic scheduler."""
 
-    instance_type: str = "mq.m7g.medium"
-    engine_version: str = "4.2"
-    deployment_mode: str = "SINGLE_INSTANCE"
-    # Weekly maintenance window (UTC), an hour after the worker's managed platform updates.
-    maintenance_day: str = "SUNDAY"
-    maintenance_time_utc: str = "04:00"
-    admin_username: str = "sluiceadmin"
-    # Alarms: memory used as % of RabbitMQ's high watermark; free disk as a multiple of its limit.
-    memory_alarm_pct: int = 80
-    disk_free_alarm_ratio: float = 2.0
+    instance_type: MqInstanceType = Field("mq.m7g.medium", description="instance type")
+    engine_version: str = Field("4.2", description="RabbitMQ engine version")
+    deployment_mode: Literal["SINGLE_INSTANCE", "CLUSTER_MULTI_AZ"] = Field(
+        "SINGLE_INSTANCE", description="SINGLE_INSTANCE or CLUSTER_MULTI_AZ"
+    )
+    # An hour after the worker's managed platform updates.
+    maintenance_day: Weekday = Field("SUNDAY", description="broker maintenance window: day (UTC)")
+    maintenance_time_utc: TimeUtc = Field(
+        "04:00", description="broker maintenance window: start time HH:MM (UTC)"
+    )
+    admin_username: MqUsername = Field(
+        "sluiceadmin",
+        description="broker admin user (its password is generated in Secrets Manager)",
+    )
+    memory_alarm_pct: Percent = Field(
+        80, description="broker memory used as % of RabbitMQ's limit that alarms"
+    )
+    # Not below 1: RabbitMQ blocks publishers when free disk reaches its limit.
+    disk_free_alarm_ratio: float = Field(
+        2.0, ge=1, description="broker free disk as a multiple of RabbitMQ's limit that alarms"
+    )
 
-    def validate(self, where: str) -> None:
-        _require(
-            self.maintenance_day in _WEEKDAYS,
-            f"{where}.maintenance_day",
-            f"must be one of {_WEEKDAYS}, got {self.maintenance_day!r}",
-        )
-        _require(
-            bool(re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", self.maintenance_time_utc)),
-            f"{where}.maintenance_time_utc",
-            f"must be HH:MM (24 h, UTC), got {self.maintenance_time_utc!r}",
-        )
-        # Amazon MQ: 2-100 characters of letters, digits, '-', '.', '_' and '~'.
-        _require(
-            bool(re.fullmatch(r"[A-Za-z0-9._~-]{2,100}", self.admin_username)),
-            f"{where}.admin_username",
-            f"must be 2-100 chars of [A-Za-z0-9._~-], got {self.admin_username!r}",
-        )
-        _require(
-            1 <= self.memory_alarm_pct <= 100,
-            f"{where}.memory_alarm_pct",
-            f"must be 1..100, got {self.memory_alarm_pct}",
-        )
-        _require(
-            self.disk_free_alarm_ratio >= 1,
-            f"{where}.disk_free_alarm_ratio",
-            f"must be >= 1 (RabbitMQ blocks publishers at 1), got {self.disk_free_alarm_ratio}",
-        )
-        _require(
-            self.deployment_mode in ("SINGLE_INSTANCE", "CLUSTER_MULTI_AZ"),
-            f"{where}.deployment_mode",
-            f"must be SINGLE_INSTANCE or CLUSTER_MULTI_AZ, got {self.deployment_mode!r}",
-        )
-        _require(
-            self.instance_type.startswith("mq."),
-            f"{where}.instance_type",
-            f"must be an Amazon MQ instance type such as mq.m7g.medium, got {self.instance_type!r}",
-        )
-        if self.engine_version.startswith("4."):
-            _require(
-                self.instance_type.startswith("mq.m7g."),
-                f"{where}.instance_type",
+    @model_validator(mode="after")
+    def _engine_runs_on_instance(self) -> Self:
+        if self.engine_version.startswith("4.") and not self.instance_type.startswith("mq.m7g."):
+            _fail(
+                "instance_type",
                 f"RabbitMQ {self.engine_version} runs only on mq.m7g.* instances, "
                 f"got {self.instance_type!r}",
             )
+        return self
 
 
-@dataclass(frozen=True)
-class AlarmConfig:
+class AlarmConfig(_Settings):
     """Who is told, and when."""
 
-    email: str = "oncall@example.com"
-    queue_age_s: int = 300
-    tasks_queue_age_s: int = 1800
-    failed_executions: int = 1
-    running_utilization_pct: int = 80
-    step_errors: int = 1
-    dispatch_failures: int = 5
-    duration_pct_of_timeout: int = 80
-
-    def validate(self, where: str) -> None:
-        _require(
-            bool(_EMAIL.match(self.email)),
-            f"{where}.email",
-            f"must be an e-mail address, got {self.email!r}",
-        )
-        for name in (
-            "queue_age_s",
-            "tasks_queue_age_s",
-            "failed_executions",
-            "step_errors",
-            "dispatch_failures",
-        ):
-            value = getattr(self, name)
-            _require(value >= 1, f"{where}.{name}", f"must be >= 1, got {value}")
-        for name in ("running_utilization_pct", "duration_pct_of_timeout"):
-            value = getattr(self, name)
-            _require(1 <= value <= 100, f"{where}.{name}", f"must be 1..100, got {value}")
+    email: Email = Field("oncall@example.com", description="address subscribed to the alarm topic")
+    queue_age_s: Positive = Field(300, description="events queue: oldest message age that alarms")
+    tasks_queue_age_s: Positive = Field(
+        1800, description="tasks queue: oldest message age that alarms"
+    )
+    failed_executions: Positive = Field(
+        1, description="failed or timed-out durable executions per 5 min that alarm"
+    )
+    running_utilization_pct: Percent = Field(
+        80, description="running durable executions as % of quota that alarms"
+    )
+    step_errors: Positive = Field(1, description="step handler errors per 5 min that alarm")
+    dispatch_failures: Positive = Field(
+        5, description="worker 503 answers (could not start a workflow) per 5 min that alarm"
+    )
+    duration_pct_of_timeout: Percent = Field(
+        80, description="step duration (p99) as % of its timeout that alarms"
+    )
 
 
-@dataclass(frozen=True)
-class EnvConfig:
-    """Everything that differs between dev, staging and prod."""
+def _include_aws_solutions(packs: tuple[CompliancePack, ...]) -> tuple[CompliancePack, ...]:
+    if "AwsSolutions" not in packs:
+        raise ValueError(f"must include AwsSolutions, got {packs}")
+    return packs
 
-    name: str
-    region: str = "eu-west-1"
-    account: str | None = None
-    retain_data: bool = False
-    termination_protection: bool = False
-    # The account's Lambda concurrency quota (Service Quotas L-B99A9384; new accounts may get
-    # less than the default 1,000): every reservation comes out of it (docs/runbook.md).
-    account_concurrency_quota: int = 1000
-    log_retention_days: int = 30
-    compliance_packs: tuple[str, ...] = ("AwsSolutions",)
-    events_queue: QueueConfig = QueueConfig()
-    tasks_queue: QueueConfig = QueueConfig(visibility_timeout_s=900, max_receive_count=3)
-    network: NetworkConfig = NetworkConfig()
-    worker: WorkerConfig = WorkerConfig()
-    workflows: WorkflowConfig = WorkflowConfig()
-    broker: BrokerConfig | None = None
-    alarms: AlarmConfig = AlarmConfig()
 
-    def __post_init__(self) -> None:
-        self.validate()
+class EnvConfig(_Settings):
+    """Everything that differs between dev, staging and prod.
 
-    def validate(self) -> None:
-        n = self.name
-        _require(
-            bool(re.fullmatch(r"[a-z][a-z0-9]{1,15}", n)),
-            "name",
-            f"must be 2-16 lowercase letters/digits starting with a letter, got {n!r}",
-        )
-        _require(bool(_REGION.match(self.region)), f"{n}.region", f"not a region: {self.region!r}")
-        _require(
-            self.account is None or bool(_ACCOUNT.match(self.account)),
-            f"{n}.account",
-            f"must be a 12-digit AWS account id or None, got {self.account!r}",
-        )
-        _require(
-            self.log_retention_days in EB_LOG_RETENTION_DAYS,
-            f"{n}.log_retention_days",
+    `EnvConfig(name=..., <setting>=..., <section>=dict(...))` validates and raises ConfigError;
+    give sections as dicts, so an error names the whole path (a section built on its own cannot
+    know its environment). `replace()` derives a changed, validated copy.
+    """
+
+    name: EnvName = Field(description="the environment's name (stacks are named Sluice-<name>-…)")
+    region: Region = Field("eu-west-1", description="AWS region of both stacks")
+    account: AccountId | None = Field(
+        None, description="AWS account (None: the CLI's current account)"
+    )
+    retain_data: bool = Field(
+        False, description="RETAIN stateful resources on stack deletion (else DESTROY)"
+    )
+    termination_protection: bool = Field(
+        False, description="CloudFormation termination protection on both stacks"
+    )
+    # Service Quotas L-B99A9384; new accounts may get less than the default 1,000 (docs/runbook.md).
+    account_concurrency_quota: int = Field(
+        1000,
+        description="the account's Lambda concurrency quota; reservations must "
+        "leave 100 of it unreserved (checked at synth)",
+    )
+    log_retention_days: Annotated[
+        int,
+        _one_of(
+            EB_LOG_RETENTION_DAYS,
             "the Lambda log groups (CloudWatch Logs) and the worker's streamed logs (Elastic "
-            f"Beanstalk) both keep it: one of {EB_LOG_RETENTION_DAYS}, got {self.log_retention_days}",
-        )
-        _require(
-            "AwsSolutions" in self.compliance_packs
-            and set(self.compliance_packs) <= set(COMPLIANCE_PACKS),
-            f"{n}.compliance_packs",
-            f"must include AwsSolutions and only packs of {COMPLIANCE_PACKS}, "
-            f"got {self.compliance_packs}",
-        )
-        self.events_queue.validate(f"{n}.events_queue")
-        self.tasks_queue.validate(f"{n}.tasks_queue")
-        self.network.validate(f"{n}.network")
-        self.worker.validate(f"{n}.worker")
-        self.workflows.validate(f"{n}.workflows")
-        if self.broker is not None:
-            self.broker.validate(f"{n}.broker")
-        self.alarms.validate(f"{n}.alarms")
+            "Beanstalk) both keep it: one of",
+        ),
+    ] = Field(30, description="retention of every log group (Lambda, worker, flow logs default)")
+    # A list is as good as a tuple here: what a newcomer types for "these packs".
+    compliance_packs: Annotated[
+        tuple[CompliancePack, ...], AfterValidator(_include_aws_solutions)
+    ] = Field(
+        ("AwsSolutions",),
+        strict=False,
+        description="cdk-nag packs run at synth; any finding fails synth",
+    )
+    events_queue: QueueConfig = Field(QueueConfig(), description="events queue and its DLQ")
+    tasks_queue: QueueConfig = Field(
+        QueueConfig(visibility_timeout_s=900, max_receive_count=3),
+        description="tasks queue (heavy steps) and its DLQ",
+    )
+    network: NetworkConfig = Field(NetworkConfig(), description="the worker's VPC")
+    worker: WorkerConfig = Field(
+        WorkerConfig(), description="Elastic Beanstalk worker environment and sqsd"
+    )
+    # A factory: pydantic deep-copies an unhashable default, and the steps' read-only mapping
+    # cannot be copied.
+    workflows: WorkflowConfig = Field(
+        default_factory=WorkflowConfig, description="durable workflows and step handler Lambdas"
+    )
+    broker: BrokerConfig | None = Field(
+        None,
+        description="Amazon MQ for RabbitMQ (None: no broker, cron.yaml drives periodic tasks)",
+    )
+    alarms: AlarmConfig = Field(AlarmConfig(), description="alarm e-mail and thresholds")
+
+    def __init__(self, **settings: Any) -> None:
+        try:
+            super().__init__(**settings)
+        except ValidationError as err:
+            raise ConfigError(_explain(err, settings.get("name"))) from None
+
+    @model_validator(mode="after")
+    def _settings_agree(self) -> Self:
         reserved = self.workflows.reserved_concurrency()
-        _require(
-            reserved <= self.account_concurrency_quota - LAMBDA_UNRESERVED_MIN,
-            f"{n}.account_concurrency_quota",
-            f"({self.account_concurrency_quota}) must hold the {reserved} concurrent executions "
-            f"the functions reserve (workflows.orchestrator, workflows.steps) plus the "
-            f"{LAMBDA_UNRESERVED_MIN} Lambda keeps unreserved: raise the quota first "
-            "(docs/runbook.md#before-the-first-deploy) or reserve less",
-        )
+        if reserved > self.account_concurrency_quota - LAMBDA_UNRESERVED_MIN:
+            _fail(
+                "account_concurrency_quota",
+                f"({self.account_concurrency_quota}) must hold the {reserved} concurrent "
+                f"executions the functions reserve (workflows.orchestrator, workflows.steps) "
+                f"plus the {LAMBDA_UNRESERVED_MIN} Lambda keeps unreserved: raise the quota "
+                "first (docs/runbook.md#before-the-first-deploy) or reserve less",
+            )
         # sqsd keeps a message invisible while the worker handles it: if the queue (or sqsd's
         # VisibilityTimeout, which we set from the queue) expired first, a second instance would
         # receive the same message while the first still works on it.
-        _require(
-            self.events_queue.visibility_timeout_s >= self.worker.processing_timeout_s,
-            f"{n}.events_queue.visibility_timeout_s",
-            f"({self.events_queue.visibility_timeout_s} s) must be >= "
-            f"worker.processing_timeout_s ({self.worker.processing_timeout_s} s)",
-        )
-        _require(
-            self.worker.error_visibility_timeout_s <= self.events_queue.visibility_timeout_s,
-            f"{n}.worker.error_visibility_timeout_s",
-            f"({self.worker.error_visibility_timeout_s} s) must be <= "
-            f"events_queue.visibility_timeout_s ({self.events_queue.visibility_timeout_s} s)",
-        )
+        queue, worker = self.events_queue, self.worker
+        if queue.visibility_timeout_s < worker.processing_timeout_s:
+            _fail(
+                "events_queue.visibility_timeout_s",
+                f"({queue.visibility_timeout_s} s) must be >= "
+                f"worker.processing_timeout_s ({worker.processing_timeout_s} s)",
+            )
+        if worker.error_visibility_timeout_s > queue.visibility_timeout_s:
+            _fail(
+                "worker.error_visibility_timeout_s",
+                f"({worker.error_visibility_timeout_s} s) must be <= "
+                f"events_queue.visibility_timeout_s ({queue.visibility_timeout_s} s)",
+            )
+        return self
 
     @property
     def data_key(self) -> bool:
@@ -439,34 +450,97 @@ class EnvConfig:
         return naming.prefix(self.name)
 
 
-_STEP_SIZES = MappingProxyType(
-    {
-        "fetch_audio_metadata": FunctionConfig(memory_mb=512, timeout_s=60),
-        "start_transcription": FunctionConfig(memory_mb=256, timeout_s=30),
-        "check_transcription": FunctionConfig(memory_mb=256, timeout_s=30),
-        "parse_save_transcription": FunctionConfig(memory_mb=1024, timeout_s=300),
-        "notify_user": FunctionConfig(memory_mb=256, timeout_s=30),
-        "on_failure": FunctionConfig(memory_mb=256, timeout_s=30),
+def replace(cfg: EnvConfig, **changes: Any) -> EnvConfig:
+    """`cfg` with `changes`, validated again (`model_copy(update=...)` would not validate them)."""
+    return EnvConfig(**{**cfg.model_dump(), **changes})
+
+
+def section_of(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds (`QueueConfig`, `BrokerConfig | None`, `Mapping[str, FunctionConfig]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(section_of, get_args(annotation))), None)
+
+
+def _lookup(loc: tuple[int | str, ...]) -> tuple[type[BaseModel], FieldInfo | None]:
+    """The model that holds the setting at `loc`, and its field (None for an unknown name)."""
+    model: type[BaseModel] = EnvConfig
+    info = None
+    for part in loc:
+        if info is not None:
+            model = section_of(info.annotation) or model
+        # A part that is no field is a key (a step's name) or an index: the model stays.
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+    return model, info
+
+
+def _bounds(info: FieldInfo | None, ctx: dict[str, Any]) -> str:
+    """The field's range: pydantic's error gives only the bound that was crossed (`ctx`)."""
+    limits = dict(ctx)
+    for constraint in info.metadata if info else ():
+        limits.update({k: getattr(constraint, k) for k in ("ge", "le") if hasattr(constraint, k)})
+    if "ge" in limits and "le" in limits:
+        return f"must be between {limits['ge']} and {limits['le']}"
+    return f"must be >= {limits['ge']}" if "ge" in limits else f"must be <= {limits['le']}"
+
+
+def _describe(error: ErrorDetails) -> tuple[tuple[int | str, ...], str]:
+    """Where the error is (a path under EnvConfig) and what to say about it."""
+    loc, kind, ctx = error["loc"], error["type"], error.get("ctx", {})
+    if kind == "setting":  # a rule between settings (_fail): its message is whole
+        return loc + tuple(ctx["setting"].split(".")), ctx["message"]
+    if kind == "value_error":  # a constraint of ours (_fullmatch, _one_of, ...): whole too
+        return loc, str(ctx["error"])
+    if kind == "extra_forbidden":
+        model, _ = _lookup(loc)
+        return loc, f"unknown setting (known: {', '.join(model.model_fields)})"
+    if kind == "missing":
+        return loc, "required"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        what = _bounds(_lookup(loc)[1], ctx)
+    else:  # a wrong type or choice: pydantic's words ("Input should be a valid integer")
+        what = error["msg"].replace("Input should be", "must be")
+    return loc, f"{what}, got {error['input']!r}"
+
+
+def _explain(err: ValidationError, env: Any) -> str:
+    """Every error of `err`, one per line, each `<env>.<section>.<field>: <message>`."""
+    lines = []
+    for error in err.errors():
+        loc, message = _describe(error)
+        setting = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+        # The name is every other setting's prefix: when it is wrong, there is none to give.
+        lines.append(
+            f"{setting[1:]}: {message}" if loc == ("name",) else f"{env}{setting}: {message}"
+        )
+    return "\n".join(lines)
+
+
+_STEP_SIZES: Mapping[str, Mapping[str, int]] = {
+    "fetch_audio_metadata": {"memory_mb": 512, "timeout_s": 60},
+    "start_transcription": {"memory_mb": 256, "timeout_s": 30},
+    "check_transcription": {"memory_mb": 256, "timeout_s": 30},
+    "parse_save_transcription": {"memory_mb": 1024, "timeout_s": 300},
+    "notify_user": {"memory_mb": 256, "timeout_s": 30},
+    "on_failure": {"memory_mb": 256, "timeout_s": 30},
+}
+
+
+def _reserved(concurrency: int) -> dict[str, dict[str, int]]:
+    return {
+        name: {**size, "reserved_concurrency": concurrency} for name, size in _STEP_SIZES.items()
     }
-)
 
 
-def _reserved(concurrency: int) -> Mapping[str, FunctionConfig]:
-    return MappingProxyType(
-        {
-            name: FunctionConfig(fn.memory_mb, fn.timeout_s, reserved_concurrency=concurrency)
-            for name, fn in _STEP_SIZES.items()
-        }
-    )
-
-
+# Sections are plain dicts (validated into their models), so an error names the whole setting,
+# e.g. `prod.events_queue.max_receive_count`. A section given replaces all of its defaults.
 ENVIRONMENTS: Mapping[str, EnvConfig] = MappingProxyType(
     {
         "dev": EnvConfig(
             name="dev",
             log_retention_days=14,
-            workflows=WorkflowConfig(execution_timeout_days=7, retention_days=7, steps=_STEP_SIZES),
-            alarms=AlarmConfig(email="sluice-dev@example.com", queue_age_s=900),
+            workflows=dict(execution_timeout_days=7, retention_days=7, steps=_STEP_SIZES),
+            alarms=dict(email="sluice-dev@example.com", queue_age_s=900),
         ),
         # Staging rehearses prod: the same keys and compliance packs, so every KMS permission
         # path and every pack's rule is first exercised here; a smaller broker, fewer instances.
@@ -474,13 +548,13 @@ ENVIRONMENTS: Mapping[str, EnvConfig] = MappingProxyType(
             name="staging",
             log_retention_days=30,
             compliance_packs=COMPLIANCE_PACKS,
-            events_queue=QueueConfig(max_receive_count=5, customer_managed_key=True),
-            tasks_queue=QueueConfig(
+            events_queue=dict(max_receive_count=5, customer_managed_key=True),
+            tasks_queue=dict(
                 visibility_timeout_s=900, max_receive_count=3, customer_managed_key=True
             ),
-            workflows=WorkflowConfig(steps=_STEP_SIZES),
-            broker=BrokerConfig(instance_type="mq.m7g.medium", deployment_mode="SINGLE_INSTANCE"),
-            alarms=AlarmConfig(email="sluice-staging@example.com"),
+            workflows=dict(steps=_STEP_SIZES),
+            broker=dict(instance_type="mq.m7g.medium", deployment_mode="SINGLE_INSTANCE"),
+            alarms=dict(email="sluice-staging@example.com"),
         ),
         "prod": EnvConfig(
             name="prod",
@@ -488,17 +562,15 @@ ENVIRONMENTS: Mapping[str, EnvConfig] = MappingProxyType(
             termination_protection=True,
             log_retention_days=365,
             compliance_packs=COMPLIANCE_PACKS,
-            events_queue=QueueConfig(max_receive_count=5, customer_managed_key=True),
-            tasks_queue=QueueConfig(
+            events_queue=dict(max_receive_count=5, customer_managed_key=True),
+            tasks_queue=dict(
                 visibility_timeout_s=900, max_receive_count=3, customer_managed_key=True
             ),
-            network=NetworkConfig(max_azs=2, nat_gateways=2, flow_log_retention_days=365),
-            worker=WorkerConfig(min_instances=2, max_instances=6, http_connections=20),
-            workflows=WorkflowConfig(
-                execution_timeout_days=365, retention_days=30, steps=_reserved(10)
-            ),
-            broker=BrokerConfig(instance_type="mq.m7g.large", deployment_mode="CLUSTER_MULTI_AZ"),
-            alarms=AlarmConfig(email="sluice-oncall@example.com", queue_age_s=300),
+            network=dict(max_azs=2, nat_gateways=2, flow_log_retention_days=365),
+            worker=dict(min_instances=2, max_instances=6, http_connections=20),
+            workflows=dict(execution_timeout_days=365, retention_days=30, steps=_reserved(10)),
+            broker=dict(instance_type="mq.m7g.large", deployment_mode="CLUSTER_MULTI_AZ"),
+            alarms=dict(email="sluice-oncall@example.com", queue_age_s=300),
         ),
     }
 )

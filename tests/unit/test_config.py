@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
 
+import pydantic
 import pytest
 
 from stacks import config
-from stacks.config import (
-    AlarmConfig,
-    ConfigError,
-    EnvConfig,
-    NetworkConfig,
-    QueueConfig,
-    WorkerConfig,
-)
+from stacks.config import ConfigError, EnvConfig
 from tests.conftest import ROOT
 
 
 def test_every_environment_is_valid_and_named_after_its_key():
     for name, cfg in config.ENVIRONMENTS.items():
         assert cfg.name == name
-        cfg.validate()
+        assert config.replace(cfg) == cfg  # validated again, unchanged
 
 
 def test_default_environment_is_dev():
@@ -37,8 +30,10 @@ def test_unknown_environment_lists_the_valid_ones():
 
 
 def test_config_is_frozen():
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        config.load("dev").name = "x"  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        config.load("dev").name = "x"
+    with pytest.raises(TypeError):
+        config.load("dev").workflows.steps["on_failure"] = config.FunctionConfig()  # type: ignore[index]
 
 
 def test_prod_retains_data_and_dev_destroys_it():
@@ -49,22 +44,22 @@ def test_prod_retains_data_and_dev_destroys_it():
 @pytest.mark.parametrize(
     ("change", "setting"),
     [
-        ({"events_queue": QueueConfig(max_receive_count=0)}, "dev.events_queue.max_receive_count"),
-        ({"events_queue": QueueConfig(retention_s=30)}, "dev.events_queue.retention_s"),
-        ({"events_queue": QueueConfig(retention_s=15 * 86400)}, "dev.events_queue.retention_s"),
-        ({"events_queue": QueueConfig(dlq_retention_s=59)}, "dev.events_queue.dlq_retention_s"),
+        ({"events_queue": {"max_receive_count": 0}}, "dev.events_queue.max_receive_count"),
+        ({"events_queue": {"retention_s": 30}}, "dev.events_queue.retention_s"),
+        ({"events_queue": {"retention_s": 15 * 86400}}, "dev.events_queue.retention_s"),
+        ({"events_queue": {"dlq_retention_s": 59}}, "dev.events_queue.dlq_retention_s"),
         (
-            {"events_queue": QueueConfig(retention_s=86400, dlq_retention_s=3600)},
+            {"events_queue": {"retention_s": 86400, "dlq_retention_s": 3600}},
             "dev.events_queue.dlq_retention_s",
         ),
         (
-            {"events_queue": QueueConfig(visibility_timeout_s=30)},
+            {"events_queue": {"visibility_timeout_s": 30}},
             "dev.events_queue.visibility_timeout_s",
         ),
-        ({"alarms": AlarmConfig(email="not-an-address")}, "dev.alarms.email"),
-        ({"alarms": AlarmConfig(email="a@b")}, "dev.alarms.email"),
-        ({"worker": WorkerConfig(http_connections=0)}, "dev.worker.http_connections"),
-        ({"worker": WorkerConfig(min_instances=3, max_instances=2)}, "dev.worker.min_instances"),
+        ({"alarms": {"email": "not-an-address"}}, "dev.alarms.email"),
+        ({"alarms": {"email": "a@b"}}, "dev.alarms.email"),
+        ({"worker": {"http_connections": 0}}, "dev.worker.http_connections"),
+        ({"worker": {"min_instances": 3, "max_instances": 2}}, "dev.worker.min_instances"),
         ({"log_retention_days": 42}, "dev.log_retention_days"),
         ({"compliance_packs": ("NIST80053R5",)}, "dev.compliance_packs"),
         ({"account": "123"}, "dev.account"),
@@ -80,8 +75,8 @@ def test_visibility_timeout_shorter_than_processing_timeout_explains_both():
     with pytest.raises(ConfigError) as err:
         EnvConfig(
             name="dev",
-            events_queue=QueueConfig(visibility_timeout_s=100),
-            worker=WorkerConfig(processing_timeout_s=200),
+            events_queue={"visibility_timeout_s": 100},
+            worker={"processing_timeout_s": 200},
         )
     message = str(err.value)
     assert "events_queue.visibility_timeout_s" in message
@@ -110,7 +105,7 @@ def test_log_retention_must_be_one_elastic_beanstalk_accepts_too():
     with pytest.raises(ConfigError, match=r"^dev.log_retention_days: .*Elastic Beanstalk"):
         EnvConfig(name="dev", log_retention_days=1096)
     # The flow logs go to CloudWatch Logs only, which accepts it.
-    assert EnvConfig(name="dev", network=NetworkConfig(flow_log_retention_days=1096))
+    assert EnvConfig(name="dev", network={"flow_log_retention_days": 1096})
 
 
 def test_reserved_concurrency_must_leave_lambdas_unreserved_pool_in_the_account_quota():
@@ -119,13 +114,116 @@ def test_reserved_concurrency_must_leave_lambdas_unreserved_pool_in_the_account_
     assert reserved == 60
     # A new account's reduced quota cannot hold prod's reservations and Lambda's 100 unreserved.
     with pytest.raises(ConfigError) as err:
-        dataclasses.replace(prod, account_concurrency_quota=150)
+        config.replace(prod, account_concurrency_quota=150)
     assert str(err.value).startswith("prod.account_concurrency_quota:"), str(err.value)
     assert "60" in str(err.value) and "100" in str(err.value)
-    assert dataclasses.replace(prod, account_concurrency_quota=160).account_concurrency_quota == 160
+    assert config.replace(prod, account_concurrency_quota=160).account_concurrency_quota == 160
 
 
 @pytest.mark.parametrize("branch", ["", "64bit Amazon Linux 2023 v4.7.3 running Python 3.13"])
 def test_the_platform_is_a_branch_not_a_pinned_version(branch):
     with pytest.raises(ConfigError, match=r"^dev.worker.platform_branch: .*running on"):
-        EnvConfig(name="dev", worker=WorkerConfig(platform_branch=branch))
+        EnvConfig(name="dev", worker={"platform_branch": branch})
+
+
+# What pydantic adds: a typo of type or of name fails with the setting named, where the
+# dataclasses took it (True or "5" for an int, "false" for a bool, a trailing newline).
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # a bool is an int to Python: True would have been 1 receive
+        ({"events_queue": {"max_receive_count": True}}, "dev.events_queue.max_receive_count: "),
+        (
+            {"alarms": {"queue_age_s": "300"}},
+            "dev.alarms.queue_age_s: must be a valid integer, got '300'",
+        ),
+        ({"worker": {"max_instances": 2.5}}, "dev.worker.max_instances: must be a valid integer"),
+        # a non-empty string is truthy: "false" would have retained dev's data
+        ({"retain_data": "false"}, "dev.retain_data: must be a valid boolean, got 'false'"),
+        ({"log_retention_days": True}, "dev.log_retention_days: must be a valid integer"),
+        ({"events_queue": None}, "dev.events_queue: must be a valid dictionary"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_the_setting(change, message):
+    with pytest.raises(ConfigError) as err:
+        EnvConfig(name="dev", **change)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"retian_data": True}, "dev.retian_data: unknown setting (known: name, region,"),
+        (
+            {"events_queue": {"max_recieve_count": 3}},
+            "dev.events_queue.max_recieve_count: unknown setting (known: max_receive_count,",
+        ),
+        (
+            {"workflows": {"steps": {"on_failure": {"memory": 512}}}},
+            "dev.workflows.steps.on_failure.memory: unknown setting (known: memory_mb,",
+        ),
+        # a step's sizing under a misspelled name would silently size nothing
+        (
+            {"workflows": {"steps": {"fetch_audio_metdata": {"memory_mb": 512}}}},
+            "dev.workflows.steps: unknown step 'fetch_audio_metdata'; the steps are fetch_audio_",
+        ),
+    ],
+)
+def test_a_misspelled_setting_names_it_and_the_known_ones(change, message):
+    with pytest.raises(ConfigError) as err:
+        EnvConfig(name="dev", **change)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "setting"),
+    [
+        ({"alarms": {"email": "oncall@example.com\n"}}, "dev.alarms.email"),
+        ({"region": "eu-west-1\n"}, "dev.region"),
+        ({"account": "123456789012\n"}, "dev.account"),
+        ({"broker": {"maintenance_time_utc": "04:00\n"}}, "dev.broker.maintenance_time_utc"),
+        ({"worker": {"http_path": "/\n"}}, "dev.worker.http_path"),
+    ],
+)
+def test_a_pattern_matches_the_whole_value_not_up_to_a_trailing_newline(change, setting):
+    # re's `$` also matches before a final newline; the patterns are matched in full.
+    with pytest.raises(ConfigError, match=rf"^{setting}: must be .*\\n'$"):
+        EnvConfig(name="dev", **change)
+
+
+def test_a_range_names_both_bounds_and_the_value():
+    with pytest.raises(ConfigError) as err:
+        EnvConfig(name="dev", events_queue={"max_receive_count": 0})
+    assert str(err.value) == "dev.events_queue.max_receive_count: must be between 1 and 1000, got 0"
+
+
+def test_every_wrong_setting_is_named_one_per_line():
+    with pytest.raises(ConfigError) as err:
+        EnvConfig(name="dev", network={"max_azs": 1}, alarms={"email": "x", "step_errors": 0})
+    assert str(err.value).splitlines() == [
+        "dev.network.max_azs: must be >= 2, got 1",
+        "dev.alarms.email: must be an e-mail address, got 'x'",
+        "dev.alarms.step_errors: must be >= 1, got 0",
+    ]
+
+
+def test_an_impossible_name_is_named_without_an_environment():
+    with pytest.raises(ConfigError, match=r"^name: must be 2-16 lowercase letters"):
+        EnvConfig(name="Dev")
+
+
+def test_rabbitmq_4_needs_a_graviton_broker():
+    with pytest.raises(
+        ConfigError, match=r"^dev.broker.instance_type: RabbitMQ 4.2 runs only on mq.m7g"
+    ):
+        EnvConfig(name="dev", broker={"instance_type": "mq.m5.large"})
+    assert EnvConfig(name="dev", broker={"instance_type": "mq.m5.large", "engine_version": "3.13"})
+
+
+def test_replace_validates_what_model_copy_would_not():
+    dev = config.load("dev")
+    # model_copy(update=...) builds the copy without validating it: replace() is the way.
+    assert dev.model_copy(update={"log_retention_days": 42}).log_retention_days == 42
+    with pytest.raises(ConfigError, match=r"^dev.log_retention_days: "):
+        config.replace(dev, log_retention_days=42)
+    assert config.replace(dev, worker={"min_instances": 2}).worker.min_instances == 2

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from stacks.config import ConfigError, EnvConfig, NetworkConfig
+from stacks.config import ConfigError, EnvConfig
 
 
 def test_a_flow_log_retention_cloudwatch_refuses_names_the_setting():
     with pytest.raises(ConfigError, match=r"^x1\.network\.flow_log_retention_days: "):
-        EnvConfig(name="x1", network=NetworkConfig(flow_log_retention_days=45))
+        EnvConfig(name="x1", network={"flow_log_retention_days": 45})
 
 
 def test_more_nat_gateways_than_zones_names_the_setting():
     with pytest.raises(ConfigError, match=r"^x1\.network\.nat_gateways: "):
-        EnvConfig(name="x1", network=NetworkConfig(max_azs=2, nat_gateways=3))
+        EnvConfig(name="x1", network={"max_azs": 2, "nat_gateways": 3})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stacks import config_doc
+from stacks import config, config_doc
 from tests.conftest import ROOT
 
 
@@ -17,3 +17,18 @@ def test_every_setting_is_documented():
     for setting, doc, cells in config_doc.rows():
         assert doc, setting
         assert len(cells) == len(config_doc.ENVIRONMENTS)
+
+
+def _models(model=config.EnvConfig):
+    yield model
+    for info in model.model_fields.values():
+        if (section := config.section_of(info.annotation)) is not None:
+            yield from _models(section)
+
+
+def test_every_field_of_every_section_has_a_description():
+    # The descriptions are the README's table: a setting without one is undocumented.
+    for model in _models():
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name}"
+    assert config.FunctionConfig in set(_models())
