@@ -11,7 +11,7 @@ import pika
 import pytest
 
 import sluice.cli  # noqa: F401 - loads sluice.cli.schedules
-from local.rabbitmq_node import RabbitMQMissing, RabbitNode
+from devtools.rabbitmq import RabbitMQMissing, RabbitNode
 from worker.scheduler.registry import PeriodicTask, Registry
 from worker.scheduler.schedule import Every
 from worker.scheduler.topology import Names
