@@ -63,9 +63,9 @@ def code_bundle(kind: str, name: str) -> lambda_.Code:
     bundle = stage_bundle(
         f"{kind}-{name}",
         {
-            "lambdas": LAMBDAS / "__init__.py",
+            "lambdas/__init__.py": LAMBDAS / "__init__.py",
             "lambdas/common": LAMBDAS / "common",
-            f"lambdas/{kind}": LAMBDAS / kind / "__init__.py",
+            f"lambdas/{kind}/__init__.py": LAMBDAS / kind / "__init__.py",
             f"lambdas/{kind}/{name}": LAMBDAS / kind / name,
             "sluice": ROOT / "sluice",
         },
