@@ -67,10 +67,10 @@ synth-all:
 ## account: uploads a generated sermon, shows the job live, exits 0 when every output is there.
 ## make local-up: the same, then keeps running for the `sluice` CLI (it prints the exports).
 local: $(VENV)/.dev
-	$(PY) -m local
+	$(PY) -m devtools.local
 
 local-up: $(VENV)/.dev
-	$(PY) -m local --up
+	$(PY) -m devtools.local --up
 
 ## make test: lint, type-check and run every test
 test: setup-dev lint typecheck

@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 import pika  # noqa: E402
 
-from local.rabbitmq_node import RabbitNode  # noqa: E402
+from devtools.rabbitmq import RabbitNode  # noqa: E402
+from devtools.stats import percentile  # noqa: E402
 from sluice.scheduling.names import Names, expiration_ms  # noqa: E402
 from sluice.scheduling.registry import PeriodicTask, Registry, Tick  # noqa: E402
 from sluice.scheduling.schedule import Every  # noqa: E402
-from tests.integration.scheduling import percentile  # noqa: E402
 from worker.scheduler.runner import Scheduler  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 gunicorn serves worker.app exactly as the Procfile says; a load generator POSTs sqsd-shaped
 requests (sqsd's headers, one distinct valid event each) over `--connections` keep-alive
-connections; Lambda's Invoke is answered at once by worker.local_lambda in its own process (its
+connections; Lambda's Invoke is answered at once by devtools.lambda_fake in its own process (its
 CPU is not counted). CPU per event is the user+system time of gunicorn's master and workers
 during a run, divided by the events handled; of `--repeat` runs the best is reported (all are
 listed). `--floor` measures gunicorn's own cost per request (GET /health on the same server).
@@ -17,7 +17,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,16 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devtools.local.processes import procfile  # noqa: E402
+from devtools.ports import free_port  # noqa: E402
 from sluice import naming  # noqa: E402
 from sluice.envelope import Event  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -134,12 +129,13 @@ def main() -> None:
     lambda_port, web_port = free_port(), free_port()
     python = sys.executable
     fake = subprocess.Popen(
-        [python, "-m", "worker.local_lambda", "--port", str(lambda_port), "--no-record"],
+        [python, "-m", "devtools.lambda_fake", "--port", str(lambda_port), "--no-record"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
-    procfile = (ROOT / "worker" / "Procfile").read_text().splitlines()
-    web_cmd = next(line.split(":", 1)[1].strip() for line in procfile if line.startswith("web:"))
+    web_cmd = procfile("web")
+    if web_cmd is None:
+        raise SystemExit("worker/Procfile has no web process")
     env = {
         **os.environ,
         "PATH": f"{Path(python).parent}{os.pathsep}{os.environ.get('PATH', '')}",

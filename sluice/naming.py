@@ -16,6 +16,30 @@ def prefix(env: str) -> str:
     return f"{PROJECT}-{env}"
 
 
+# The queues of an environment (stacks/stateful.py), each with its dead-letter queue.
+QUEUES = ("events", "tasks")
+DLQ_SUFFIX = "-dlq"
+
+
+def queue_name(env: str, queue: str, *, dlq: bool = False) -> str:
+    """`queue_name("prod", "events")` -> `Sluice-prod-events`; with `dlq`, `Sluice-prod-events-dlq`."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}: one of {', '.join(QUEUES)}")
+    name = f"{prefix(env)}-{queue}"
+    return dead_letter_queue_name(name) if dlq else name
+
+
+def dead_letter_queue_name(queue_name: str) -> str:
+    """The name of the dead-letter queue of the queue named `queue_name`."""
+    return queue_name + DLQ_SUFFIX
+
+
+def media_bucket(env: str, account: str, region: str) -> str:
+    """The media bucket's name: fixed per environment, account and region, so every stack (and
+    `make local`) can name it without a cross-stack export, e.g. `sluice-prod-media-<account>-<region>`."""
+    return f"{prefix(env).lower()}-media-{account}-{region}"
+
+
 def lambda_log_groups(env: str) -> str:
     """The prefix of every Lambda log group of the environment."""
     return f"/aws/lambda/{prefix(env)}-"

@@ -29,9 +29,9 @@ from botocore.exceptions import (
 
 from sluice import catalog, naming
 
-# The queues an operator names on the command line (`--queue events|tasks`) and their AWS names:
-# stacks/stateful.py names them `Sluice-<env>-<queue>` and `…-dlq` (stacks/queues.py).
-QUEUES = ("events", "tasks")
+# The queues an operator names on the command line (`--queue events|tasks`); their AWS names are
+# sluice.naming's, as the stacks name them.
+QUEUES = naming.QUEUES
 # CloudFormation outputs the CLI reads when no explicit name is given (the stacks write them).
 JOBS_TABLE_OUTPUT = catalog.JOBS_TABLE_OUTPUT
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -40,12 +40,6 @@ T = TypeVar("T")
 
 
 prefix = naming.prefix
-
-
-def queue_name(env: str, queue: str, *, dlq: bool = False) -> str:
-    if queue not in QUEUES:
-        raise click.BadParameter(f"unknown queue {queue!r}: choose one of {', '.join(QUEUES)}")
-    return f"{prefix(env)}-{queue}{'-dlq' if dlq else ''}"
 
 
 workflow_output_key = catalog.workflow_output
@@ -109,7 +103,10 @@ class Aws:
     # -- resources ------------------------------------------------------------------------------
 
     def queue_url(self, queue: str, *, dlq: bool = False) -> str:
-        name = queue_name(self.env, queue, dlq=dlq)
+        try:
+            name = naming.queue_name(self.env, queue, dlq=dlq)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
         try:
             return str(self.client("sqs").get_queue_url(QueueName=name)["QueueUrl"])
         except ClientError as exc:

@@ -26,9 +26,7 @@ EXCLUDE_PATHS: tuple[str, ...] = ()
 
 
 def _files(src: Path) -> Iterable[tuple[str, Path]]:
-    if src.is_file():
-        yield src.name, src
-        return
+    """(path relative to `src`, file) of every file under directory `src` that ships."""
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDE_DIRS)
         for name in sorted(filenames):
@@ -38,19 +36,31 @@ def _files(src: Path) -> Iterable[tuple[str, Path]]:
             yield path.relative_to(src).as_posix(), path
 
 
-def bundle_files(parts: Mapping[str, Path]) -> dict[str, Path]:
-    """Destination path in the bundle -> source file, for `parts` (destination dir -> source).
+def _excluded(target: str, paths: Iterable[str]) -> bool:
+    """Whether bundle path `target` is one of `paths` (a file, or a directory and all below it)."""
+    return any(target == p.rstrip("/") or target.startswith(p.rstrip("/") + "/") for p in paths)
 
-    A destination of "" or "." puts a part's contents at the bundle root.
+
+def bundle_files(parts: Mapping[str, Path], *, exclude: Iterable[str] = ()) -> dict[str, Path]:
+    """Destination path in the bundle -> source file, for `parts` (destination -> source).
+
+    A directory part lands under its destination ("" or "." is the bundle root); a file part is
+    copied to its destination path. Bundle paths in `exclude` (and EXCLUDE_PATHS) are not shipped.
     """
+    skip = (*EXCLUDE_PATHS, *exclude)
     files: dict[str, Path] = {}
     for dest, src in parts.items():
         if not src.exists():
             raise FileNotFoundError(f"bundle part {dest!r}: {src} does not exist")
-        prefix = "" if dest in ("", ".") else dest.strip("/") + "/"
-        for rel, path in _files(src):
-            target = prefix + rel if src.is_dir() else (prefix or "") + rel
-            if target.startswith(EXCLUDE_PATHS):
+        prefix = "" if dest in ("", ".") else dest.strip("/")
+        if src.is_file():
+            if not prefix:
+                raise ValueError(f"bundle: file part {src} needs its destination path")
+            entries: Iterable[tuple[str, Path]] = [(prefix, src)]
+        else:
+            entries = ((f"{prefix}/{rel}" if prefix else rel, path) for rel, path in _files(src))
+        for target, path in entries:
+            if _excluded(target, skip):
                 continue
             if target in files:
                 raise ValueError(f"bundle: {target} comes from both {files[target]} and {path}")
@@ -58,9 +68,12 @@ def bundle_files(parts: Mapping[str, Path]) -> dict[str, Path]:
     return files
 
 
-def stage_bundle(name: str, parts: Mapping[str, Path], *, build_dir: Path = BUILD) -> Path:
-    """Assemble `parts` into `build_dir/<name>-<content hash>` (reused when it exists)."""
-    files = bundle_files(parts)
+def stage_bundle(
+    name: str, parts: Mapping[str, Path], *, exclude: Iterable[str] = (), build_dir: Path = BUILD
+) -> Path:
+    """Assemble `parts` (less `exclude`, see `bundle_files`) into `build_dir/<name>-<content hash>`
+    (reused when it exists)."""
+    files = bundle_files(parts, exclude=exclude)
     digest = hashlib.sha256()
     for rel in sorted(files):
         digest.update(rel.encode() + b"\0")

@@ -14,7 +14,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from sluice import catalog
+from sluice import catalog, naming
 from stacks.config import EnvConfig
 from stacks.media_store import TRANSCRIPTS, UPLOADS, MediaStore, media_objects_arn
 from stacks.queues import DurableQueue
@@ -142,9 +142,8 @@ class HeavySteps(Construct):
             statements=statements,
             roles=[role],
         )
-        nag_bucket = (
-            f"arn:<AWS::Partition>:s3:::{config.prefix.lower()}-media-<AWS::AccountId>-"
-            f"{config.region}"
+        nag_bucket = "arn:<AWS::Partition>:s3:::" + naming.media_bucket(
+            config.name, "<AWS::AccountId>", config.region
         )
         reasons = {
             f"{nag_bucket}/{UPLOADS}*": "Uploaded audio to transcode, read-only.",

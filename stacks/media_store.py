@@ -10,7 +10,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from sluice import catalog
+from sluice import catalog, naming
 from stacks.compliance import GUARD
 from stacks.config import EnvConfig
 
@@ -25,7 +25,7 @@ ACCESS_LOG_PREFIX = "media/"
 def media_bucket_name(config: EnvConfig) -> str:
     """The media bucket's name: fixed per environment, account and region, so other stacks can
     name it (and its key prefixes in IAM policies) without a cross-stack export."""
-    return f"{config.prefix.lower()}-media-{Aws.ACCOUNT_ID}-{config.region}"
+    return naming.media_bucket(config.name, Aws.ACCOUNT_ID, config.region)
 
 
 def media_objects_arn(config: EnvConfig, prefix: str) -> str:

@@ -7,6 +7,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from sluice import naming
 from stacks.config import QueueConfig
 
 
@@ -41,7 +42,7 @@ class DurableQueue(Construct):
         self.dlq = sqs.Queue(
             self,
             "Dlq",
-            queue_name=f"{queue_name}-dlq",
+            queue_name=naming.dead_letter_queue_name(queue_name),
             retention_period=Duration.seconds(config.dlq_retention_s),
             enforce_ssl=True,
             removal_policy=removal_policy,

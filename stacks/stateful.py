@@ -6,7 +6,7 @@ from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
-from sluice import catalog
+from sluice import catalog, naming
 from stacks.broker import Broker
 from stacks.config import EnvConfig
 from stacks.keys import allow_log_encryption, customer_key
@@ -42,7 +42,7 @@ class StatefulStack(Stack):
         self.events = DurableQueue(
             self,
             "Events",
-            queue_name=f"{config.prefix}-events",
+            queue_name=naming.queue_name(config.name, "events"),
             config=config.events_queue,
             removal_policy=removal,
             key=self.key,
@@ -51,7 +51,7 @@ class StatefulStack(Stack):
         self.tasks = DurableQueue(
             self,
             "Tasks",
-            queue_name=f"{config.prefix}-tasks",
+            queue_name=naming.queue_name(config.name, "tasks"),
             config=config.tasks_queue,
             removal_policy=removal,
             key=self.key,

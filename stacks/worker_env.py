@@ -31,6 +31,8 @@ from stacks.queues import DurableQueue
 WORKER_DIR = ROOT / "worker"
 SQSD_MAX_RETRIES = 100
 SLUICE_DIR = ROOT / "sluice"
+# What Elastic Beanstalk reads at the application bundle's root.
+EB_ROOT_FILES = ("Procfile", "requirements.txt", "cron.yaml", ".ebextensions", ".platform")
 # EB service-role policies AWS maintains in step with the platform (enhanced health and managed
 # platform updates act on resources EB creates and names itself at environment creation), by
 # their path in AWS's list of managed policies: the two live under different paths, and a wrong
@@ -82,11 +84,19 @@ def platform_filters(branch: str) -> list[dict[str, object]]:
 def worker_bundle() -> Path:
     """The directory CDK zips and uploads as the application version.
 
-    The root holds what EB reads there (Procfile, requirements.txt, cron.yaml, .ebextensions,
-    .platform); the code is the `worker` and `sluice` packages, so every process imports them by
-    the same names as in this repository.
+    The root holds what EB reads there (EB_ROOT_FILES, kept in worker/ beside the code they start);
+    the code is the `worker` and `sluice` packages, once each, so every process imports them by
+    the same names as in this repository (tests/infra/test_bundles.py lists every file).
     """
-    return stage_bundle("worker", {".": WORKER_DIR, "worker": WORKER_DIR, "sluice": SLUICE_DIR})
+    return stage_bundle(
+        "worker",
+        {
+            **{name: WORKER_DIR / name for name in EB_ROOT_FILES},
+            "worker": WORKER_DIR,
+            "sluice": SLUICE_DIR,
+        },
+        exclude=[f"worker/{name}" for name in EB_ROOT_FILES],
+    )
 
 
 def option(namespace: str, name: str, value: object) -> eb.CfnEnvironment.OptionSettingProperty:

@@ -63,9 +63,9 @@ def code_bundle(kind: str, name: str) -> lambda_.Code:
     bundle = stage_bundle(
         f"{kind}-{name}",
         {
-            "lambdas": LAMBDAS / "__init__.py",
+            "lambdas/__init__.py": LAMBDAS / "__init__.py",
             "lambdas/common": LAMBDAS / "common",
-            f"lambdas/{kind}": LAMBDAS / kind / "__init__.py",
+            f"lambdas/{kind}/__init__.py": LAMBDAS / kind / "__init__.py",
             f"lambdas/{kind}/{name}": LAMBDAS / kind / name,
             "sluice": ROOT / "sluice",
         },
@@ -362,7 +362,9 @@ class Workflows(Construct):
         if key is not None:
             env["MEDIA_KEY_ARN"] = key.key_arn
         # How cdk-nag prints the media bucket's ARN (its name holds the account id).
-        nag_bucket = f"arn:<AWS::Partition>:s3:::{config.prefix.lower()}-media-<AWS::AccountId>-{config.region}"
+        nag_bucket = "arn:<AWS::Partition>:s3:::" + naming.media_bucket(
+            config.name, "<AWS::AccountId>", config.region
+        )
         # Spelled out (not format_arn): with cdk.json's partition-literal flag format_arn prints
         # "arn:aws:", and the acknowledgement below must name the ARN exactly as nag sees it.
         transcription_jobs = (

@@ -35,6 +35,8 @@ from typing import Any
 import boto3
 from moto.server import ThreadedMotoServer
 
+from devtools import lambda_fake
+from devtools.sqsd import SqsdDriver
 from sluice import envelope
 from sluice.envelope import Event, Task
 from tests.conftest import ROOT
@@ -50,9 +52,7 @@ from tests.worker.conftest import (
     stop_web,
     worker_env,
 )
-from worker import local_lambda
 from worker.heavy.common import SCRATCH_PREFIX
-from worker.sqsd_local import SqsdDriver
 
 # Receives before SQS's redrive: high, so that the run measures the worker (a valid event
 # faulted five times in a row at a 25 % fault rate is bad luck, not a worker fault); a poison
@@ -158,14 +158,14 @@ def run_events(n: int, seed: int, work: Path, *, kills: int, moto_url: str) -> T
         s3.create_bucket(
             Bucket=CLAIM_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
         )
-    lam = local_lambda.LocalLambda()
+    lam = lambda_fake.LocalLambda()
     lam.record = False
-    lam.faults = local_lambda.Faults(rate=0.25, seed=seed, timeout_s=1.5)
-    server = local_lambda.serve(lam)
+    lam.faults = lambda_fake.Faults(rate=0.25, seed=seed, timeout_s=1.5)
+    server = lambda_fake.serve(lam)
     p = plan(n, rng)
     for i, ev in enumerate(p.rejected):
         lam.always[ev.execution_name] = (
-            local_lambda.INVALID_REQUEST if i % 2 else local_lambda.TOO_LARGE
+            lambda_fake.INVALID_REQUEST if i % 2 else lambda_fake.TOO_LARGE
         )
     env = worker_env(
         port=free_port(),
@@ -218,7 +218,7 @@ def run_events(n: int, seed: int, work: Path, *, kills: int, moto_url: str) -> T
     by_source = {attr(m, "sqsd_msgid") or m["MessageId"]: m for m in copies}
     dead = list(by_source.values())
     # executions per event id (the payload names it; a hashed name maps back through it)
-    per_id = Counter(json.loads(payload)["id"] for payload in lam.executions.values())
+    per_id = Counter(payload["id"] for payload in lam.started().values())
     valid_ids = {e.id for e in p.valid}
     reasons = Counter(attr(m, "reason") for m in dead)
     expected = Counter(r for _, r in p.poison)

@@ -10,7 +10,7 @@ import pika
 import pytest
 
 import sluice_cli  # noqa: F401 - loads sluice_cli.schedules
-from local.rabbitmq_node import RabbitMQMissing, RabbitNode
+from devtools.rabbitmq import RabbitMQMissing, RabbitNode
 from sluice.scheduling.names import Names
 from sluice.scheduling.registry import PeriodicTask, Registry
 from sluice.scheduling.schedule import Every

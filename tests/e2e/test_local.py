@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from devtools.local.resources import BUCKET
 from tests.conftest import ROOT
 
 TRANSCRIBE_STEPS = [
@@ -26,12 +27,12 @@ TRANSCRIBE_STEPS = [
 def local_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """One run of `python -m local` (what `make local` runs), with its JSON report."""
+    """One run of `python -m devtools.local` (what `make local` runs), with its JSON report."""
     workdir = tmp_path_factory.mktemp("local")
     report = workdir / "report.json"
     proc = subprocess.run(
         [
-            *(sys.executable, "-m", "local", "--view", "lines", "--timeout", "240"),
+            *(sys.executable, "-m", "devtools.local", "--view", "lines", "--timeout", "240"),
             *("--report", str(report), "--workdir", str(workdir)),
         ],
         cwd=ROOT,
@@ -64,7 +65,7 @@ def test_the_upload_alone_started_the_pipeline_and_every_workflow_succeeded(loca
         "embed_transcript": "SUCCEEDED",
     }
     assert report["job"]["event_name"] == "media/uploaded"
-    assert report["job"]["source"] == {"bucket": "sluice-local-media", "key": "uploads/sermon.mp3"}
+    assert report["job"]["source"] == {"bucket": BUCKET, "key": "uploads/sermon.mp3"}
 
 
 @pytest.mark.slow

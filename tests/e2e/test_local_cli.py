@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from devtools.local.resources import BUCKET
 from sluice_cli import cli
 from tests.conftest import ROOT
 
@@ -23,11 +24,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], str]]:
-    """A running `python -m local --up`: the CLI's environment and the first job's id."""
+    """A running `python -m devtools.local --up`: the CLI's environment and the first job's id."""
     workdir = tmp_path_factory.mktemp("local-up")
     out = (workdir / "out.txt").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "local", "--up", "--view", "lines", "--workdir", str(workdir)],
+        [
+            *(sys.executable, "-m", "devtools.local", "--up", "--view", "lines"),
+            *("--workdir", str(workdir)),
+        ],
         cwd=ROOT,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -68,7 +72,7 @@ def test_jobs_show_gives_the_record_and_every_durable_step(local_up, monkeypatch
 
 def test_a_sent_event_starts_a_job_the_cli_can_follow(local_up, monkeypatch) -> None:
     exports, _ = local_up
-    data = json.dumps({"bucket": "sluice-local-media", "key": "uploads/sermon.mp3"})
+    data = json.dumps({"bucket": BUCKET, "key": "uploads/sermon.mp3"})
     sluice(
         exports, monkeypatch, "send", "media/transcode.requested", "--data", data, "--id", "op-1"
     )

@@ -1,4 +1,4 @@
-"""The local Lambda durable API (local/durable.py): what the worker, tasks process and CLI call."""
+"""The local Lambda durable API (devtools/durable_lambda.py): what the worker, tasks process and CLI call."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from aws_durable_execution_sdk_python import DurableContext, durable_execution
 from botocore.exceptions import ClientError
 
-from local.durable import DurableService, alias_arn, serve
+from devtools.durable_lambda import DurableService, alias_arn, serve
 
 REGION = "us-east-1"
 

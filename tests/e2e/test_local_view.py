@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from local.pipeline import Snapshot, progress_lines, render
+from devtools.local.view import Snapshot, progress_lines, render
 
 
 def snap(status: str = "RUNNING") -> Snapshot:

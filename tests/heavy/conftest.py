@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
+from devtools.ports import free_port
 from lambdas.common.runtime import clients
 from sluice.envelope import Task
 from tests.conftest import ROOT
@@ -158,12 +158,6 @@ class RunnerCallbacks:
 
 
 # --- the real tasks process against moto's server and a recording callback API ---------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

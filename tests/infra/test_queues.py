@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aws_cdk.assertions import Match
 
+from sluice import naming
 from tests.infra.conftest import resources
 
 
@@ -105,3 +106,11 @@ def test_retained_resources_go_away_when_their_first_create_rolls_back(synth, en
         assert kept == {"RetainExceptOnCreate"}
     else:
         assert kept == set()
+
+
+def test_every_queue_is_named_by_sluice_naming(synth, env):
+    # The CLI and `make local` find the queues by these names
+    _, queues = _queues(synth, env)
+    assert set(queues) == {
+        naming.queue_name(env, queue, dlq=dlq) for queue in naming.QUEUES for dlq in (False, True)
+    }

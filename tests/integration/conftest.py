@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from local.rabbitmq_node import RabbitMQMissing, RabbitNode
+from devtools.rabbitmq import RabbitMQMissing, RabbitNode
 from sluice.scheduling.names import Names
 from tests.integration.scheduling import ControlTap
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pika
 
+from devtools.stats import percentile
 from sluice.scheduling.names import Names
 from sluice.scheduling.registry import Tick
 from worker.scheduler.topology import declare
@@ -111,14 +112,6 @@ class ControlTap:
                 return found[-1]
             time.sleep(0.005)
         raise AssertionError(f"no {event} event for {task} in {timeout} s")
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def lateness_ms(runs: list[Run]) -> dict[str, float]:

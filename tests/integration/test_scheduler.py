@@ -13,7 +13,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from local.rabbitmq_node import RabbitNode
+from devtools.rabbitmq import RabbitNode
 from sluice.errors import BusinessError, TransientError
 from sluice.scheduling.names import Names
 from sluice.scheduling.registry import PeriodicTask, Registry, Tick

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,9 +19,12 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from devtools.lambda_fake import LocalLambda
+from devtools.lambda_fake import serve as serve_lambda
+from devtools.local.processes import procfile as procfile_command
+from devtools.ports import free_port
 from sluice import naming
 from tests.conftest import ROOT
-from worker import local_lambda
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"
@@ -40,12 +42,6 @@ CLAIM_BUCKET = "sluice-test-media"
 def attr(message: dict[str, Any], name: str) -> str | None:
     value = message.get("MessageAttributes", {}).get(name)
     return None if value is None else str(value["StringValue"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -117,9 +113,9 @@ def media_bucket(moto_endpoint: str) -> Any:
 
 
 @pytest.fixture(scope="session")
-def lambda_fake() -> Iterator[tuple[local_lambda.LocalLambda, str]]:
-    state = local_lambda.LocalLambda()
-    server = local_lambda.serve(state)
+def lambda_fake() -> Iterator[tuple[LocalLambda, str]]:
+    state = LocalLambda()
+    server = serve_lambda(state)
     yield state, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
@@ -176,8 +172,8 @@ def start_web(
     cwd: Path, env: dict[str, str], log: Path, *, procfile: Path, python: str = sys.executable
 ) -> Worker:
     """Start the Procfile's `web` command as EB would (from the bundle root `cwd`)."""
-    command = procfile.read_text().splitlines()
-    web = next(line.split(":", 1)[1].strip() for line in command if line.startswith("web:"))
+    web = procfile_command("web", procfile)
+    assert web is not None, f"{procfile} has no web process"
     bindir = str(Path(python).parent)
     env = {**env, "PATH": f"{bindir}{os.pathsep}{env.get('PATH', '')}"}
     out = log.open("wb")
@@ -217,7 +213,7 @@ def stop_web(worker: Worker) -> None:
 @pytest.fixture(scope="session")
 def worker(
     tmp_path_factory: pytest.TempPathFactory,
-    lambda_fake: tuple[local_lambda.LocalLambda, str],
+    lambda_fake: tuple[LocalLambda, str],
     moto_endpoint: str,
     queues: Queues,
     media_bucket: Any,

@@ -12,9 +12,9 @@ import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 
+from devtools import lambda_fake
 from sluice.envelope import ID_CONFLICT, LAMBDA_REJECTED, Event
 from tests.worker.conftest import ALIASES, free_port
-from worker import local_lambda
 from worker.dispatch import POISON_INVOKE_ERRORS, Delivery, Dispatcher
 from worker.observability import Metrics
 from worker.settings import Settings
@@ -224,13 +224,13 @@ def test_a_deployment_fault_is_retried_not_blamed_on_the_event(clients, code):
 
 
 def test_the_lambda_fakes_answers_are_invoke_errors_with_their_model_status():
-    # the fake (worker/local_lambda.py) answers only as botocore's model says Invoke can
+    # the fake (devtools/lambda_fake.py) answers only as botocore's model says Invoke can
     answers = [
-        local_lambda.THROTTLED,
-        local_lambda.SERVICE_ERROR,
-        local_lambda.INVALID_REQUEST,
-        local_lambda.TOO_LARGE,
+        lambda_fake.THROTTLED,
+        lambda_fake.SERVICE_ERROR,
+        lambda_fake.INVALID_REQUEST,
+        lambda_fake.TOO_LARGE,
         (409, "DurableExecutionAlreadyStartedException"),
     ]
     assert all(INVOKE_ERRORS[kind] == status for status, kind in answers)
-    assert set(local_lambda.Faults().kinds) >= {local_lambda.THROTTLED, local_lambda.SERVICE_ERROR}
+    assert set(lambda_fake.Faults().kinds) >= {lambda_fake.THROTTLED, lambda_fake.SERVICE_ERROR}

@@ -16,9 +16,9 @@ from botocore.exceptions import (
     ParamValidationError,
 )
 
+from devtools.lambda_fake import SERVICE_ERROR, THROTTLED
 from tests.worker.conftest import ALIASES, free_port
 from worker.invoke import API, LambdaInvoker
-from worker.local_lambda import SERVICE_ERROR, THROTTLED
 
 ALIAS = ALIASES["transcribe_audio"]
 CREDS = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token")

@@ -12,13 +12,13 @@ from collections import Counter
 
 import pytest
 
+from devtools.lambda_fake import THROTTLED
+from devtools.sqsd import SqsdDriver
 from sluice import envelope
 from sluice.envelope import Event
 from sluice.producer import send_events
 from tests.worker.conftest import ALIASES, attr
 from tests.worker.helpers import event, s3_notification
-from worker.local_lambda import THROTTLED
-from worker.sqsd_local import SqsdDriver
 
 TRANSCRIBE = ALIASES["transcribe_audio"]
 

@@ -1,13 +1,17 @@
-"""A local stand-in for Lambda's Invoke endpoint with durable-execution naming semantics.
+"""Lambda's Invoke endpoint with durable-execution naming semantics, scriptable, with faults.
 
-moto does not implement `DurableExecutionName`; this server does, as FACTS.md records it: a new
-name starts an execution (202 + X-Amz-Durable-Execution-Arn), the same name with the same payload
-returns the existing execution, the same name with another payload is a 409
-DurableExecutionAlreadyStartedException. Answers can be scripted per execution name (throttled,
-5xx, 400/413) to exercise the worker's retry path, and `Faults` injects them at random, with
-timeouts and dropped connections before and after the start took effect (tests/chaos). Error
-types and statuses are those of botocore's Lambda model for Invoke (tests check them). Used by
-the worker tests, the benchmark and `make local`; point boto3 at it with AWS_ENDPOINT_URL_LAMBDA.
+moto does not implement `DurableExecutionName`. `DurableStarts` is the one implementation here of
+what Lambda does with it (FACTS.md): a new name starts an execution (202 +
+X-Amz-Durable-Execution-Arn), the same name with the same payload returns the existing execution,
+the same name with another payload is a 409 DurableExecutionAlreadyStartedException. Two
+endpoints use it: `LocalLambda` below (executions are only recorded) and
+`devtools.durable_lambda` (executions run in AWS's durable test runner).
+
+`LocalLambda`'s answers can be scripted per execution name (throttled, 5xx, 400/413) to exercise
+the worker's retry path, and `Faults` injects them at random, with timeouts and dropped
+connections before and after the start took effect (tests/chaos). Error types and statuses are
+those of botocore's Lambda model for Invoke (tests check them). Used by the worker tests and the
+benchmark (`python -m devtools.lambda_fake`); point boto3 at it with AWS_ENDPOINT_URL_LAMBDA.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
@@ -28,7 +34,9 @@ THROTTLED = (429, "TooManyRequestsException")
 SERVICE_ERROR = (500, "ServiceException")
 INVALID_REQUEST = (400, "InvalidRequestContentException")
 TOO_LARGE = (413, "RequestTooLargeException")
-_PREFIX = "/2015-03-31/functions/"
+# Invoke: POST /2015-03-31/functions/<function>/invocations
+INVOKE_PREFIX = "/2015-03-31/functions/"
+INVOKE_SUFFIX = "/invocations"
 # Injected faults that are not an answer: the client's read times out, or the connection drops.
 TIMEOUT_BEFORE_START = "timeout_before_start"
 TIMEOUT_AFTER_START = "timeout_after_start"
@@ -67,6 +75,9 @@ class Faults:
             return kind
 
 
+Answer = tuple[int, dict[str, str], bytes]  # HTTP status, headers, body
+
+
 @dataclass(frozen=True)
 class Invocation:
     """One Invoke request as Lambda received it."""
@@ -80,13 +91,81 @@ class Invocation:
         return json.loads(self.payload)
 
 
+def invoked_function(path: str) -> str | None:
+    """The function an Invoke request's path names (as sent: a name, `NAME:live` or an ARN);
+    None when the path is not Invoke's (`POST /2015-03-31/functions/<function>/invocations`)."""
+    path = path.split("?", 1)[0]
+    if not (path.startswith(INVOKE_PREFIX) and path.endswith(INVOKE_SUFFIX)):
+        return None
+    return unquote(path[len(INVOKE_PREFIX) : -len(INVOKE_SUFFIX)])
+
+
+def invocation(
+    function_name: str, headers: Message | Mapping[str, str], payload: bytes
+) -> Invocation:
+    """The Invoke request of `function_name` with these HTTP headers and body."""
+    return Invocation(
+        function_name=function_name,
+        invocation_type=headers.get("X-Amz-Invocation-Type") or "RequestResponse",
+        execution_name=headers.get("X-Amz-Durable-Execution-Name") or "",
+        payload=payload,
+    )
+
+
+def error(status: int, kind: str, message: str) -> Answer:
+    """An error answer as Lambda sends it (botocore reads the type from x-amzn-ErrorType)."""
+    body = json.dumps({"Type": "User", "message": message}).encode()
+    return status, {"x-amzn-ErrorType": kind, "Content-Type": "application/json"}, body
+
+
+@dataclass
+class Started:
+    payload: bytes
+    arn: str
+
+
+class DurableStarts:
+    """Lambda's durable-execution start semantics, by (function, execution name); thread-safe.
+
+    `start(call)` begins a new execution and returns its ARN; it runs under the lock, so two
+    requests with one name never start two executions.
+    """
+
+    def __init__(self, start: Callable[[Invocation], str]) -> None:
+        self._start = start
+        self._lock = threading.Lock()
+        self.started: dict[tuple[str, str], Started] = {}
+
+    def answer(self, call: Invocation) -> Answer:
+        """Start, or find, the execution `call` names: Lambda's answer to it."""
+        key = (call.function_name, call.execution_name)
+        with self._lock:
+            known = self.started.get(key)
+            if known is None:
+                known = self.started[key] = Started(call.payload, self._start(call))
+            elif known.payload != call.payload:
+                return error(
+                    409,
+                    "DurableExecutionAlreadyStartedException",
+                    f"execution {call.execution_name} already started with other input",
+                )
+        return 202, {"X-Amz-Durable-Execution-Arn": known.arn, "X-Amz-Executed-Version": "1"}, b""
+
+    def executions(self) -> list[tuple[str, str, Started]]:
+        """(function, execution name, start) of every execution started, in start order."""
+        with self._lock:
+            return [(f, n, s) for (f, n), s in self.started.items()]
+
+
 class LocalLambda:
     """Thread-safe state of the fake: executions by (function, name), requests, scripted answers."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: list[Invocation] = []
-        self.executions: dict[tuple[str, str], bytes] = {}
+        self.starts = DurableStarts(
+            lambda call: f"{call.function_name}/durable-execution/{call.execution_name}/local"
+        )
         self.script: dict[str, deque[tuple[int, str]]] = defaultdict(deque)
         # execution name -> an answer it always gets (a request Lambda can never accept)
         self.always: dict[str, tuple[int, str]] = {}
@@ -101,41 +180,20 @@ class LocalLambda:
 
     def started(self) -> dict[tuple[str, str], Any]:
         """(function, execution name) -> the payload of every execution started."""
-        with self.lock:
-            return {key: json.loads(p) for key, p in self.executions.items()}
+        return {(f, n): json.loads(s.payload) for f, n, s in self.starts.executions()}
 
-    def answer(self, call: Invocation) -> tuple[int, dict[str, str], bytes]:
+    def answer(self, call: Invocation) -> Answer:
         with self.lock:
             if self.record:
                 self.requests.append(call)
             scripted = self.script.get(call.execution_name)
             if scripted:
                 status, kind = scripted.popleft()
-                return _error(status, kind, f"scripted {kind}")
+                return error(status, kind, f"scripted {kind}")
             if call.execution_name in self.always:
                 status, kind = self.always[call.execution_name]
-                return _error(status, kind, f"scripted {kind}")
-            return self._start(call)
-
-    def _start(self, call: Invocation) -> tuple[int, dict[str, str], bytes]:
-        """Start, or find, the execution (the caller holds the lock)."""
-        key = (call.function_name, call.execution_name)
-        arn = f"{call.function_name}/durable-execution/{call.execution_name}/local"
-        known = self.executions.get(key)
-        if known is None:
-            self.executions[key] = call.payload
-        elif known != call.payload:
-            return _error(
-                409,
-                "DurableExecutionAlreadyStartedException",
-                f"execution {call.execution_name} already started with other input",
-            )
-        return 202, {"X-Amz-Durable-Execution-Arn": arn, "X-Amz-Executed-Version": "1"}, b""
-
-
-def _error(status: int, kind: str, message: str) -> tuple[int, dict[str, str], bytes]:
-    body = json.dumps({"Type": "User", "message": message}).encode()
-    return status, {"x-amzn-ErrorType": kind, "Content-Type": "application/json"}, body
+                return error(status, kind, f"scripted {kind}")
+        return self.starts.answer(call)
 
 
 def serve(state: LocalLambda, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
@@ -147,24 +205,19 @@ def serve(state: LocalLambda, host: str = "127.0.0.1", port: int = 0) -> Threadi
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             payload = self.rfile.read(length)
-            path = self.path.split("?", 1)[0]
             if not (self.headers.get("Authorization") and self.headers.get("Host")):
                 # what Lambda answers a request that lost its signature (e.g. split in two)
                 state.unsigned += 1
-                self._send(*_error(403, "MissingAuthenticationTokenException", "unsigned"))
+                self._send(*error(403, "MissingAuthenticationTokenException", "unsigned"))
                 return
-            if not (path.startswith(_PREFIX) and path.endswith("/invocations")):
-                self._send(*_error(404, "ResourceNotFoundException", f"no route {path}"))
+            function = invoked_function(self.path)
+            if function is None:
+                self._send(*error(404, "ResourceNotFoundException", f"no route {self.path}"))
                 return
-            call = Invocation(
-                function_name=unquote(path[len(_PREFIX) : -len("/invocations")]),
-                invocation_type=self.headers.get("X-Amz-Invocation-Type", "RequestResponse"),
-                execution_name=self.headers.get("X-Amz-Durable-Execution-Name", ""),
-                payload=payload,
-            )
+            call = invocation(function, self.headers, payload)
             fault = state.faults.draw() if state.faults else None
             if isinstance(fault, tuple):  # an error answer (throttle, 5xx)
-                self._send(*_error(fault[0], fault[1], f"injected {fault[1]}"))
+                self._send(*error(fault[0], fault[1], f"injected {fault[1]}"))
                 return
             if fault in (TIMEOUT_BEFORE_START, DROP_BEFORE_START):
                 self._fail(fault, state)  # the start never took effect
@@ -181,7 +234,7 @@ def serve(state: LocalLambda, host: str = "127.0.0.1", port: int = 0) -> Threadi
                 time.sleep(state.faults.timeout_s)
             self.close_connection = True  # no answer: the connection just closes
 
-        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        def _send(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)

@@ -12,13 +12,14 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pika
 import pika.exceptions
+
+from devtools.ports import free_port
 
 # The package's real scripts; /usr/sbin/rabbitmq-* are wrappers that switch user.
 _SBIN = Path("/usr/lib/rabbitmq/bin")
@@ -41,20 +42,14 @@ def _tool(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RabbitNode:
     """One private node; `url` is its AMQP URL (guest over loopback)."""
 
     def __init__(self, base: Path, name: str = "sluice-test", *, management: bool = False) -> None:
         self.base = base
-        self.port = _free_port()
-        self.dist_port = _free_port()
-        self.management_port = _free_port() if management else None
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.management_port = free_port() if management else None
         self.nodename = f"{name}-{os.getpid()}-{self.port}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
         self._proc: subprocess.Popen[bytes] | None = None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-log = logging.getLogger("sluice.sqsd_local")
+log = logging.getLogger("devtools.sqsd")
 USER_AGENT = "aws-sqsd/3.0.4"
 
 

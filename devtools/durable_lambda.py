@@ -5,9 +5,9 @@ step handlers registered as their `ctx.invoke` targets. Over HTTP this serves wh
 the tasks process and the `sluice` CLI call with boto3 (point them here with
 AWS_ENDPOINT_URL_LAMBDA):
 
-- Invoke with `DurableExecutionName` (the worker's start): a new name starts an execution, the
-  same name and payload returns it again, another payload is a 409
-  DurableExecutionAlreadyStartedException (FACTS.md);
+- Invoke with `DurableExecutionName` (the worker's start), with the start semantics of
+  `devtools.lambda_fake.DurableStarts`: a new name starts an execution in the runner, the same
+  name and payload returns it again, another payload is a 409;
 - the callback APIs (the tasks process's heartbeat, success, failure);
 - GetDurableExecution, GetDurableExecutionHistory, ListDurableExecutionsByFunction (the CLI),
   served by the runner package's own web handlers.
@@ -15,12 +15,9 @@ AWS_ENDPOINT_URL_LAMBDA):
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 from aws_durable_execution_sdk_python_testing.runner import DurableFunctionTestRunner
 from aws_durable_execution_sdk_python_testing.web.server import (
@@ -29,10 +26,17 @@ from aws_durable_execution_sdk_python_testing.web.server import (
     WebServiceConfig,
 )
 
+from devtools.lambda_fake import (
+    Answer,
+    DurableStarts,
+    Invocation,
+    error,
+    invocation,
+    invoked_function,
+)
 from sluice.catalog import WORKFLOW_ALIAS
 
 Handler = Callable[[Any, Any], Any]
-_INVOKE_PREFIX = "/2015-03-31/functions/"
 ACCOUNT = "123456789012"
 
 
@@ -46,12 +50,6 @@ def function_of(name_or_arn: str) -> str:
     if ":function:" in name_or_arn:
         name_or_arn = name_or_arn.split(":function:", 1)[1]
     return name_or_arn.split(":", 1)[0]
-
-
-@dataclass
-class Started:
-    payload: bytes
-    arn: str
 
 
 class DurableService:
@@ -74,42 +72,40 @@ class DurableService:
             self.runner.register_function(f"{name}:{WORKFLOW_ALIAS}", handler)
         self.workflows = tuple(workflows)
         self.execution_timeout_s = execution_timeout_s
-        self.started: dict[tuple[str, str], Started] = {}
-        self._lock = threading.Lock()
+        # Executions by (workflow, execution name): the function's name, whatever alias or ARN
+        # the request named it by.
+        self.starts = DurableStarts(self._run)
+
+    def _run(self, call: Invocation) -> str:
+        return str(
+            self.runner.run_async(
+                input=call.payload.decode(),
+                function_name=call.function_name,
+                execution_name=call.execution_name,
+                execution_timeout=self.execution_timeout_s,
+            )
+        )
 
     # -- Invoke -----------------------------------------------------------------------------------
 
-    def invoke(self, function: str, execution_name: str, payload: bytes) -> tuple[int, dict, bytes]:
+    def invoke(self, call: Invocation) -> Answer:
         """Lambda's answer to a durable Invoke: (status, headers, body)."""
-        workflow = function_of(function)
+        workflow = function_of(call.function_name)
         if workflow not in self.workflows:
-            return _error(404, "ResourceNotFoundException", f"Function not found: {function}")
-        if not execution_name:
-            return _error(400, "InvalidParameterValueException", "DurableExecutionName missing")
-        with self._lock:
-            known = self.started.get((workflow, execution_name))
-            if known is not None and known.payload != payload:
-                return _error(
-                    409,
-                    "DurableExecutionAlreadyStartedException",
-                    f"execution {execution_name} already started with other input",
-                )
-            if known is None:
-                arn = self.runner.run_async(
-                    input=payload.decode(),
-                    function_name=workflow,
-                    execution_name=execution_name,
-                    execution_timeout=self.execution_timeout_s,
-                )
-                known = self.started[(workflow, execution_name)] = Started(payload, arn)
-        return 202, {"X-Amz-Durable-Execution-Arn": known.arn, "X-Amz-Executed-Version": "1"}, b""
+            return error(
+                404, "ResourceNotFoundException", f"Function not found: {call.function_name}"
+            )
+        if not call.execution_name:
+            return error(400, "InvalidParameterValueException", "DurableExecutionName missing")
+        return self.starts.answer(
+            Invocation(workflow, call.invocation_type, call.execution_name, call.payload)
+        )
 
     # -- reading ----------------------------------------------------------------------------------
 
     def executions(self) -> list[tuple[str, str, str]]:
         """(workflow, execution name, arn) of every execution started, in start order."""
-        with self._lock:
-            return [(w, n, s.arn) for (w, n), s in self.started.items()]
+        return [(w, n, s.arn) for w, n, s in self.starts.executions()]
 
     def status(self, arn: str) -> str:
         details = self.runner._executor.get_execution_details(arn)
@@ -125,27 +121,18 @@ class DurableService:
         self.runner.close()
 
 
-def _error(status: int, kind: str, message: str) -> tuple[int, dict, bytes]:
-    body = json.dumps({"Type": "User", "message": message}).encode()
-    return status, {"x-amzn-ErrorType": kind, "Content-Type": "application/json"}, body
-
-
 def serve(service: DurableService, host: str = "127.0.0.1", port: int = 0) -> WebServer:
     """Serve `service` on loopback in a daemon thread; `server.server_address` has the port."""
 
     class Handler(RequestHandler):
         def do_POST(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if not (path.startswith(_INVOKE_PREFIX) and path.endswith("/invocations")):
+            function = invoked_function(self.path)
+            if function is None:
                 super().do_POST()
                 return
             length = int(self.headers.get("Content-Length") or 0)
-            payload = self.rfile.read(length)
-            status, headers, body = service.invoke(
-                unquote(path[len(_INVOKE_PREFIX) : -len("/invocations")]),
-                self.headers.get("X-Amz-Durable-Execution-Name", ""),
-                payload,
-            )
+            call = invocation(function, self.headers, self.rfile.read(length))
+            status, headers, body = service.invoke(call)
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)

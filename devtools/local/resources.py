@@ -1,0 +1,127 @@
+"""The AWS resources of a local run, created in moto as the stacks create them in AWS.
+
+Names come from `sluice.naming` (environment `local`), settings from the stacks' configuration
+(`stacks.config`: dev's values, with the overrides below); nothing here invents its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from devtools.durable_lambda import ACCOUNT
+from sluice import catalog, naming
+from stacks import config as stack_config
+
+_DEV = stack_config.load("dev")
+# dev's configuration under the name `local`, except what would make a local run slow: sqsd
+# retries a failed message after 2 s (not 30) with 4 connections (a 2-core machine, not 10).
+CONFIG = stack_config.replace(
+    _DEV,
+    name="local",
+    worker={**_DEV.worker.model_dump(), "error_visibility_timeout_s": 2, "http_connections": 4},
+)
+ENV = CONFIG.name
+REGION = CONFIG.region
+BUCKET = naming.media_bucket(ENV, ACCOUNT, REGION)
+# CloudFormation names these in AWS (the CLI finds them by stack output); here the prefix does.
+TABLE = f"{naming.prefix(ENV)}-jobs"
+TOPIC = f"{naming.prefix(ENV)}-notifications"
+
+
+@dataclass
+class Resources:
+    """What the stacks would create, created in moto, named as the stacks name them."""
+
+    endpoint: str
+    bucket: str
+    table: str
+    topic_arn: str
+    urls: dict[str, str]
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, region_name=REGION, endpoint_url=self.endpoint)
+
+    def lambda_env(self) -> dict[str, str]:
+        """The environment of the workflows and step handlers (stacks/workflows.py sets it)."""
+        return {
+            "MEDIA_BUCKET": self.bucket,
+            "JOBS_TABLE": self.table,
+            "NOTIFICATIONS_TOPIC": self.topic_arn,
+            "EVENTS_QUEUE_URL": self.urls["events"],
+            "TASKS_QUEUE_URL": self.urls["tasks"],
+            "MAX_AUDIO_SECONDS": str(CONFIG.workflows.max_audio_seconds),
+            "TRANSCRIBE_LANGUAGE": "en-US",
+            "POWERTOOLS_METRICS_NAMESPACE": "SluiceLocal",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+        }
+
+
+def create_queues(sqs: Any) -> dict[str, str]:
+    """The events and tasks queues with their DLQs and redrive policies: queue (or
+    `<queue>-dlq`) -> URL."""
+    urls: dict[str, str] = {}
+    for queue, settings in (("events", CONFIG.events_queue), ("tasks", CONFIG.tasks_queue)):
+        dlq = sqs.create_queue(
+            QueueName=naming.queue_name(ENV, queue, dlq=True),
+            Attributes={"MessageRetentionPeriod": str(settings.dlq_retention_s)},
+        )["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        urls[f"{queue}-dlq"] = dlq
+        urls[queue] = sqs.create_queue(
+            QueueName=naming.queue_name(ENV, queue),
+            Attributes={
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": arn, "maxReceiveCount": settings.max_receive_count}
+                ),
+                "VisibilityTimeout": str(settings.visibility_timeout_s),
+                "MessageRetentionPeriod": str(settings.retention_s),
+            },
+        )["QueueUrl"]
+    return urls
+
+
+def create_resources(endpoint: str) -> Resources:
+    import boto3
+
+    def client(service: str) -> Any:
+        return boto3.client(service, region_name=REGION, endpoint_url=endpoint)
+
+    sqs, s3, ddb, sns = client("sqs"), client("s3"), client("dynamodb"), client("sns")
+    urls = create_queues(sqs)
+    location = {} if REGION == "us-east-1" else {"LocationConstraint": REGION}
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration=location)
+    events_arn = sqs.get_queue_attributes(QueueUrl=urls["events"], AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    # As in AWS: an upload under uploads/ notifies the events queue, and that starts the job.
+    s3.put_bucket_notification_configuration(
+        Bucket=BUCKET,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {
+                    "QueueArn": events_arn,
+                    "Events": ["s3:ObjectCreated:*"],
+                    "Filter": {
+                        "Key": {
+                            "FilterRules": [{"Name": "prefix", "Value": catalog.UPLOADS_PREFIX}]
+                        }
+                    },
+                }
+            ]
+        },
+    )
+    ddb.create_table(
+        TableName=TABLE,
+        KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "job_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    topic = sns.create_topic(Name=TOPIC)["TopicArn"]
+    return Resources(endpoint, BUCKET, TABLE, topic, urls)

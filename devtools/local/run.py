@@ -1,0 +1,306 @@
+"""`make local` / `make local-up`: the whole pipeline on this machine, no AWS account.
+
+What runs for real: the worker app under gunicorn (its Procfile `web` line) fed by the
+sqsd-equivalent driver, the three durable workflows with the real step handlers in AWS's local
+durable execution runner (time skipped), the worker's `tasks` process (ffmpeg transcode, ONNX
+embedding) answering their callbacks over Lambda's callback API, and the `scheduler` process on a
+private RabbitMQ node. What is emulated: every AWS API (moto's server on loopback: S3 with its SQS
+notifications, SQS, DynamoDB, SNS, Transcribe; `resources`) and the speech recognition itself
+(`transcript`). `view` shows the run, `report` sums it up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devtools.local.processes import ROOT, Processes, procfile, wait_healthy
+from devtools.local.report import report, summary
+from devtools.local.resources import CONFIG, ENV, REGION, Resources, create_resources
+from devtools.local.transcript import AUDIO_SECONDS, make_audio, with_emulated_transcript
+from devtools.local.view import watch
+from devtools.ports import free_port
+from sluice import catalog, naming
+
+UPLOAD_KEY = f"{catalog.UPLOADS_PREFIX}sermon.mp3"
+WORKFLOWS = catalog.WORKFLOWS
+STEPS = catalog.TRANSCRIBE_STEPS
+log = logging.getLogger("sluice.local")
+
+
+@dataclass
+class Pipeline:
+    """Everything of one local run, started by `up()`."""
+
+    workdir: Path
+    stack: ExitStack = field(default_factory=ExitStack)
+    res: Resources | None = None
+    durable: Any = None
+    durable_url: str = ""
+    worker_url: str = ""
+    procs: Processes | None = None
+    driver: Any = None
+    broker_url: str | None = None
+    missing: list[str] = field(default_factory=list)
+
+    def cli_env(self) -> dict[str, str]:
+        """What `sluice` needs to work against this run."""
+        assert self.res is not None
+        return {
+            "SLUICE_ENV": ENV,
+            "SLUICE_ENDPOINT_URL": self.res.endpoint,
+            "AWS_ENDPOINT_URL_LAMBDA": self.durable_url,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "SLUICE_JOBS_TABLE": self.res.table,
+            "SLUICE_WORKFLOW_FUNCTIONS": json.dumps({w: w for w in WORKFLOWS}),
+        }
+
+    def up(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        # moto's server logs every request at INFO through werkzeug: the live view is the log.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+        from devtools.durable_lambda import DurableService, alias_arn, serve
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Fake credentials and one region for everything: nothing here may ever reach AWS.
+        os.environ.update(
+            {
+                "AWS_ACCESS_KEY_ID": "local",
+                "AWS_SECRET_ACCESS_KEY": "local",
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION,
+                "AWS_EC2_METADATA_DISABLED": "true",
+            }
+        )
+        os.environ.pop("AWS_PROFILE", None)
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+        # 1. AWS on loopback
+        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+        moto.start()
+        self.stack.callback(moto.stop)
+        host, port = moto.get_host_and_port()
+        self.res = create_resources(f"http://{host}:{port}")
+        # Step handlers and workflows run in this process: their boto3 clients go to moto.
+        os.environ["AWS_ENDPOINT_URL"] = self.res.endpoint
+        os.environ.update(self.res.lambda_env())
+
+        # 2. the durable workflows and their Lambda API
+        self.durable = DurableService(self.workflows(), self.steps())
+        self.stack.callback(self.durable.close)
+        server = serve(self.durable)
+        self.stack.callback(server.shutdown)
+        self.durable_url = f"http://127.0.0.1:{server.server_address[1]}"
+        for noisy in (
+            "aws_durable_execution_sdk_python_testing",
+            "aws_durable_execution_sdk_python",
+        ):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+        # 3. the worker: web (gunicorn, its Procfile line) and tasks processes
+        self.procs = Processes(self.workdir)
+        self.stack.callback(self.procs.stop)
+        child_env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AWS_ENDPOINT_URL": self.res.endpoint,
+            "AWS_ENDPOINT_URL_LAMBDA": self.durable_url,
+        }
+        web_port = free_port()
+        web = procfile("web")
+        if web is None:
+            raise RuntimeError("worker/Procfile has no web process")
+        # The web and tasks processes' settings, as stacks/worker_env.py and heavy_steps.py set
+        # them from the configuration (local choices: one gunicorn process, fast keepalive,
+        # short polls and grace, so that a run and its stop take seconds).
+        worker = CONFIG.worker
+        self.procs.start(
+            "web",
+            web,
+            {
+                **child_env,
+                "PORT": str(web_port),
+                "WEB_CONCURRENCY": "1",
+                "SLUICE_WEB_THREADS": str(worker.http_connections),
+                "SLUICE_HTTP_PATH": worker.http_path,
+                "SLUICE_MAX_BODY_BYTES": str(worker.max_body_bytes),
+                "SLUICE_ENV": ENV,
+                **naming.alias_variables({w: alias_arn(REGION, w) for w in WORKFLOWS}),
+                "SLUICE_EVENTS_DLQ_URL": self.res.urls["events-dlq"],
+                "SLUICE_INVOKE_TIMEOUT_S": "10",
+            },
+        )
+        tasks_env = {
+            **child_env,
+            "SLUICE_TASKS_QUEUE_URL": self.res.urls["tasks"],
+            "SLUICE_TASKS_CONCURRENCY": str(worker.tasks_concurrency),
+            "SLUICE_TASKS_VISIBILITY_S": str(CONFIG.tasks_queue.visibility_timeout_s),
+            "SLUICE_MAX_AUDIO_SECONDS": str(CONFIG.workflows.max_audio_seconds),
+            "SLUICE_TASKS_KEEPALIVE_S": "5",
+            "SLUICE_TASKS_RECEIVE_WAIT_S": "1",
+            "SLUICE_TASKS_GRACE_S": "10",
+        }
+        tasks = procfile("tasks") or f"{sys.executable} -m worker.tasks"
+        self.procs.start("tasks", tasks, tasks_env)
+        self.worker_url = f"http://127.0.0.1:{web_port}"
+        wait_healthy(self.worker_url, self.procs)
+
+        # 4. sqsd: events queue -> the web process, with the options the stack gives sqsd
+        from devtools.sqsd import SqsdDriver
+
+        self.driver = SqsdDriver(
+            self.res.client("sqs"),
+            self.res.urls["events"],
+            f"{self.worker_url}{worker.http_path}",
+            connections=worker.http_connections,
+            visibility_timeout_s=CONFIG.events_queue.visibility_timeout_s,
+            error_visibility_timeout_s=worker.error_visibility_timeout_s,
+            inactivity_timeout_s=worker.processing_timeout_s,
+            wait_time_s=1,
+        )
+        stop = threading.Event()
+        thread = threading.Thread(target=self.driver.run, args=(stop,), daemon=True, name="sqsd")
+        thread.start()
+        self.stack.callback(self.driver.close)
+        self.stack.callback(thread.join, 10)
+        self.stack.callback(stop.set)
+        self.start_scheduler(child_env)
+
+    def start_scheduler(self, child_env: dict[str, str]) -> None:
+        """The Procfile `scheduler` process on a private RabbitMQ node, when rabbitmq-server is
+        installed (`apt-get install rabbitmq-server`); otherwise the run says it did not run."""
+        from devtools.rabbitmq import RabbitMQMissing, RabbitNode
+
+        command = procfile("scheduler")
+        if command is None:
+            self.missing.append("scheduler: worker/Procfile has no scheduler process")
+            return
+        try:
+            node = RabbitNode(self.workdir / "rabbitmq", name="sluice-local").start()
+        except RabbitMQMissing as exc:
+            self.missing.append(f"scheduler: {exc}")
+            return
+        self.stack.callback(node.stop)
+        self.broker_url = node.url
+        assert self.procs is not None and self.res is not None
+        self.procs.start(
+            "scheduler",
+            command,
+            {
+                **child_env,
+                "SLUICE_BROKER_URL": node.url,
+                "SLUICE_EVENTS_QUEUE_URL": self.res.urls["events"],
+            },
+        )
+
+    def workflows(self) -> dict[str, Any]:
+        from lambdas.workflows.embed_transcript.handler import handler as embed
+        from lambdas.workflows.transcode_audio.handler import handler as transcode
+        from lambdas.workflows.transcribe_audio.handler import handler as transcribe
+
+        return {
+            "transcribe_audio": transcribe,
+            "transcode_audio": transcode,
+            "embed_transcript": embed,
+        }
+
+    def steps(self) -> dict[str, Any]:
+        import importlib
+
+        found = {
+            name: importlib.import_module(f"lambdas.steps.{name}.handler").handler for name in STEPS
+        }
+        found["start_transcription"] = with_emulated_transcript(
+            found["start_transcription"], AUDIO_SECONDS
+        )
+        return found
+
+    def upload(self) -> str:
+        assert self.res is not None
+        audio = make_audio(self.workdir / "sermon.mp3", AUDIO_SECONDS)
+        self.res.client("s3").put_object(
+            Bucket=self.res.bucket,
+            Key=UPLOAD_KEY,
+            Body=audio.read_bytes(),
+            ContentType="audio/mpeg",
+        )
+        return f"s3://{self.res.bucket}/{UPLOAD_KEY}"
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.local", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--up", action="store_true", help="keep running after the job (local-up)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds the job may take")
+    parser.add_argument("--report", type=Path, help="write the end state as JSON here")
+    parser.add_argument(
+        "--view",
+        choices=("auto", "live", "lines"),
+        default="auto",
+        help="live table (a terminal) or one line per change",
+    )
+    parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "local")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    live = args.view == "live" or (args.view == "auto" and sys.stdout.isatty())
+    pipeline = Pipeline(workdir=args.workdir)
+    try:
+        print("starting: moto, durable runner, worker web + tasks, sqsd …", flush=True)
+        pipeline.up()
+        upload = pipeline.upload()
+        print(f"uploaded {upload}: the S3 notification starts the job", flush=True)
+        snap = watch(pipeline, upload, timeout_s=args.timeout, live=live)
+        print(summary(snap, pipeline), flush=True)
+        if args.report:
+            args.report.write_text(json.dumps(report(pipeline, snap, upload), indent=2))
+        if args.up:
+            print("\nstill running (Ctrl-C stops it). Point the CLI at it:", flush=True)
+            for key, value in pipeline.cli_env().items():
+                print(f"  export {key}='{value}'")
+            print("  sluice dlq peek --queue events; sluice jobs show <event-id>", flush=True)
+            with _until_interrupted():
+                while True:
+                    assert pipeline.procs is not None
+                    pipeline.procs.check()
+                    time.sleep(1)
+        return 0 if snap.complete else 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        # Say what broke (and where its log is); the report records it for the e2e test.
+        print(f"local run failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        print(f"process logs: {args.workdir}/*.log", file=sys.stderr, flush=True)
+        if args.report:
+            args.report.write_text(
+                json.dumps({"complete": False, "error": f"{type(exc).__name__}: {exc}"})
+            )
+        return 1
+    finally:
+        pipeline.close()
+
+
+@contextmanager
+def _until_interrupted() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
