@@ -15,6 +15,7 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from sluice import catalog, naming
+from sluice.settings import TasksSettings
 from stacks.config import EnvConfig
 from stacks.media_store import TRANSCRIPTS, UPLOADS, MediaStore, media_objects_arn
 from stacks.queues import DurableQueue
@@ -79,14 +80,14 @@ class HeavySteps(Construct):
                 wf.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
             self.workflows[name] = wf
         self.aliases: dict[str, lambda_.IAlias] = {n: wf.alias for n, wf in self.workflows.items()}
-        # What worker/tasks.py (TasksSettings) and worker/heavy/common.py (Limits) read.
-        self.worker_environment: dict[str, str] = {
-            "SLUICE_TASKS_QUEUE_URL": tasks.queue.queue_url,
-            "SLUICE_TASKS_CONCURRENCY": str(config.worker.tasks_concurrency),
-            "SLUICE_TASKS_VISIBILITY_S": str(config.tasks_queue.visibility_timeout_s),
-            "SLUICE_TASKS_KEEPALIVE_S": str(KEEPALIVE_S),
-            "SLUICE_MAX_AUDIO_SECONDS": str(config.workflows.max_audio_seconds),
-        }
+        # What the tasks process reads (sluice.settings.TasksSettings).
+        self.worker_environment: dict[str, str] = TasksSettings.render(
+            queue_url=tasks.queue.queue_url,
+            concurrency=config.worker.tasks_concurrency,
+            visibility_timeout_s=config.tasks_queue.visibility_timeout_s,
+            keepalive_s=KEEPALIVE_S,
+            max_audio_seconds=config.workflows.max_audio_seconds,
+        )
 
     def grant_heavy_steps(self, role: iam.IRole) -> iam.ManagedPolicy:
         """Give the worker instance role exactly what the tasks process needs, in one policy."""

@@ -23,6 +23,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from sluice import catalog, naming
+from sluice.settings import WebSettings
 from stacks.bundling import ROOT, stage_bundle
 from stacks.compliance import GUARD
 from stacks.config import EnvConfig
@@ -312,23 +313,26 @@ class WorkerEnvironment(Construct):
                 "BacklogPerInstance",
                 worker.backlog_per_instance,
             ),
-            # What worker/settings.py reads.
+            # What the web process reads (sluice.settings.WebSettings); the other processes'
+            # settings come in `extra_environment`, rendered from their own models.
             *(
                 option("aws:elasticbeanstalk:application:environment", name, value)
                 for name, value in {
-                    "SLUICE_ENV": config.name,
+                    **WebSettings.render(
+                        env=config.name,
+                        events_dlq_url=events.dlq.queue_url,
+                        max_body_bytes=worker.max_body_bytes,
+                        http_path=worker.http_path,
+                        web_threads=worker.http_connections,
+                        # The counts the worker alarms read go to CloudWatch once a minute.
+                        publish_metrics_s=60,
+                        metrics_namespace=self.metrics_namespace,
+                        # Poison too large for an SQS message waits here, its pointer in the DLQ.
+                        claim_check_bucket=media_bucket,
+                    ),
                     **naming.alias_variables(
                         {name: alias.function_arn for name, alias in workflow_aliases.items()}
                     ),
-                    "SLUICE_EVENTS_DLQ_URL": events.dlq.queue_url,
-                    "SLUICE_MAX_BODY_BYTES": str(worker.max_body_bytes),
-                    "SLUICE_HTTP_PATH": worker.http_path,
-                    "SLUICE_WEB_THREADS": str(worker.http_connections),
-                    # The counts the worker alarms read go to CloudWatch once a minute.
-                    "SLUICE_PUBLISH_METRICS_S": "60",
-                    "SLUICE_METRICS_NAMESPACE": self.metrics_namespace,
-                    # Poison too large for an SQS message waits here, its pointer in the DLQ.
-                    "SLUICE_CLAIM_CHECK_BUCKET": media_bucket,
                     **{
                         naming.role_variable(process): role.role_arn
                         for process, role in self.process_roles.items()

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
 from worker.dispatch import Delivery, Dispatcher
 from worker.invoke import LambdaInvoker
 from worker.observability import (
@@ -21,7 +22,6 @@ from worker.observability import (
     correlation_id,
     message_id,
 )
-from worker.settings import SQS_MAX_MESSAGE_BYTES, Settings
 
 log = logging.getLogger("sluice.worker")
 SQSD_PREFIX = "HTTP_X_AWS_SQSD_"
@@ -57,7 +57,7 @@ Handler = Callable[[Request], Response]
 class App:
     """A minimal WSGI app: each request costs microseconds, so the worker's CPU goes to work."""
 
-    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
+    def __init__(self, settings: WebSettings, dispatcher: Dispatcher) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
         self.routes: dict[tuple[str, str], Handler] = {}
@@ -147,7 +147,7 @@ def create_app(
     sqs_client: Any = None,
 ) -> App:
     """Build the app from the environment; clients are created here unless injected (tests)."""
-    settings = Settings.from_env(environ)
+    settings = WebSettings.read(environ)
     configure_logging("sluice-worker")
     if lambda_client is None or sqs_client is None:
         import boto3

@@ -28,8 +28,8 @@ from sluice import envelope
 from sluice.catalog import DEAD_LETTER_PREFIX, workflows_for
 from sluice.envelope import Event
 from sluice.errors import PoisonMessage, TransientError
+from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
 from worker.observability import Metrics, correlation_id
-from worker.settings import SQS_MAX_MESSAGE_BYTES, Settings
 
 log = logging.getLogger("sluice.worker")
 
@@ -101,7 +101,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        settings: Settings,
+        settings: WebSettings,
         lambda_client: Any,
         sqs_client: Any,
         metrics: Metrics,

@@ -31,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from sluice.envelope import Task, parse_task
 from sluice.errors import BusinessError, PoisonMessage, SluiceError, TransientError
+from sluice.settings import TasksSettings
 from worker.heavy.common import Limits, TaskContext, kill_children, sweep_scratch
 from worker.observability import configure_logging, correlation_id, message_id
 
@@ -377,32 +378,6 @@ def _name(task: Task | None) -> str:
     return task.name if task else "?"
 
 
-@dataclass(frozen=True)
-class TasksSettings:
-    """The tasks process's environment (stacks/worker_env.py sets these on the EB environment)."""
-
-    queue_url: str
-    concurrency: int
-    visibility_timeout_s: int = 900
-    keepalive_s: float = 60.0
-    grace_s: float = 60.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> TasksSettings:
-        env = os.environ if environ is None else environ
-        url = env.get("SLUICE_TASKS_QUEUE_URL", "")
-        if not url.startswith(("https://", "http://")):
-            raise ValueError(f"SLUICE_TASKS_QUEUE_URL: must be the tasks queue's URL, got {url!r}")
-        return cls(
-            queue_url=url,
-            # Default one task per vCPU: both steps are CPU-bound.
-            concurrency=int(env.get("SLUICE_TASKS_CONCURRENCY") or os.cpu_count() or 1),
-            visibility_timeout_s=int(env.get("SLUICE_TASKS_VISIBILITY_S") or 900),
-            keepalive_s=float(env.get("SLUICE_TASKS_KEEPALIVE_S") or 60),
-            grace_s=float(env.get("SLUICE_TASKS_GRACE_S") or 60),
-        )
-
-
 def main() -> None:  # pragma: no cover - exercised by the subprocess tests
     import boto3
     from botocore.config import Config
@@ -411,13 +386,13 @@ def main() -> None:  # pragma: no cover - exercised by the subprocess tests
 
     configure_logging("sluice-tasks")
     process_session("tasks")  # boto3's clients below call AWS as the tasks process's own role
-    settings = TasksSettings.from_env()
+    settings = TasksSettings.read()
     swept = sweep_scratch()  # what killed runs left behind (tens of MB per transcode)
     if swept:
         log.warning("removed scratch of dead runs", extra={"paths": [str(p) for p in swept]})
     cfg = Config(retries={"mode": "standard", "max_attempts": 5})
     s3 = boto3.client("s3", config=cfg)
-    limits = Limits.from_env()
+    limits = Limits.of(settings)
     runner = TaskRunner(
         sqs=boto3.client("sqs", config=cfg),
         callbacks=boto3.client("lambda", config=cfg),
@@ -427,7 +402,7 @@ def main() -> None:  # pragma: no cover - exercised by the subprocess tests
         visibility_timeout_s=settings.visibility_timeout_s,
         keepalive_s=settings.keepalive_s,
         grace_s=settings.grace_s,
-        receive_wait_s=int(os.environ.get("SLUICE_TASKS_RECEIVE_WAIT_S") or 20),
+        receive_wait_s=settings.receive_wait_s,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop())

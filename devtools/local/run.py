@@ -31,6 +31,7 @@ from devtools.local.transcript import AUDIO_SECONDS, make_audio, with_emulated_t
 from devtools.local.view import watch
 from devtools.ports import free_port
 from sluice import catalog, naming
+from sluice.settings import SchedulerSettings, TasksSettings, WebSettings
 
 UPLOAD_KEY = f"{catalog.UPLOADS_PREFIX}sermon.mp3"
 WORKFLOWS = catalog.WORKFLOWS
@@ -136,24 +137,28 @@ class Pipeline:
                 **child_env,
                 "PORT": str(web_port),
                 "WEB_CONCURRENCY": "1",
-                "SLUICE_WEB_THREADS": str(worker.http_connections),
-                "SLUICE_HTTP_PATH": worker.http_path,
-                "SLUICE_MAX_BODY_BYTES": str(worker.max_body_bytes),
-                "SLUICE_ENV": ENV,
+                **WebSettings.render(
+                    web_threads=worker.http_connections,
+                    http_path=worker.http_path,
+                    max_body_bytes=worker.max_body_bytes,
+                    env=ENV,
+                    events_dlq_url=self.res.urls["events-dlq"],
+                    invoke_timeout_s=10,
+                ),
                 **naming.alias_variables({w: alias_arn(REGION, w) for w in WORKFLOWS}),
-                "SLUICE_EVENTS_DLQ_URL": self.res.urls["events-dlq"],
-                "SLUICE_INVOKE_TIMEOUT_S": "10",
             },
         )
         tasks_env = {
             **child_env,
-            "SLUICE_TASKS_QUEUE_URL": self.res.urls["tasks"],
-            "SLUICE_TASKS_CONCURRENCY": str(worker.tasks_concurrency),
-            "SLUICE_TASKS_VISIBILITY_S": str(CONFIG.tasks_queue.visibility_timeout_s),
-            "SLUICE_MAX_AUDIO_SECONDS": str(CONFIG.workflows.max_audio_seconds),
-            "SLUICE_TASKS_KEEPALIVE_S": "5",
-            "SLUICE_TASKS_RECEIVE_WAIT_S": "1",
-            "SLUICE_TASKS_GRACE_S": "10",
+            **TasksSettings.render(
+                queue_url=self.res.urls["tasks"],
+                concurrency=worker.tasks_concurrency,
+                visibility_timeout_s=CONFIG.tasks_queue.visibility_timeout_s,
+                max_audio_seconds=CONFIG.workflows.max_audio_seconds,
+                keepalive_s=5,
+                receive_wait_s=1,
+                grace_s=10,
+            ),
         }
         tasks = procfile("tasks") or f"{sys.executable} -m worker.tasks"
         self.procs.start("tasks", tasks, tasks_env)
@@ -203,8 +208,9 @@ class Pipeline:
             command,
             {
                 **child_env,
-                "SLUICE_BROKER_URL": node.url,
-                "SLUICE_EVENTS_QUEUE_URL": self.res.urls["events"],
+                **SchedulerSettings.render(
+                    broker_url=node.url, events_queue_url=self.res.urls["events"]
+                ),
             },
         )
 

@@ -39,6 +39,7 @@ from devtools import lambda_fake
 from devtools.sqsd import SqsdDriver
 from sluice import envelope
 from sluice.envelope import Event, Task
+from sluice.settings import TasksSettings
 from tests.conftest import ROOT
 from tests.heavy.conftest import CallbackApi, make_audio, serve_callback_api
 from tests.worker.conftest import (
@@ -264,12 +265,14 @@ def start_tasks(moto_url: str, queue_url: str, api: CallbackApi, tmp: Path, log:
         "PYTHONPATH": str(ROOT),
         "AWS_ENDPOINT_URL": moto_url,
         "AWS_ENDPOINT_URL_LAMBDA": api.url,
-        "SLUICE_TASKS_QUEUE_URL": queue_url,
-        "SLUICE_TASKS_CONCURRENCY": "2",
-        "SLUICE_TASKS_RECEIVE_WAIT_S": "1",
-        "SLUICE_TASKS_KEEPALIVE_S": "0.5",
-        "SLUICE_TASKS_VISIBILITY_S": "3",
-        "SLUICE_TASKS_GRACE_S": "3",
+        **TasksSettings.render(
+            queue_url=queue_url,
+            concurrency=2,
+            receive_wait_s=1,
+            keepalive_s=0.5,
+            visibility_timeout_s=3,
+            grace_s=3,
+        ),
         "TMPDIR": str(tmp),
     }
     with log.open("ab") as out:

@@ -26,6 +26,7 @@ from moto.server import ThreadedMotoServer
 from devtools.ports import free_port
 from lambdas.common.runtime import clients
 from sluice.envelope import Task
+from sluice.settings import TasksSettings
 from tests.conftest import ROOT
 from tests.heavy import sermon
 from worker.heavy.common import Limits, TaskContext
@@ -295,18 +296,26 @@ def put_embed_task(moto: Moto, *, segments: int, cb: str = "cb-proc") -> None:
     moto.sqs.send_message(QueueUrl=moto.queue_url, MessageBody=task.to_json())
 
 
-def start_process(moto: Moto, api: CallbackApi, **settings: str) -> subprocess.Popen:
+def start_process(
+    moto: Moto, api: CallbackApi, *, tmpdir: Path | None = None, **settings: object
+) -> subprocess.Popen:
+    """The real tasks process on moto and `api`; `settings` by TasksSettings field name."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "AWS_ENDPOINT_URL": moto.endpoint,
         "AWS_ENDPOINT_URL_LAMBDA": api.url,
-        "SLUICE_TASKS_QUEUE_URL": moto.queue_url,
-        "SLUICE_TASKS_CONCURRENCY": "1",
-        "SLUICE_TASKS_RECEIVE_WAIT_S": "1",
-        "SLUICE_TASKS_KEEPALIVE_S": "0.5",
-        "SLUICE_EMBED_THREADS": "1",
-        **settings,
+        **({"TMPDIR": str(tmpdir)} if tmpdir is not None else {}),
+        **TasksSettings.render(
+            **{
+                "queue_url": moto.queue_url,
+                "concurrency": 1,
+                "receive_wait_s": 1,
+                "keepalive_s": 0.5,
+                "embed_threads": 1,
+                **settings,
+            }
+        ),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "worker.tasks"],

@@ -15,8 +15,9 @@ from botocore.exceptions import ClientError
 
 from sluice.envelope import Task
 from sluice.errors import BusinessError
+from sluice.settings import SettingsError, TasksSettings
 from tests.heavy.conftest import Aws
-from worker.tasks import TaskRunner, TasksSettings, callback_error
+from worker.tasks import TaskRunner, callback_error
 
 
 @dataclass
@@ -290,9 +291,9 @@ def test_callback_errors_carry_the_error_class_as_their_type() -> None:
 
 
 def test_settings_default_to_one_task_per_vcpu_and_require_the_queue_url() -> None:
-    settings = TasksSettings.from_env(
+    settings = TasksSettings.read(
         {"SLUICE_TASKS_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/1/q"}
     )
     assert settings.concurrency >= 1 and settings.visibility_timeout_s == 900
-    with pytest.raises(ValueError, match="SLUICE_TASKS_QUEUE_URL"):
-        TasksSettings.from_env({})
+    with pytest.raises(SettingsError, match="SLUICE_TASKS_QUEUE_URL: must be set"):
+        TasksSettings.read({})

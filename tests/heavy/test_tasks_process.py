@@ -21,7 +21,7 @@ def test_a_killed_process_leaves_its_task_to_reappear(
 ) -> None:
     # Given the tasks process working on a long embedding (its first heartbeat has gone out)
     put_embed_task(moto_server, segments=4000)
-    proc = start_process(moto_server, callback_api, SLUICE_TASKS_VISIBILITY_S="3")
+    proc = start_process(moto_server, callback_api, visibility_timeout_s=3)
     try:
         callback_api.wait_for("heartbeat")
         assert moto_server.counts() == (0, 1)
@@ -41,7 +41,7 @@ def test_sigterm_lets_a_short_task_finish_report_and_delete(
 ) -> None:
     # Given the process working on a short embedding
     put_embed_task(moto_server, segments=12)
-    proc = start_process(moto_server, callback_api, SLUICE_TASKS_GRACE_S="60")
+    proc = start_process(moto_server, callback_api, grace_s=60)
     try:
         callback_api.wait_for("heartbeat")
         # When it is told to stop (a deploy)
@@ -61,7 +61,7 @@ def test_sigterm_hands_back_a_task_that_outlives_the_grace_period(
 ) -> None:
     # Given the process working on a long embedding, with a 1 s grace period
     put_embed_task(moto_server, segments=4000)
-    proc = start_process(moto_server, callback_api, SLUICE_TASKS_GRACE_S="1")
+    proc = start_process(moto_server, callback_api, grace_s=1)
     try:
         callback_api.wait_for("heartbeat")
         # When it is told to stop

@@ -141,9 +141,7 @@ def test_a_stop_mid_transcode_finishes_the_task_within_the_grace_period(
 ) -> None:
     # Given the tasks process transcoding (ffmpeg held mid-way)
     put_transcode_task(moto_server, audio)
-    proc = start_process(
-        moto_server, callback_api, SLUICE_TASKS_GRACE_S="60", TMPDIR=str(tmpdir_env)
-    )
+    proc = start_process(moto_server, callback_api, grace_s=60, tmpdir=tmpdir_env)
     try:
         ffmpeg = encoder_of(proc.pid)
         stray.append(ffmpeg)
@@ -170,9 +168,7 @@ def test_a_stop_that_outlasts_the_grace_period_hands_the_transcode_back_clean(
 ) -> None:
     # Given the tasks process transcoding, ffmpeg held so it cannot finish, a 1 s grace period
     put_transcode_task(moto_server, audio)
-    proc = start_process(
-        moto_server, callback_api, SLUICE_TASKS_GRACE_S="1", TMPDIR=str(tmpdir_env)
-    )
+    proc = start_process(moto_server, callback_api, grace_s=1, tmpdir=tmpdir_env)
     try:
         ffmpeg = encoder_of(proc.pid)
         stray.append(ffmpeg)
@@ -196,7 +192,7 @@ def test_ffmpeg_killed_by_a_signal_is_a_transient_failure_not_corrupt_audio(
 ) -> None:
     # Given the tasks process transcoding
     put_transcode_task(moto_server, audio)
-    proc = start_process(moto_server, callback_api, TMPDIR=str(tmpdir_env))
+    proc = start_process(moto_server, callback_api, tmpdir=tmpdir_env)
     try:
         ffmpeg = encoder_of(proc.pid)
         stray.append(ffmpeg)
@@ -220,7 +216,7 @@ def test_a_killed_tasks_process_takes_ffmpeg_with_it_and_the_next_start_sweeps_i
 ) -> None:
     # Given the tasks process transcoding (ffmpeg held mid-way), a 2 s visibility timeout
     put_transcode_task(moto_server, audio)
-    settings = {"TMPDIR": str(tmpdir_env), "SLUICE_TASKS_VISIBILITY_S": "2"}
+    settings = {"tmpdir": tmpdir_env, "visibility_timeout_s": 2}
     proc = start_process(moto_server, callback_api, **settings)
     try:
         ffmpeg = encoder_of(proc.pid)
@@ -261,7 +257,7 @@ def test_a_killed_tasks_process_mid_embed_is_completed_once_by_the_next(
     )
     # Given the tasks process embedding (its first heartbeat has gone out)
     put_embed_task(moto_server, segments=120)
-    settings = {"TMPDIR": str(tmpdir_env), "SLUICE_TASKS_VISIBILITY_S": "2"}
+    settings = {"tmpdir": tmpdir_env, "visibility_timeout_s": 2}
     proc = start_process(moto_server, callback_api, **settings)
     try:
         callback_api.wait_for("heartbeat")

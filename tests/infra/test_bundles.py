@@ -39,6 +39,7 @@ WORKER_BUNDLE = [
     "sluice/scheduling/names.py",
     "sluice/scheduling/registry.py",
     "sluice/scheduling/schedule.py",
+    "sluice/settings.py",
     "worker/__init__.py",
     "worker/app.py",
     "worker/credentials.py",
@@ -58,7 +59,6 @@ WORKER_BUNDLE = [
     "worker/scheduler/env.py",
     "worker/scheduler/runner.py",
     "worker/scheduler/topology.py",
-    "worker/settings.py",
     "worker/tasks.py",
 ]
 

@@ -11,10 +11,10 @@ from sluice.envelope import parse_events
 from sluice.errors import BusinessError
 from sluice.scheduling.registry import PeriodicTask, Registry, Tick
 from sluice.scheduling.schedule import Every
+from sluice.settings import WebSettings
 from worker.app import App
 from worker.dispatch import Delivery, Result
 from worker.scheduler.cron_http import register_cron_routes
-from worker.settings import Settings
 
 
 @dataclass
@@ -29,7 +29,9 @@ class SeenByDispatcher:
 
 
 def app_with(registry: Registry, environ: dict[str, str] | None = None) -> App:
-    settings = Settings(env="test", workflow_aliases={}, events_dlq_url="https://sqs.local/dlq")
+    settings = WebSettings.of(
+        env="test", workflow_aliases={}, events_dlq_url="https://sqs.local/dlq"
+    )
     app = App(settings, SeenByDispatcher())  # type: ignore[arg-type]
     register_cron_routes(app, registry, environ=environ or {})
     return app

@@ -24,6 +24,7 @@ from devtools.lambda_fake import serve as serve_lambda
 from devtools.local.processes import procfile as procfile_command
 from devtools.ports import free_port
 from sluice import naming
+from sluice.settings import WebSettings
 from tests.conftest import ROOT
 
 REGION = "eu-west-1"
@@ -139,16 +140,18 @@ def worker_env(
         "PYTHONPATH": str(ROOT),
         "PORT": str(port),
         "WEB_CONCURRENCY": "1",
-        "SLUICE_WEB_THREADS": "4",
-        "SLUICE_ENV": "test",
+        **WebSettings.render(
+            web_threads=4,
+            env="test",
+            events_dlq_url=dlq_url,
+            max_body_bytes=MAX_BODY,
+            invoke_timeout_s=5,
+        ),
         **naming.alias_variables(ALIASES),
-        "SLUICE_EVENTS_DLQ_URL": dlq_url,
-        "SLUICE_MAX_BODY_BYTES": str(MAX_BODY),
-        "SLUICE_INVOKE_TIMEOUT_S": "5",
         "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
         "AWS_ENDPOINT_URL_SQS": moto_url,
         "AWS_ENDPOINT_URL_S3": moto_url,
-        "SLUICE_CLAIM_CHECK_BUCKET": claim_bucket,
+        **WebSettings.render(claim_check_bucket=claim_bucket),
     }
 
 

@@ -14,11 +14,11 @@ from urllib.parse import urlsplit
 
 from sluice import envelope
 from sluice.envelope import Event
+from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
 from tests.worker.conftest import ALIASES, CLAIM_BUCKET, attr
 from tests.worker.helpers import event, new_msgid, post, sqsd_headers
 from worker.dispatch import Delivery, Dispatcher
 from worker.observability import Metrics
-from worker.settings import SQS_MAX_MESSAGE_BYTES, Settings
 
 TRANSCRIBE = ALIASES["transcribe_audio"]
 
@@ -172,7 +172,7 @@ def test_a_garbage_scheduled_at_is_dead_lettered_not_a_500(worker, queues):
 
 def test_without_a_bucket_a_dead_letter_too_large_for_sqs_goes_truncated(queues):
     # Given a dispatcher with no claim-check bucket, talking to moto's SQS
-    settings = Settings(env="test", workflow_aliases=ALIASES, events_dlq_url=queues.dlq_url)
+    settings = WebSettings.of(env="test", workflow_aliases=ALIASES, events_dlq_url=queues.dlq_url)
     metrics = Metrics("Sluice/Worker", {"Environment": "test"}, stream=io.StringIO())
     dispatcher = Dispatcher(
         settings=settings, lambda_client=None, sqs_client=queues.sqs, metrics=metrics

@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 
 from sluice import envelope
 from sluice.catalog import ROUTES
+from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
 from tests.worker.conftest import ALIASES, CLAIM_BUCKET, MAX_BODY, attr
 from tests.worker.helpers import event, new_msgid, post, sqsd_headers
 from worker.app import App
 from worker.dispatch import Dispatcher
 from worker.invoke import LambdaInvoker
 from worker.observability import Metrics
-from worker.settings import SQS_MAX_MESSAGE_BYTES, Settings
 
 REASONS = {
     envelope.MALFORMED_JSON,
@@ -106,7 +106,7 @@ transports = st.sampled_from(["whole", "chunked", "short", "bad_length"])
 
 @pytest.fixture(scope="module")
 def app(lambda_fake, queues, media_bucket) -> App:
-    settings_ = Settings(
+    settings_ = WebSettings.of(
         env="test",
         workflow_aliases=ALIASES,
         events_dlq_url=queues.dlq_url,

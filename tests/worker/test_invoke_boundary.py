@@ -14,17 +14,17 @@ from botocore.stub import Stubber
 
 from devtools import lambda_fake
 from sluice.envelope import ID_CONFLICT, LAMBDA_REJECTED, Event
+from sluice.settings import WebSettings
 from tests.worker.conftest import ALIASES, free_port
 from worker.dispatch import POISON_INVOKE_ERRORS, Delivery, Dispatcher
 from worker.observability import Metrics
-from worker.settings import Settings
 
 DLQ = "https://sqs.eu-west-1.amazonaws.com/123456789012/Sluice-test-events-dlq"
 DELIVERY = Delivery(message_id="m-1", receive_count=1, queue="Sluice-test-events")
 
 
-def settings() -> Settings:
-    return Settings(env="test", workflow_aliases=ALIASES, events_dlq_url=DLQ)
+def settings() -> WebSettings:
+    return WebSettings.of(env="test", workflow_aliases=ALIASES, events_dlq_url=DLQ)
 
 
 @pytest.fixture

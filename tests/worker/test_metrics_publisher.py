@@ -8,8 +8,11 @@ from datetime import UTC, datetime, timedelta
 import boto3
 import pytest
 
+from sluice.settings import SettingsError, WebSettings
 from worker.observability import Metrics, MetricsPublisher
-from worker.settings import PUBLISH_METRICS_S, WORKER_METRICS, Settings, SettingsError
+
+WORKER_METRICS = "Sluice-metrics-test/Worker"
+PUBLISH_METRICS_S = WebSettings.variables()["publish_metrics_s"]
 
 DIMS = {"Environment": "metrics-test"}
 
@@ -63,9 +66,9 @@ def test_a_failing_put_never_breaks_the_worker():
 def test_publish_interval_out_of_range_names_the_variable(value):
     env = {"SLUICE_ENV": "dev", "SLUICE_EVENTS_DLQ_URL": "https://sqs/x", PUBLISH_METRICS_S: value}
     with pytest.raises(SettingsError, match=PUBLISH_METRICS_S):
-        Settings.from_env(env)
+        WebSettings.read(env)
 
 
 def test_publishing_is_off_unless_asked():
     env = {"SLUICE_ENV": "dev", "SLUICE_EVENTS_DLQ_URL": "https://sqs/x"}
-    assert Settings.from_env(env).publish_metrics_s == 0
+    assert WebSettings.read(env).publish_metrics_s == 0

@@ -25,6 +25,7 @@ from moto.server import ThreadedMotoServer
 
 from devtools.local.processes import procfile
 from devtools.ports import free_port
+from sluice.settings import TasksSettings, WebSettings
 from stacks.worker_env import worker_bundle
 from tests.conftest import ROOT
 from tests.worker.conftest import start_web, stop_web
@@ -126,8 +127,10 @@ def test_the_web_process_answers_health_from_the_bundle(installed: Installed, tm
     env = installed.env(
         PORT=str(free_port()),
         WEB_CONCURRENCY="1",
-        SLUICE_ENV="packaging",
-        SLUICE_EVENTS_DLQ_URL="https://sqs.eu-west-1.amazonaws.com/123456789012/dlq",
+        **WebSettings.render(
+            env="packaging",
+            events_dlq_url="https://sqs.eu-west-1.amazonaws.com/123456789012/dlq",
+        ),
     )
     web = start_web(
         installed.app,
@@ -203,9 +206,7 @@ def test_the_tasks_process_consumes_its_queue_from_the_bundle(installed: Install
         "tasks",
         installed.env(
             AWS_ENDPOINT_URL=endpoint,
-            SLUICE_TASKS_QUEUE_URL=url,
-            SLUICE_TASKS_RECEIVE_WAIT_S="1",
-            SLUICE_TASKS_GRACE_S="2",
+            **TasksSettings.render(queue_url=url, receive_wait_s=1, grace_s=2),
             TMPDIR=str(installed.app.parent),
         ),
     )

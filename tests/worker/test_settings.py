@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.settings import Settings, SettingsError
+from sluice.settings import SettingsError, WebSettings
 
 ALIAS = "arn:aws:lambda:eu-west-1:123456789012:function:transcribe:live"
 GOOD = {
@@ -18,13 +18,13 @@ GOOD = {
 
 
 def test_the_environment_becomes_typed_settings():
-    s = Settings.from_env(GOOD)
+    s = WebSettings.read(GOOD)
     assert s.workflow_aliases == {"transcribe_audio": ALIAS}
     assert (s.max_body_bytes, s.http_path, s.invoke_timeout_s) == (65536, "/events", 2.5)
 
 
 def test_defaults_apply_when_optional_variables_are_absent():
-    s = Settings.from_env({k: GOOD[k] for k in ("SLUICE_ENV", "SLUICE_EVENTS_DLQ_URL")})
+    s = WebSettings.read({k: GOOD[k] for k in ("SLUICE_ENV", "SLUICE_EVENTS_DLQ_URL")})
     assert (s.workflow_aliases, s.max_body_bytes, s.http_path) == ({}, 256 * 1024, "/")
 
 
@@ -43,4 +43,4 @@ def test_defaults_apply_when_optional_variables_are_absent():
 )
 def test_a_bad_variable_is_refused_with_its_name(variable, value, message):
     with pytest.raises(SettingsError, match=message.replace("[", r"\[")):
-        Settings.from_env({**GOOD, variable: value})
+        WebSettings.read({**GOOD, variable: value})

@@ -22,6 +22,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from sluice.errors import BusinessError, TransientError
+from sluice.settings import TasksSettings
 
 MISSING = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound", "NoSuchVersion"})
 THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"})
@@ -31,22 +32,19 @@ THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "Request
 class Limits:
     """Inputs past these limits are refused up front (business errors), not half-processed."""
 
-    max_audio_bytes: int = 2 * 1024**3
-    max_audio_seconds: int = 4 * 3600
-    max_transcript_bytes: int = 50 * 1024**2
-    max_chunks: int = 20_000
+    max_audio_bytes: int = TasksSettings.model_fields["max_audio_bytes"].default
+    max_audio_seconds: int = TasksSettings.model_fields["max_audio_seconds"].default
+    max_transcript_bytes: int = TasksSettings.model_fields["max_transcript_bytes"].default
+    max_chunks: int = TasksSettings.model_fields["max_chunks"].default
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
-        env = os.environ if environ is None else environ
-        d = cls()
+    def of(cls, settings: TasksSettings) -> Limits:
+        """The tasks process's limits (its settings, read once at start)."""
         return cls(
-            max_audio_bytes=int(env.get("SLUICE_MAX_AUDIO_BYTES") or d.max_audio_bytes),
-            max_audio_seconds=int(env.get("SLUICE_MAX_AUDIO_SECONDS") or d.max_audio_seconds),
-            max_transcript_bytes=int(
-                env.get("SLUICE_MAX_TRANSCRIPT_BYTES") or d.max_transcript_bytes
-            ),
-            max_chunks=int(env.get("SLUICE_MAX_CHUNKS") or d.max_chunks),
+            max_audio_bytes=settings.max_audio_bytes,
+            max_audio_seconds=settings.max_audio_seconds,
+            max_transcript_bytes=settings.max_transcript_bytes,
+            max_chunks=settings.max_chunks,
         )
 
 

@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from sluice.catalog import EMBED_TASK
 from sluice.errors import BusinessError
+from sluice.settings import TasksSettings
 from worker.heavy.common import TaskContext, location, s3_error
 
 TASK_NAME = EMBED_TASK
@@ -151,7 +152,8 @@ class Embedder:
         opts = ort.SessionOptions()
         # One task shares the instance's vCPUs with others (tasks_concurrency), so threads are
         # set per task rather than left to grab every core.
-        opts.intra_op_num_threads = threads or int(os.environ.get("SLUICE_EMBED_THREADS", "1"))
+        variable = TasksSettings.variables()["embed_threads"]
+        opts.intra_op_num_threads = threads or int(os.environ.get(variable) or 1)
         opts.inter_op_num_threads = 1
         # Idle pool threads sleep instead of spinning: the instance's vCPUs are shared with the
         # other tasks, ffmpeg and the web process.
