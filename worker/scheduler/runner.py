@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -349,7 +350,8 @@ class Reconciler(_Base):
                 return False
             raise
         events = ch.connection.channel()
-        listen = events.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        listen = self.names.listener(uuid.uuid4().hex)
+        events.queue_declare(listen, exclusive=True, auto_delete=True)
         events.queue_bind(listen, self.names.control_exchange, routing_key="#")
         events.basic_consume(listen, self._on_event, auto_ack=True)
         return True
