@@ -264,6 +264,14 @@ class BrokerConfig:
     # Alarms: memory used as % of RabbitMQ's high watermark; free disk as a multiple of its limit.
     memory_alarm_pct: int = 80
     disk_free_alarm_ratio: float = 2.0
+    # The deploy-time function that makes the scheduler's own broker user. One reserved execution:
+    # a deploy never waits on an account whose unreserved concurrency the workflows have used up.
+    provisioner: FunctionConfig = FunctionConfig(
+        memory_mb=256, timeout_s=120, reserved_concurrency=1
+    )
+    # Raise it after putting a new password in the scheduler user's secret: the next deploy sets
+    # that password on the broker (docs/runbook.md#scheduler-broker-credentials).
+    scheduler_password_revision: int = 1
 
     def validate(self, where: str) -> None:
         _require(
@@ -291,6 +299,12 @@ class BrokerConfig:
             self.disk_free_alarm_ratio >= 1,
             f"{where}.disk_free_alarm_ratio",
             f"must be >= 1 (RabbitMQ blocks publishers at 1), got {self.disk_free_alarm_ratio}",
+        )
+        self.provisioner.validate(f"{where}.provisioner")
+        _require(
+            self.scheduler_password_revision >= 1,
+            f"{where}.scheduler_password_revision",
+            f"must be >= 1, got {self.scheduler_password_revision}",
         )
         _require(
             self.deployment_mode in ("SINGLE_INSTANCE", "CLUSTER_MULTI_AZ"),
@@ -403,12 +417,13 @@ class EnvConfig:
         if self.broker is not None:
             self.broker.validate(f"{n}.broker")
         self.alarms.validate(f"{n}.alarms")
-        reserved = self.workflows.reserved_concurrency()
+        reserved = self.reserved_concurrency()
         _require(
             reserved <= self.account_concurrency_quota - LAMBDA_UNRESERVED_MIN,
             f"{n}.account_concurrency_quota",
             f"({self.account_concurrency_quota}) must hold the {reserved} concurrent executions "
-            f"the functions reserve (workflows.orchestrator, workflows.steps) plus the "
+            "the functions reserve (workflows.orchestrator, workflows.steps, "
+            f"broker.provisioner) plus the "
             f"{LAMBDA_UNRESERVED_MIN} Lambda keeps unreserved: raise the quota first "
             "(docs/runbook.md#before-the-first-deploy) or reserve less",
         )
@@ -427,6 +442,11 @@ class EnvConfig:
             f"({self.worker.error_visibility_timeout_s} s) must be <= "
             f"events_queue.visibility_timeout_s ({self.events_queue.visibility_timeout_s} s)",
         )
+
+    def reserved_concurrency(self) -> int:
+        """What every function of the environment reserves together, out of the account's."""
+        provisioner = self.broker.provisioner.reserved_concurrency if self.broker else None
+        return self.workflows.reserved_concurrency() + (provisioner or 0)
 
     @property
     def data_key(self) -> bool:

@@ -64,6 +64,10 @@ DOCS: Mapping[str, str] = {
     "admin_username": "broker admin user (its password is generated in Secrets Manager)",
     "memory_alarm_pct": "broker memory used as % of RabbitMQ's limit that alarms",
     "disk_free_alarm_ratio": "broker free disk as a multiple of RabbitMQ's limit that alarms",
+    "provisioner": "deploy-time Lambda making the scheduler's broker user: memory / timeout / "
+    "reserved concurrency",
+    "scheduler_password_revision": "raise after a new password is put in the scheduler user's "
+    "secret: the next deploy sets it on the broker",
     "alarms": "alarm e-mail and thresholds",
     "email": "address subscribed to the alarm topic",
     "queue_age_s": "events queue: oldest message age that alarms",

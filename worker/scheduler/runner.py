@@ -52,7 +52,9 @@ def broker_url(environ: Mapping[str, str] | None = None, *, secrets: Any = None)
     """The broker's AMQP(S) URL from the environment, or None when no broker is configured.
 
     SLUICE_BROKER_URL wins (tests, local runs); otherwise SLUICE_BROKER_ENDPOINT (the broker's
-    amqps://host:5671 endpoint) with the admin credentials from SLUICE_BROKER_SECRET_ARN.
+    amqps://host:5671 endpoint) with the credentials of the secret SLUICE_BROKER_SECRET_ARN names:
+    on AWS the scheduler's own user, which may touch only the scheduler's names (never the
+    broker's administrator, whose secret this process cannot read).
     """
     env = dict(os.environ) if environ is None else environ
     if env.get(BROKER_URL):
