@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from aws_cdk import Acknowledgment, AssetHashType, Aws, Duration, Stack, Validations
@@ -70,9 +71,9 @@ def deps_layer(scope: Construct, construct_id: str) -> lambda_.LayerVersion:
     )
 
 
-def code_bundle(kind: str, name: str) -> lambda_.Code:
-    """The function's package, the shared runtime helpers and the sluice contracts."""
-    bundle = stage_bundle(
+def function_bundle(kind: str, name: str) -> Path:
+    """The function's package, the shared runtime helpers and the sluice contracts, staged."""
+    return stage_bundle(
         f"{kind}-{name}",
         {
             "lambdas": LAMBDAS / "__init__.py",
@@ -82,7 +83,10 @@ def code_bundle(kind: str, name: str) -> lambda_.Code:
             "sluice": ROOT / "sluice",
         },
     )
-    return lambda_.Code.from_asset(str(bundle))
+
+
+def code_bundle(kind: str, name: str) -> lambda_.Code:
+    return lambda_.Code.from_asset(str(function_bundle(kind, name)))
 
 
 def _acknowledge_compute(fn: lambda_.Function) -> None:

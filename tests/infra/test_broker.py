@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import subprocess
+import sys
 
 import pytest
 
 from sluice import naming
+from stacks import broker_user
+from stacks.workflows import function_bundle
 from tests.infra.conftest import resources
 from worker.scheduler import REGISTRY
 from worker.scheduler.broker_metrics import management_url
@@ -398,3 +402,21 @@ def test_broker_alarms_watch_every_node_every_task_and_dead_ticks(synth, env):
 def test_no_broker_alarms_without_a_broker(synth):
     alarms = resources(synth("dev").stateless, "AWS::CloudWatch::Alarm").values()
     assert not [a for a in alarms if "Broker-" in a["Properties"]["AlarmName"]]
+
+
+def test_the_provisioner_bundle_needs_nothing_but_the_runtime_and_boto3():
+    # It ships without the deps layer: any other import would fail only once deployed.
+    bundle = function_bundle("provisioning", broker_user.NAME)
+    probe = f"""
+import sys
+import boto3, botocore.config
+before = set(sys.modules)
+sys.path.insert(0, {str(bundle)!r})
+import lambdas.provisioning.broker_user.handler
+added = {{m.split(".")[0] for m in set(sys.modules) - before}}
+print(sorted(added - set(sys.stdlib_module_names) - {{"lambdas"}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=bundle
+    )
+    assert out.stdout.strip() == "[]"
