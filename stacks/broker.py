@@ -1,11 +1,16 @@
 """Amazon MQ for RabbitMQ: the optional broker that drives the drift-free periodic scheduler.
 
-Private (no public endpoint) in the VPC's private subnets, reachable only on AMQPS (5671) from
-what `allow_from` admits (the worker). The admin password is generated in Secrets Manager and
-reaches the broker as a dynamic reference, never as plain text in the template.
+Private (no public endpoint) in the VPC's private subnets, reachable only from what `allow_from`
+admits (the worker on AMQPS 5671 and the management API on 443; the broker user's provisioning
+function on 443). Two users, each password generated in Secrets Manager: the administrator,
+which Amazon MQ creates (a dynamic reference, never plain text in the template) and only the
+provisioning function reads; and the scheduler's own user (stacks/broker_user.py makes it), which
+only the scheduler process and that function read.
 """
 
 from __future__ import annotations
+
+import json
 
 from aws_cdk import Acknowledgment, Aws, Duration, Fn, RemovalPolicy, Validations
 from aws_cdk import aws_amazonmq as mq
@@ -19,7 +24,9 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from sluice import metrics, naming
+from sluice.scheduling.names import SCHEDULER_USER
 from sluice.scheduling.registry import REGISTRY, Registry
+from sluice.settings import SchedulerSettings
 from stacks.config import BrokerConfig, EnvConfig
 from stacks.monitoring import Monitoring
 
@@ -30,7 +37,8 @@ LTE = cw.ComparisonOperator.LESS_THAN_OR_EQUAL_TO_THRESHOLD
 
 
 class Broker(Construct):
-    """`broker` (CfnBroker), `security_group`, `admin_secret`, `amqps_endpoint`."""
+    """`broker` (CfnBroker), `security_group`, `admin_secret`, `scheduler_secret`,
+    `amqps_endpoint`, `management_url`."""
 
     def __init__(
         self,
@@ -45,7 +53,7 @@ class Broker(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.config = broker
-        self._key = key
+        self.key = key
         self.broker_name = f"{config.prefix}-scheduler"
         # Where the scheduler publishes the broker figures the alarms read.
         self.metrics_namespace = naming.metrics_namespace(config.name, "Scheduler")
@@ -60,41 +68,15 @@ class Broker(Construct):
         self.connections = ec2.Connections(
             security_groups=[self.security_group], default_port=ec2.Port.tcp(AMQPS_PORT)
         )
-        # Amazon MQ refuses ',', ':' and '=' in passwords; letters and digits also keep the
-        # password safe inside the AMQP URL the worker builds.
-        self.admin_secret = secretsmanager.Secret(
-            self,
-            "AdminSecret",
-            description=f"{self.broker_name}: RabbitMQ admin user",
-            encryption_key=key,
-            removal_policy=removal_policy,
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                secret_string_template=f'{{"username": "{broker.admin_username}"}}',
-                generate_string_key="password",
-                password_length=32,
-                exclude_punctuation=True,
-            ),
+        self.admin_secret = self._user_secret(
+            "AdminSecret", broker.admin_username, "RabbitMQ admin user", removal_policy
         )
-        Validations.of(self.admin_secret).acknowledge(
-            Acknowledgment(
-                id="AwsSolutions-SMG4",
-                reason="Amazon MQ keeps its own copy of a broker user's password and Secrets "
-                "Manager has no rotation function for Amazon MQ users: a rotation Lambda would "
-                "change the secret without changing the broker. Rotation is a runbook procedure "
-                "(docs/runbook.md#scheduler-broker-credentials): update the user and the secret.",
-            )
+        self.scheduler_secret = self._user_secret(
+            "SchedulerSecret",
+            SCHEDULER_USER,
+            "RabbitMQ user of the scheduler process",
+            removal_policy,
         )
-        for rule in (
-            "NIST.800.53.R5-SecretsManagerRotationEnabled",
-            "HIPAA.Security-SecretsManagerRotationEnabled",
-        ):
-            Validations.of(self.admin_secret).acknowledge(
-                Acknowledgment(
-                    id=rule,
-                    reason="No Secrets Manager rotation exists for Amazon MQ users (see "
-                    "AwsSolutions-SMG4); rotation is the runbook's manual procedure.",
-                )
-            )
         self._allow_log_delivery()
         private = vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS).subnet_ids
         single = broker.deployment_mode == "SINGLE_INSTANCE"
@@ -129,6 +111,86 @@ class Broker(Construct):
         self.broker.apply_removal_policy(removal_policy)
         # AmqpEndpoints is e.g. ["amqps://b-1234.mq.eu-west-1.amazonaws.com:5671"].
         self.amqps_endpoint = Fn.select(0, self.broker.attr_amqp_endpoints)
+        # Amazon MQ serves RabbitMQ's management API over HTTPS on the AMQPS host (the scheduler
+        # derives the same URL: broker_metrics.management_url; a test holds the two together).
+        host = Fn.select(0, Fn.split(":", Fn.select(1, Fn.split("://", self.amqps_endpoint))))
+        self.management_url = Fn.join("", ["https://", host])
+
+    def _user_secret(
+        self,
+        construct_id: str,
+        username: str,
+        what: str,
+        removal_policy: RemovalPolicy,
+    ) -> secretsmanager.Secret:
+        """A broker user's credentials: {"username": …, "password": <generated>}."""
+        # Amazon MQ refuses ',', ':' and '=' in passwords; letters and digits also keep the
+        # password safe inside the AMQP URL the worker builds.
+        secret = secretsmanager.Secret(
+            self,
+            construct_id,
+            description=f"{self.broker_name}: {what}",
+            encryption_key=self.key,
+            removal_policy=removal_policy,
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                secret_string_template=json.dumps({"username": username}),
+                generate_string_key="password",
+                password_length=32,
+                exclude_punctuation=True,
+            ),
+        )
+        Validations.of(secret).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-SMG4",
+                reason="The broker keeps its own copy of each user's password and AWS provides "
+                "no Secrets Manager rotation function for Amazon MQ users: rotating the secret "
+                "alone would lock the user out (and the scheduler reads its password only at "
+                "start). Rotation is a runbook procedure that changes the broker and the secret "
+                "together (docs/runbook.md#scheduler-broker-credentials).",
+            )
+        )
+        for rule in (
+            "NIST.800.53.R5-SecretsManagerRotationEnabled",
+            "HIPAA.Security-SecretsManagerRotationEnabled",
+        ):
+            Validations.of(secret).acknowledge(
+                Acknowledgment(
+                    id=rule,
+                    reason="No Secrets Manager rotation exists for Amazon MQ users (see "
+                    "AwsSolutions-SMG4); rotation is the runbook's manual procedure.",
+                )
+            )
+        return secret
+
+    def read_secrets(self, *secrets: secretsmanager.ISecret, sid: str) -> list[iam.PolicyStatement]:
+        """Statements that read `secrets`' values (and decrypt them with the data key, only
+        through Secrets Manager): for a policy in the reader's own stack.
+
+        No grant_*() here: a grant on the secret or key would put the stateless stack's role into
+        stateful resources' policies (a stack cycle) and land in an inline policy
+        (NIST/HIPAA IAMNoInlinePolicy). The key policy delegates to IAM.
+        """
+        statements = [
+            iam.PolicyStatement(
+                sid=sid,
+                actions=["secretsmanager:GetSecretValue"],
+                resources=[s.secret_arn for s in secrets],
+            )
+        ]
+        if self.key is not None:
+            statements.append(
+                iam.PolicyStatement(
+                    sid=f"{sid}Key",
+                    actions=["kms:Decrypt"],
+                    resources=[self.key.key_arn],
+                    conditions={
+                        "StringEquals": {
+                            "kms:ViaService": f"secretsmanager.{Aws.REGION}.amazonaws.com"
+                        }
+                    },
+                )
+            )
+        return statements
 
     def _allow_log_delivery(self) -> None:
         """Amazon MQ writes general logs to /aws/amazonmq/broker/<id>/general only when the
@@ -149,26 +211,23 @@ class Broker(Construct):
             ],
         )
 
-    def allow_from(self, other: ec2.IConnectable) -> None:
-        """Admit `other` (the worker's security group) on AMQPS, and nothing else."""
+    def allow_from(self, other: ec2.IConnectable, *, amqps: bool = True) -> None:
+        """Admit `other` on the management API (443) and, with `amqps`, on AMQPS: nothing else."""
         # Declared from `other`'s side: when it lives in the stateless stack the ingress rule
         # goes there too, so the stateful stack never refers to the stateless one.
-        other.connections.allow_to_default_port(self.connections, "worker to broker (AMQPS)")
-        # RabbitMQ's management API: the scheduler reads each node's memory and disk there.
+        if amqps:
+            other.connections.allow_to_default_port(self.connections, "to the broker (AMQPS)")
+        # RabbitMQ's management API: the scheduler reads each node's memory and disk there, the
+        # provisioning function makes the scheduler's user.
         other.connections.allow_to(
-            self.connections, ec2.Port.tcp(HTTPS_PORT), "worker to broker (management API)"
+            self.connections, ec2.Port.tcp(HTTPS_PORT), "to the broker (management API)"
         )
 
     def grant_connect(
         self, scope: Construct, role: iam.IRole, *, events_queue: sqs.IQueue
     ) -> iam.ManagedPolicy:
-        """Let `role` read the admin credentials it connects with: one managed policy, created in
-        `scope` (the role's stack).
-
-        No grant_*() here: a grant on the secret or key would put the stateless stack's role into
-        stateful resources' policies (a stack cycle) and land in an inline policy
-        (NIST/HIPAA IAMNoInlinePolicy). The key policy delegates to IAM.
-        """
+        """Let the scheduler's `role` read its broker user's credentials, send events and publish
+        the broker figures: one managed policy, created in `scope` (the role's stack)."""
         statements = [
             # A tick's default action sends its event to the events queue.
             iam.PolicyStatement(
@@ -183,29 +242,13 @@ class Broker(Construct):
                 resources=["*"],
                 conditions={"StringEquals": {"cloudwatch:namespace": self.metrics_namespace}},
             ),
-            iam.PolicyStatement(
-                sid="BrokerAdminSecret",
-                actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-                resources=[self.admin_secret.secret_arn],
-            ),
+            # Its own user's, never the administrator's.
+            *self.read_secrets(self.scheduler_secret, sid="SchedulerSecret"),
         ]
-        if self._key is not None:
-            statements.append(
-                iam.PolicyStatement(
-                    sid="BrokerAdminSecretKey",
-                    actions=["kms:Decrypt"],
-                    resources=[self._key.key_arn],
-                    conditions={
-                        "StringEquals": {
-                            "kms:ViaService": f"secretsmanager.{Aws.REGION}.amazonaws.com"
-                        }
-                    },
-                )
-            )
         policy = iam.ManagedPolicy(
             scope,
             "BrokerAccess",
-            description=f"{self.broker_name}: read the admin credentials",
+            description=f"{self.broker_name}: read the scheduler user's credentials",
             statements=statements,
             roles=[role],
         )
@@ -219,17 +262,17 @@ class Broker(Construct):
         return policy
 
     def worker_environment(self) -> dict[str, str]:
-        """The worker's environment variables for the broker (read by worker.scheduler.env)."""
-        return {
-            "SLUICE_BROKER_ENDPOINT": self.amqps_endpoint,
-            "SLUICE_BROKER_SECRET_ARN": self.admin_secret.secret_arn,
-            "SLUICE_SCHEDULER_METRICS_NAMESPACE": self.metrics_namespace,
-        }
+        """The scheduler process's settings for the broker (sluice.settings.SchedulerSettings)."""
+        return SchedulerSettings.render(
+            broker_endpoint=self.amqps_endpoint,
+            broker_secret_arn=self.scheduler_secret.secret_arn,
+            metrics_namespace=self.metrics_namespace,
+        )
 
     # -- alarms ---------------------------------------------------------------------------------
     # Amazon MQ publishes no per-queue metrics for RabbitMQ 4, and its memory and disk figures
     # of a cluster are sums over the nodes. The scheduler measures what the alarms need itself
-    # (worker/scheduler/metrics.py): per task, per node, in this namespace.
+    # (worker/scheduler/broker_metrics.py): per task, per node, in this namespace.
 
     def _own(self, name: str, statistic: str = "Maximum", **dims: str) -> cw.Metric:
         return cw.Metric(

@@ -49,9 +49,11 @@ GUARD_WAIVERS: tuple[Waiver, ...] = (
     Waiver(
         "CT.LAMBDA.PR.3",
         "lambda_inside_vpc_check",
-        "Sluice's functions (and CDK's deploy-time custom-resource handlers) "
-        "call only AWS APIs, over TLS with IAM authorization; none reaches a resource inside the "
-        "VPC. Placing them in it would add NAT traffic and network interfaces and protect nothing.",
+        "Sluice's workflow and step functions (and CDK's deploy-time custom-resource "
+        "handlers) call only AWS APIs, over TLS with IAM authorization; none reaches a resource "
+        "inside the VPC. Placing them in it would add NAT traffic and network interfaces and "
+        "protect nothing. The one function that reaches the broker (the broker user's "
+        "provisioner) runs in the VPC's private subnets.",
     ),
     Waiver(
         "CT.S3.PR.9",

@@ -302,6 +302,18 @@ class BrokerConfig(_Settings):
     disk_free_alarm_ratio: float = Field(
         2.0, ge=1, description="broker free disk as a multiple of RabbitMQ's limit that alarms"
     )
+    # One reserved execution: a deploy never waits on an account whose unreserved concurrency
+    # the workflows have used up.
+    provisioner: FunctionConfig = Field(
+        FunctionConfig(memory_mb=256, timeout_s=120, reserved_concurrency=1),
+        description="the deploy-time function that makes the scheduler's own broker user: "
+        "memory / timeout / reserved concurrency",
+    )
+    scheduler_password_revision: Positive = Field(
+        1,
+        description="raise it after putting a new password in the scheduler user's secret: the "
+        "next deploy sets that password on the broker",
+    )
 
     @model_validator(mode="after")
     def _engine_runs_on_instance(self) -> Self:
@@ -412,12 +424,13 @@ class EnvConfig(_Settings):
 
     @model_validator(mode="after")
     def _settings_agree(self) -> Self:
-        reserved = self.workflows.reserved_concurrency()
+        reserved = self.reserved_concurrency()
         if reserved > self.account_concurrency_quota - LAMBDA_UNRESERVED_MIN:
             _fail(
                 "account_concurrency_quota",
                 f"({self.account_concurrency_quota}) must hold the {reserved} concurrent "
-                f"executions the functions reserve (workflows.orchestrator, workflows.steps) "
+                "executions the functions reserve (workflows.orchestrator, workflows.steps, "
+                "broker.provisioner) "
                 f"plus the {LAMBDA_UNRESERVED_MIN} Lambda keeps unreserved: raise the quota "
                 "first (docs/runbook.md#before-the-first-deploy) or reserve less",
             )
@@ -438,6 +451,11 @@ class EnvConfig(_Settings):
                 f"events_queue.visibility_timeout_s ({queue.visibility_timeout_s} s)",
             )
         return self
+
+    def reserved_concurrency(self) -> int:
+        """What every function of the environment reserves together, out of the account's."""
+        provisioner = self.broker.provisioner.reserved_concurrency if self.broker else None
+        return self.workflows.reserved_concurrency() + (provisioner or 0)
 
     @property
     def data_key(self) -> bool:

@@ -6,6 +6,7 @@ from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
 from sluice import catalog
+from stacks.broker_user import BrokerUser
 from stacks.config import EnvConfig
 from stacks.heavy_steps import HeavySteps
 from stacks.monitoring import Monitoring
@@ -99,3 +100,9 @@ class StatelessStack(Stack):
                 self, self.worker.process_roles["scheduler"], events_queue=stateful.events.queue
             )
             stateful.broker.watch(self.monitoring)
+            # The scheduler connects as its own, non-admin user (issue 11), made at deploy: the
+            # worker starts once it exists.
+            self.broker_user = BrokerUser(
+                self, "BrokerUser", config=config, broker=stateful.broker, vpc=stateful.network.vpc
+            )
+            self.worker.environment.node.add_dependency(self.broker_user.resource)

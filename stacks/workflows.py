@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from aws_cdk import Acknowledgment, AssetHashType, Aws, Duration, Stack, Validations
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -32,6 +35,16 @@ RUNTIME = lambda_.Runtime.PYTHON_3_14
 ARCH = lambda_.Architecture.ARM_64
 JOB_TTL_DAYS = 400
 TRANSCRIBE_OUTPUT = catalog.TRANSCRIBE_OUTPUT_PREFIX
+# What Lambda calls with a VPC function's role to manage its network interfaces: the EC2 actions
+# of AWS's AWSLambdaVPCAccessExecutionRole.
+ENI_ACTIONS = [
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+]
 
 
 def deps_layer(scope: Construct, construct_id: str) -> lambda_.LayerVersion:
@@ -58,9 +71,9 @@ def deps_layer(scope: Construct, construct_id: str) -> lambda_.LayerVersion:
     )
 
 
-def code_bundle(kind: str, name: str) -> lambda_.Code:
-    """The function's package, the shared runtime helpers and the sluice contracts."""
-    bundle = stage_bundle(
+def function_bundle(kind: str, name: str) -> Path:
+    """The function's package, the shared runtime helpers and the sluice contracts, staged."""
+    return stage_bundle(
         f"{kind}-{name}",
         {
             "lambdas/__init__.py": LAMBDAS / "__init__.py",
@@ -70,10 +83,13 @@ def code_bundle(kind: str, name: str) -> lambda_.Code:
             "sluice": ROOT / "sluice",
         },
     )
-    return lambda_.Code.from_asset(str(bundle))
 
 
-def _acknowledge_compute(fn: lambda_.Function, *, config: EnvConfig) -> None:
+def code_bundle(kind: str, name: str) -> lambda_.Code:
+    return lambda_.Code.from_asset(str(function_bundle(kind, name)))
+
+
+def _acknowledge_compute(fn: lambda_.Function) -> None:
     """Findings that do not apply to a function invoked only by a durable workflow."""
     acks = [
         Acknowledgment(
@@ -102,7 +118,8 @@ def _acknowledge_compute(fn: lambda_.Function, *, config: EnvConfig) -> None:
 
 
 class _Function(Construct):
-    """A Lambda with its own role, log group, X-Ray tracing, the deps layer and a `live` alias."""
+    """A Lambda (lambdas/<package>/<name>) with its own role and one customer-managed policy, its
+    named log group and X-Ray tracing; with `security_group`, in the VPC's private subnets."""
 
     def __init__(
         self,
@@ -111,12 +128,16 @@ class _Function(Construct):
         *,
         kind: str,
         name: str,
+        package: str,
         config: EnvConfig,
         sizing: FunctionConfig,
-        layer: lambda_.ILayerVersion,
+        setting: str,
+        layer: lambda_.ILayerVersion | None,
         environment: Mapping[str, str],
         durable: bool,
         key: kms.IKey | None,
+        vpc: ec2.IVpc | None = None,
+        security_group: ec2.ISecurityGroup | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.name = name
@@ -143,6 +164,9 @@ class _Function(Construct):
                 )
             ],
         )
+        if vpc is not None:
+            # In this policy rather than AWS's managed one: the role keeps one policy of ours.
+            self.policy.add_statements(iam.PolicyStatement(actions=ENI_ACTIONS, resources=["*"]))
         # Named, so that the CLI and the runbook find a job's logs (sluice.naming).
         self.log_group = logs.LogGroup(
             self,
@@ -172,7 +196,6 @@ class _Function(Construct):
             if durable
             else None
         )
-        package = "workflows" if durable else "steps"
         self.function = lambda_.Function(
             self,
             "Function",
@@ -181,7 +204,7 @@ class _Function(Construct):
             architecture=ARCH,
             handler=f"lambdas.{package}.{name}.handler.handler",
             code=code_bundle(package, name),
-            layers=[layer],
+            layers=[layer] if layer is not None else None,
             # Immutable here: CDK would otherwise add an inline policy (tracing's X-Ray statement).
             role=self.role.without_policy_updates(),
             memory_size=sizing.memory_mb,
@@ -191,6 +214,11 @@ class _Function(Construct):
             log_group=self.log_group,
             logging_format=lambda_.LoggingFormat.JSON,
             durable_config=durable_config,
+            vpc=vpc,
+            vpc_subnets=(
+                ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS) if vpc else None
+            ),
+            security_groups=[security_group] if security_group is not None else None,
             environment={
                 "POWERTOOLS_SERVICE_NAME": f"sluice-{name}",
                 "POWERTOOLS_METRICS_NAMESPACE": "Sluice",
@@ -202,34 +230,33 @@ class _Function(Construct):
         self.allow(["logs:CreateLogStream", "logs:PutLogEvents"], [self.log_group.log_group_arn])
         # The function must not exist before its permissions do (first invocations would fail).
         self.function.node.add_dependency(self.policy)
-        self.alias = self.function.add_alias(catalog.WORKFLOW_ALIAS)
-        _acknowledge_compute(self.function, config=config)
         if sizing.reserved_concurrency is None:
-            setting = (
-                "workflows.orchestrator.reserved_concurrency"
-                if durable
-                else f"workflows.steps.{name}.reserved_concurrency"
-            )
             for pack in ("NIST.800.53.R5", "HIPAA.Security"):
                 Validations.of(self.function).acknowledge(
                     Acknowledgment(
                         id=f"{pack}-LambdaConcurrency",
                         reason=f"No concurrency is reserved for this {kind} in {config.name} "
-                        f"({setting} is None): every reservation comes out of the account's "
-                        "concurrency quota, so an environment reserves only where its steps "
-                        "must be protected from each other (prod's steps).",
+                        f"({setting}.reserved_concurrency is None): every reservation comes out "
+                        "of the account's concurrency quota, so an environment reserves only "
+                        "where its steps must be protected from each other (prod's steps).",
                     )
                 )
-        self._acknowledge_policy_wildcards(config)
+        self._acknowledge_policy_wildcards(in_vpc=vpc is not None)
 
-    def _acknowledge_policy_wildcards(self, config: EnvConfig) -> None:
-        # The only `*` resource of the policy: X-Ray's.
-        Validations.of(self.policy).acknowledge(
-            Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::*]",
-                reason="X-Ray tracing only (xray:PutTraceSegments, xray:PutTelemetryRecords): "
-                "these actions have no resource-level permissions.",
+    def _acknowledge_policy_wildcards(self, *, in_vpc: bool) -> None:
+        # The only `*` resources of the policy: X-Ray's, and the network interfaces' in a VPC.
+        reason = (
+            "X-Ray tracing (xray:PutTraceSegments, xray:PutTelemetryRecords): these actions have "
+            "no resource-level permissions."
+        )
+        if in_vpc:
+            reason += (
+                " The function's VPC network interfaces (the EC2 actions of AWS's "
+                "AWSLambdaVPCAccessExecutionRole): Lambda creates and deletes them with this role, "
+                "so no id exists to name in advance; the Describe actions have no resource type."
             )
+        Validations.of(self.policy).acknowledge(
+            Acknowledgment(id="AwsSolutions-IAM5[Resource::*]", reason=reason)
         )
 
     def allow(self, actions: Sequence[str], resources: Sequence[str]) -> None:
@@ -244,7 +271,16 @@ class _Function(Construct):
         )
 
 
-class StepFunction(_Function):
+class _WorkflowFunction(_Function):
+    """A function a durable execution runs, through its `live` alias, outside the VPC."""
+
+    def __init__(self, scope: Construct, construct_id: str, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.alias = self.function.add_alias(catalog.WORKFLOW_ALIAS)
+        _acknowledge_compute(self.function)
+
+
+class StepFunction(_WorkflowFunction):
     """One step handler Lambda (lambdas/steps/<name>), sized by `config.workflows.step(name)`."""
 
     def __init__(
@@ -263,8 +299,10 @@ class StepFunction(_Function):
             construct_id,
             kind="step",
             name=name,
+            package="steps",
             config=config,
             sizing=config.workflows.step(name),
+            setting=f"workflows.steps.{name}",
             layer=layer,
             environment=environment,
             durable=False,
@@ -272,7 +310,7 @@ class StepFunction(_Function):
         )
 
 
-class DurableWorkflow(_Function):
+class DurableWorkflow(_WorkflowFunction):
     """A durable function (lambdas/workflows/<name>) that invokes `steps` through their aliases."""
 
     def __init__(
@@ -292,8 +330,10 @@ class DurableWorkflow(_Function):
             construct_id,
             kind="workflow",
             name=name,
+            package="workflows",
             config=config,
             sizing=config.workflows.orchestrator,
+            setting="workflows.orchestrator",
             layer=layer,
             environment={
                 **environment,

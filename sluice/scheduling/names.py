@@ -7,6 +7,7 @@ counts tokens and the alarms that watch the queues.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from sluice.scheduling.registry import PeriodicTask
@@ -47,11 +48,39 @@ class Names:
     def leader_queue(self) -> str:
         return f"{self.prefix}.leader"
 
+    def listener(self, tag: str) -> str:
+        """The leader's exclusive queue of lifecycle events. Named here rather than by the
+        server (amq.gen-…), so the scheduler user's permissions need cover only this prefix."""
+        return f"{self.prefix}.listen.{tag}"
+
     def hatchery(self, task: str) -> str:
         return f"{self.prefix}.hatchery.{task}"
 
     def processor(self, task: str) -> str:
         return f"{self.prefix}.run.{task}"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """A RabbitMQ user's permissions on one vhost: regexes over exchange and queue names."""
+
+    configure: str
+    write: str
+    read: str
+
+
+# The broker user the scheduler connects as. Amazon MQ creates only an administrator; this user
+# is made at deploy time through the management API (lambdas/provisioning/broker_user) and may
+# touch nothing but the scheduler's own names. Everything the scheduler declares, publishes to,
+# binds and consumes is named under PREFIX (it never uses the default exchange), so one pattern
+# serves all three permissions; declaring a queue with a dead-letter exchange also needs write
+# on that exchange and read on the queue, both under PREFIX too.
+SCHEDULER_USER = "sluice-scheduler"
+SCHEDULER_VHOST = "/"
+_OWN = f"^{re.escape(PREFIX)}\\."
+SCHEDULER_PERMISSIONS = Permissions(configure=_OWN, write=_OWN, read=_OWN)
+# `monitoring` lets it read GET /api/nodes (the node figures the alarms use); no other tag.
+SCHEDULER_TAGS = "monitoring"
 
 
 def quiet_window_s(task: PeriodicTask) -> float:

@@ -112,12 +112,17 @@ def test_reserved_concurrency_must_leave_lambdas_unreserved_pool_in_the_account_
     prod = config.load("prod")
     reserved = sum(s.reserved_concurrency or 0 for s in prod.workflows.steps.values())
     assert reserved == 60
+    # and the broker user's provisioning function reserves its one
+    assert prod.broker is not None and prod.broker.provisioner.reserved_concurrency == 1
+    assert prod.reserved_concurrency() == 61
     # A new account's reduced quota cannot hold prod's reservations and Lambda's 100 unreserved.
     with pytest.raises(ConfigError) as err:
-        config.replace(prod, account_concurrency_quota=150)
+        config.replace(prod, account_concurrency_quota=160)
     assert str(err.value).startswith("prod.account_concurrency_quota:"), str(err.value)
-    assert "60" in str(err.value) and "100" in str(err.value)
-    assert config.replace(prod, account_concurrency_quota=160).account_concurrency_quota == 160
+    assert "61" in str(err.value) and "100" in str(err.value)
+    assert config.replace(prod, account_concurrency_quota=161).account_concurrency_quota == 161
+    # without a broker there is nothing to provision
+    assert config.load("dev").reserved_concurrency() == 0
 
 
 @pytest.mark.parametrize("branch", ["", "64bit Amazon Linux 2023 v4.7.3 running Python 3.13"])

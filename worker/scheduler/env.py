@@ -7,7 +7,8 @@ from collections.abc import Mapping
 
 # A full AMQP(S) URL with credentials (tests, local runs).
 BROKER_URL = "SLUICE_BROKER_URL"
-# On AWS: the broker's amqps://host:5671 endpoint and the admin secret's ARN.
+# On AWS: the broker's amqps://host:5671 endpoint and the ARN of the scheduler user's secret
+# ({"username": …, "password": …}; topology.SCHEDULER_USER, made at deploy time).
 BROKER_ENDPOINT = "SLUICE_BROKER_ENDPOINT"
 BROKER_SECRET_ARN = "SLUICE_BROKER_SECRET_ARN"  # noqa: S105 - a variable name
 # Where event tasks send their events (the events queue).

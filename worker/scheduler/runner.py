@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -52,7 +53,9 @@ def broker_url(environ: Mapping[str, str] | None = None, *, secrets: Any = None)
     """The broker's AMQP(S) URL from the environment, or None when no broker is configured.
 
     SLUICE_BROKER_URL wins (tests, local runs); otherwise SLUICE_BROKER_ENDPOINT (the broker's
-    amqps://host:5671 endpoint) with the admin credentials from SLUICE_BROKER_SECRET_ARN.
+    amqps://host:5671 endpoint) with the credentials of the secret SLUICE_BROKER_SECRET_ARN names:
+    on AWS the scheduler's own user, which may touch only the scheduler's names (never the
+    broker's administrator, whose secret this process cannot read).
     """
     env = dict(os.environ) if environ is None else environ
     if env.get(BROKER_URL):
@@ -350,7 +353,8 @@ class Reconciler(_Base):
                 return False
             raise
         events = ch.connection.channel()
-        listen = events.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        listen = self.names.listener(uuid.uuid4().hex)
+        events.queue_declare(listen, exclusive=True, auto_delete=True)
         events.queue_bind(listen, self.names.control_exchange, routing_key="#")
         events.basic_consume(listen, self._on_event, auto_ack=True)
         return True

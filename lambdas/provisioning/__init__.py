@@ -1,0 +1,1 @@
+"""Deploy-time functions: CloudFormation custom resources that set up what the AWS API cannot."""

@@ -1,0 +1,1 @@
+"""The scheduler's non-admin RabbitMQ user on Amazon MQ, made through the management API."""
