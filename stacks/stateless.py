@@ -6,6 +6,7 @@ from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
 from sluice import catalog
+from sluice.settings import SchedulerSettings
 from stacks.broker_user import BrokerUser
 from stacks.config import EnvConfig
 from stacks.heavy_steps import HeavySteps
@@ -75,7 +76,7 @@ class StatelessStack(Stack):
         worker_env = dict(self.heavy.worker_environment)
         if stateful.broker is not None:
             worker_env |= stateful.broker.worker_environment()
-            worker_env["SLUICE_EVENTS_QUEUE_URL"] = stateful.events.queue.queue_url
+            worker_env |= SchedulerSettings.render(events_queue_url=stateful.events.queue.queue_url)
         self.worker = WorkerEnvironment(
             self,
             "Worker",
@@ -93,7 +94,6 @@ class StatelessStack(Stack):
             metrics_namespace=self.worker.metrics_namespace,
         )
         # The broker scheduler (issue 7): only the worker reaches the broker; broker alarms.
-        # (The worker's SLUICE_BROKER_* variables come from stateful.broker.worker_environment().)
         if stateful.broker is not None:
             stateful.broker.allow_from(self.worker.security_group)
             stateful.broker.grant_connect(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+from sluice.settings import SchedulerSettings
 from tests.conftest import ROOT
 from tests.infra.conftest import resources
 
@@ -181,7 +182,10 @@ def test_broker_environments_give_the_worker_the_broker_and_events_queue(synth, 
         for o in environment["Properties"]["OptionSettings"]
         if o["Namespace"] == "aws:elasticbeanstalk:application:environment"
     }
-    broker_vars = {"SLUICE_BROKER_ENDPOINT", "SLUICE_BROKER_SECRET_ARN", "SLUICE_EVENTS_QUEUE_URL"}
+    variables = SchedulerSettings.variables()
+    broker_vars = {
+        variables[f] for f in ("broker_endpoint", "broker_secret_arn", "events_queue_url")
+    }
     if s.config.broker is None:
         assert not names & broker_vars
     else:

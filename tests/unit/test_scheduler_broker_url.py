@@ -8,7 +8,7 @@ import boto3
 from botocore.stub import Stubber
 
 from sluice.scheduling.names import SCHEDULER_USER
-from worker.scheduler.env import BROKER_ENDPOINT, BROKER_SECRET_ARN, BROKER_URL
+from sluice.settings import SchedulerSettings
 from worker.scheduler.runner import broker_url
 
 ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:scheduler-AbCdEf"
@@ -24,12 +24,15 @@ def test_it_connects_as_the_user_its_secret_names():
             {"ARN": ARN, "Name": "scheduler", "SecretString": secret},
             {"SecretId": ARN},
         )
-        url = broker_url({BROKER_ENDPOINT: ENDPOINT, BROKER_SECRET_ARN: ARN}, secrets=client)
+        url = broker_url(
+            SchedulerSettings.of(broker_endpoint=ENDPOINT, broker_secret_arn=ARN), secrets=client
+        )
     assert url == "amqps://sluice-scheduler:Abc123@b-1234.mq.eu-west-1.amazonaws.com:5671"
 
 
 def test_no_broker_without_both_settings_and_an_explicit_url_wins():
-    assert broker_url({BROKER_ENDPOINT: ENDPOINT}) is None
+    assert broker_url(SchedulerSettings.of(broker_endpoint=ENDPOINT)) is None
     assert (
-        broker_url({BROKER_URL: "amqp://u:p@127.0.0.1:5672/%2F"}) == "amqp://u:p@127.0.0.1:5672/%2F"
+        broker_url(SchedulerSettings.of(broker_url="amqp://u:p@127.0.0.1:5672/%2F"))
+        == "amqp://u:p@127.0.0.1:5672/%2F"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -18,14 +17,14 @@ from typing import Any
 from sluice.envelope import Event
 from sluice.scheduling.names import Names
 from sluice.scheduling.registry import REGISTRY, cron_yaml
+from sluice.settings import SchedulerSettings
 from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
-from worker.scheduler.env import BROKER_MANAGEMENT_URL, EVENTS_QUEUE_URL, METRICS_NAMESPACE
 from worker.scheduler.runner import Scheduler, SendEvent, broker_url
 
 
-def event_sender() -> SendEvent | None:
+def event_sender(settings: SchedulerSettings) -> SendEvent | None:
     """Event tasks send through the shared producer to the events queue (None: no queue set)."""
-    queue_url = os.environ.get(EVENTS_QUEUE_URL)
+    queue_url = settings.events_queue_url
     if not queue_url:
         return None
     import boto3
@@ -56,25 +55,22 @@ def main(argv: list[str] | None = None) -> int:
     from worker.credentials import process_session
 
     process_session("scheduler")  # the broker secret and the events queue, as its own role
-    url = broker_url()
+    settings = SchedulerSettings.read()
+    url = broker_url(settings)
     if url is None:
         log.info("no broker configured: periodic tasks run from cron.yaml; idling")
         stop.wait()
         return 0
     names = Names(args.prefix) if args.prefix else Names()
-    scheduler = Scheduler(REGISTRY, url, names=names, send=event_sender()).start()
+    scheduler = Scheduler(REGISTRY, url, names=names, send=event_sender(settings)).start()
     log.info("scheduler started: %s", ", ".join(REGISTRY.names))
-    namespace = os.environ.get(METRICS_NAMESPACE)
-    if namespace:  # the broker figures the alarms read (Amazon MQ publishes none per queue)
+    if settings.metrics_namespace:  # the figures the alarms read (no per-queue AWS metrics)
         import boto3
 
         figures = BrokerFigures(
-            url,
-            REGISTRY,
-            names,
-            management=os.environ.get(BROKER_MANAGEMENT_URL) or management_url(url),
+            url, REGISTRY, names, management=settings.management_url or management_url(url)
         )
-        publish_every(60, figures, boto3.client("cloudwatch"), namespace, {}, stop)
+        publish_every(60, figures, boto3.client("cloudwatch"), settings.metrics_namespace, {}, stop)
     stop.wait()
     scheduler.stop()
     return 0

@@ -17,7 +17,7 @@ from sluice.envelope import SCHEMA_VIOLATION
 from sluice.errors import BusinessError, PoisonMessage
 from sluice.scheduling.registry import CRON_URL_PREFIX, REGISTRY, PeriodicTask, Registry, cron_tick
 from sluice.scheduling.schedule import ScheduleError
-from worker.scheduler.env import broker_configured
+from sluice.settings import SchedulerSettings
 
 log = logging.getLogger("sluice.scheduler")
 
@@ -30,7 +30,7 @@ def register_cron_routes(
     from worker.dispatch import Delivery
 
     reg = registry or REGISTRY
-    broker = broker_configured(environ)
+    broker = SchedulerSettings.read(environ).broker_configured
 
     def handler_for(task: PeriodicTask) -> Any:
         def handle(request: Any) -> Any:

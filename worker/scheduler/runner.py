@@ -13,11 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from sluice.errors import BusinessError
 from sluice.scheduling.names import Names, expiration_ms, quiet_window_s
 from sluice.scheduling.registry import PeriodicTask, Registry, Tick
 from sluice.scheduling.schedule import next_due
-from worker.scheduler.env import BROKER_ENDPOINT, BROKER_SECRET_ARN, BROKER_URL
+from sluice.settings import SchedulerSettings
 from worker.scheduler.topology import declare
 
 log = logging.getLogger("sluice.scheduler")
@@ -49,18 +48,17 @@ _BROKER_DOWN: tuple[type[BaseException], ...] = (
 )
 
 
-def broker_url(environ: Mapping[str, str] | None = None, *, secrets: Any = None) -> str | None:
-    """The broker's AMQP(S) URL from the environment, or None when no broker is configured.
+def broker_url(settings: SchedulerSettings, *, secrets: Any = None) -> str | None:
+    """The broker's AMQP(S) URL, or None when no broker is configured.
 
-    SLUICE_BROKER_URL wins (tests, local runs); otherwise SLUICE_BROKER_ENDPOINT (the broker's
-    amqps://host:5671 endpoint) with the credentials of the secret SLUICE_BROKER_SECRET_ARN names:
-    on AWS the scheduler's own user, which may touch only the scheduler's names (never the
-    broker's administrator, whose secret this process cannot read).
+    A full `broker_url` wins (tests, local runs); otherwise the broker's amqps://host:5671
+    endpoint with the credentials of the secret `broker_secret_arn` names: on AWS the
+    scheduler's own user, which may touch only the scheduler's names (never the broker's
+    administrator, whose secret this process cannot read).
     """
-    env = dict(os.environ) if environ is None else environ
-    if env.get(BROKER_URL):
-        return env[BROKER_URL]
-    endpoint, secret_arn = env.get(BROKER_ENDPOINT), env.get(BROKER_SECRET_ARN)
+    if settings.broker_url:
+        return settings.broker_url
+    endpoint, secret_arn = settings.broker_endpoint, settings.broker_secret_arn
     if not endpoint or not secret_arn:
         return None
     if secrets is None:
