@@ -40,6 +40,46 @@ def media_bucket(env: str, account: str, region: str) -> str:
     return f"{prefix(env).lower()}-media-{account}-{region}"
 
 
+def jobs_table(env: str) -> str:
+    """The jobs table (one record per job), e.g. `Sluice-prod-jobs`."""
+    return f"{prefix(env)}-jobs"
+
+
+def notifications_topic(env: str) -> str:
+    """The topic the pipeline announces finished and failed jobs on, e.g. `Sluice-prod-notifications`."""
+    return f"{prefix(env)}-notifications"
+
+
+# What the stateful stack holds that AWS names or numbers itself (the data key's id, VPC and
+# subnet ids, the broker's endpoint and security group, the secrets' ARNs, which end in a random
+# suffix). The stateful stack writes each to the SSM parameter `parameter(env, name)`; the
+# stateless stack reads it there when it deploys. No CloudFormation export couples the stacks, so
+# either may change what it holds without a two-phase deploy.
+DATA_KEY_ID = "data-key-id"
+VPC_ID = "vpc-id"
+PRIVATE_SUBNET_IDS = "private-subnet-ids"
+BROKER_SECURITY_GROUP_ID = "broker/security-group-id"
+BROKER_AMQPS_ENDPOINT = "broker/amqps-endpoint"
+BROKER_ADMIN_SECRET_ARN = "broker/admin-secret-arn"  # noqa: S105 - a parameter name
+BROKER_SCHEDULER_SECRET_ARN = "broker/scheduler-secret-arn"  # noqa: S105 - a parameter name
+PARAMETERS = (
+    DATA_KEY_ID,
+    VPC_ID,
+    PRIVATE_SUBNET_IDS,
+    BROKER_SECURITY_GROUP_ID,
+    BROKER_AMQPS_ENDPOINT,
+    BROKER_ADMIN_SECRET_ARN,
+    BROKER_SCHEDULER_SECRET_ARN,
+)
+
+
+def parameter(env: str, name: str) -> str:
+    """`parameter("prod", VPC_ID)` -> `/Sluice-prod/vpc-id`: the SSM parameter holding it."""
+    if name not in PARAMETERS:
+        raise ValueError(f"unknown parameter {name!r}: one of {', '.join(PARAMETERS)}")
+    return f"/{prefix(env)}/{name}"
+
+
 def lambda_log_groups(env: str) -> str:
     """The prefix of every Lambda log group of the environment."""
     return f"/aws/lambda/{prefix(env)}-"

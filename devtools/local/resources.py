@@ -25,9 +25,8 @@ CONFIG = stack_config.replace(
 ENV = CONFIG.name
 REGION = CONFIG.region
 BUCKET = naming.media_bucket(ENV, ACCOUNT, REGION)
-# CloudFormation names these in AWS (the CLI finds them by stack output); here the prefix does.
-TABLE = f"{naming.prefix(ENV)}-jobs"
-TOPIC = f"{naming.prefix(ENV)}-notifications"
+TABLE = naming.jobs_table(ENV)
+TOPIC = naming.notifications_topic(ENV)
 
 
 @dataclass

@@ -28,3 +28,17 @@ def test_the_media_bucket_is_lowercase_and_names_account_and_region():
     assert naming.media_bucket("dev", "${Token[AWS.AccountId.6]}", "eu-west-1").endswith(
         "-media-${Token[AWS.AccountId.6]}-eu-west-1"
     )
+
+
+def test_the_jobs_table_and_notifications_topic_are_named_by_the_prefix():
+    assert naming.jobs_table("prod") == "Sluice-prod-jobs"
+    assert naming.notifications_topic("dev") == "Sluice-dev-notifications"
+
+
+def test_the_parameters_the_stateful_stack_writes_live_under_the_environments_prefix():
+    assert naming.parameter("prod", naming.VPC_ID) == "/Sluice-prod/vpc-id"
+    assert naming.parameter("dev", naming.BROKER_AMQPS_ENDPOINT) == (
+        "/Sluice-dev/broker/amqps-endpoint"
+    )
+    with pytest.raises(ValueError, match="unknown parameter 'vpc'"):
+        naming.parameter("dev", "vpc")
