@@ -5,7 +5,9 @@ actions and their resource types, service principals), and the synth-time checks
 against service limits (Elastic Beanstalk's environment properties). Both need strings, so every
 `Ref`, `Fn::GetAtt`, `Fn::Join`, `Fn::Sub`, `Fn::Select`, `Fn::Split` and `Fn::ImportValue` is
 rendered the way CloudFormation would resolve it: a resource's physical name from its properties
-(or a stand-in where CloudFormation generates it) and its ARN in the service's ARN format. With
+(or a stand-in where CloudFormation generates it) and its ARN in the service's ARN format. A
+template parameter of type `AWS::SSM::Parameter::Value<…>` and a `{{resolve:ssm:…}}` dynamic
+reference read what another stack of the environment writes to that SSM parameter. With
 `worst_case`, every generated name takes the longest length CloudFormation may give it, so a
 limit holds for any name a deployment gets. A resource type or attribute without a rendering
 raises, so a new kind of resource cannot slip past the checks unrendered.
@@ -21,6 +23,9 @@ from typing import Any
 
 ACCOUNT = "123456789012"
 PARTITION = "aws"
+SSM_PARAMETER_TYPE = "AWS::SSM::Parameter::Value"
+# {{resolve:ssm:name}} or {{resolve:ssm:name:version}}
+SSM_REFERENCE = re.compile(r"\{\{resolve:ssm:([^:}]+)(?::\d+)?\}\}")
 
 
 # The longest name CloudFormation generates for a resource of each type (its service's limit).
@@ -51,6 +56,8 @@ class Stack:
         """`value` with every intrinsic function resolved (recursively)."""
         if isinstance(value, list):
             return [self.render(v) for v in value]
+        if isinstance(value, str) and "{{resolve:ssm:" in value:
+            return SSM_REFERENCE.sub(lambda m: str(self.env.ssm_parameter(m[1])), value)
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
@@ -107,7 +114,7 @@ class Stack:
         if lid in pseudo:
             return pseudo[lid]
         if lid in self.template.get("Parameters", {}):
-            return f"param-{lid}"
+            return self._parameter(lid)
         resource = self.resources[lid]
         kind, props = resource["Type"], resource.get("Properties", {})
         by_arn = {
@@ -140,10 +147,21 @@ class Stack:
         if kind in names:
             return self._name(lid, kind, props, names[kind])
         if kind.startswith("AWS::EC2::"):
-            return f"{kind.split('::')[-1].lower()}-{lid.lower()[:17]}"
+            # As long as EC2's ids (`subnet-0123456789abcdef0`), and one per resource.
+            return f"{kind.split('::')[-1].lower()}-{hashlib.sha256(lid.encode()).hexdigest()[:17]}"
         if kind.startswith("Custom::") or kind == "AWS::CloudFormation::CustomResource":
             return f"custom-{lid.lower()}"
         raise NotImplementedError(f"{self.name}: no Ref rendering for {kind} ({lid})")
+
+    def _parameter(self, lid: str) -> Any:
+        """A template parameter: an SSM parameter type reads its parameter (a list type a
+        StringList, split as CloudFormation splits it); any other is a stand-in."""
+        parameter = self.template["Parameters"][lid]
+        kind = parameter["Type"]
+        if not kind.startswith(SSM_PARAMETER_TYPE):
+            return f"param-{lid}"
+        value = self.env.ssm_parameter(parameter["Default"])
+        return value.split(",") if kind.startswith(f"{SSM_PARAMETER_TYPE}<List<") else value
 
     def get_att(self, lid: str, attr: str) -> Any:
         resource = self.resources[lid]
@@ -232,7 +250,8 @@ class Stack:
 
 @dataclass
 class Environment:
-    """All stacks of one environment (their exports resolve each other's imports)."""
+    """All stacks of one environment (their exports and SSM parameters resolve each other's
+    imports and reads)."""
 
     region: str
     templates: Mapping[str, Mapping[str, Any]]
@@ -250,6 +269,18 @@ class Environment:
                 if export is not None and stack.render(export) == name:
                     return stack.render(output["Value"])
         raise KeyError(f"no stack exports {name!r}")
+
+    def ssm_parameter(self, name: str) -> str:
+        """The value a stack of the environment writes to the SSM parameter `name`."""
+        for stack in self.stacks:
+            for resource in stack.resources.values():
+                props = resource.get("Properties", {})
+                if (
+                    resource["Type"] == "AWS::SSM::Parameter"
+                    and stack.render(props["Name"]) == name
+                ):
+                    return str(stack.render(props["Value"]))
+        raise KeyError(f"no stack writes the SSM parameter {name!r}")
 
     def resources(self, kind: str) -> list[tuple[Stack, str, Mapping[str, Any]]]:
         """(stack, logical id, rendered properties) of every resource of type `kind`."""
