@@ -6,6 +6,10 @@ function on 443). Two users, each password generated in Secrets Manager: the adm
 which Amazon MQ creates (a dynamic reference, never plain text in the template) and only the
 provisioning function reads; and the scheduler's own user (stacks/broker_user.py makes it), which
 only the scheduler process and that function read.
+
+`Broker` is the stateful stack's: the broker, its security group and secrets. `NamedBroker` is the
+same broker as the stateless stack finds it (through the SSM parameters `Broker` writes, no
+cross-stack export): it admits the worker, grants the scheduler and watches the broker.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from sluice import metrics, naming
 from sluice.scheduling.names import SCHEDULER_USER
 from sluice.scheduling.registry import REGISTRY, Registry
 from sluice.settings import SchedulerSettings
+from stacks import parameters
 from stacks.config import BrokerConfig, EnvConfig
 from stacks.monitoring import Monitoring
 
@@ -36,9 +41,14 @@ LT = cw.ComparisonOperator.LESS_THAN_THRESHOLD
 LTE = cw.ComparisonOperator.LESS_THAN_OR_EQUAL_TO_THRESHOLD
 
 
+def broker_name(config: EnvConfig) -> str:
+    """The broker's name, e.g. `Sluice-prod-scheduler`."""
+    return f"{config.prefix}-scheduler"
+
+
 class Broker(Construct):
     """`broker` (CfnBroker), `security_group`, `admin_secret`, `scheduler_secret`,
-    `amqps_endpoint`, `management_url`."""
+    `amqps_endpoint`; `publish` hands what AWS generates of them to the stateless stack."""
 
     def __init__(
         self,
@@ -52,11 +62,8 @@ class Broker(Construct):
         key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.config = broker
         self.key = key
-        self.broker_name = f"{config.prefix}-scheduler"
-        # Where the scheduler publishes the broker figures the alarms read.
-        self.metrics_namespace = naming.metrics_namespace(config.name, "Scheduler")
+        self.broker_name = broker_name(config)
         self.security_group = ec2.SecurityGroup(
             self,
             "SecurityGroup",
@@ -64,9 +71,6 @@ class Broker(Construct):
             description=f"{self.broker_name}: AMQPS from the worker only",
             # The broker never opens connections of its own.
             allow_all_outbound=False,
-        )
-        self.connections = ec2.Connections(
-            security_groups=[self.security_group], default_port=ec2.Port.tcp(AMQPS_PORT)
         )
         self.admin_secret = self._user_secret(
             "AdminSecret", broker.admin_username, "RabbitMQ admin user", removal_policy
@@ -111,10 +115,17 @@ class Broker(Construct):
         self.broker.apply_removal_policy(removal_policy)
         # AmqpEndpoints is e.g. ["amqps://b-1234.mq.eu-west-1.amazonaws.com:5671"].
         self.amqps_endpoint = Fn.select(0, self.broker.attr_amqp_endpoints)
-        # Amazon MQ serves RabbitMQ's management API over HTTPS on the AMQPS host (the scheduler
-        # derives the same URL: broker_metrics.management_url; a test holds the two together).
-        host = Fn.select(0, Fn.split(":", Fn.select(1, Fn.split("://", self.amqps_endpoint))))
-        self.management_url = Fn.join("", ["https://", host])
+
+    def publish(self, env: str) -> None:
+        """Hand what AWS generates (the security group's id, the endpoint, the secrets' ARNs with
+        their random suffix) to the stateless stack, which reads it as `NamedBroker`."""
+        for name, value in {
+            naming.BROKER_SECURITY_GROUP_ID: self.security_group.security_group_id,
+            naming.BROKER_AMQPS_ENDPOINT: self.amqps_endpoint,
+            naming.BROKER_ADMIN_SECRET_ARN: self.admin_secret.secret_arn,
+            naming.BROKER_SCHEDULER_SECRET_ARN: self.scheduler_secret.secret_arn,
+        }.items():
+            parameters.publish(self, env, name, value)
 
     def _user_secret(
         self,
@@ -162,13 +173,69 @@ class Broker(Construct):
             )
         return secret
 
+    def _allow_log_delivery(self) -> None:
+        """Amazon MQ writes general logs to /aws/amazonmq/broker/<id>/general only when the
+        account's CloudWatch Logs resource policy lets it."""
+        logs.ResourcePolicy(
+            self,
+            "LogDelivery",
+            resource_policy_name=f"{self.broker_name}-logs",
+            policy_statements=[
+                iam.PolicyStatement(
+                    principals=[iam.ServicePrincipal("mq.amazonaws.com")],
+                    actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+                    resources=[
+                        f"arn:{Aws.PARTITION}:logs:{Aws.REGION}:{Aws.ACCOUNT_ID}:"
+                        "log-group:/aws/amazonmq/*"
+                    ],
+                )
+            ],
+        )
+
+
+class NamedBroker(Construct):
+    """The broker as the stateless stack finds it: its security group, endpoint and secrets by
+    the SSM parameters `Broker.publish` writes. `security_group_id`, `admin_secret`,
+    `scheduler_secret`, `amqps_endpoint`, `management_url`."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvConfig,
+        broker: BrokerConfig,
+        key: kms.IKey | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.config = broker
+        self.key = key
+        self.broker_name = broker_name(config)
+        # Where the scheduler publishes the broker figures the alarms read.
+        self.metrics_namespace = naming.metrics_namespace(config.name, "Scheduler")
+
+        def read(name: str) -> str:
+            return parameters.read(self, config.name, name)
+
+        self.security_group_id = read(naming.BROKER_SECURITY_GROUP_ID)
+        self.admin_secret = secretsmanager.Secret.from_secret_complete_arn(
+            self, "AdminSecret", read(naming.BROKER_ADMIN_SECRET_ARN)
+        )
+        self.scheduler_secret = secretsmanager.Secret.from_secret_complete_arn(
+            self, "SchedulerSecret", read(naming.BROKER_SCHEDULER_SECRET_ARN)
+        )
+        self.amqps_endpoint = read(naming.BROKER_AMQPS_ENDPOINT)
+        # Amazon MQ serves RabbitMQ's management API over HTTPS on the AMQPS host (the scheduler
+        # derives the same URL: broker_metrics.management_url; a test holds the two together).
+        host = Fn.select(0, Fn.split(":", Fn.select(1, Fn.split("://", self.amqps_endpoint))))
+        self.management_url = Fn.join("", ["https://", host])
+
     def read_secrets(self, *secrets: secretsmanager.ISecret, sid: str) -> list[iam.PolicyStatement]:
         """Statements that read `secrets`' values (and decrypt them with the data key, only
         through Secrets Manager): for a policy in the reader's own stack.
 
-        No grant_*() here: a grant on the secret or key would put the stateless stack's role into
-        stateful resources' policies (a stack cycle) and land in an inline policy
-        (NIST/HIPAA IAMNoInlinePolicy). The key policy delegates to IAM.
+        No grant_*() here: grants land in an inline policy (NIST/HIPAA IAMNoInlinePolicy). The
+        key policy delegates to IAM, and the secrets have no resource policy.
         """
         statements = [
             iam.PolicyStatement(
@@ -192,35 +259,20 @@ class Broker(Construct):
             )
         return statements
 
-    def _allow_log_delivery(self) -> None:
-        """Amazon MQ writes general logs to /aws/amazonmq/broker/<id>/general only when the
-        account's CloudWatch Logs resource policy lets it."""
-        logs.ResourcePolicy(
-            self,
-            "LogDelivery",
-            resource_policy_name=f"{self.broker_name}-logs",
-            policy_statements=[
-                iam.PolicyStatement(
-                    principals=[iam.ServicePrincipal("mq.amazonaws.com")],
-                    actions=["logs:CreateLogStream", "logs:PutLogEvents"],
-                    resources=[
-                        f"arn:{Aws.PARTITION}:logs:{Aws.REGION}:{Aws.ACCOUNT_ID}:"
-                        "log-group:/aws/amazonmq/*"
-                    ],
-                )
-            ],
-        )
-
-    def allow_from(self, other: ec2.IConnectable, *, amqps: bool = True) -> None:
+    def allow_from(self, other: ec2.SecurityGroup, *, amqps: bool = True) -> None:
         """Admit `other` on the management API (443) and, with `amqps`, on AMQPS: nothing else."""
-        # Declared from `other`'s side: when it lives in the stateless stack the ingress rule
-        # goes there too, so the stateful stack never refers to the stateless one.
+        # The broker's group as `other` sees it, made under `other`: the rules both ways live
+        # with `other`, so whatever depends on `other` depends on its way to the broker too.
+        group = ec2.SecurityGroup.from_security_group_id(
+            other, "Broker", self.security_group_id, allow_all_outbound=False, mutable=True
+        )
+        broker = ec2.Connections(security_groups=[group], default_port=ec2.Port.tcp(AMQPS_PORT))
         if amqps:
-            other.connections.allow_to_default_port(self.connections, "to the broker (AMQPS)")
+            other.connections.allow_to_default_port(broker, "to the broker (AMQPS)")
         # RabbitMQ's management API: the scheduler reads each node's memory and disk there, the
         # provisioning function makes the scheduler's user.
         other.connections.allow_to(
-            self.connections, ec2.Port.tcp(HTTPS_PORT), "to the broker (management API)"
+            broker, ec2.Port.tcp(HTTPS_PORT), "to the broker (management API)"
         )
 
     def grant_connect(

@@ -14,7 +14,7 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
 from sluice.scheduling.names import SCHEDULER_PERMISSIONS, SCHEDULER_TAGS, SCHEDULER_VHOST
-from stacks.broker import HTTPS_PORT, Broker
+from stacks.broker import HTTPS_PORT, NamedBroker
 from stacks.config import EnvConfig
 from stacks.workflows import _Function
 
@@ -33,7 +33,7 @@ class BrokerUser(Construct):
         construct_id: str,
         *,
         config: EnvConfig,
-        broker: Broker,
+        broker: NamedBroker,
         vpc: ec2.IVpc,
     ) -> None:
         super().__init__(scope, construct_id)

@@ -17,8 +17,8 @@ from constructs import Construct
 from sluice import catalog, naming
 from sluice.settings import TasksSettings
 from stacks.config import EnvConfig
-from stacks.media_store import TRANSCRIPTS, UPLOADS, MediaStore, media_objects_arn
-from stacks.queues import DurableQueue
+from stacks.media_store import TRANSCRIPTS, UPLOADS, Media, media_objects_arn
+from stacks.queues import QueuePair
 from stacks.workflows import DurableWorkflow, Workflows, logical_id
 
 # Where the worker writes (sluice.catalog names the same prefixes for the runtime code).
@@ -50,8 +50,8 @@ class HeavySteps(Construct):
         *,
         config: EnvConfig,
         workflows: Workflows,
-        media: MediaStore,
-        tasks: DurableQueue,
+        media: Media,
+        tasks: QueuePair,
         key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)

@@ -7,10 +7,14 @@ grant (DynamoDB, SQS and Secrets Manager create grants for the resources they en
 
 from __future__ import annotations
 
-from aws_cdk import Aws, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
+
+from sluice import naming
+from stacks import parameters
+from stacks.config import EnvConfig
 
 
 def customer_key(
@@ -40,6 +44,36 @@ def customer_key(
         )
     )
     return key
+
+
+def publish_data_key(key: kms.Key, config: EnvConfig) -> None:
+    """Hand the data key's id (AWS generates it) to the stateless stack (stacks/parameters.py)."""
+    parameters.publish(key, config.name, naming.DATA_KEY_ID, key.key_id)
+
+
+def named_data_key(scope: Construct, config: EnvConfig) -> kms.IKey | None:
+    """The environment's data key as the stateless stack finds it: by the id the stateful stack
+    wrote (`publish_data_key`); None where the environment has none.
+
+    The id, not the ARN: the ARN built around it is an `Fn::Join`, which cfn-guard's
+    CT.CLOUDWATCH.PR.3 reports as a finding the log groups acknowledge, whereas a bare `Ref` to
+    the SSM-typed parameter makes cdk-validator-cfnguard 0.0.62 crash on its own report.
+    Using an imported key changes no key policy: the key policy delegates to IAM, and the
+    stateless stack's policies name the key's ARN.
+    """
+    if not config.data_key:
+        return None
+    key_id = parameters.read(scope, config.name, naming.DATA_KEY_ID)
+    return kms.Key.from_key_arn(
+        scope,
+        "DataKey",
+        Stack.of(scope).format_arn(
+            service="kms",
+            resource="key",
+            resource_name=key_id,
+            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+        ),
+    )
 
 
 def allow_log_encryption(key: kms.IKey) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 from aws_cdk import Acknowledgment, Aws, Duration, RemovalPolicy, Stack, Validations
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
@@ -31,6 +34,19 @@ def media_bucket_name(config: EnvConfig) -> str:
 def media_objects_arn(config: EnvConfig, prefix: str) -> str:
     """The ARN of the media bucket's objects under `prefix`."""
     return f"arn:{Aws.PARTITION}:s3:::{media_bucket_name(config)}/{prefix}*"
+
+
+class Media(Protocol):
+    """What the stateless stack uses of the media store: a `MediaStore`, or one found by name."""
+
+    @property
+    def bucket_name(self) -> str: ...
+
+    @property
+    def table(self) -> dynamodb.ITable: ...
+
+    @property
+    def notifications(self) -> sns.ITopic: ...
 
 
 class MediaStore(Construct):
@@ -151,9 +167,12 @@ class MediaStore(Construct):
             destination_bucket_name=self.log_bucket.bucket_name,
             log_file_prefix=ACCESS_LOG_PREFIX,
         )
+        # Named, so that the stateless stack finds it without an export (`named_media`). A name
+        # given to an existing table or topic replaces it: they gained theirs before any deploy.
         self.table = dynamodb.Table(
             self,
             "Jobs",
+            table_name=naming.jobs_table(config.name),
             partition_key=dynamodb.Attribute(name="job_id", type=dynamodb.AttributeType.STRING),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
@@ -188,7 +207,42 @@ class MediaStore(Construct):
         self.notifications = sns.Topic(
             self,
             "Notifications",
+            topic_name=naming.notifications_topic(config.name),
             display_name=f"Sluice {config.name} job notifications",
             master_key=key or kms.Alias.from_alias_name(self, "SnsKey", "alias/aws/sns"),
             enforce_ssl=True,
         )
+
+
+@dataclass(frozen=True)
+class NamedMedia:
+    """The media store another stack created, found by the names `MediaStore` gives it."""
+
+    bucket_name: str
+    table: dynamodb.ITable
+    notifications: sns.ITopic
+
+
+def named_media(
+    scope: Construct, construct_id: str, *, config: EnvConfig, key: kms.IKey | None = None
+) -> NamedMedia:
+    """The media bucket, jobs table and notifications topic of `config`'s environment, by name
+    (ARNs built from them, no cross-stack export); `key` encrypts them where there is one."""
+    stack = Stack.of(scope)
+    return NamedMedia(
+        bucket_name=media_bucket_name(config),
+        table=dynamodb.Table.from_table_attributes(
+            scope,
+            f"{construct_id}Jobs",
+            table_name=naming.jobs_table(config.name),
+            encryption_key=key,
+        ),
+        notifications=sns.Topic.from_topic_attributes(
+            scope,
+            f"{construct_id}Notifications",
+            topic_arn=stack.format_arn(
+                service="sns", resource=naming.notifications_topic(config.name)
+            ),
+            key_arn=key.key_arn if key is not None else None,
+        ),
+    )

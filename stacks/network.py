@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, RemovalPolicy, Validations
+from aws_cdk import Acknowledgment, RemovalPolicy, Stack, Validations
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from stacks.config import NetworkConfig
+from sluice import naming
+from stacks import parameters
+from stacks.config import EnvConfig, NetworkConfig
+
+
+def availability_zones(scope: Construct, config: NetworkConfig) -> list[str]:
+    """The zones the VPC spans, one private subnet each: the first `max_azs` of the stack's (as
+    `ec2.Vpc` picks them), so both stacks of an environment count the same subnets."""
+    return Stack.of(scope).availability_zones[: config.max_azs]
 
 
 class Network(Construct):
@@ -69,7 +77,16 @@ class Network(Construct):
         self.private_subnets = self.vpc.select_subnets(
             subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS
         )
+        # `named_vpc` counts on one private subnet per zone.
+        assert len(self.private_subnets.subnet_ids) == len(availability_zones(self, config))
         self._acknowledge()
+
+    def publish(self, env: str) -> None:
+        """Hand the VPC's and private subnets' ids (AWS generates them) to the stateless stack."""
+        parameters.publish(self, env, naming.VPC_ID, self.vpc.vpc_id)
+        parameters.publish_list(
+            self, env, naming.PRIVATE_SUBNET_IDS, self.private_subnets.subnet_ids
+        )
 
     def _acknowledge(self) -> None:
         for subnet in self.vpc.public_subnets:
@@ -91,3 +108,18 @@ class Network(Construct):
                     "the flow log group and belongs to that role alone",
                 )
             )
+
+
+def named_vpc(scope: Construct, config: EnvConfig) -> ec2.IVpc:
+    """The environment's VPC as the stateless stack finds it: the ids `Network.publish` wrote,
+    its private subnets one per availability zone (no public subnet is used from there)."""
+    zones = availability_zones(scope, config.network)
+    return ec2.Vpc.from_vpc_attributes(
+        scope,
+        "Vpc",
+        vpc_id=parameters.read(scope, config.name, naming.VPC_ID),
+        availability_zones=zones,
+        private_subnet_ids=parameters.read_list(
+            scope, config.name, naming.PRIVATE_SUBNET_IDS, len(zones)
+        ),
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sqs as sqs
@@ -9,6 +12,16 @@ from constructs import Construct
 
 from sluice import naming
 from stacks.config import QueueConfig
+
+
+class QueuePair(Protocol):
+    """A queue and its dead-letter queue: a `DurableQueue`, or one named from another stack."""
+
+    @property
+    def queue(self) -> sqs.IQueue: ...
+
+    @property
+    def dlq(self) -> sqs.IQueue: ...
 
 
 class DurableQueue(Construct):
@@ -71,3 +84,43 @@ class DurableQueue(Construct):
             ),
             **encryption,  # type: ignore[arg-type]
         )
+
+
+@dataclass(frozen=True)
+class NamedQueue:
+    """The `DurableQueue` another stack created, found by its name."""
+
+    queue: sqs.IQueue
+    dlq: sqs.IQueue
+
+
+def named_queue(
+    scope: Construct,
+    construct_id: str,
+    *,
+    queue_name: str,
+    config: QueueConfig,
+    key: kms.IKey | None = None,
+) -> NamedQueue:
+    """The queue `queue_name` and its DLQ as `DurableQueue` made them (named, encrypted with
+    `key` where `config` says so), by ARN and URL built from the names: no cross-stack export."""
+    if config.customer_managed_key and key is None:
+        raise ValueError(f"{queue_name}: customer_managed_key is set but no KMS key was given")
+    stack = Stack.of(scope)
+    key_arn = key.key_arn if config.customer_managed_key and key is not None else None
+
+    def by_name(construct_id: str, name: str) -> sqs.IQueue:
+        return sqs.Queue.from_queue_attributes(
+            scope,
+            construct_id,
+            queue_arn=stack.format_arn(service="sqs", resource=name),
+            queue_name=name,
+            # What the queue's Ref returns; left out, CDK would parse it out of the ARN token.
+            queue_url=f"https://sqs.{stack.region}.{stack.url_suffix}/{stack.account}/{name}",
+            key_arn=key_arn,
+        )
+
+    return NamedQueue(
+        queue=by_name(construct_id, queue_name),
+        dlq=by_name(f"{construct_id}Dlq", naming.dead_letter_queue_name(queue_name)),
+    )

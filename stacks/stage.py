@@ -30,8 +30,9 @@ class SluiceStage(cdk.Stage):
             "Stateless",
             stack_name=f"{config.prefix}-stateless",
             config=config,
-            stateful=self.stateful,
         )
+        # It finds the stateful stack's resources by name, not by export: deploy those first.
+        self.stateless.add_stack_dependency(self.stateful)
 
 
 def build(app: cdk.App, config: EnvConfig) -> SluiceStage:

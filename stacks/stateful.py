@@ -1,4 +1,9 @@
-"""Stateful stack: what holds data and must outlive deployments (queues, keys; later bucket, table)."""
+"""Stateful stack: what holds data and must outlive deployments (queues, keys, VPC, bucket, table,
+broker).
+
+The stateless stack finds all of it by name (sluice.naming), or through the SSM parameters this
+stack writes where AWS generates the name (stacks/parameters.py): no CloudFormation export.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,13 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from sluice import catalog, naming
-from stacks.broker import Broker
+from stacks.broker import Broker, NamedBroker
 from stacks.config import EnvConfig
-from stacks.keys import allow_log_encryption, customer_key
+from stacks.keys import allow_log_encryption, customer_key, named_data_key, publish_data_key
 from stacks.lifecycle import removal_policy
-from stacks.media_store import UPLOADS, MediaStore
-from stacks.network import Network
-from stacks.queues import DurableQueue
+from stacks.media_store import UPLOADS, MediaStore, named_media
+from stacks.network import Network, named_vpc
+from stacks.queues import DurableQueue, named_queue
 from stacks.uploads import notify_uploads
 
 
@@ -27,18 +32,21 @@ class StatefulStack(Stack):
         removal = removal_policy(config)
         self.key: kms.IKey | None = None
         if config.data_key:
-            self.key = customer_key(
+            key = customer_key(
                 self,
                 "DataKey",
                 description=f"{config.prefix}: queues and data at rest",
                 removal_policy=removal,
             )
             # The flow logs and the Lambda log groups are encrypted with it.
-            allow_log_encryption(self.key)
+            allow_log_encryption(key)
+            publish_data_key(key, config)
+            self.key = key
         # The worker's VPC (stateful: the broker and other data services live in it too).
         self.network = Network(
             self, "Network", config=config.network, removal_policy=removal, key=self.key
         )
+        self.network.publish(config.name)
         self.events = DurableQueue(
             self,
             "Events",
@@ -73,4 +81,37 @@ class StatefulStack(Stack):
                 vpc=self.network.vpc,
                 removal_policy=removal,
                 key=self.key,
+            )
+            self.broker.publish(config.name)
+
+
+class StatefulResources(Construct):
+    """The stateful stack's resources as the stateless stack finds them: by name (sluice.naming),
+    or through the SSM parameters the stateful stack writes where AWS generates the name. No
+    CloudFormation export, so either stack can change without a two-phase deploy; `key`, `vpc`,
+    `events`, `tasks`, `media` and `broker` stand for the StatefulStack's."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: EnvConfig) -> None:
+        super().__init__(scope, construct_id)
+        self.key = named_data_key(self, config)
+        self.vpc = named_vpc(self, config)
+        self.events = named_queue(
+            self,
+            "Events",
+            queue_name=naming.queue_name(config.name, "events"),
+            config=config.events_queue,
+            key=self.key,
+        )
+        self.tasks = named_queue(
+            self,
+            "Tasks",
+            queue_name=naming.queue_name(config.name, "tasks"),
+            config=config.tasks_queue,
+            key=self.key,
+        )
+        self.media = named_media(self, "Media", config=config, key=self.key)
+        self.broker: NamedBroker | None = None
+        if config.broker is not None:
+            self.broker = NamedBroker(
+                self, "Broker", config=config, broker=config.broker, key=self.key
             )

@@ -1,4 +1,7 @@
-"""Stateless stack: compute and monitoring, replaceable at any deployment."""
+"""Stateless stack: compute and monitoring, replaceable at any deployment.
+
+It finds the stateful stack's resources by name (`StatefulResources`), never through an export.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from stacks.broker_user import BrokerUser
 from stacks.config import EnvConfig
 from stacks.heavy_steps import HeavySteps
 from stacks.monitoring import Monitoring
-from stacks.stateful import StatefulStack
+from stacks.stateful import StatefulResources
 from stacks.worker_env import WorkerEnvironment
 from stacks.workflows import Workflows
 
@@ -25,12 +28,12 @@ class StatelessStack(Stack):
         construct_id: str,
         *,
         config: EnvConfig,
-        stateful: StatefulStack,
         **kwargs,
     ) -> None:
         super().__init__(
             scope, construct_id, termination_protection=config.termination_protection, **kwargs
         )
+        stateful = StatefulResources(self, "Stateful", config=config)
         self.monitoring = Monitoring(self, "Monitoring", config=config)
         self.monitoring.watch_queue(
             "Events",
@@ -81,7 +84,7 @@ class StatelessStack(Stack):
             self,
             "Worker",
             config=config,
-            vpc=stateful.network.vpc,
+            vpc=stateful.vpc,
             events=stateful.events,
             workflow_aliases={**self.workflows.aliases, **self.heavy.aliases},
             media_bucket=stateful.media.bucket_name,
@@ -103,6 +106,6 @@ class StatelessStack(Stack):
             # The scheduler connects as its own, non-admin user (issue 11), made at deploy: the
             # worker starts once it exists.
             self.broker_user = BrokerUser(
-                self, "BrokerUser", config=config, broker=stateful.broker, vpc=stateful.network.vpc
+                self, "BrokerUser", config=config, broker=stateful.broker, vpc=stateful.vpc
             )
             self.worker.environment.node.add_dependency(self.broker_user.resource)

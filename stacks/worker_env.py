@@ -27,7 +27,7 @@ from sluice.settings import WebSettings
 from stacks.bundling import ROOT, stage_bundle
 from stacks.compliance import GUARD
 from stacks.config import EnvConfig
-from stacks.queues import DurableQueue
+from stacks.queues import QueuePair
 
 WORKER_DIR = ROOT / "worker"
 SQSD_MAX_RETRIES = 100
@@ -117,7 +117,7 @@ class WorkerEnvironment(Construct):
         *,
         config: EnvConfig,
         vpc: ec2.IVpc,
-        events: DurableQueue,
+        events: QueuePair,
         workflow_aliases: Mapping[str, lambda_.IAlias],
         media_bucket: str,
         key: kms.IKey | None = None,
@@ -354,7 +354,7 @@ class WorkerEnvironment(Construct):
         )
         self.environment.node.add_dependency(self.application)
 
-    def _grant_instance(self, *, app_name: str, env_name: str, events: DurableQueue) -> None:
+    def _grant_instance(self, *, app_name: str, env_name: str, events: QueuePair) -> None:
         """What EB's agents (deployment, logs, health, X-Ray daemon) and sqsd call, and the
         assumption of the process roles: nothing the application's code calls itself."""
         role = self.instance_role
@@ -530,7 +530,7 @@ class WorkerEnvironment(Construct):
     def _grant_web(
         self,
         *,
-        events: DurableQueue,
+        events: QueuePair,
         workflow_aliases: Mapping[str, lambda_.IAlias],
         media_bucket: str,
         key: kms.IKey | None,
@@ -624,7 +624,7 @@ class WorkerEnvironment(Construct):
                 Acknowledgment(
                     id=f"{GUARD}::cloudwatch_log_group_encrypted_check",
                     reason="Encrypted with the environment's data key from the stateful stack: "
-                    "KmsKeyId is an Fn::ImportValue the rule cannot follow.",
+                    "KmsKeyId is its ARN built around an SSM parameter, which the rule cannot follow.",
                 )
             )
         policy = iam.ManagedPolicy(

@@ -25,8 +25,8 @@ from stacks.bundling import ROOT, stage_bundle
 from stacks.compliance import GUARD
 from stacks.config import EnvConfig, FunctionConfig
 from stacks.lifecycle import removal_policy
-from stacks.media_store import TRANSCRIPTS, UPLOADS, MediaStore, media_objects_arn
-from stacks.queues import DurableQueue
+from stacks.media_store import TRANSCRIPTS, UPLOADS, Media, media_objects_arn
+from stacks.queues import QueuePair
 
 LAMBDAS = ROOT / "lambdas"
 DEPS = ROOT / "build" / "lambda-deps"
@@ -180,8 +180,9 @@ class _Function(Construct):
                 Acknowledgment(
                     id=f"{GUARD}::cloudwatch_log_group_encrypted_check",
                     reason="Encrypted with the environment's data key, which lives in the "
-                    "stateful stack: KmsKeyId is an Fn::ImportValue the rule cannot follow "
-                    "(tests/infra/test_catalogues.py checks every log group's key policy).",
+                    "stateful stack: KmsKeyId is its ARN built around an SSM parameter, which "
+                    "the rule cannot follow (tests/infra/test_catalogues.py checks every log "
+                    "group's key policy).",
                 )
             )
         # RetentionDays is a name enum in Python; the config holds days CloudWatch accepts.
@@ -384,8 +385,8 @@ class Workflows(Construct):
         construct_id: str,
         *,
         config: EnvConfig,
-        media: MediaStore,
-        events: DurableQueue,
+        media: Media,
+        events: QueuePair,
         key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -497,7 +498,7 @@ class Workflows(Construct):
 
     @staticmethod
     def _allow_transcription_start(
-        fn: StepFunction, *, config: EnvConfig, media: MediaStore, key: kms.IKey | None
+        fn: StepFunction, *, config: EnvConfig, media: Media, key: kms.IKey | None
     ) -> None:
         """StartTranscriptionJob has no resource type (IAM's catalogue): it is allowed on `*`,
         narrowed by its condition keys to output in the media bucket (with the data key)."""

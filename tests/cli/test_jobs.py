@@ -72,7 +72,7 @@ def test_durable_executions_are_reported_unavailable_where_the_api_is_missing(
 
 
 def test_table_name_comes_from_the_stateful_stack_output(jobs_table: Any, run) -> None:
-    # Given the deployed stateful stack exports the jobs table's name
+    # Given the deployed stateful stack's output naming the jobs table
     put_job(jobs_table, "job-7")
     template = {
         "Resources": {"Q": {"Type": "AWS::SQS::Queue"}},

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 import pytest
@@ -13,6 +15,7 @@ from aws_cdk.assertions import Template
 
 from stacks import config
 from stacks.rendering import ACCOUNT, Environment
+from stacks.rendering import Stack as RenderedStack
 from stacks.stage import SluiceStage, build
 from stacks.summary import templates
 from tests.conftest import ROOT
@@ -42,6 +45,24 @@ class Synth:
             templates=templates(self.outdir),
             account=self.config.account or ACCOUNT,
         )
+
+    def rendered_stack(self, which: str) -> RenderedStack:
+        """The "stateful" or "stateless" stack within `rendered`."""
+        name = getattr(self.stage, which).stack_name
+        (stack,) = [st for st in self.rendered.stacks if st.name == name]
+        return stack
+
+    def resolve(self, value: Any) -> Any:
+        """`value` of the stateless template as CloudFormation resolves it at deploy: its SSM
+        parameters read from what the stateful stack writes, every name and ARN rendered."""
+        return self.rendered_stack("stateless").render(value)
+
+    def stateful_value(self, construct: str, attr: str | None = None) -> Any:
+        """The Ref (or `attr`) of the stateful stack's resource `construct` (its logical id less
+        CDK's hash), as CloudFormation returns it: what the stateless stack must name."""
+        stack = self.rendered_stack("stateful")
+        (lid,) = [lid for lid in stack.resources if re.fullmatch(f"{construct}[0-9A-F]{{8}}", lid)]
+        return stack.ref(lid) if attr is None else stack.get_att(lid, attr)
 
 
 @cache

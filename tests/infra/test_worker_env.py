@@ -43,7 +43,7 @@ def test_sqsd_reads_the_events_queue_with_the_configured_timeouts(synth, env):
     s = synth(env)
     o, w, q = _options(s), s.config.worker, s.config.events_queue
     sqsd = "aws:elasticbeanstalk:sqsd"
-    assert "EventsQueue" in json.dumps(o[(sqsd, "WorkerQueueURL")])
+    assert s.resolve(o[(sqsd, "WorkerQueueURL")]) == s.stateful_value("EventsQueue")
     assert o[(sqsd, "HttpPath")] == w.http_path
     assert o[(sqsd, "MimeType")] == "application/json"
     assert o[(sqsd, "HttpConnections")] == str(w.http_connections)
@@ -55,7 +55,7 @@ def test_sqsd_reads_the_events_queue_with_the_configured_timeouts(synth, env):
     app_env = "aws:elasticbeanstalk:application:environment"
     assert o[(app_env, "SLUICE_WEB_THREADS")] == str(w.http_connections)
     assert o[(app_env, "SLUICE_MAX_BODY_BYTES")] == str(w.max_body_bytes)
-    assert "EventsDlq" in json.dumps(o[(app_env, "SLUICE_EVENTS_DLQ_URL")])
+    assert s.resolve(o[(app_env, "SLUICE_EVENTS_DLQ_URL")]) == s.stateful_value("EventsDlq")
 
 
 def test_instances_are_private_imdsv2_only_and_sized_from_config(synth, env):
@@ -66,9 +66,13 @@ def test_instances_are_private_imdsv2_only_and_sized_from_config(synth, env):
     assert o[("aws:autoscaling:asg", "MaxSize")] == str(w.max_instances)
     assert o[("aws:autoscaling:launchconfiguration", "DisableIMDSv1")] == "true"
     assert o[("aws:ec2:vpc", "AssociatePublicIpAddress")] == "false"
-    subnets = json.dumps(o[("aws:ec2:vpc", "Subnets")])
-    assert subnets.count("privateSubnet") == s.config.network.max_azs
-    assert "publicSubnet" not in subnets
+    # the stateful VPC's private subnets, one per zone, and no public one
+    subnets = s.resolve(o[("aws:ec2:vpc", "Subnets")]).split(",")
+    private = [
+        s.stateful_value(f"NetworkVpcprivateSubnet{i}Subnet") for i in range(1, len(subnets) + 1)
+    ]
+    assert subnets == private and len(subnets) == s.config.network.max_azs
+    assert s.resolve(o[("aws:ec2:vpc", "VPCId")]) == s.stateful_value("NetworkVpc")
 
 
 def test_platform_updates_health_and_logs_are_managed(synth, env):
@@ -89,7 +93,7 @@ def test_scaling_tracks_the_events_backlog_per_instance(synth, env):
     o = _options(s)
     custom = "aws:elasticbeanstalk:customoption"
     assert o[(custom, "BacklogPerInstance")] == str(s.config.worker.backlog_per_instance)
-    assert "EventsQueue" in json.dumps(o[(custom, "EventsQueueName")])
+    assert s.resolve(o[(custom, "EventsQueueName")]) == s.stateful_value("EventsQueue", "QueueName")
     # CPU may only add capacity: its scale-in threshold can never be crossed
     assert o[("aws:autoscaling:trigger", "LowerThreshold")] == "0"
     # The target tracking policy lives in the bundle's .ebextensions (it names EB's own ASG)
@@ -112,7 +116,7 @@ def test_the_instance_policy_is_scoped_to_this_environment(synth, env):
     statements = _worker_policy(s)
     by_sid = {st["Sid"]: st for st in statements}
     # sqsd's queue actions name the events queue only
-    assert "EventsQueue" in json.dumps(by_sid["EventsQueue"]["Resource"])
+    assert s.resolve(by_sid["EventsQueue"]["Resource"]) == s.stateful_value("EventsQueue", "Arn")
     # the process roles, and no others, may be assumed
     assert "Role" in json.dumps(by_sid["AssumeProcessRoles"]["Resource"])
     # "*" only where AWS has no resource type, and metrics only in EB's namespace
@@ -131,7 +135,7 @@ def test_the_web_process_starts_workflows_dead_letters_and_counts_in_its_namespa
     by_sid = {st["Sid"]: st for st in policy["Properties"]["PolicyDocument"]["Statement"]}
     assert "Alias" in json.dumps(by_sid["StartWorkflows"]["Resource"])
     assert by_sid["EventsDlq"]["Action"] == "sqs:SendMessage"
-    assert "EventsDlq" in json.dumps(by_sid["EventsDlq"]["Resource"])
+    assert s.resolve(by_sid["EventsDlq"]["Resource"]) == s.stateful_value("EventsDlq", "Arn")
     assert json.dumps(by_sid["DeadLetterBodies"]["Resource"]).endswith('/dead-letters/*"]]}')
     assert by_sid["Metrics"]["Condition"]["StringEquals"]["cloudwatch:namespace"] == (
         f"Sluice-{env}/Worker"

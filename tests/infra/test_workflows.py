@@ -125,7 +125,8 @@ def test_transcription_output_goes_only_to_the_media_bucket_with_the_data_key(sy
     else:
         # The caller encrypts Transcribe's output with the data key (AWS: "the role making the
         # request must have permission to use the specified KMS key").
-        assert "DataKey" in json.dumps(conditions["transcribe:OutputEncryptionKMSKeyId"])
+        key = s.resolve(conditions["transcribe:OutputEncryptionKMSKeyId"])
+        assert key == s.stateful_value("DataKey", "Arn")
         assert {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"} <= _actions(statements)
 
 
