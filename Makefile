@@ -91,6 +91,7 @@ chaos: setup-dev
 lint: setup-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: setup-dev
 	$(VENV)/bin/mypy

@@ -52,6 +52,7 @@ WORKER_BUNDLE = [
     "worker/heavy/transcode.py",
     "worker/invoke.py",
     "worker/observability.py",
+    "worker/routes.py",
     "worker/scheduler/__init__.py",
     "worker/scheduler/__main__.py",
     "worker/scheduler/broker_metrics.py",
