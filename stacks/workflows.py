@@ -59,7 +59,8 @@ def deps_layer(scope: Construct, construct_id: str) -> lambda_.LayerVersion:
 
 
 def code_bundle(kind: str, name: str) -> lambda_.Code:
-    """The function's package, the shared runtime helpers and the sluice contracts."""
+    """The function's package, the shared runtime helpers, the AWS adapters and the sluice
+    contracts."""
     bundle = stage_bundle(
         f"{kind}-{name}",
         {
@@ -67,6 +68,7 @@ def code_bundle(kind: str, name: str) -> lambda_.Code:
             "lambdas/common": LAMBDAS / "common",
             f"lambdas/{kind}/__init__.py": LAMBDAS / kind / "__init__.py",
             f"lambdas/{kind}/{name}": LAMBDAS / kind / name,
+            "adapters": ROOT / "adapters",
             "sluice": ROOT / "sluice",
         },
     )

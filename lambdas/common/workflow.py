@@ -16,6 +16,7 @@ from typing import Any
 from aws_durable_execution_sdk_python import DurableContext, DurableOperationError
 from aws_durable_execution_sdk_python.config import Duration
 
+from adapters.s3 import location
 from lambdas.common.runtime import error_class, logger, set_correlation_id
 from sluice.catalog import WORKFLOW_ALIAS
 from sluice.envelope import Event, event_from_dict, execution_name
@@ -42,13 +43,7 @@ def start_workflow(
 
 def audio_source(data: Mapping[str, Any]) -> dict[str, Any]:
     """The audio object `data` names: bucket, key and, when given, version_id."""
-    bucket, key = data.get("bucket"), data.get("key")
-    if not isinstance(bucket, str) or not isinstance(key, str) or not bucket or not key:
-        raise BusinessError("event data lacks the audio's bucket and key", code="bad_event")
-    source: dict[str, Any] = {"bucket": bucket, "key": key}
-    if data.get("version_id"):
-        source["version_id"] = str(data["version_id"])
-    return source
+    return location(data, what="event data (the audio)", code="bad_event").to_dict()
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from aws_durable_execution_sdk_python import DurableContext, StepContext, durabl
 from aws_durable_execution_sdk_python.config import Duration, StepConfig
 from aws_durable_execution_sdk_python.retries import RetryStrategyConfig, create_retry_strategy
 
-from lambdas.common import jobs
-from lambdas.common.runtime import classify, tracer
+from adapters.errors import classify
+from lambdas.common import aws
+from lambdas.common.runtime import tracer
 from lambdas.common.workflow import StepFailed, audio_source, invoke_step, start_workflow
 from sluice.catalog import TRANSCRIBE_AUDIO
 from sluice.errors import BusinessError, SluiceError, TransientError
@@ -56,7 +57,7 @@ def transcribe(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
 
     def claim(_: StepContext) -> dict[str, Any]:
         try:
-            return jobs.claim(
+            return aws.jobs().claim(
                 job_id,
                 execution_arn=execution_arn,
                 fields={
