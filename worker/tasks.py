@@ -29,6 +29,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from adapters.errors import code as error_code
 from sluice.envelope import Task, parse_task
 from sluice.errors import BusinessError, PoisonMessage, SluiceError, TransientError
 from worker.heavy.common import Limits, TaskContext, kill_children, sweep_scratch
@@ -285,9 +286,9 @@ class TaskRunner:
                     CallbackId=lease.task.callback_id
                 )
             except ClientError as exc:
-                if _code(exc) in CALLBACK_GONE:
+                if error_code(exc) in CALLBACK_GONE:
                     lease.callback_gone = True
-                    log.warning("callback gone during heartbeat", extra={"code": _code(exc)})
+                    log.warning("callback gone during heartbeat", extra={"code": error_code(exc)})
                     return
                 log.warning("heartbeat failed", extra={"error": str(exc)})
             except BotoCoreError as exc:
@@ -311,8 +312,8 @@ class TaskRunner:
                 )
             return True
         except ClientError as exc:
-            if _code(exc) in CALLBACK_GONE:
-                log.warning("callback gone at report", extra={"code": _code(exc)})
+            if error_code(exc) in CALLBACK_GONE:
+                log.warning("callback gone at report", extra={"code": error_code(exc)})
                 return False
             log.error("could not report the task", extra={"error": str(exc)})
             return None
@@ -367,10 +368,6 @@ def callback_error(error: Mapping[str, str]) -> dict[str, str]:
         "ErrorMessage": f"{error.get('code', '')}: {error.get('message', '')}"[:4096],
         "ErrorData": json.dumps(dict(error), sort_keys=True),
     }
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _name(task: Task | None) -> str:
