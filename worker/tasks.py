@@ -16,6 +16,7 @@ period, and hands back (visibility 0) whatever is still running after it. Child 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -214,7 +215,10 @@ class TaskRunner:
         correlation_id.set(task.correlation_id)
         lease = _Lease(receipt=receipt, task=task)
         self._leases[receipt] = lease
-        keepalive = threading.Thread(target=self._keepalive, args=(lease,), daemon=True)
+        # In this task's context: its lines carry the task's correlation id too.
+        keepalive = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._keepalive, lease), daemon=True
+        )
         keepalive.start()
         started = time.monotonic()
         try:

@@ -1,5 +1,5 @@
-"""Powertools set-up, boto3 clients made once and injectable, and the step handler wrapper that
-maps every failure to sluice.errors (adapters.errors).
+"""Powertools set-up (the log schema of adapters.logs), boto3 clients made once and injectable,
+and the step handler wrapper that maps every failure to sluice.errors (adapters.errors).
 
 Every log line of a job carries `correlation_id` (the event id): step handlers read it from
 their payload, workflows from the event that started them.
@@ -17,11 +17,12 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.config import Config
 
+from adapters import logs
 from adapters.errors import classify
 from sluice.errors import BusinessError
 
 SERVICE = "sluice"
-logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE))
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE), **logs.OPTIONS)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Sluice"))
 tracer = Tracer(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE))
 

@@ -3,10 +3,12 @@ shutdown, and what happens to bad messages."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,7 @@ from botocore.exceptions import ClientError
 from sluice.envelope import Task
 from sluice.errors import BusinessError
 from tests.heavy.conftest import Aws
+from worker.observability import configure_logging
 from worker.tasks import TaskRunner, TasksSettings, callback_error
 
 
@@ -296,3 +299,34 @@ def test_settings_default_to_one_task_per_vcpu_and_require_the_queue_url() -> No
     assert settings.concurrency >= 1 and settings.visibility_timeout_s == 900
     with pytest.raises(ValueError, match="SLUICE_TASKS_QUEUE_URL"):
         TasksSettings.from_env({})
+
+
+@pytest.fixture
+def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The tasks process's logging (worker.observability), captured; the root logger restored."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    configure_logging("sluice-tasks", stream=buffer)
+    yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_every_line_of_a_task_its_keepalive_included_carries_its_correlation_id(
+    aws: Aws, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    # Given a task whose heartbeats fail, so that the keepalive thread logs too
+    class FailingHeartbeats(Callbacks):
+        def send_durable_execution_callback_heartbeat(self, *, CallbackId: str) -> dict:
+            raise ClientError({"Error": {"Code": "ServiceException", "Message": "x"}}, "Heartbeat")
+
+    send(aws, cb="cb-log")
+    # When the runner handles it
+    runner(aws, FailingHeartbeats(), {"media/echo": echo}).handle(receive(aws))
+    # Then every line, the keepalive thread's as well, names the task's correlation id, in the
+    # one log schema
+    lines = log_lines()
+    assert {"heartbeat failed", "task succeeded"} <= {line["message"] for line in lines}
+    assert {line["correlation_id"] for line in lines} == {"corr-cb-log"}
+    assert all({"level", "location", "timestamp", "service"} <= set(line) for line in lines)

@@ -30,6 +30,7 @@ WORKER_BUNDLE = [
     "adapters/__init__.py",
     "adapters/errors.py",
     "adapters/jobs.py",
+    "adapters/logs.py",
     "adapters/notifications.py",
     "adapters/s3.py",
     "adapters/transcribe.py",
