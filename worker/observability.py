@@ -109,7 +109,14 @@ class MetricsPublisher:
 
 
 class Metrics:
-    """Writes one EMF document per handled message (and feeds `publisher`, when there is one)."""
+    """Writes one EMF document per handled message (and feeds `publisher`, when there is one).
+
+    It is the web process's only line for a started event, so it stays on the hot path's budget
+    (make bench, ~0.5 ms of CPU per event): one json.dumps straight to the stream, 10-16 µs,
+    where Powertools Metrics (add, validate, flush) measured 35-51 µs per message and a log
+    record through Powertools' formatter about 28 µs. It carries the log lines' correlation_id
+    and sqsd_msgid fields.
+    """
 
     def __init__(
         self,
