@@ -73,6 +73,7 @@ class _Lease:
     released: bool = False
     callback_gone: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    keepalive: threading.Thread | None = None
 
 
 class TaskRunner:
@@ -190,6 +191,8 @@ class TaskRunner:
             self._wait_threads(time.monotonic() + CLEANUP_S)
         for lease in unfinished:
             log.warning("releasing an unfinished task", extra={"task": _name(lease.task)})
+            if lease.keepalive is not None:  # an extend still in flight would hide it again
+                lease.keepalive.join(timeout=CLEANUP_S)
             self._release(lease.receipt)
 
     def _wait_threads(self, deadline: float) -> None:
@@ -216,7 +219,7 @@ class TaskRunner:
         lease = _Lease(receipt=receipt, task=task)
         self._leases[receipt] = lease
         # In this task's context: its lines carry the task's correlation id too.
-        keepalive = threading.Thread(
+        keepalive = lease.keepalive = threading.Thread(
             target=contextvars.copy_context().run, args=(self._keepalive, lease), daemon=True
         )
         keepalive.start()

@@ -275,6 +275,54 @@ def test_a_malformed_task_naming_a_callback_fails_that_callback(aws: Aws) -> Non
     assert outcome.status == "poison" and outcome.deleted
 
 
+def test_a_handed_back_task_is_not_hidden_again_by_a_keepalive_extend_in_flight(
+    aws: Aws,
+) -> None:
+    # Given a running task whose keepalive is extending its visibility when the drain comes
+    send(aws)
+    visibility: list[int] = []
+
+    class SlowExtends:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(aws.sqs, name)
+
+        def change_message_visibility(self, **kwargs: Any) -> dict:
+            if kwargs["VisibilityTimeout"]:
+                time.sleep(0.5)  # an extend still on its way to SQS
+            visibility.append(kwargs["VisibilityTimeout"])
+            return aws.sqs.change_message_visibility(**kwargs)
+
+    started, finish = threading.Event(), threading.Event()
+
+    def stuck(data: Any, ctx: Any) -> dict[str, Any]:
+        started.set()
+        finish.wait(5)
+        return {}
+
+    r = TaskRunner(
+        sqs=SlowExtends(),
+        callbacks=Callbacks(),
+        queue_url=aws.tasks_url,
+        context=aws.context,
+        handlers={"media/echo": stuck},
+        visibility_timeout_s=30,
+        keepalive_s=0.2,
+        receive_wait_s=0,
+    )
+    r.start(receive(aws))
+    started.wait(5)
+    time.sleep(0.35)  # the first heartbeat went out, the first extend is in flight
+    # When the grace period is over and the task is handed back
+    r.drain(grace_s=0)
+    finish.set()
+    deadline = time.monotonic() + 5
+    while r.in_flight and time.monotonic() < deadline:  # the task and its keepalive ended
+        time.sleep(0.05)
+    # Then the hand-back is the last word: the message is visible again for another worker
+    assert visibility[-1] == 0
+    assert aws.visible() == 1
+
+
 def test_a_message_that_is_not_a_task_is_released_toward_the_dlq(aws: Aws) -> None:
     # Given garbage on the tasks queue
     aws.sqs.send_message(QueueUrl=aws.tasks_url, MessageBody="not json")
