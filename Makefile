@@ -76,6 +76,11 @@ local-up: $(VENV)/.dev
 test: setup-dev lint typecheck
 	$(PY) -m pytest
 
+## make unit: the unit kind only (in-process, moto or in-memory fakes; no server process, no synth):
+## under a minute, for the edit-test loop. `make test` runs every kind.
+unit: $(VENV)/.dev
+	$(PY) -m pytest -m unit -q
+
 ## make chaos: the long fault-injection run (tests/chaos): CHAOS_N events with duplicates and
 ## poison through moto's SQS, the sqsd driver and the real worker while Lambda faults and the
 ## web processes are killed; CHAOS_TASKS transcodes while the tasks process is killed. Prints the
@@ -91,6 +96,7 @@ chaos: setup-dev
 lint: setup-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: setup-dev
 	$(VENV)/bin/mypy

@@ -15,9 +15,12 @@ AWS_ENDPOINT_URL_LAMBDA):
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aws_durable_execution_sdk_python_testing.runner import DurableFunctionTestRunner
 from aws_durable_execution_sdk_python_testing.web.server import (
@@ -121,6 +124,24 @@ class DurableService:
         self.runner.close()
 
 
+def epoch_time_filters(path: str) -> str:
+    """ListDurableExecutions*'s StartedAfter/StartedBefore as the runner's store compares them.
+
+    botocore sends them as ISO 8601 (the rest-json default for a querystring timestamp: Lambda's
+    service model gives no other format); the runner's store parses them with float() and drops
+    every execution when that fails. Epoch seconds are what it can compare.
+    """
+    url = urlsplit(path)
+    query = parse_qsl(url.query, keep_blank_values=True)
+    fixed = []
+    for key, value in query:
+        if key in ("StartedAfter", "StartedBefore"):
+            with contextlib.suppress(ValueError):
+                value = str(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+        fixed.append((key, value))
+    return urlunsplit(url._replace(query=urlencode(fixed)))
+
+
 def serve(service: DurableService, host: str = "127.0.0.1", port: int = 0) -> WebServer:
     """Serve `service` on loopback in a daemon thread; `server.server_address` has the port."""
 
@@ -139,6 +160,10 @@ def serve(service: DurableService, host: str = "127.0.0.1", port: int = 0) -> We
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self.path = epoch_time_filters(self.path)
+            super().do_GET()
 
         def log_message(self, format_string: str, *args: Any) -> None:
             pass

@@ -1,4 +1,5 @@
-"""`sluice`: the operator CLI (send events, follow a job, work the DLQs, see the schedules).
+"""`sluice`: the operator CLI (send events, follow a job, list/show/cancel/replay runs, work the
+DLQs, see the schedules).
 
 It runs against an AWS account (`--profile`, `--region`) or the local pipeline's endpoints
 (`--endpoint-url` / SLUICE_ENDPOINT_URL). It is an operator tool installed with the dev
@@ -12,6 +13,7 @@ import click
 from sluice_cli.aws import Aws, default_endpoint
 from sluice_cli.dlq import dlq
 from sluice_cli.jobs import jobs
+from sluice_cli.runs_cli import runs
 from sluice_cli.schedules import schedules
 from sluice_cli.send import send
 
@@ -42,6 +44,7 @@ def cli(
 
 cli.add_command(send)
 cli.add_command(jobs)
+cli.add_command(runs)
 cli.add_command(dlq)
 cli.add_command(schedules)
 

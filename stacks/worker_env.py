@@ -32,6 +32,7 @@ from stacks.queues import QueuePair
 WORKER_DIR = ROOT / "worker"
 SQSD_MAX_RETRIES = 100
 SLUICE_DIR = ROOT / "sluice"
+ADAPTERS_DIR = ROOT / "adapters"
 # What Elastic Beanstalk reads at the application bundle's root.
 EB_ROOT_FILES = ("Procfile", "requirements.txt", "cron.yaml", ".ebextensions", ".platform")
 # EB service-role policies AWS maintains in step with the platform (enhanced health and managed
@@ -86,14 +87,16 @@ def worker_bundle() -> Path:
     """The directory CDK zips and uploads as the application version.
 
     The root holds what EB reads there (EB_ROOT_FILES, kept in worker/ beside the code they start);
-    the code is the `worker` and `sluice` packages, once each, so every process imports them by
-    the same names as in this repository (tests/infra/test_bundles.py lists every file).
+    the code is the `worker`, `adapters` and `sluice` packages, once each, so every process
+    imports them by the same names as in this repository (tests/infra/test_bundles.py lists
+    every file).
     """
     return stage_bundle(
         "worker",
         {
             **{name: WORKER_DIR / name for name in EB_ROOT_FILES},
             "worker": WORKER_DIR,
+            "adapters": ADAPTERS_DIR,
             "sluice": SLUICE_DIR,
         },
         exclude=[f"worker/{name}" for name in EB_ROOT_FILES],

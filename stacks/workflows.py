@@ -72,7 +72,8 @@ def deps_layer(scope: Construct, construct_id: str) -> lambda_.LayerVersion:
 
 
 def function_bundle(kind: str, name: str) -> Path:
-    """The function's package, the shared runtime helpers and the sluice contracts, staged."""
+    """The function's package, the shared runtime helpers, the AWS adapters and the sluice
+    contracts, staged."""
     return stage_bundle(
         f"{kind}-{name}",
         {
@@ -80,6 +81,7 @@ def function_bundle(kind: str, name: str) -> Path:
             "lambdas/common": LAMBDAS / "common",
             f"lambdas/{kind}/__init__.py": LAMBDAS / kind / "__init__.py",
             f"lambdas/{kind}/{name}": LAMBDAS / kind / name,
+            "adapters": ROOT / "adapters",
             "sluice": ROOT / "sluice",
         },
     )

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
@@ -21,3 +23,45 @@ for var, value in {
 os.environ.pop("AWS_PROFILE", None)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+# Each test is of one kind (the markers in pyproject.toml), by its folder; a test marks another
+# kind itself where it differs from its folder's (the unit folder's test that installs a wheel into
+# a venv is an integration test). `make unit` runs the unit kind: in-process, no server processes,
+# no synth, under a minute.
+FOLDER_KIND = {
+    "unit": "unit",
+    "adapters": "unit",
+    "lambdas": "unit",
+    "workflows": "unit",
+    "cli": "unit",
+    "infra": "infra",
+    "worker": "integration",
+    "heavy": "integration",
+    "integration": "integration",
+    "e2e": "e2e",
+    "chaos": "chaos",
+}
+KINDS = frozenset(FOLDER_KIND.values())
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With `-m unit` (make unit), the other kinds' folders are not even imported: importing the
+    CDK app for the infra tests alone costs ~15 s. (So a unit test lives in a unit folder.)"""
+    if (
+        config.getoption("markexpr", "") == "unit"
+        and collection_path.parent == ROOT / "tests"
+        and collection_path.is_dir()
+        and FOLDER_KIND.get(collection_path.name, "unit") != "unit"
+    ):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kinds = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
+        if len(kinds) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: one kind, not {sorted(kinds)}")
+        if not kinds:
+            item.add_marker(FOLDER_KIND[item.path.relative_to(ROOT / "tests").parts[0]])

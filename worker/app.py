@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
@@ -22,6 +21,8 @@ from worker.observability import (
     correlation_id,
     message_id,
 )
+from worker.routes import Handler, Request, Response
+from worker.scheduler.cron_http import register_cron_routes
 
 log = logging.getLogger("sluice.worker")
 SQSD_PREFIX = "HTTP_X_AWS_SQSD_"
@@ -34,24 +35,6 @@ _REASONS = {
     413: "413 Content Too Large",
     503: "503 Service Unavailable",
 }
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    body: bytes
-    # sqsd's X-Aws-Sqsd-* headers, lower case, without the prefix: msgid, receive-count, attr-*…
-    sqsd: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    body: Mapping[str, Any]
-
-
-Handler = Callable[[Request], Response]
 
 
 class App:
@@ -195,7 +178,5 @@ def create_app(
     )
     app = App(settings, dispatcher)
     # Without a broker, sqsd's cron.yaml POSTs run the periodic tasks (issue 7).
-    from worker.scheduler.cron_http import register_cron_routes
-
     register_cron_routes(app, environ=environ)
     return app

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from adapters import errors
 from sluice import envelope
 from sluice.catalog import DEAD_LETTER_PREFIX, workflows_for
 from sluice.envelope import Event
@@ -33,18 +34,6 @@ from worker.observability import Metrics, correlation_id
 
 log = logging.getLogger("sluice.worker")
 
-ALREADY_STARTED_OTHER_INPUT = "DurableExecutionAlreadyStartedException"
-# Invoke's errors (botocore's Lambda model) about the request itself: its content (400) or size
-# (413). No retry can change them, so the event is poison. Every other error is retried: 429 and
-# 5xx are Lambda's, and 403/404/409… are the deployment's (a missing alias or permission), which
-# the redrive policy holds until someone fixes it; the event is not to blame.
-POISON_INVOKE_ERRORS = frozenset(
-    {
-        "InvalidRequestContentException",
-        "RequestTooLargeException",
-        "SerializedRequestEntityTooLargeException",
-    }
-)
 # SQS accepts only these characters in a body; anything else travels base64-encoded.
 _SQS_TEXT = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
 _NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -192,26 +181,24 @@ class Dispatcher:
                 # same start, not a conflict.
                 Payload=event.start_payload(),
             )
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code == ALREADY_STARTED_OTHER_INPUT:
+        except (ClientError, BotoCoreError) as exc:
+            # The adapters' table (adapters/errors.py): an id conflict or a request Lambda (or
+            # the client, before sending) refuses is the event's fault, so poison. Everything
+            # else is retried: throttling, 5xx and the network are Lambda's, and a missing
+            # alias, function or permission is the deployment's, which the redrive policy holds
+            # until someone fixes it; the event is not to blame.
+            kind, code = errors.kind(exc), errors.code(exc)
+            if kind == errors.CONFLICT:
                 raise PoisonMessage(
                     f"execution {name!r} of {workflow} already started with other input",
                     code=envelope.ID_CONFLICT,
                 ) from None
-            if code in POISON_INVOKE_ERRORS:
+            if kind == errors.REJECTED:
                 raise PoisonMessage(
-                    f"Lambda refused to start {workflow}: {code}: {exc}",
+                    f"Lambda refused to start {workflow}: {code or type(exc).__name__}: {exc}",
                     code=envelope.LAMBDA_REJECTED,
                 ) from None
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            raise TransientError(f"{code or status}: {exc}", code=code or "client_error") from None
-        except ParamValidationError as exc:  # refused before sending (e.g. a bad header value)
-            raise PoisonMessage(
-                f"Invoke refused the request: {exc}", code=envelope.LAMBDA_REJECTED
-            ) from None
-        except BotoCoreError as exc:  # connection refused/reset, timeouts
-            raise TransientError(str(exc), code=type(exc).__name__) from None
+            raise TransientError(str(exc), code=code or type(exc).__name__) from None
         # No log line of its own: the message's one EMF line (a JSON log line with the
         # correlation id) lists what was started; a line per start doubled the logging CPU.
         started.append(

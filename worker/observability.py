@@ -1,6 +1,7 @@
-"""JSON logs carrying the correlation id on every line, and EMF metrics, both on stdout.
+"""The worker's log lines (the one schema of adapters.logs, Powertools Logger's, with the
+correlation id on every line) and its EMF metrics, both on stdout.
 
-EB streams the web process's stdout to CloudWatch Logs, where the EMF lines are readable per
+EB streams each process's stdout to CloudWatch Logs, where the EMF lines are readable per
 message; but EB's log streaming neither keeps lines raw nor sends the EMF header, so those lines
 do not become metrics there. On EB the counts therefore also go to CloudWatch directly:
 `MetricsPublisher` aggregates them in memory and flushes one PutMetricData call a minute.
@@ -19,6 +20,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from adapters import logs
 from sluice.metrics import WORKER_COUNTS, WORKER_LATENCY
 
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
@@ -28,50 +30,19 @@ message_id: contextvars.ContextVar[str] = contextvars.ContextVar("message_id", d
 # transient failures, handling latency).
 COUNTS = WORKER_COUNTS
 LATENCY = WORKER_LATENCY
-_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, correlation id, extra fields."""
-
-    def __init__(self, service: str) -> None:
-        super().__init__()
-        self.service = service
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": _iso(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "service": self.service,
-            "message": record.getMessage(),
-            "correlation_id": correlation_id.get(),
-            "sqsd_msgid": message_id.get(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                doc[key] = value
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, separators=(",", ":"))
-
-
-def _iso(created: float) -> str:
-    ms = int(created * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{ms:03d}Z"
 
 
 def configure_logging(
     service: str, *, stream: TextIO | None = None, level: int = logging.INFO
 ) -> None:
-    """Route the root logger to stdout as JSON (idempotent: gunicorn may import the app twice)."""
-    root = logging.getLogger()
-    handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # botocore's INFO/DEBUG lines say nothing an operator needs and cost CPU per request.
-    logging.getLogger("botocore").setLevel(logging.WARNING)
+    """Every logger of this process writes the one log schema to stdout, each line with the
+    correlation id and sqsd message id of the message (or task) being handled."""
+    logs.configure(
+        service,
+        {"correlation_id": correlation_id, "sqsd_msgid": message_id},
+        stream=stream,
+        level=level,
+    )
 
 
 class MetricsPublisher:
@@ -138,7 +109,14 @@ class MetricsPublisher:
 
 
 class Metrics:
-    """Writes one EMF document per handled message (and feeds `publisher`, when there is one)."""
+    """Writes one EMF document per handled message (and feeds `publisher`, when there is one).
+
+    It is the web process's only line for a started event, so it stays on the hot path's budget
+    (make bench, ~0.5 ms of CPU per event): one json.dumps straight to the stream, 10-16 µs,
+    where Powertools Metrics (add, validate, flush) measured 35-51 µs per message and a log
+    record through Powertools' formatter about 28 µs. It carries the log lines' correlation_id
+    and sqsd_msgid fields.
+    """
 
     def __init__(
         self,

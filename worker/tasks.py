@@ -16,6 +16,7 @@ period, and hands back (visibility 0) whatever is still running after it. Child 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from adapters.errors import code as error_code
 from sluice.envelope import Task, parse_task
 from sluice.errors import BusinessError, PoisonMessage, SluiceError, TransientError
 from sluice.settings import TasksSettings
@@ -72,6 +74,7 @@ class _Lease:
     released: bool = False
     callback_gone: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    keepalive: threading.Thread | None = None
 
 
 class TaskRunner:
@@ -189,6 +192,8 @@ class TaskRunner:
             self._wait_threads(time.monotonic() + CLEANUP_S)
         for lease in unfinished:
             log.warning("releasing an unfinished task", extra={"task": _name(lease.task)})
+            if lease.keepalive is not None:  # an extend still in flight would hide it again
+                lease.keepalive.join(timeout=CLEANUP_S)
             self._release(lease.receipt)
 
     def _wait_threads(self, deadline: float) -> None:
@@ -214,7 +219,10 @@ class TaskRunner:
         correlation_id.set(task.correlation_id)
         lease = _Lease(receipt=receipt, task=task)
         self._leases[receipt] = lease
-        keepalive = threading.Thread(target=self._keepalive, args=(lease,), daemon=True)
+        # In this task's context: its lines carry the task's correlation id too.
+        keepalive = lease.keepalive = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._keepalive, lease), daemon=True
+        )
         keepalive.start()
         started = time.monotonic()
         try:
@@ -286,9 +294,9 @@ class TaskRunner:
                     CallbackId=lease.task.callback_id
                 )
             except ClientError as exc:
-                if _code(exc) in CALLBACK_GONE:
+                if error_code(exc) in CALLBACK_GONE:
                     lease.callback_gone = True
-                    log.warning("callback gone during heartbeat", extra={"code": _code(exc)})
+                    log.warning("callback gone during heartbeat", extra={"code": error_code(exc)})
                     return
                 log.warning("heartbeat failed", extra={"error": str(exc)})
             except BotoCoreError as exc:
@@ -312,8 +320,8 @@ class TaskRunner:
                 )
             return True
         except ClientError as exc:
-            if _code(exc) in CALLBACK_GONE:
-                log.warning("callback gone at report", extra={"code": _code(exc)})
+            if error_code(exc) in CALLBACK_GONE:
+                log.warning("callback gone at report", extra={"code": error_code(exc)})
                 return False
             log.error("could not report the task", extra={"error": str(exc)})
             return None
@@ -368,10 +376,6 @@ def callback_error(error: Mapping[str, str]) -> dict[str, str]:
         "ErrorMessage": f"{error.get('code', '')}: {error.get('message', '')}"[:4096],
         "ErrorData": json.dumps(dict(error), sort_keys=True),
     }
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _name(task: Task | None) -> str:

@@ -6,6 +6,7 @@ outputs, the job record, the DLQ, the scheduler's tokens); `watch` shows it unti
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,8 +102,7 @@ def snapshot(p: Pipeline) -> Snapshot:
         from sluice_cli.schedules import token_counts
 
         tokens = token_counts(p.broker_url, list(REGISTRY.names))
-        log_text = (p.workdir / "scheduler.log").read_text(errors="replace")
-        ticks = log_text.count('"scheduler": "heartbeat"')
+        ticks = heartbeats((p.workdir / "scheduler.log").read_text(errors="replace"))
     return Snapshot(
         executions=executions,
         outputs=outputs,
@@ -112,6 +112,19 @@ def snapshot(p: Pipeline) -> Snapshot:
         tokens=tokens,
         ticks=ticks,
     )
+
+
+def heartbeats(log_text: str) -> int:
+    """The scheduler's heartbeat ticks in its log (one JSON line each, the message an object)."""
+    count = 0
+    for line in log_text.splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        message = doc.get("message") if isinstance(doc, dict) else None
+        count += isinstance(message, dict) and message.get("scheduler") == "heartbeat"
+    return count
 
 
 def render(snap: Snapshot, elapsed: float, upload: str) -> Any:

@@ -3,12 +3,13 @@
 The submitter (a durable step, retried on its own) sends a sluice Task carrying the callback id
 to the tasks queue; the worker heartbeats the callback while it works and reports the result.
 A silent worker (crashed, instance gone) trips the heartbeat timeout; that and transient
-failures are retried with a fresh callback and a fresh task after a durable backoff. A business
-failure is final.
+failures are retried with a fresh callback and a fresh task after a durable backoff (the
+workflows' one retry loop, lambdas.common.workflow.retry_durably). A business failure is final.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -26,8 +27,9 @@ from aws_durable_execution_sdk_python.retries import RetryStrategyConfig, create
 from aws_durable_execution_sdk_python.types import WaitForCallbackContext
 
 from lambdas.common.runtime import clients, env
-from lambdas.common.workflow import RetryPolicy, StepFailed
+from lambdas.common.workflow import Failure, RetryPolicy, StepFailed, retry_durably
 from sluice.envelope import Task
+from sluice.errors import BusinessError
 
 HEAVY_BACKOFF = RetryPolicy(initial_delay_s=30, max_delay_s=600)
 
@@ -67,11 +69,13 @@ class HeavyTaskSettings:
         )
 
 
-def failure_of(err: CallbackError) -> tuple[str, str, str]:
-    """(error class, error type, message) of a failed callback."""
+def failure_of(err: Exception) -> Failure | None:
+    """Why a callback failed (None: not a callback failure)."""
+    if not isinstance(err, CallbackError):
+        return None
     message = err.message or str(err)
     if isinstance(err, CallbackTimeoutError):
-        return "transient", "CallbackTimeout", f"callback_timeout: {message}"
+        return Failure("transient", "CallbackTimeout", f"callback_timeout: {message}")
     if isinstance(err, CallbackExternalError):
         # The SDK hands the workflow the failure's message and data, not its ErrorType: the
         # worker puts the Sluice error (class, code, message) in ErrorData for this.
@@ -80,8 +84,8 @@ def failure_of(err: CallbackError) -> tuple[str, str, str]:
         except json.JSONDecodeError:
             reported = {}
         kind = "business" if reported.get("error_class") == "business" else "transient"
-        return kind, "BusinessError" if kind == "business" else "TransientError", message
-    return "transient", type(err).__name__, message  # the submitter could not send the task
+        return Failure(kind, "BusinessError" if kind == "business" else "TransientError", message)
+    return Failure("transient", type(err).__name__, message)  # the submitter could not send it
 
 
 def run_heavy_task(
@@ -91,46 +95,44 @@ def run_heavy_task(
     data: Mapping[str, Any],
     correlation_id: str,
     seed: str,
+    name: str,
     settings: HeavyTaskSettings | None = None,
-    name: str | None = None,
 ) -> dict[str, Any]:
     """Send `task` to the tasks queue, wait for its callback, return the worker's result.
 
-    Raises StepFailed (business, or transient past `max_attempts`). Each attempt is its own
-    durable operation (`name`, `name#2`, ...), so replays never send a task twice.
+    Each attempt is its own durable operation (`name`, `name#2`, ...), so replays never send a
+    task twice. A failure for good (business, or transient past `max_attempts`) fails the
+    workflow: a business error with reason `<name>_failed`, whose message carries the reason the
+    worker reported (corrupt_audio, oversize, ...): the DurableExecutionFailed alarm counts it.
     """
     cfg = settings or HeavyTaskSettings.from_env()
     queue_url = env("TASKS_QUEUE_URL")
-    op = name or task.replace("/", "_")
-    callback_config = WaitForCallbackConfig(
+
+    config = WaitForCallbackConfig(
         timeout=Duration.from_seconds(cfg.timeout_s),
         heartbeat_timeout=Duration.from_seconds(cfg.heartbeat_timeout_s),
         retry_strategy=SUBMIT_RETRY,
     )
-    for attempt in range(1, cfg.max_attempts + 1):
-        attempt_name = op if attempt == 1 else f"{op}#{attempt}"
 
-        def submit(callback_id: str, _: WaitForCallbackContext) -> None:
-            body = Task(
-                name=task, callback_id=callback_id, data=data, correlation_id=correlation_id
-            )
-            clients("sqs").send_message(QueueUrl=queue_url, MessageBody=body.to_json())
+    def submit(callback_id: str, _: WaitForCallbackContext) -> None:
+        body = Task(name=task, callback_id=callback_id, data=data, correlation_id=correlation_id)
+        clients("sqs").send_message(QueueUrl=queue_url, MessageBody=body.to_json())
 
-        try:
-            raw = ctx.wait_for_callback(submit, name=attempt_name, config=callback_config)
-        except CallbackError as err:
-            kind, error_type, message = failure_of(err)
-            if kind == "business" or attempt == cfg.max_attempts:
-                raise StepFailed(
-                    task, error_class=kind, error_type=error_type, message=message, attempts=attempt
-                ) from None
-            delay = cfg.backoff.delay_s(attempt, seed=f"{seed}/{op}")
-            ctx.logger.warning(
-                "heavy task failed, retrying",
-                extra={"task": task, "task_attempt": attempt, "delay_s": delay, "error": message},
-            )
-            ctx.wait(Duration.from_seconds(delay), name=f"{attempt_name} backoff")
-            continue
+    def attempt(op: str) -> dict[str, Any]:
+        raw = ctx.wait_for_callback(submit, name=op, config=config)
         result = json.loads(raw) if isinstance(raw, str | bytes) else raw
         return dict(result or {})
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    try:
+        return retry_durably(
+            ctx,
+            attempt,
+            op=name,
+            what=task,
+            failure=failure_of,
+            policy=dataclasses.replace(cfg.backoff, max_attempts=cfg.max_attempts),
+            seed=seed,
+        )
+    except StepFailed as failure:
+        ctx.logger.error(f"{name} failed", extra={"failure": failure.to_dict()})
+        raise BusinessError(str(failure), code=f"{name}_failed") from None

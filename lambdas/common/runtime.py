@@ -1,4 +1,5 @@
-"""Powertools set-up, boto3 clients made once and injectable, and error mapping to sluice.errors.
+"""Powertools set-up (the log schema of adapters.logs), boto3 clients made once and injectable,
+and the step handler wrapper that maps every failure to sluice.errors (adapters.errors).
 
 Every log line of a job carries `correlation_id` (the event id): step handlers read it from
 their payload, workflows from the event that started them.
@@ -15,47 +16,15 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ReadTimeoutError,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
 
-from sluice.errors import BusinessError, SluiceError, TransientError
+from adapters import logs
+from adapters.errors import classify
+from sluice.errors import BusinessError
 
 SERVICE = "sluice"
-logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE))
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE), **logs.OPTIONS)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Sluice"))
 tracer = Tracer(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE))
-
-# AWS error codes that say "try again later" (throttling, capacity, the service's own faults).
-TRANSIENT_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "SlowDown",
-        "ProvisionedThroughputExceededException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "InternalError",
-        "InternalFailure",
-        "InternalServerError",
-        "InternalServerException",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "LimitExceededException",
-        "TransactionInProgressException",
-        "KMSThrottlingException",
-    }
-)
-MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound", "NoSuchVersion"})
 
 
 class Clients:
@@ -81,27 +50,6 @@ class Clients:
 
 
 clients = Clients()
-
-
-def classify(exc: BaseException) -> SluiceError:
-    """The Sluice error class of an AWS SDK failure (already classified errors pass through)."""
-    if isinstance(exc, SluiceError):
-        return exc
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        message = f"{exc.operation_name}: {code}: {error.get('Message', '')}".rstrip(": ")
-        if code in TRANSIENT_CODES or status >= 500 or status == 429:
-            return TransientError(message, code="aws_throttled_or_unavailable")
-        if code in MISSING_CODES:
-            return BusinessError(message, code="missing_object")
-        return BusinessError(message, code=f"aws_{code or 'client_error'}")
-    if isinstance(exc, BotoConnectionError | ReadTimeoutError):
-        return TransientError(f"{type(exc).__name__}: {exc}", code="aws_unreachable")
-    if isinstance(exc, BotoCoreError):
-        return BusinessError(f"{type(exc).__name__}: {exc}", code="aws_sdk_error")
-    return TransientError(f"{type(exc).__name__}: {exc}", code="unexpected")
 
 
 def error_class(error_type: str | None) -> str:

@@ -1,22 +1,29 @@
-"""Durable workflow helpers: invoking step Lambdas with the Sluice retry policy.
+"""Durable workflow helpers: the handler wrapper, and one retry loop (`retry_durably`) for every
+durable operation a workflow retries: step Lambdas (`invoke_step`) and heavy tasks
+(lambdas/common/heavy_task.py).
 
-Transient failures of a step are retried with exponential backoff and jitter, waiting durably
-(no compute) between attempts; business failures are not retried. Jitter is derived from the
-execution, the step and the attempt rather than a random draw, so replays take the same path.
+Transient failures are retried with exponential backoff and jitter, waiting durably (no compute)
+between attempts; business failures are not retried. Jitter is derived from the execution, the
+operation and the attempt rather than a random draw, so replays take the same path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from aws_durable_execution_sdk_python import DurableContext, DurableOperationError
+from aws_durable_execution_sdk_python import (
+    DurableContext,
+    DurableOperationError,
+    durable_execution,
+)
 from aws_durable_execution_sdk_python.config import Duration
 
-from lambdas.common.runtime import error_class, logger, set_correlation_id
+from adapters.s3 import location
+from lambdas.common.runtime import error_class, logger, set_correlation_id, tracer
 from sluice.catalog import WORKFLOW_ALIAS
 from sluice.envelope import Event, event_from_dict, execution_name
 from sluice.errors import BusinessError
@@ -40,15 +47,17 @@ def start_workflow(
     return ev, job_id
 
 
+Workflow = Callable[[Mapping[str, Any], DurableContext], dict[str, Any]]
+
+
+def durable_handler(workflow: Workflow) -> Callable[[Any, Any], Any]:
+    """The Lambda handler of `workflow`: a traced durable execution."""
+    return tracer.capture_lambda_handler(durable_execution(workflow), capture_response=False)
+
+
 def audio_source(data: Mapping[str, Any]) -> dict[str, Any]:
     """The audio object `data` names: bucket, key and, when given, version_id."""
-    bucket, key = data.get("bucket"), data.get("key")
-    if not isinstance(bucket, str) or not isinstance(key, str) or not bucket or not key:
-        raise BusinessError("event data lacks the audio's bucket and key", code="bad_event")
-    source: dict[str, Any] = {"bucket": bucket, "key": key}
-    if data.get("version_id"):
-        source["version_id"] = str(data["version_id"])
-    return source
+    return location(data, what="event data (the audio)", code="bad_event").to_dict()
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,71 @@ def step_target(step: str) -> str:
     return os.environ.get(f"STEP_{step.upper()}") or f"{step}:{WORKFLOW_ALIAS}"
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why one attempt failed: `business` (final) or `transient` (retried)."""
+
+    error_class: str
+    error_type: str
+    message: str
+
+
+def retry_durably(
+    ctx: DurableContext,
+    attempt: Callable[[str], T],
+    *,
+    op: str,
+    what: str,
+    failure: Callable[[Exception], Failure | None],
+    policy: RetryPolicy,
+    seed: str,
+) -> T:
+    """`attempt(name)` until it returns, retrying transient failures after a durable backoff.
+
+    Each attempt is its own durable operation named `op`, `op#2`, ... (so a replay returns the
+    recorded outcome of every finished attempt without running it again), each wait
+    `op#<n> backoff`. `failure` describes an exception (None: not an attempt's failure, raised
+    as it is). A business failure, or a transient one on the last attempt, raises StepFailed
+    naming `what`.
+    """
+    for n in range(1, policy.max_attempts + 1):
+        try:
+            return attempt(op if n == 1 else f"{op}#{n}")
+        except Exception as exc:
+            failed = failure(exc)
+            if failed is None:
+                raise
+        if failed.error_class == "business" or n == policy.max_attempts:
+            raise StepFailed(
+                what,
+                error_class=failed.error_class,
+                error_type=failed.error_type,
+                message=failed.message,
+                attempts=n,
+            ) from None
+        delay = policy.delay_s(n, seed=f"{seed}/{op}")
+        ctx.logger.warning(
+            "attempt failed, retrying",
+            extra={"step": what, "attempt": n, "delay_s": delay, "error": failed.message},
+        )
+        ctx.wait(Duration.from_seconds(delay), name=f"{op}#{n} backoff")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def invoke_failure(exc: Exception) -> Failure | None:
+    """A failed step invoke, classified by the error type the step reported."""
+    if not isinstance(exc, DurableOperationError):
+        return None
+    return Failure(
+        error_class(exc.error_type),
+        (exc.error_type or "").rsplit(".", 1)[-1],
+        exc.message or str(exc),
+    )
+
+
 def invoke_step(
     ctx: DurableContext,
     step: str,
@@ -111,35 +185,18 @@ def invoke_step(
     name: str | None = None,
     policy: RetryPolicy = DEFAULT_RETRY,
 ) -> dict[str, Any]:
-    """Invoke step handler `step` durably; retry transient failures; raise StepFailed otherwise.
+    """Invoke step handler `step` durably; retry transient failures; raise StepFailed otherwise."""
 
-    Each attempt is its own durable operation (`name`, `name#2`, ...), so a replay returns the
-    recorded result of every finished attempt without invoking the step again.
-    """
-    op = name or step
-    for attempt in range(1, policy.max_attempts + 1):
-        try:
-            result: Any = ctx.invoke(
-                step_target(step),
-                dict(payload),
-                name=op if attempt == 1 else f"{op}#{attempt}",
-            )
-            return dict(result or {})
-        except DurableOperationError as err:
-            kind = error_class(err.error_type)
-            message = err.message or str(err)
-            if kind == "business" or attempt == policy.max_attempts:
-                raise StepFailed(
-                    step,
-                    error_class=kind,
-                    error_type=(err.error_type or "").rsplit(".", 1)[-1],
-                    message=message,
-                    attempts=attempt,
-                ) from None
-            delay = policy.delay_s(attempt, seed=f"{payload.get('job_id', '')}/{op}")
-            ctx.logger.warning(
-                "step failed, retrying",
-                extra={"step": step, "step_attempt": attempt, "delay_s": delay, "error": message},
-            )
-            ctx.wait(Duration.from_seconds(delay), name=f"{op}#{attempt} backoff")
-    raise AssertionError("unreachable")  # pragma: no cover
+    def attempt(op: str) -> dict[str, Any]:
+        result: Any = ctx.invoke(step_target(step), dict(payload), name=op)
+        return dict(result or {})
+
+    return retry_durably(
+        ctx,
+        attempt,
+        op=name or step,
+        what=step,
+        failure=invoke_failure,
+        policy=policy,
+        seed=str(payload.get("job_id", "")),
+    )

@@ -244,6 +244,7 @@ def _stack_log_groups(env: str, tmp_path) -> list[str]:
     return groups
 
 
+@pytest.mark.infra  # synthesizes the app to read the log groups it really creates
 def test_logs_option_queries_every_log_group_the_stack_creates(
     jobs_table: Any, run, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:

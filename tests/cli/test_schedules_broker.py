@@ -19,7 +19,8 @@ from sluice.scheduling.schedule import Every
 cli_schedules = sys.modules["sluice_cli.schedules"]
 
 
-pytestmark = pytest.mark.slow  # a private RabbitMQ node takes seconds to start
+# A private RabbitMQ node (a real server process) takes seconds to start.
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def _tick(_: object) -> None:

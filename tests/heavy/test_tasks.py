@@ -3,10 +3,12 @@ shutdown, and what happens to bad messages."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ from sluice.envelope import Task
 from sluice.errors import BusinessError
 from sluice.settings import SettingsError, TasksSettings
 from tests.heavy.conftest import Aws
+from worker.observability import configure_logging
 from worker.tasks import TaskRunner, callback_error
 
 
@@ -273,6 +276,54 @@ def test_a_malformed_task_naming_a_callback_fails_that_callback(aws: Aws) -> Non
     assert outcome.status == "poison" and outcome.deleted
 
 
+def test_a_handed_back_task_is_not_hidden_again_by_a_keepalive_extend_in_flight(
+    aws: Aws,
+) -> None:
+    # Given a running task whose keepalive is extending its visibility when the drain comes
+    send(aws)
+    visibility: list[int] = []
+
+    class SlowExtends:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(aws.sqs, name)
+
+        def change_message_visibility(self, **kwargs: Any) -> dict:
+            if kwargs["VisibilityTimeout"]:
+                time.sleep(0.5)  # an extend still on its way to SQS
+            visibility.append(kwargs["VisibilityTimeout"])
+            return aws.sqs.change_message_visibility(**kwargs)
+
+    started, finish = threading.Event(), threading.Event()
+
+    def stuck(data: Any, ctx: Any) -> dict[str, Any]:
+        started.set()
+        finish.wait(5)
+        return {}
+
+    r = TaskRunner(
+        sqs=SlowExtends(),
+        callbacks=Callbacks(),
+        queue_url=aws.tasks_url,
+        context=aws.context,
+        handlers={"media/echo": stuck},
+        visibility_timeout_s=30,
+        keepalive_s=0.2,
+        receive_wait_s=0,
+    )
+    r.start(receive(aws))
+    started.wait(5)
+    time.sleep(0.35)  # the first heartbeat went out, the first extend is in flight
+    # When the grace period is over and the task is handed back
+    r.drain(grace_s=0)
+    finish.set()
+    deadline = time.monotonic() + 5
+    while r.in_flight and time.monotonic() < deadline:  # the task and its keepalive ended
+        time.sleep(0.05)
+    # Then the hand-back is the last word: the message is visible again for another worker
+    assert visibility[-1] == 0
+    assert aws.visible() == 1
+
+
 def test_a_message_that_is_not_a_task_is_released_toward_the_dlq(aws: Aws) -> None:
     # Given garbage on the tasks queue
     aws.sqs.send_message(QueueUrl=aws.tasks_url, MessageBody="not json")
@@ -297,3 +348,34 @@ def test_settings_default_to_one_task_per_vcpu_and_require_the_queue_url() -> No
     assert settings.concurrency >= 1 and settings.visibility_timeout_s == 900
     with pytest.raises(SettingsError, match="SLUICE_TASKS_QUEUE_URL: must be set"):
         TasksSettings.read({})
+
+
+@pytest.fixture
+def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The tasks process's logging (worker.observability), captured; the root logger restored."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    buffer = io.StringIO()
+    configure_logging("sluice-tasks", stream=buffer)
+    yield lambda: [json.loads(line) for line in buffer.getvalue().splitlines()]
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_every_line_of_a_task_its_keepalive_included_carries_its_correlation_id(
+    aws: Aws, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    # Given a task whose heartbeats fail, so that the keepalive thread logs too
+    class FailingHeartbeats(Callbacks):
+        def send_durable_execution_callback_heartbeat(self, *, CallbackId: str) -> dict:
+            raise ClientError({"Error": {"Code": "ServiceException", "Message": "x"}}, "Heartbeat")
+
+    send(aws, cb="cb-log")
+    # When the runner handles it
+    runner(aws, FailingHeartbeats(), {"media/echo": echo}).handle(receive(aws))
+    # Then every line, the keepalive thread's as well, names the task's correlation id, in the
+    # one log schema
+    lines = log_lines()
+    assert {"heartbeat failed", "task succeeded"} <= {line["message"] for line in lines}
+    assert {line["correlation_id"] for line in lines} == {"corr-cb-log"}
+    assert all({"level", "location", "timestamp", "service"} <= set(line) for line in lines)

@@ -20,12 +20,20 @@ DEV_ONLY = ("devtools", "local", "tests", "bench")
 CLI = "sluice/cli/"
 
 # The application version EB receives, file by file. What EB reads sits at the root
-# (stacks/worker_env.py: EB_ROOT_FILES); the `worker` and `sluice` packages are there once each.
-# A file added to worker/ or sluice/ (a module, data it loads) is added here in the same change.
+# (stacks/worker_env.py: EB_ROOT_FILES); the `worker`, `adapters` and `sluice` packages are there
+# once each. A file added to worker/, adapters/ or sluice/ (a module, data it loads) is added here
+# in the same change.
 WORKER_BUNDLE = [
     ".ebextensions/scaling.config",
     ".platform/nginx/conf.d/sqsd.conf",
     "Procfile",
+    "adapters/__init__.py",
+    "adapters/errors.py",
+    "adapters/jobs.py",
+    "adapters/logs.py",
+    "adapters/notifications.py",
+    "adapters/s3.py",
+    "adapters/transcribe.py",
     "cron.yaml",
     "requirements.txt",
     "sluice/__init__.py",
@@ -52,6 +60,7 @@ WORKER_BUNDLE = [
     "worker/heavy/transcode.py",
     "worker/invoke.py",
     "worker/observability.py",
+    "worker/routes.py",
     "worker/scheduler/__init__.py",
     "worker/scheduler/__main__.py",
     "worker/scheduler/broker_metrics.py",
@@ -82,20 +91,21 @@ def test_the_worker_bundle_holds_exactly_these_files():
     assert files(worker_bundle()) == WORKER_BUNDLE
 
 
-def test_the_worker_bundle_root_holds_what_eb_reads_and_the_two_packages_once():
+def test_the_worker_bundle_root_holds_what_eb_reads_and_the_three_packages_once():
     top = {p.split("/", 1)[0] for p in files(worker_bundle())}
-    assert top == {*EB_ROOT_FILES, "worker", "sluice"}
+    assert top == {*EB_ROOT_FILES, "worker", "adapters", "sluice"}
     # no module under two names (the root is not a copy of worker/)
     assert not [p for p in WORKER_BUNDLE if "/" not in p and p.endswith(".py")]
 
 
 @pytest.mark.parametrize(("kind", "name"), LAMBDAS, ids=[n for _, n in LAMBDAS])
-def test_a_lambda_bundle_holds_its_function_the_shared_runtime_and_the_contracts(kind, name):
+def test_a_lambda_bundle_holds_its_function_the_shared_runtime_adapters_and_contracts(kind, name):
     shipped = files(Path(code_bundle(kind, name).path))  # the directory CDK zips
-    own = (f"lambdas/{kind}/{name}/", "lambdas/common/", "sluice/")
+    own = (f"lambdas/{kind}/{name}/", "lambdas/common/", "adapters/", "sluice/")
     inits = ("lambdas/__init__.py", f"lambdas/{kind}/__init__.py")
     assert [p for p in shipped if not (p.startswith(own) or p in inits)] == []
     assert f"lambdas/{kind}/{name}/handler.py" in shipped
+    assert "adapters/jobs.py" in shipped
     assert development_files(shipped) == []
 
 

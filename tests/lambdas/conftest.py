@@ -53,9 +53,9 @@ class Aws:
         return [json.loads(m["Body"]) for m in got.get("Messages", [])]
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        from lambdas.common import jobs
+        from lambdas.common.aws import jobs
 
-        return jobs.get(job_id)
+        return jobs().get(job_id)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from lambdas.common import jobs
+from lambdas.common.aws import jobs as jobs_table
 from lambdas.common.runtime import clients
 from lambdas.steps.notify_user.handler import handler as notify
 from lambdas.steps.on_failure.handler import handler as on_failure
@@ -64,7 +64,7 @@ def test_throttling_is_reported_as_a_transient_error(aws, lambda_context):
 
 def test_a_failure_is_recorded_on_the_job_and_notified(aws, lambda_context):
     # Given a running job
-    jobs.claim("job-3", execution_arn="arn:x", fields={"event_id": "e-3"})
+    jobs_table().claim("job-3", execution_arn="arn:x", fields={"event_id": "e-3"})
     # When on_failure runs for a business error of fetch_audio_metadata
     on_failure(
         {
@@ -88,7 +88,7 @@ def test_a_failure_is_recorded_on_the_job_and_notified(aws, lambda_context):
 
 
 def test_a_claimed_job_cannot_be_claimed_by_another_execution(aws):
-    assert jobs.claim("job-4", execution_arn="arn:a", fields={}) == {"claimed": True}
-    assert jobs.claim("job-4", execution_arn="arn:a", fields={}) == {"claimed": True}
-    other = jobs.claim("job-4", execution_arn="arn:b", fields={})
+    assert jobs_table().claim("job-4", execution_arn="arn:a", fields={}) == {"claimed": True}
+    assert jobs_table().claim("job-4", execution_arn="arn:a", fields={}) == {"claimed": True}
+    other = jobs_table().claim("job-4", execution_arn="arn:b", fields={})
     assert other == {"claimed": False, "owner": "arn:a", "status": "RUNNING"}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lambdas.common import jobs
+from lambdas.common.aws import jobs as jobs_table
 from lambdas.steps.parse_save_transcription.handler import handler
 from sluice.errors import BusinessError
 from tests.lambdas.conftest import SERMON, transcribe_json
@@ -32,7 +32,7 @@ def _read(aws, key: str) -> str:
 def test_a_transcript_becomes_paragraphs_text_and_captions(aws, lambda_context):
     # Given Transcribe's output for two sentences with a long pause between them
     aws.s3.put_object(Bucket=aws.bucket, Key=KEY, Body=json.dumps(transcribe_json(SERMON)))
-    jobs.claim("job-9", execution_arn="arn:x", fields={})
+    jobs_table().claim("job-9", execution_arn="arn:x", fields={})
     # When the step runs
     result = handler(_payload(aws), lambda_context)
     # Then the transcript has timed segments and paragraphs split at the pause

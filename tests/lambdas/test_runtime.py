@@ -8,7 +8,8 @@ import json
 import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from lambdas.common.runtime import classify, error_class, logger
+from adapters.errors import classify
+from lambdas.common.runtime import error_class, logger
 from lambdas.steps.fetch_audio_metadata.handler import handler
 from sluice.errors import BusinessError, TransientError
 from tests.lambdas.audio import wav

@@ -83,6 +83,7 @@ def test_visibility_timeout_shorter_than_processing_timeout_explains_both():
     assert "worker.processing_timeout_s (200 s)" in message
 
 
+@pytest.mark.infra  # runs the CDK app
 def test_synth_of_an_unknown_environment_fails_with_the_list(tmp_path):
     # When the CDK app itself is run with a bad -c env
     proc = subprocess.run(

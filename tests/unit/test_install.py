@@ -14,6 +14,7 @@ WHEELHOUSE = ROOT / "build" / "wheelhouse"
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_pip_install_gives_a_working_sluice_command(tmp_path: Path) -> None:
     # Given a fresh venv and only the pinned wheels (make wheelhouse), no network
     assert (WHEELHOUSE / ".done").exists(), "run `make wheelhouse` (make setup-dev does)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 
+from devtools import lambda_fake as lambda_fake_module
 from sluice import envelope
 from sluice.envelope import Event, execution_name
 from tests.worker.conftest import ALIASES, MAX_BODY, attr
@@ -191,16 +192,28 @@ def test_an_unknown_path_is_404_and_a_wrong_method_405(worker):
 # --- observability ----------------------------------------------------------------------------
 
 
-def test_every_log_line_of_a_message_carries_its_correlation_id(worker):
-    # Given an event with its own correlation id, sent once with a conflict to log several lines
+def test_every_log_line_of_a_message_carries_its_correlation_id(worker, lambda_fake):
+    # Given an event with its own correlation id whose first start Lambda throttles, so that its
+    # message logs a warning besides the EMF line of each delivery
     ev = Event(name="media/transcode.requested", data={"k": 1}, correlation_id="corr-abc-123")
+    lambda_fake[0].fail(ev.execution_name, lambda_fake_module.THROTTLED)
     msgid = new_msgid()
-    # When sqsd POSTs it
-    assert post(worker.url, ev.to_json().encode(), msgid=msgid)[0] == 200
-    # Then every JSON line about this message has the correlation id, and the EMF line counts it
+    # When sqsd POSTs it, and again after the 503
+    assert post(worker.url, ev.to_json().encode(), msgid=msgid)[0] == 503
+    assert post(worker.url, ev.to_json().encode(), msgid=msgid, receive_count=2)[0] == 200
+    # Then every JSON line about this message has the correlation id
     lines = [json.loads(x) for x in worker.log_lines() if x.startswith("{") and msgid in x]
     assert lines and all(line["correlation_id"] == "corr-abc-123" for line in lines)
-    (emf,) = [line for line in lines if "_aws" in line]
+    # And its log line is in the one log schema (adapters/logs.py), the Lambdas' too
+    (warning,) = [line for line in lines if "_aws" not in line]
+    assert {"level", "location", "message", "timestamp", "service"} <= set(warning)
+    assert (warning["level"], warning["service"], warning["reason"]) == (
+        "WARNING",
+        "sluice-worker",
+        "TooManyRequestsException",
+    )
+    # And the EMF line of the delivery that started it counts it
+    emf = [line for line in lines if "_aws" in line][-1]
     assert (emf["Received"], emf["Started"], emf["DeadLettered"]) == (1, 1, 0)
     metrics = {m["Name"] for m in emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
     assert metrics == {

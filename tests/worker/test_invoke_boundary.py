@@ -12,11 +12,12 @@ import pytest
 from botocore.config import Config
 from botocore.stub import Stubber
 
+from adapters import errors
 from devtools import lambda_fake
 from sluice.envelope import ID_CONFLICT, LAMBDA_REJECTED, Event
 from sluice.settings import WebSettings
 from tests.worker.conftest import ALIASES, free_port
-from worker.dispatch import POISON_INVOKE_ERRORS, Delivery, Dispatcher
+from worker.dispatch import Delivery, Dispatcher
 from worker.observability import Metrics
 
 DLQ = "https://sqs.eu-west-1.amazonaws.com/123456789012/Sluice-test-events-dlq"
@@ -184,6 +185,8 @@ def test_poison_is_retried_when_the_dlq_cannot_take_it(clients):
 
 INVOKE = botocore.session.get_session().get_service_model("lambda").operation_model("Invoke")
 INVOKE_ERRORS = {e.name: e.metadata["error"]["httpStatusCode"] for e in INVOKE.error_shapes}
+# the adapters' table: the codes of a request Lambda refuses (the event is poison)
+POISON_INVOKE_ERRORS = {code for code, kind in errors.CODES.items() if kind == errors.REJECTED}
 
 
 def test_the_poison_answers_are_invoke_errors_about_the_request_itself():

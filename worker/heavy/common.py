@@ -1,5 +1,6 @@
-"""What both heavy steps share: input limits, S3 locations, the context a task runs in, and the
-child processes and scratch directories a step may leave behind when its process dies."""
+"""What both heavy steps share: input limits, the context a task runs in, and the child processes
+and scratch directories a step may leave behind when its process dies. (S3 locations, reads and
+the classification of AWS errors are the shared adapters': adapters/s3.py, adapters/errors.py.)"""
 
 from __future__ import annotations
 
@@ -14,18 +15,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from sluice.errors import BusinessError, TransientError
+from adapters.s3 import Storage
 from sluice.settings import TasksSettings
-
-MISSING = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound", "NoSuchVersion"})
-THROTTLED = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"})
 
 
 @dataclass(frozen=True)
@@ -59,31 +55,9 @@ class TaskContext:
     limits: Limits = Limits()
     progress: Callable[[], None] = lambda: None
 
-
-def location(spec: Any, what: str) -> tuple[str, str]:
-    """(bucket, key or prefix) of a `{"bucket": ..., "key"|"prefix": ...}` or an s3:// URI."""
-    if isinstance(spec, str) and spec.startswith("s3://"):
-        bucket, _, key = spec[5:].partition("/")
-        if bucket and key:
-            return bucket, key
-    if isinstance(spec, Mapping):
-        b, k = spec.get("bucket"), spec.get("key") or spec.get("prefix")
-        if isinstance(b, str) and b and isinstance(k, str) and k:
-            return b, k
-    raise BusinessError(
-        f"{what}: expected s3://bucket/key or {{bucket, key}}, got {spec!r}", code="bad_task"
-    )
-
-
-def s3_error(exc: ClientError, what: str, missing_code: str) -> Exception:
-    """A Sluice error for an S3 failure: missing objects are business errors, throttling transient."""
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    if code in MISSING:
-        return BusinessError(f"{what} does not exist", code=missing_code)
-    if code in THROTTLED or status >= 500:
-        return TransientError(f"{what}: S3 {code or status}", code="s3_unavailable")
-    return BusinessError(f"{what}: S3 {code or status}", code=f"s3_{code or status}")
+    @property
+    def storage(self) -> Storage:
+        return Storage(self.s3)
 
 
 # --- child processes (ffmpeg) ---------------------------------------------------------------------

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from botocore.exceptions import ClientError
 
+from adapters import transcribe
+from adapters.s3 import S3Location, Storage, location
 from sluice.catalog import EMBED_TASK
 from sluice.errors import BusinessError
 from sluice.settings import TasksSettings
-from worker.heavy.common import TaskContext, location, s3_error
+from worker.heavy.common import TaskContext
 
 TASK_NAME = EMBED_TASK
 MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
@@ -60,7 +61,7 @@ def segments_of(doc: Any) -> list[dict[str, Any]]:
     """Timed text segments of a transcript document.
 
     Accepts the transcript parse_save_transcription writes (`segments: [{start, end, text}]`)
-    and Amazon Transcribe's raw JSON (`results.items`, word by word).
+    and Amazon Transcribe's raw JSON (`results.items`, word by word, read by adapters.transcribe).
     """
     if isinstance(doc, Mapping) and isinstance(doc.get("segments"), list):
         segs = []
@@ -76,22 +77,8 @@ def segments_of(doc: Any) -> list[dict[str, Any]]:
                     "transcript segment lacks start/end/text", code="bad_transcript"
                 ) from None
         return segs
-    items = doc.get("results", {}).get("items") if isinstance(doc, Mapping) else None
-    if isinstance(items, list):
-        segs = []
-        for item in items:
-            text = (item.get("alternatives") or [{}])[0].get("content", "")
-            if item.get("type") == "punctuation" and segs:
-                segs[-1]["text"] += text
-            elif "start_time" in item:
-                segs.append(
-                    {
-                        "start": float(item["start_time"]),
-                        "end": float(item["end_time"]),
-                        "text": text,
-                    }
-                )
-        return segs
+    if transcribe.is_output(doc):
+        return [{"start": w.start, "end": w.end, "text": w.text} for w in transcribe.words(doc)]
     raise BusinessError("not a transcript: no segments or results.items", code="bad_transcript")
 
 
@@ -248,21 +235,11 @@ def build_index(
     return Index(vectors=vectors, chunks=chunks)
 
 
-def read_object(s3: Any, bucket: str, key: str, *, max_bytes: int, missing: str) -> bytes:
-    what = f"s3://{bucket}/{key}"
-    try:
-        head = s3.head_object(Bucket=bucket, Key=key)
-        if int(head.get("ContentLength") or 0) > max_bytes:
-            raise BusinessError(f"{what} is larger than {max_bytes} bytes", code="oversize")
-        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except ClientError as exc:
-        raise s3_error(exc, what, missing) from exc
-
-
 def load_index(s3: Any, bucket: str, prefix: str) -> Index:
     prefix = prefix.rstrip("/") + "/"
+    storage = Storage(s3)
     objects = {
-        name: read_object(s3, bucket, prefix + name, max_bytes=2**31, missing="missing_index")
+        name: storage.read(S3Location(bucket, prefix + name), missing="missing_index")
         for name in (VECTORS, CHUNKS)
     }
     return Index.load(objects)
@@ -288,20 +265,13 @@ def search(
 
 def run(data: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """The `media/embed` task: `{"transcript": s3-uri|{bucket,key}, "output": {bucket, prefix}}`."""
-    t_bucket, t_key = location(data.get("transcript"), "transcript")
-    out_bucket, prefix = location(data.get("output"), "output")
-    prefix = prefix.rstrip("/") + "/"
-    raw = read_object(
-        ctx.s3,
-        t_bucket,
-        t_key,
-        max_bytes=ctx.limits.max_transcript_bytes,
-        missing="missing_transcript",
+    source = location(data.get("transcript"), what="transcript", code="bad_task")
+    output = location(data.get("output"), what="output", code="bad_task", field="prefix")
+    prefix = output.key.rstrip("/") + "/"
+    raw = ctx.storage.read(
+        source, max_bytes=ctx.limits.max_transcript_bytes, missing="missing_transcript"
     )
-    try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BusinessError(f"transcript is not JSON: {exc}", code="bad_transcript") from exc
+    doc = transcribe.document(raw)
     ctx.progress()
     words = data.get("chunk_words", CHUNK_WORDS)
     if not isinstance(words, int) or not 10 <= words <= 200:
@@ -311,16 +281,11 @@ def run(data: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     )
     for name, body in index.dump().items():
         content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
-        try:
-            ctx.s3.put_object(
-                Bucket=out_bucket, Key=prefix + name, Body=body, ContentType=content_type
-            )
-        except ClientError as exc:
-            raise s3_error(exc, f"s3://{out_bucket}/{prefix}{name}", "missing_bucket") from exc
+        ctx.storage.put(S3Location(output.bucket, prefix + name), body, content_type)
     return {
         "model": index.model,
         "dim": DIM,
         "chunks": len(index.chunks),
         "duration_s": index.chunks[-1].end,
-        "index": f"s3://{out_bucket}/{prefix}",
+        "index": f"s3://{output.bucket}/{prefix}",
     }

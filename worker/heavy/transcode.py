@@ -15,19 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
-
+from adapters.s3 import S3Location, Storage, location
 from sluice.catalog import TRANSCODE_TASK
 from sluice.errors import BusinessError, TransientError
-from worker.heavy.common import (
-    Limits,
-    TaskContext,
-    child,
-    location,
-    s3_error,
-    scratch_dir,
-    signal_name,
-)
+from worker.heavy.common import Limits, TaskContext, child, scratch_dir, signal_name
 
 TASK_NAME = TRANSCODE_TASK
 SEGMENT_S = 6
@@ -204,15 +195,13 @@ def transcode_file(
     }
 
 
-def _upload_tree(s3: Any, out: Path, bucket: str, prefix: str, progress: Callable[[], None]) -> int:
+def _upload_tree(
+    storage: Storage, out: Path, output: S3Location, progress: Callable[[], None]
+) -> int:
     count = 0
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        key = prefix + path.relative_to(out).as_posix()
-        extra = {"ContentType": CONTENT_TYPES.get(path.suffix, "application/octet-stream")}
-        try:
-            s3.upload_file(str(path), bucket, key, ExtraArgs=extra)
-        except ClientError as exc:
-            raise s3_error(exc, f"s3://{bucket}/{key}", "missing_bucket") from exc
+        where = S3Location(output.bucket, output.key + path.relative_to(out).as_posix())
+        storage.upload(path, where, CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
         count += 1
         progress()
     return count
@@ -220,42 +209,34 @@ def _upload_tree(s3: Any, out: Path, bucket: str, prefix: str, progress: Callabl
 
 def run(data: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """The `media/transcode` task: `{"source": {bucket, key[, version_id]}, "output": {bucket, prefix}}`."""
-    src_bucket, src_key = location(data.get("source"), "source")
-    out_bucket, prefix = location(data.get("output"), "output")
-    prefix = prefix.rstrip("/") + "/"
-    version = data["source"].get("version_id") if isinstance(data["source"], Mapping) else None
-    extra = {"VersionId": version} if version else {}
-    what = f"s3://{src_bucket}/{src_key}"
-    try:
-        head = ctx.s3.head_object(Bucket=src_bucket, Key=src_key, **extra)
-    except ClientError as exc:
-        raise s3_error(exc, what, "missing_audio") from exc
-    size = int(head.get("ContentLength") or 0)
+    source = location(data.get("source"), what="source", code="bad_task")
+    output = location(data.get("output"), what="output", code="bad_task", field="prefix")
+    output = S3Location(output.bucket, output.key.rstrip("/") + "/")
+    storage = ctx.storage
+    size = int(storage.head(source, missing="missing_audio").get("ContentLength") or 0)
     if size > ctx.limits.max_audio_bytes:
         raise BusinessError(
-            f"{what} is {size} bytes, more than {ctx.limits.max_audio_bytes}", code="oversize"
+            f"{source.uri} is {size} bytes, more than {ctx.limits.max_audio_bytes}",
+            code="oversize",
         )
     if size == 0:
-        raise BusinessError(f"{what} is empty", code="corrupt_audio")
+        raise BusinessError(f"{source.uri} is empty", code="corrupt_audio")
     work = scratch_dir("transcode")  # swept by the next tasks process if this one dies
     try:
-        src = work / ("source" + Path(src_key).suffix.lower()[:8])
-        try:
-            ctx.s3.download_file(src_bucket, src_key, str(src), ExtraArgs=extra or None)
-        except ClientError as exc:
-            raise s3_error(exc, what, "missing_audio") from exc
+        src = work / ("source" + Path(source.key).suffix.lower()[:8])
+        storage.download(source, src, missing="missing_audio")
         ctx.progress()
         out = work / "hls"
         try:
             result = transcode_file(src, out, limits=ctx.limits, progress=ctx.progress)
         except (OSError, subprocess.SubprocessError) as exc:
             raise TransientError(f"ffmpeg did not run: {exc}", code="ffmpeg_unavailable") from exc
-        files = _upload_tree(ctx.s3, out, out_bucket, prefix, ctx.progress)
+        files = _upload_tree(storage, out, output, ctx.progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
         **result,
-        "master": f"s3://{out_bucket}/{prefix}{MASTER}",
+        "master": f"{output.uri}{MASTER}",
         "files": files,
-        "source": {"bucket": src_bucket, "key": src_key, "size": size},
+        "source": {"bucket": source.bucket, "key": source.key, "size": size},
     }

@@ -18,6 +18,7 @@ from sluice.envelope import Event
 from sluice.scheduling.names import Names
 from sluice.scheduling.registry import REGISTRY, cron_yaml
 from sluice.settings import SchedulerSettings
+from worker.observability import configure_logging
 from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
 from worker.scheduler.runner import Scheduler, SendEvent, broker_url
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cron_yaml:
         sys.stdout.write(cron_yaml(REGISTRY))
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging("sluice-scheduler")
     log = logging.getLogger("sluice.scheduler")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -18,6 +18,8 @@ from sluice.errors import BusinessError, PoisonMessage
 from sluice.scheduling.registry import CRON_URL_PREFIX, REGISTRY, PeriodicTask, Registry, cron_tick
 from sluice.scheduling.schedule import ScheduleError
 from sluice.settings import SchedulerSettings
+from worker.dispatch import Delivery
+from worker.routes import Handler, Request, Response
 
 log = logging.getLogger("sluice.scheduler")
 
@@ -26,14 +28,11 @@ def register_cron_routes(
     app: Any, registry: Registry | None = None, environ: Mapping[str, str] | None = None
 ) -> None:
     """Add `POST /cron/<task>` for every task of `registry` to the worker's WSGI `app`."""
-    from worker.app import Response
-    from worker.dispatch import Delivery
-
     reg = registry or REGISTRY
     broker = SchedulerSettings.read(environ).broker_configured
 
-    def handler_for(task: PeriodicTask) -> Any:
-        def handle(request: Any) -> Any:
+    def handler_for(task: PeriodicTask) -> Handler:
+        def handle(request: Request) -> Response:
             named = request.sqsd.get("taskname")
             if named and named != task.name:
                 log.warning("cron POST for %s arrived on %s's path", named, task.name)

@@ -9,38 +9,39 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from lambdas.common.runtime import clients, require, step_handler
-from lambdas.common.s3io import parse_s3_uri
+from adapters.transcribe import Job, Transcribe
+from lambdas.common import aws
+from lambdas.common.runtime import require, step_handler
 from sluice.errors import BusinessError
+
+
+def poll(name: str, *, transcribe: Transcribe) -> Job:
+    """The job's state; a business error when it failed or completed without a transcript."""
+    job = transcribe.job(name)
+    if job.status == "FAILED":
+        reason = job.failure_reason or "no reason given"
+        raise BusinessError(
+            f"transcription job {name} failed: {reason}", code="transcription_failed"
+        )
+    if job.status == "COMPLETED" and job.transcript is None:
+        raise BusinessError(
+            f"transcription job {name} completed without a transcript", code="bad_transcript_uri"
+        )
+    return job
 
 
 def check(payload: Mapping[str, Any]) -> dict[str, Any]:
     (name,) = require(payload, "transcription_job")
-    try:
-        job = clients("transcribe").get_transcription_job(TranscriptionJobName=name)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "BadRequestException":
-            raise BusinessError(f"transcription job {name} not found", code="no_such_job") from exc
-        raise
-    job = job["TranscriptionJob"]
-    status = job["TranscriptionJobStatus"]
-    if status == "FAILED":
-        reason = job.get("FailureReason", "no reason given")
-        raise BusinessError(
-            f"transcription job {name} failed: {reason}", code="transcription_failed"
-        )
-    if status != "COMPLETED":
-        return {"transcription_job": name, "status": status, "done": False}
-    bucket, key = parse_s3_uri(job["Transcript"]["TranscriptFileUri"])
+    job = poll(name, transcribe=aws.transcribe())
+    if job.transcript is None or job.status != "COMPLETED":
+        return {"transcription_job": name, "status": job.status, "done": False}
     return {
         "transcription_job": name,
-        "status": status,
+        "status": job.status,
         "done": True,
-        "transcript_bucket": bucket,
-        "transcript_key": key,
-        "language": job.get("LanguageCode"),
+        "transcript_bucket": job.transcript.bucket,
+        "transcript_key": job.transcript.key,
+        "language": job.language,
     }
 
 

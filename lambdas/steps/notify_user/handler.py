@@ -7,54 +7,69 @@ recognises as a duplicate instead of starting the fan-out twice.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from adapters.notifications import Notifications
+from lambdas.common import aws
 from lambdas.common.runtime import clients, env, require, step_handler
 from sluice.envelope import Event
+from sluice.producer import send_event
 
 COMPLETED_EVENT = "media/transcription.completed"
 
 
-def completed_event(payload: Mapping[str, Any]) -> Event:
-    job_id, correlation_id = require(payload, "job_id", "correlation_id")
+def completed_event(
+    job_id: str, correlation_id: str, *, source: Mapping[str, Any], outputs: Mapping[str, Any]
+) -> Event:
     return Event(
         name=COMPLETED_EVENT,
         id=f"{job_id}-transcribed",
         correlation_id=correlation_id,
-        data={
-            "job_id": job_id,
-            "source": dict(payload.get("source") or {}),
-            "outputs": dict(payload.get("outputs") or {}),
-        },
+        data={"job_id": job_id, "source": dict(source), "outputs": dict(outputs)},
     )
+
+
+@dataclass(frozen=True)
+class Notified:
+    notification_id: str
+    event_id: str
+    event_message_id: str
+
+
+def announce(
+    event: Event, *, notifications: Notifications, send: Callable[[Event], str]
+) -> Notified:
+    """Publish "transcript ready" for the user, then send the completed event to the platform."""
+    published = notifications.publish(
+        {
+            "type": "transcription.completed",
+            "job_id": event.data["job_id"],
+            "source": event.data["source"],
+            "outputs": event.data["outputs"],
+            "correlation_id": event.correlation_id,
+        },
+        subject="Transcript ready",
+    )
+    return Notified(published, event.id, send(event))
 
 
 def notify(payload: Mapping[str, Any]) -> dict[str, Any]:
-    event = completed_event(payload)
-    source = event.data["source"]
-    message = {
-        "type": "transcription.completed",
-        "job_id": event.data["job_id"],
-        "source": source,
-        "outputs": event.data["outputs"],
-        "correlation_id": event.correlation_id,
-    }
-    published = clients("sns").publish(
-        TopicArn=env("NOTIFICATIONS_TOPIC"),
-        Subject="Transcript ready",
-        Message=json.dumps(message, sort_keys=True),
-        MessageAttributes={"type": {"DataType": "String", "StringValue": message["type"]}},
+    job_id, correlation_id = require(payload, "job_id", "correlation_id")
+    event = completed_event(
+        job_id,
+        correlation_id,
+        source=payload.get("source") or {},
+        outputs=payload.get("outputs") or {},
     )
-    sent = clients("sqs").send_message(
-        QueueUrl=env("EVENTS_QUEUE_URL"), MessageBody=event.to_json()
+    queue_url = env("EVENTS_QUEUE_URL")
+    notified = announce(
+        event,
+        notifications=aws.notifications(),
+        send=lambda ev: send_event(clients("sqs"), queue_url, ev),
     )
-    return {
-        "notification_id": published["MessageId"],
-        "event_id": event.id,
-        "event_message_id": sent["MessageId"],
-    }
+    return asdict(notified)
 
 
 handler = step_handler("notify_user")(notify)

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from lambdas.common import jobs
-from lambdas.common.runtime import clients, env, require, step_handler
+from adapters.jobs import JobsTable, now_iso
+from adapters.notifications import Notifications
+from lambdas.common import aws
+from lambdas.common.runtime import require, step_handler
+
+
+def fail_job(
+    job_id: str,
+    error: Mapping[str, str],
+    *,
+    jobs: JobsTable,
+    notifications: Notifications,
+    source: Mapping[str, Any] | None = None,
+    correlation_id: str | None = None,
+) -> str:
+    """Mark the job FAILED with `error` (class, type, message, step); the notification's id."""
+    jobs.update(
+        job_id, status="FAILED", failed_step=error["step"], error=dict(error), failed_at=now_iso()
+    )
+    return notifications.publish(
+        {
+            "type": "transcription.failed",
+            "job_id": job_id,
+            "source": dict(source or {}),
+            "error": dict(error),
+            "correlation_id": correlation_id,
+        },
+        subject="Transcription failed",
+    )
 
 
 def record_failure(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -18,21 +44,15 @@ def record_failure(payload: Mapping[str, Any]) -> dict[str, Any]:
         "message": str(payload.get("message") or "")[:2000],
         "step": step,
     }
-    jobs.update(job_id, status="FAILED", failed_step=step, error=error, failed_at=jobs.now_iso())
-    message = {
-        "type": "transcription.failed",
-        "job_id": job_id,
-        "source": dict(payload.get("source") or {}),
-        "error": error,
-        "correlation_id": payload.get("correlation_id"),
-    }
-    published = clients("sns").publish(
-        TopicArn=env("NOTIFICATIONS_TOPIC"),
-        Subject="Transcription failed",
-        Message=json.dumps(message, sort_keys=True),
-        MessageAttributes={"type": {"DataType": "String", "StringValue": message["type"]}},
+    notification_id = fail_job(
+        job_id,
+        error,
+        jobs=aws.jobs(),
+        notifications=aws.notifications(),
+        source=payload.get("source"),
+        correlation_id=payload.get("correlation_id"),
     )
-    return {"job_id": job_id, "status": "FAILED", "notification_id": published["MessageId"]}
+    return {"job_id": job_id, "status": "FAILED", "notification_id": notification_id}
 
 
 handler = step_handler("on_failure")(record_failure)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from lambdas.common import jobs
-from lambdas.common.runtime import clients, env, require, step_handler
+from adapters import transcribe
+from adapters.jobs import JobsTable, now_iso
+from adapters.s3 import S3Location, Storage
+from lambdas.common import aws
+from lambdas.common.runtime import env, require, step_handler
 from lambdas.steps.parse_save_transcription import transcript
 from sluice.catalog import TRANSCRIPTS_PREFIX
-from sluice.errors import BusinessError
 
 OUTPUT_PREFIX = TRANSCRIPTS_PREFIX
 
@@ -27,32 +28,37 @@ def output_keys(job_id: str) -> dict[str, str]:
     }
 
 
-def parse_save(payload: Mapping[str, Any]) -> dict[str, Any]:
-    job_id, src_bucket, src_key = require(payload, "job_id", "transcript_bucket", "transcript_key")
-    media = env("MEDIA_BUCKET")
-    s3 = clients("s3")
-    try:
-        raw = s3.get_object(Bucket=src_bucket, Key=src_key)["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            raise BusinessError(
-                f"transcript s3://{src_bucket}/{src_key} does not exist", code="missing_transcript"
-            ) from exc
-        raise
-    try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BusinessError(f"transcript is not JSON: {exc}", code="bad_transcript") from exc
-    ws = transcript.words(doc)
-    segs = transcript.segments(ws)
+@dataclass(frozen=True)
+class Saved:
+    job_id: str
+    outputs: dict[str, str]  # transcript, text, captions: s3:// URIs
+    word_count: int
+    segment_count: int
+    paragraph_count: int
+
+
+def save_transcript(
+    job_id: str,
+    source_transcript: S3Location,
+    *,
+    storage: Storage,
+    jobs: JobsTable,
+    media_bucket: str,
+    language: str | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> Saved:
+    """Read Transcribe's output, write the transcript, text and captions under the job's prefix
+    in `media_bucket`, and mark the job COMPLETED with them."""
+    raw = storage.read(source_transcript, missing="missing_transcript")
+    words = transcribe.words(transcribe.document(raw))
+    segs = transcript.segments(words)
     paras = transcript.paragraphs(segs)
-    source = payload.get("source") or {}
     result_doc = {
         "job_id": job_id,
-        "source": source,
-        "language": payload.get("language"),
-        "duration_s": ws[-1].end,
-        "word_count": len(ws),
+        "source": dict(source or {}),
+        "language": language,
+        "duration_s": words[-1].end,
+        "word_count": len(words),
         "paragraphs": paras,
         "segments": segs,
     }
@@ -62,25 +68,35 @@ def parse_save(payload: Mapping[str, Any]) -> dict[str, Any]:
         "text": (transcript.plain_text(paras), "text/plain; charset=utf-8"),
         "captions": (transcript.webvtt(segs), "text/vtt; charset=utf-8"),
     }
+    outputs = {}
     for name, (body, content_type) in bodies.items():
-        s3.put_object(Bucket=media, Key=keys[name], Body=body.encode(), ContentType=content_type)
-    outputs = {name: f"s3://{media}/{key}" for name, key in keys.items()}
+        target = S3Location(media_bucket, keys[name])
+        storage.put(target, body.encode(), content_type)
+        outputs[name] = target.uri
     jobs.update(
         job_id,
         status="COMPLETED",
         outputs=outputs,
-        word_count=len(ws),
+        word_count=len(words),
         segment_count=len(segs),
-        language=payload.get("language"),
-        completed_at=jobs.now_iso(),
+        language=language,
+        completed_at=now_iso(),
     )
-    return {
-        "job_id": job_id,
-        "outputs": outputs,
-        "word_count": len(ws),
-        "segment_count": len(segs),
-        "paragraph_count": len(paras),
-    }
+    return Saved(job_id, outputs, len(words), len(segs), len(paras))
+
+
+def parse_save(payload: Mapping[str, Any]) -> dict[str, Any]:
+    job_id, bucket, key = require(payload, "job_id", "transcript_bucket", "transcript_key")
+    saved = save_transcript(
+        job_id,
+        S3Location(bucket, key),
+        storage=aws.storage(),
+        jobs=aws.jobs(),
+        media_bucket=env("MEDIA_BUCKET"),
+        language=payload.get("language"),
+        source=payload.get("source") or {},
+    )
+    return asdict(saved)
 
 
 handler = step_handler("parse_save_transcription")(parse_save)

@@ -1,12 +1,10 @@
-"""Amazon Transcribe JSON -> words, caption segments, paragraphs, plain text and WebVTT."""
+"""Transcribe's words (adapters.transcribe) -> caption segments, paragraphs, plain text, WebVTT."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from sluice.errors import BusinessError
+from adapters.transcribe import Word
 
 SENTENCE_END = (".", "?", "!")
 # Captions stay readable: at most this long on screen, and this many characters.
@@ -15,40 +13,6 @@ MAX_SEGMENT_CHARS = 84
 # A pause this long (or a paragraph this long) starts a new paragraph.
 PARAGRAPH_PAUSE_S = 1.5
 MAX_PARAGRAPH_S = 60.0
-
-
-@dataclass
-class Word:
-    text: str
-    start: float
-    end: float
-
-
-def words(doc: Mapping[str, Any]) -> list[Word]:
-    """The spoken words with times; punctuation is glued to the word before it."""
-    try:
-        items = doc["results"]["items"]
-    except (KeyError, TypeError):
-        raise BusinessError(
-            "not a Transcribe transcript: no results.items", code="bad_transcript"
-        ) from None
-    out: list[Word] = []
-    for item in items:
-        alternatives = item.get("alternatives") or [{}]
-        content = str(alternatives[0].get("content", ""))
-        if item.get("type") == "punctuation":
-            if out:
-                out[-1].text += content
-            continue
-        try:
-            out.append(Word(content, float(item["start_time"]), float(item["end_time"])))
-        except (KeyError, ValueError):
-            raise BusinessError(
-                "a word of the transcript has no times", code="bad_transcript"
-            ) from None
-    if not out:
-        raise BusinessError("the transcript holds no words", code="empty_transcript")
-    return out
 
 
 def _segment_dict(ws: list[Word]) -> dict[str, Any]:

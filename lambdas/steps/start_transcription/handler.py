@@ -10,9 +10,10 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from lambdas.common.runtime import clients, env, logger, require, step_handler
+from adapters.s3 import S3Location
+from adapters.transcribe import Job, Transcribe
+from lambdas.common import aws
+from lambdas.common.runtime import env, logger, require, step_handler
 from sluice.catalog import TRANSCRIBE_OUTPUT_PREFIX
 
 OUTPUT_PREFIX = TRANSCRIBE_OUTPUT_PREFIX
@@ -28,41 +29,51 @@ def output_key(job_id: str) -> str:
     return f"{OUTPUT_PREFIX}{job_id}.json"
 
 
-def start(payload: Mapping[str, Any]) -> dict[str, Any]:
-    job_id, bucket, key, media_format = require(payload, "job_id", "bucket", "key", "format")
-    transcribe = clients("transcribe")
-    name = job_name(job_id)
+def start_job(
+    job_id: str,
+    media: S3Location,
+    media_format: str,
+    *,
+    transcribe: Transcribe,
+    output_bucket: str,
+    sample_rate: Any = None,
+    language: str | None = None,
+    kms_key: str | None = None,
+) -> tuple[Job, bool]:
+    """(the job, whether this call started it): output to `output_bucket` under OUTPUT_PREFIX;
+    without a language, Transcribe identifies it."""
     request: dict[str, Any] = {
-        "TranscriptionJobName": name,
-        "Media": {"MediaFileUri": f"s3://{bucket}/{key}"},
+        "TranscriptionJobName": job_name(job_id),
+        "Media": {"MediaFileUri": f"s3://{media.bucket}/{media.key}"},
         "MediaFormat": media_format,
-        "OutputBucketName": env("MEDIA_BUCKET"),
+        "OutputBucketName": output_bucket,
         "OutputKey": output_key(job_id),
     }
-    if payload.get("sample_rate") in SAMPLE_RATES:
-        request["MediaSampleRateHertz"] = int(payload["sample_rate"])
-    language = payload.get("language") or os.environ.get("TRANSCRIBE_LANGUAGE")
+    if sample_rate in SAMPLE_RATES:
+        request["MediaSampleRateHertz"] = int(sample_rate)
     if language:
         request["LanguageCode"] = language
     else:
         request["IdentifyLanguage"] = True
-    if os.environ.get("MEDIA_KEY_ARN"):
-        request["OutputEncryptionKMSKeyId"] = os.environ["MEDIA_KEY_ARN"]
-    try:
-        job = transcribe.start_transcription_job(**request)["TranscriptionJob"]
-        started = True
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ConflictException":
-            raise
-        # Started by an earlier attempt of this same workflow: carry on with that job.
-        job = transcribe.get_transcription_job(TranscriptionJobName=name)["TranscriptionJob"]
-        started = False
-    logger.info("transcription job", extra={"job": name, "started": started})
-    return {
-        "transcription_job": name,
-        "status": job.get("TranscriptionJobStatus", "QUEUED"),
-        "started": started,
-    }
+    if kms_key:
+        request["OutputEncryptionKMSKeyId"] = kms_key
+    return transcribe.start(request)
+
+
+def start(payload: Mapping[str, Any]) -> dict[str, Any]:
+    job_id, bucket, key, media_format = require(payload, "job_id", "bucket", "key", "format")
+    job, started = start_job(
+        job_id,
+        S3Location(bucket, key),
+        media_format,
+        transcribe=aws.transcribe(),
+        output_bucket=env("MEDIA_BUCKET"),
+        sample_rate=payload.get("sample_rate"),
+        language=payload.get("language") or os.environ.get("TRANSCRIBE_LANGUAGE"),
+        kms_key=os.environ.get("MEDIA_KEY_ARN"),
+    )
+    logger.info("transcription job", extra={"job": job.name, "started": started})
+    return {"transcription_job": job.name, "status": job.status, "started": started}
 
 
 handler = step_handler("start_transcription")(start)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aws_durable_execution_sdk_python import DurableContext, durable_execution
+from aws_durable_execution_sdk_python import DurableContext
 
 from lambdas.common.heavy_task import run_heavy_task
-from lambdas.common.runtime import env, tracer
-from lambdas.common.workflow import StepFailed, start_workflow
+from lambdas.common.runtime import env
+from lambdas.common.workflow import durable_handler, start_workflow
 from sluice.catalog import EMBED_TASK, EMBED_TRANSCRIPT, EMBEDDINGS_PREFIX
 from sluice.errors import BusinessError
 
@@ -37,19 +37,14 @@ def embed(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
     ev, job_id = start_workflow(event, ctx, workflow=WORKFLOW, started_by=STARTED_BY)
     media_id = str(ev.data.get("job_id") or job_id)
     output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{EMBEDDINGS_PREFIX}{media_id}/"}
-    try:
-        transcript = transcript_of(ev.data)
-        result = run_heavy_task(
-            ctx,
-            task=EMBED_TASK,
-            data={"transcript": transcript, "output": output},
-            correlation_id=ev.correlation_id,
-            seed=job_id,
-            name="embed",
-        )
-    except StepFailed as failure:
-        ctx.logger.error("embedding failed", extra={"failure": failure.to_dict()})
-        raise BusinessError(str(failure), code="embed_failed") from None
+    result = run_heavy_task(
+        ctx,
+        task=EMBED_TASK,
+        data={"transcript": transcript_of(ev.data), "output": output},
+        correlation_id=ev.correlation_id,
+        seed=job_id,
+        name="embed",
+    )
     return {
         "job_id": job_id,
         "media_id": media_id,
@@ -60,7 +55,4 @@ def embed(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
     }
 
 
-@tracer.capture_lambda_handler(capture_response=False)
-@durable_execution
-def handler(event: Any, context: DurableContext) -> dict[str, Any]:
-    return embed(event, context)
+handler = durable_handler(embed)

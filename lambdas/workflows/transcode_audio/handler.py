@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aws_durable_execution_sdk_python import DurableContext, durable_execution
+from aws_durable_execution_sdk_python import DurableContext
 
 from lambdas.common.heavy_task import run_heavy_task
-from lambdas.common.runtime import env, tracer
-from lambdas.common.workflow import StepFailed, audio_source, start_workflow
+from lambdas.common.runtime import env
+from lambdas.common.workflow import audio_source, durable_handler, start_workflow
 from sluice.catalog import HLS_PREFIX, TRANSCODE_AUDIO, TRANSCODE_TASK
-from sluice.errors import BusinessError
 
 WORKFLOW = TRANSCODE_AUDIO
 STARTED_BY = frozenset({"media/transcription.completed", "media/transcode.requested"})
@@ -34,20 +33,14 @@ def transcode(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
     media_id = str(ev.data.get("job_id") or job_id)
     source = source_of(ev.data)
     output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{HLS_PREFIX}{media_id}/"}
-    try:
-        result = run_heavy_task(
-            ctx,
-            task=TRANSCODE_TASK,
-            data={"source": source, "output": output},
-            correlation_id=ev.correlation_id,
-            seed=job_id,
-            name="transcode",
-        )
-    except StepFailed as failure:
-        ctx.logger.error("transcode failed", extra={"failure": failure.to_dict()})
-        # Failing the execution is what the DurableExecutionFailed alarm sees; the message
-        # carries the reason code the worker reported (corrupt_audio, oversize, ...).
-        raise BusinessError(str(failure), code="transcode_failed") from None
+    result = run_heavy_task(
+        ctx,
+        task=TRANSCODE_TASK,
+        data={"source": source, "output": output},
+        correlation_id=ev.correlation_id,
+        seed=job_id,
+        name="transcode",
+    )
     return {
         "job_id": job_id,
         "media_id": media_id,
@@ -58,7 +51,4 @@ def transcode(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
     }
 
 
-@tracer.capture_lambda_handler(capture_response=False)
-@durable_execution
-def handler(event: Any, context: DurableContext) -> dict[str, Any]:
-    return transcode(event, context)
+handler = durable_handler(transcode)

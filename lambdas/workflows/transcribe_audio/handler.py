@@ -11,13 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aws_durable_execution_sdk_python import DurableContext, StepContext, durable_execution
+from aws_durable_execution_sdk_python import DurableContext, StepContext
 from aws_durable_execution_sdk_python.config import Duration, StepConfig
 from aws_durable_execution_sdk_python.retries import RetryStrategyConfig, create_retry_strategy
 
-from lambdas.common import jobs
-from lambdas.common.runtime import classify, tracer
-from lambdas.common.workflow import StepFailed, audio_source, invoke_step, start_workflow
+from adapters.errors import classify
+from lambdas.common import aws
+from lambdas.common.workflow import (
+    StepFailed,
+    audio_source,
+    durable_handler,
+    invoke_step,
+    start_workflow,
+)
 from sluice.catalog import TRANSCRIBE_AUDIO
 from sluice.errors import BusinessError, SluiceError, TransientError
 
@@ -56,7 +62,7 @@ def transcribe(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
 
     def claim(_: StepContext) -> dict[str, Any]:
         try:
-            return jobs.claim(
+            return aws.jobs().claim(
                 job_id,
                 execution_arn=execution_arn,
                 fields={
@@ -140,7 +146,4 @@ def transcribe(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
     }
 
 
-@tracer.capture_lambda_handler(capture_response=False)
-@durable_execution
-def handler(event: Any, context: DurableContext) -> dict[str, Any]:
-    return transcribe(event, context)
+handler = durable_handler(transcribe)

@@ -1,0 +1,7 @@
+"""Sluice's edge to AWS, shared by the Lambdas and the worker (both bundles ship it).
+
+errors: the one table of AWS error codes; s3: locations and reads; jobs: the jobs table;
+transcribe: Transcribe's jobs and output documents; notifications: the job events on SNS;
+logs: the one log schema. Imports botocore/boto3, Powertools' formatter and `sluice`, never the
+Lambdas, the worker, the stacks or the CLI.
+"""
