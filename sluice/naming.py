@@ -40,6 +40,12 @@ def media_bucket(env: str, account: str, region: str) -> str:
     return f"{prefix(env).lower()}-media-{account}-{region}"
 
 
+def coordination_table(env: str) -> str:
+    """The coordination table (concurrency slots, fan-in joins), e.g. `Sluice-prod-coordination`:
+    fixed per environment, so the stateless stack names it without a cross-stack export."""
+    return f"{prefix(env)}-coordination"
+
+
 def lambda_log_groups(env: str) -> str:
     """The prefix of every Lambda log group of the environment."""
     return f"/aws/lambda/{prefix(env)}-"
