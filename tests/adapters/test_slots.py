@@ -8,7 +8,7 @@ import boto3
 import pytest
 
 from adapters.slots import Slots, scope
-from tests.lambdas.conftest import REGION
+from tests.lambdas.conftest import REGION, Atomic
 
 S = scope("wf")
 ARN = "arn:aws:lambda:eu-west-1:123456789012:function:wf:1/durable-execution/{}/x"
@@ -95,7 +95,7 @@ def test_racing_runs_never_exceed_the_limit(aws, clock):
     max_seen, lock, done = [0], threading.Lock(), []
 
     def worker(i: int, run: str) -> None:
-        ddb = boto3.client("dynamodb", region_name=REGION)
+        ddb = Atomic(boto3.client("dynamodb", region_name=REGION))
         mine = Slots(ddb, aws.coordination, clock=clock)
         while not acquire(mine, run, 1000 + i, limit=limit):
             pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,28 @@ def create_coordination_table(ddb: Any, name: str = COORDINATION_TABLE) -> None:
         ],
         BillingMode="PAY_PER_REQUEST",
     )
+
+
+class Atomic:
+    """A client whose requests run one at a time. DynamoDB applies each request (a transaction
+    too) atomically; moto, in process, does not under threads (a failed transaction even restores
+    the table from a copy taken when it began), so tests that race threads call it through this."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with Atomic._lock:
+                return method(*args, **kwargs)
+
+        return call
 
 
 @dataclass
