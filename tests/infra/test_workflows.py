@@ -254,6 +254,9 @@ def test_the_coordination_table_is_named_for_its_environment_and_every_workflow_
         _, props = _functions(s.stateless)[f"lambdas.workflows.{name}.handler.handler"]
         variables = props["Environment"]["Variables"]
         assert variables["SLUICE_COORDINATION_TABLE"] == naming.coordination_table(env), name
+        # a slot's lease: no execution outlives its timeout
+        timeout_s = s.config.workflows.execution_timeout_days * 86_400
+        assert variables["SLUICE_EXECUTION_TIMEOUT_S"] == str(timeout_s), name
     policies = json.dumps(s.stateless.find_resources("AWS::IAM::ManagedPolicy"))
     assert f"table/{naming.coordination_table(env)}" in policies
     assert "lambda:GetDurableExecution" in policies
