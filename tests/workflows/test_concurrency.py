@@ -16,14 +16,18 @@ from typing import Any
 
 import pytest
 from aws_durable_execution_sdk_python import DurableContext, durable_execution
+from aws_durable_execution_sdk_python.config import StepConfig
 from aws_durable_execution_sdk_python.execution import InvocationStatus
+from aws_durable_execution_sdk_python.retries import RetryStrategyConfig, create_retry_strategy
 from aws_durable_execution_sdk_python_testing.runner import DurableFunctionTestRunner
 
 from adapters.slots import Slots, scope
 from lambdas.common.concurrency import slots_held
+from sluice.errors import BusinessError
 from tests.lambdas.conftest import Atomic
 
 RUNS = 50
+NO_RETRY = StepConfig(retry_strategy=create_retry_strategy(RetryStrategyConfig(max_attempts=1)))
 WORK_S = 0.02
 
 
@@ -186,3 +190,29 @@ def test_a_slot_held_by_a_killed_run_is_recovered(aws):
     assert result.status is InvocationStatus.SUCCEEDED, result.error
     assert [r for r, _, _ in observed.starts] == ["run-00"]
     assert table.holders(scope("burst"))[0] == {}
+
+
+def test_a_run_that_fails_gives_its_slot_back_and_the_next_run_goes_on(slots):
+    # Given a limit of 1 and a first run whose step fails for good
+    observed = Observed()
+
+    def workflow(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
+        with slots_held(ctx, workflow="burst", event=event, run=event["id"], slots=slots, limit=1):
+
+            def work(_: Any) -> str:
+                observed.enter(event["id"], "-", 0)
+                observed.leave("-")
+                if event["data"].get("fail"):
+                    raise BusinessError("bad input", code="bad_input")
+                return event["id"]
+
+            ctx.step(work, name="work", config=NO_RETRY)
+        return {"run": event["id"]}
+
+    events = [{"id": "run-00", "data": {"fail": True}}, {"id": "run-01", "data": {}}]
+    results = run_burst(durable_execution(workflow), events)
+    # Then the first failed, the second still ran, and no slot is left held
+    assert [r.status for r in results] == [InvocationStatus.FAILED, InvocationStatus.SUCCEEDED]
+    assert sorted(r for r, _, _ in observed.starts) == ["run-00", "run-01"]
+    assert slots().holders(scope("burst"))[0] == {}
+    assert slots().waiters(scope("burst")) == []

@@ -197,3 +197,25 @@ def test_a_standalone_request_has_no_join(pipeline, aws):
     assert result.status is InvocationStatus.SUCCEEDED
     assert pipeline.outcome_events() == []
     assert aws.job("tr-1") is None
+
+
+def test_a_crash_after_the_send_re_sends_the_same_event_id(pipeline, monkeypatch):
+    # Given the emitter's step fails once after sending, before marking the event sent
+    from adapters.joins import Joins
+
+    real, failures = Joins.mark_emitted, [RuntimeError("lost before the mark")]
+
+    def flaky(self, media_id: str, event_id: str) -> None:
+        if failures:
+            raise failures.pop()
+        real(self, media_id, event_id)
+
+    monkeypatch.setattr(Joins, "mark_emitted", flaky)
+    arns = pipeline.start(pipeline.completed())
+    for branch, cb in pipeline.tasks().items():
+        pipeline.succeed(branch, cb)
+        assert pipeline.result(branch, arns[branch]).status is InvocationStatus.SUCCEEDED
+    # Then the retried step sent again under the same id (the worker starts an id once)
+    sent = pipeline.outcome_events()
+    assert [e["id"] for e in sent] == [f"ready-{MEDIA}"] * 2
+    assert pipeline.aws.job(MEDIA)["media_status"] == "ready"
