@@ -63,3 +63,18 @@ def workflow_output(workflow: str) -> str:
 def workflows_for(event_name: str) -> tuple[str, ...]:
     """The workflows `event_name` starts; empty when no workflow handles it."""
     return ROUTES.get(event_name, ())
+
+
+# The branches `media/transcription.completed` fans out to, and what their join emits once all
+# have ended (lambdas/common/join.py): `media/ready`, or `media/failed` naming the failed ones.
+FAN_OUT_EVENT = "media/transcription.completed"
+MEDIA_READY = "media/ready"
+MEDIA_FAILED = "media/failed"
+# Events Sluice emits for consumers outside it: valid on the events queue though no workflow
+# starts on them (the worker acknowledges them; a route added later starts one).
+NOTICES = frozenset({MEDIA_READY, MEDIA_FAILED})
+
+
+def is_known(event_name: str) -> bool:
+    """Whether the events queue takes `event_name`: a workflow handles it, or it is a notice."""
+    return bool(workflows_for(event_name)) or event_name in NOTICES

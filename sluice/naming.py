@@ -80,6 +80,12 @@ def parameter(env: str, name: str) -> str:
     return f"/{prefix(env)}/{name}"
 
 
+def coordination_table(env: str) -> str:
+    """The coordination table (concurrency slots, fan-in joins), e.g. `Sluice-prod-coordination`:
+    fixed per environment, so the stateless stack names it without a cross-stack export."""
+    return f"{prefix(env)}-coordination"
+
+
 def lambda_log_groups(env: str) -> str:
     """The prefix of every Lambda log group of the environment."""
     return f"/aws/lambda/{prefix(env)}-"

@@ -52,6 +52,7 @@ class HeavySteps(Construct):
         workflows: Workflows,
         media: Media,
         tasks: QueuePair,
+        events: QueuePair,
         key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -62,6 +63,9 @@ class HeavySteps(Construct):
             "HEAVY_HEARTBEAT_TIMEOUT_S": str(heartbeat_timeout_s(config)),
             # One attempt may take as long as the longest audio allowed, several times over.
             "HEAVY_TIMEOUT_S": str(max(3600, 2 * config.workflows.max_audio_seconds)),
+            # The fan-in join (lambdas/common/join.py): the item's job record, media/ready.
+            "JOBS_TABLE": media.table.table_name,
+            "EVENTS_QUEUE_URL": events.queue.queue_url,
         }
         self.workflows: dict[str, DurableWorkflow] = {}
         for name in (catalog.TRANSCODE_AUDIO, catalog.EMBED_TRANSCRIPT):
@@ -75,8 +79,9 @@ class HeavySteps(Construct):
                 environment=env,
                 key=key,
             )
-            wf.allow(["sqs:SendMessage"], [tasks.queue.queue_arn])
-            if key is not None:  # the tasks queue is encrypted with the data key
+            wf.allow(["sqs:SendMessage"], [tasks.queue.queue_arn, events.queue.queue_arn])
+            wf.allow(["dynamodb:UpdateItem"], [media.table.table_arn])
+            if key is not None:  # the queues and the jobs table are encrypted with the data key
                 wf.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
             self.workflows[name] = wf
         self.aliases: dict[str, lambda_.IAlias] = {n: wf.alias for n, wf in self.workflows.items()}

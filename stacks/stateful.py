@@ -14,6 +14,7 @@ from constructs import Construct
 from sluice import catalog, naming
 from stacks.broker import Broker, NamedBroker
 from stacks.config import EnvConfig
+from stacks.coordination import CoordinationTable
 from stacks.keys import allow_log_encryption, customer_key, named_data_key, publish_data_key
 from stacks.lifecycle import removal_policy
 from stacks.media_store import UPLOADS, MediaStore, named_media
@@ -66,6 +67,10 @@ class StatefulStack(Stack):
         )
         # Media bucket, jobs table and notifications topic (issue 3).
         self.media = MediaStore(self, "Media", config=config, removal_policy=removal, key=self.key)
+        # Concurrency slots and fan-in joins of the workflows (issue 13), found by its name.
+        self.coordination = CoordinationTable(
+            self, "Coordination", config=config, removal_policy=removal, key=self.key
+        )
         # `sluice jobs show` finds the jobs table by this output.
         CfnOutput(self, catalog.JOBS_TABLE_OUTPUT, value=self.media.table.table_name)
         # An upload alone starts the pipeline (issue 4).

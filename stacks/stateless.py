@@ -10,6 +10,7 @@ from constructs import Construct
 
 from sluice import catalog
 from sluice.settings import SchedulerSettings
+from stacks import coordination
 from stacks.broker_user import BrokerUser
 from stacks.config import EnvConfig
 from stacks.heavy_steps import HeavySteps
@@ -61,10 +62,13 @@ class StatelessStack(Stack):
             workflows=self.workflows,
             media=stateful.media,
             tasks=stateful.tasks,
+            events=stateful.events,
             key=stateful.key,
         )
         # Every workflow is alarmed on; `sluice jobs show` finds its executions by its output.
+        # Each may take concurrency slots and join branches in the coordination table (issue 13).
         for name, workflow in {**self.workflows.workflows, **self.heavy.workflows}.items():
+            coordination.grant(workflow, config=config, key=stateful.key)
             self.monitoring.watch_workflow(name, workflow.function)
             CfnOutput(self, catalog.workflow_output(name), value=workflow.function.function_name)
         self.monitoring.watch_queue(

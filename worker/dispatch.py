@@ -26,7 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from adapters import errors
 from sluice import envelope
-from sluice.catalog import DEAD_LETTER_PREFIX, workflows_for
+from sluice.catalog import DEAD_LETTER_PREFIX, is_known, workflows_for
 from sluice.envelope import Event
 from sluice.errors import PoisonMessage, TransientError
 from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
@@ -130,7 +130,7 @@ class Dispatcher:
         try:
             events = envelope.parse_events(body, max_bytes=self.settings.max_body_bytes)
             for event in events:
-                if not workflows_for(event.name):
+                if not is_known(event.name):
                     raise PoisonMessage(
                         f"no workflow handles event {event.name!r}", code=envelope.UNKNOWN_EVENT
                     )
@@ -138,6 +138,9 @@ class Dispatcher:
             return self._dead_letter(body, delivery, poison)
         if not events:  # S3's test event: nothing to start
             log.info("message carries no event", extra={"outcome": IGNORED})
+            return Result(200, IGNORED)
+        if not any(workflows_for(event.name) for event in events):  # notices (media/ready)
+            log.info("no workflow starts on these events", extra={"outcome": IGNORED})
             return Result(200, IGNORED)
         correlation_id.set(events[0].correlation_id)
         started: list[dict[str, str]] = []

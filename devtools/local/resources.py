@@ -12,6 +12,7 @@ from typing import Any
 
 from devtools.durable_lambda import ACCOUNT
 from sluice import catalog, naming
+from sluice.settings import LambdaSettings
 from stacks import config as stack_config
 
 _DEV = stack_config.load("dev")
@@ -49,6 +50,7 @@ class Resources:
         return {
             "MEDIA_BUCKET": self.bucket,
             "JOBS_TABLE": self.table,
+            **LambdaSettings.render(coordination_table=naming.coordination_table(ENV)),
             "NOTIFICATIONS_TOPIC": self.topic_arn,
             "EVENTS_QUEUE_URL": self.urls["events"],
             "TASKS_QUEUE_URL": self.urls["tasks"],
@@ -120,6 +122,19 @@ def create_resources(endpoint: str) -> Resources:
         TableName=TABLE,
         KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "job_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    # Concurrency slots and fan-in joins (stacks/coordination.py).
+    ddb.create_table(
+        TableName=naming.coordination_table(ENV),
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
         BillingMode="PAY_PER_REQUEST",
     )
     topic = sns.create_topic(Name=TOPIC)["TopicArn"]

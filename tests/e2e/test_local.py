@@ -66,6 +66,11 @@ def test_the_upload_alone_started_the_pipeline_and_every_workflow_succeeded(loca
     }
     assert report["job"]["event_name"] == "media/uploaded"
     assert report["job"]["source"] == {"bucket": BUCKET, "key": "uploads/sermon.mp3"}
+    # And the fan-in join saw both branches end and sent media/ready (issue 13)
+    assert report["job"]["branch_transcode_audio"] == "succeeded"
+    assert report["job"]["branch_embed_transcript"] == "succeeded"
+    assert report["job"]["media_status"] == "ready"
+    assert report["job"]["media_event_id"] == f"ready-{report['job']['job_id']}"
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from sluice.envelope import Task
 from sluice.settings import TasksSettings
 from tests.conftest import ROOT
 from tests.heavy import sermon
+from tests.lambdas.conftest import COORDINATION_TABLE, create_coordination_table
 from worker.heavy.common import Limits, TaskContext
 from worker.heavy.transcode import ffmpeg_exe
 
@@ -105,6 +106,19 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         url = sqs.create_queue(QueueName="sluice-test-tasks")["QueueUrl"]
         monkeypatch.setenv("MEDIA_BUCKET", BUCKET)
         monkeypatch.setenv("TASKS_QUEUE_URL", url)
+        # After media/transcription.completed the branches record their end on the item's join.
+        ddb = boto3.client("dynamodb", region_name=REGION)
+        create_coordination_table(ddb)
+        ddb.create_table(
+            TableName="sluice-test-jobs",
+            KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "job_id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        events = sqs.create_queue(QueueName="sluice-test-events")["QueueUrl"]
+        monkeypatch.setenv("SLUICE_COORDINATION_TABLE", COORDINATION_TABLE)
+        monkeypatch.setenv("JOBS_TABLE", "sluice-test-jobs")
+        monkeypatch.setenv("EVENTS_QUEUE_URL", events)
         yield Aws(s3=s3, sqs=sqs, bucket=BUCKET, tasks_url=url)
         clients.reset()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sluice import catalog
+from sluice import catalog, naming
 from stacks import config as config_mod
 from stacks import workflows
 from stacks.bundling import stage_bundle
@@ -228,13 +228,39 @@ def test_the_media_bucket_is_private_encrypted_versioned_logged_with_tmp_lifecyc
     assert rules["tmp/"]["ExpirationInDays"] == 7
 
 
-def test_the_jobs_table_has_pitr_encryption_and_ttl(synth, env):
+def _tables(s) -> dict[str, dict]:
+    """The stateful stack's tables by their partition key (job_id: jobs, pk: coordination)."""
+    tables = s.stateful.find_resources("AWS::DynamoDB::Table").values()
+    return {t["Properties"]["KeySchema"][0]["AttributeName"]: t["Properties"] for t in tables}
+
+
+@pytest.mark.parametrize("pk", ["job_id", "pk"])
+def test_the_jobs_and_coordination_tables_have_pitr_encryption_and_ttl(synth, env, pk):
     s = synth(env)
-    (table,) = s.stateful.find_resources("AWS::DynamoDB::Table").values()
-    props = table["Properties"]
+    props = _tables(s)[pk]
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert props["SSESpecification"]["SSEEnabled"] is True
     assert props["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def test_the_coordination_table_is_named_for_its_environment_and_every_workflow_reaches_it(
+    synth, env
+):
+    s = synth(env)
+    table = _tables(s)["pk"]
+    assert table["TableName"] == naming.coordination_table(env)
+    assert [k["AttributeName"] for k in table["KeySchema"]] == ["pk", "sk"]
+    for name in catalog.WORKFLOWS:
+        _, props = _functions(s.stateless)[f"lambdas.workflows.{name}.handler.handler"]
+        variables = props["Environment"]["Variables"]
+        assert variables["SLUICE_COORDINATION_TABLE"] == naming.coordination_table(env), name
+        # a slot's lease: no execution outlives its timeout
+        timeout_s = s.config.workflows.execution_timeout_days * 86_400
+        assert variables["SLUICE_EXECUTION_TIMEOUT_S"] == str(timeout_s), name
+    policies = json.dumps(s.stateless.find_resources("AWS::IAM::ManagedPolicy"))
+    assert f"table/{naming.coordination_table(env)}" in policies
+    assert "lambda:GetDurableExecution" in policies
 
 
 def test_the_notifications_topic_is_encrypted_and_tls_only(synth, env):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,45 @@ from moto import mock_aws
 from lambdas.common.runtime import clients
 
 REGION = "eu-west-1"
+COORDINATION_TABLE = "sluice-test-coordination"
+
+
+def create_coordination_table(ddb: Any, name: str = COORDINATION_TABLE) -> None:
+    """The coordination table as stacks/coordination.py makes it (string pk and sk)."""
+    ddb.create_table(
+        TableName=name,
+        KeySchema=[
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
+class Atomic:
+    """A client whose requests run one at a time. DynamoDB applies each request (a transaction
+    too) atomically; moto, in process, does not under threads (a failed transaction even restores
+    the table from a copy taken when it began), so tests that race threads call it through this."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with Atomic._lock:
+                return method(*args, **kwargs)
+
+        return call
 
 
 @dataclass
@@ -29,6 +69,7 @@ class Aws:
     topic_arn: str
     queue_url: str
     inbox_url: str  # an SQS queue subscribed to the notifications topic, to read what was sent
+    coordination: str = COORDINATION_TABLE  # concurrency slots and fan-in joins (pk, sk)
 
     def put_audio(self, key: str, body: bytes, content_type: str = "audio/wav") -> None:
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
@@ -74,6 +115,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
             AttributeDefinitions=[{"AttributeName": "job_id", "AttributeType": "S"}],
             BillingMode="PAY_PER_REQUEST",
         )
+        create_coordination_table(ddb)
         topic_arn = sns.create_topic(Name="sluice-test-notifications")["TopicArn"]
         queue_url = sqs.create_queue(QueueName="sluice-test-events")["QueueUrl"]
         inbox_url = sqs.create_queue(QueueName="sluice-test-inbox")["QueueUrl"]
@@ -84,6 +126,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         for name, value in {
             "MEDIA_BUCKET": bucket,
             "JOBS_TABLE": table,
+            "SLUICE_COORDINATION_TABLE": COORDINATION_TABLE,
             "NOTIFICATIONS_TOPIC": topic_arn,
             "EVENTS_QUEUE_URL": queue_url,
             "MAX_AUDIO_SECONDS": "600",

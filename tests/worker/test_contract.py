@@ -118,6 +118,19 @@ def test_an_unknown_event_name_goes_to_the_dlq(worker, queues, lambda_fake):
     assert len(lambda_fake[0].requests) == before
 
 
+def test_a_notice_no_workflow_starts_on_is_acknowledged_not_dead_lettered(
+    worker, queues, lambda_fake
+):
+    # media/ready (the fan-in join's outcome) is for consumers outside Sluice
+    ev = Event(name="media/ready", id="ready-media-1", data={"job_id": "media-1"})
+    before = len(lambda_fake[0].requests)
+    msgid = new_msgid()
+    status, answer = post(worker.url, ev.to_json().encode(), msgid=msgid)
+    assert (status, answer["outcome"]) == (200, "ignored")
+    assert queues.dead_letters(msgid) == []
+    assert len(lambda_fake[0].requests) == before
+
+
 def test_an_oversize_body_goes_to_the_dlq_whole(worker, queues):
     ev = event(blob="x" * MAX_BODY)
     message = dead_lettered(worker, queues, ev.to_json().encode(), envelope.OVERSIZE)

@@ -62,6 +62,12 @@ def test_an_event_no_workflow_handles_is_refused_before_sending(queue):
     assert received(sqs, url) == []
 
 
+def test_a_notice_is_sent_though_no_workflow_starts_on_it(queue):
+    sqs, url = queue
+    send_event(sqs, url, Event(name="media/failed", id="failed-m1", data={"failed": ["x"]}))
+    assert json.loads(received(sqs, url)[0]["Body"])["id"] == "failed-m1"
+
+
 def test_an_oversize_event_is_refused_before_sending(queue):
     sqs, url = queue
     with pytest.raises(PoisonMessage) as caught:

@@ -14,6 +14,7 @@ from typing import Any
 from aws_durable_execution_sdk_python import DurableContext
 
 from lambdas.common.heavy_task import run_heavy_task
+from lambdas.common.join import branch_joined
 from lambdas.common.runtime import env
 from lambdas.common.workflow import durable_handler, start_workflow
 from sluice.catalog import EMBED_TASK, EMBED_TRANSCRIPT, EMBEDDINGS_PREFIX
@@ -36,15 +37,23 @@ def transcript_of(data: Mapping[str, Any]) -> Any:
 def embed(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
     ev, job_id = start_workflow(event, ctx, workflow=WORKFLOW, started_by=STARTED_BY)
     media_id = str(ev.data.get("job_id") or job_id)
-    output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{EMBEDDINGS_PREFIX}{media_id}/"}
-    result = run_heavy_task(
+    # After the fan-out, the media item's join learns how this branch ended (media/ready).
+    with branch_joined(
         ctx,
-        task=EMBED_TASK,
-        data={"transcript": transcript_of(ev.data), "output": output},
+        started_by=ev.name,
+        media_id=media_id,
+        branch=WORKFLOW,
         correlation_id=ev.correlation_id,
-        seed=job_id,
-        name="embed",
-    )
+    ):
+        output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{EMBEDDINGS_PREFIX}{media_id}/"}
+        result = run_heavy_task(
+            ctx,
+            task=EMBED_TASK,
+            data={"transcript": transcript_of(ev.data), "output": output},
+            correlation_id=ev.correlation_id,
+            seed=job_id,
+            name="embed",
+        )
     return {
         "job_id": job_id,
         "media_id": media_id,

@@ -13,6 +13,7 @@ from typing import Any
 from aws_durable_execution_sdk_python import DurableContext
 
 from lambdas.common.heavy_task import run_heavy_task
+from lambdas.common.join import branch_joined
 from lambdas.common.runtime import env
 from lambdas.common.workflow import audio_source, durable_handler, start_workflow
 from sluice.catalog import HLS_PREFIX, TRANSCODE_AUDIO, TRANSCODE_TASK
@@ -31,16 +32,24 @@ def transcode(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
     ev, job_id = start_workflow(event, ctx, workflow=WORKFLOW, started_by=STARTED_BY)
     # Outputs sit under the media item's id: the transcription job's, when this follows one.
     media_id = str(ev.data.get("job_id") or job_id)
-    source = source_of(ev.data)
-    output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{HLS_PREFIX}{media_id}/"}
-    result = run_heavy_task(
+    # After the fan-out, the media item's join learns how this branch ended (media/ready).
+    with branch_joined(
         ctx,
-        task=TRANSCODE_TASK,
-        data={"source": source, "output": output},
+        started_by=ev.name,
+        media_id=media_id,
+        branch=WORKFLOW,
         correlation_id=ev.correlation_id,
-        seed=job_id,
-        name="transcode",
-    )
+    ):
+        source = source_of(ev.data)
+        output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{HLS_PREFIX}{media_id}/"}
+        result = run_heavy_task(
+            ctx,
+            task=TRANSCODE_TASK,
+            data={"source": source, "output": output},
+            correlation_id=ev.correlation_id,
+            seed=job_id,
+            name="transcode",
+        )
     return {
         "job_id": job_id,
         "media_id": media_id,

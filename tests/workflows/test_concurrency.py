@@ -1,0 +1,218 @@
+"""Concurrency limits under a burst, run by AWS's local durable execution runner against moto.
+
+50 runs of a small workflow start at once; each holds its slots around one step that records
+when it starts and ends. The observed number of runs inside that step never exceeds the limits;
+every run completes, none fails or is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aws_durable_execution_sdk_python import DurableContext, durable_execution
+from aws_durable_execution_sdk_python.config import StepConfig
+from aws_durable_execution_sdk_python.execution import InvocationStatus
+from aws_durable_execution_sdk_python.retries import RetryStrategyConfig, create_retry_strategy
+from aws_durable_execution_sdk_python_testing.runner import DurableFunctionTestRunner
+
+from adapters.slots import Slots, scope
+from lambdas.common.concurrency import slots_held
+from sluice.errors import BusinessError
+from tests.lambdas.conftest import Atomic
+
+RUNS = 50
+NO_RETRY = StepConfig(retry_strategy=create_retry_strategy(RetryStrategyConfig(max_attempts=1)))
+WORK_S = 0.02
+
+
+@dataclass
+class Observed:
+    """What the runs did inside their slots: (run, key, arrival) in start order, and the most
+    runs inside at once, in all and per key."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    inside: dict[str, int] = field(default_factory=dict)  # "" (all) and each key -> now
+    most: dict[str, int] = field(default_factory=dict)
+    starts: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def enter(self, run: str, key: str, arrival: int) -> None:
+        with self.lock:
+            self.starts.append((run, key, arrival))
+            for k in {"", key}:
+                self.inside[k] = self.inside.get(k, 0) + 1
+                self.most[k] = max(self.most.get(k, 0), self.inside[k])
+
+    def leave(self, key: str) -> None:
+        with self.lock:
+            for k in {"", key}:
+                self.inside[k] -= 1
+
+
+def burst_workflow(
+    observed: Observed,
+    slots: Callable[[], Slots],
+    is_running: Callable[[str], bool],
+    **limits: Any,
+) -> Callable[..., Any]:
+    def workflow(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
+        run, key = event["id"], event["data"].get("customer", "-")
+        with slots_held(
+            ctx,
+            workflow="burst",
+            event=event,
+            run=run,
+            slots=slots,
+            is_running=lambda: is_running,
+            **limits,
+        ) as held:
+
+            def work(_: Any) -> str:
+                observed.enter(run, key, held.arrival_ms)
+                try:
+                    time.sleep(WORK_S)
+                finally:
+                    observed.leave(key)
+                return run
+
+            ctx.step(work, name="work")
+        return {"run": run}
+
+    return durable_execution(workflow)
+
+
+def run_burst(handler: Callable[..., Any], events: list[dict[str, Any]]) -> list[Any]:
+    with DurableFunctionTestRunner(handler=handler, skip_time=True) as runner:
+        arns = [
+            runner.run_async(input=json.dumps(e), execution_name=e["id"], execution_timeout=600)
+            for e in events
+        ]
+        return [runner.wait_for_result(arn, timeout=120) for arn in arns]
+
+
+def burst(n: int, keys: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"id": f"run-{i:02d}", "data": {"customer": f"c{i % keys}"} if keys else {}}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def slots(aws) -> Callable[[], Slots]:
+    table = Slots(Atomic(aws.ddb), aws.coordination)
+    return lambda: table
+
+
+def everyone_alive(_: str) -> bool:
+    return True
+
+
+def assert_all_completed(results: list[Any], events: list[dict[str, Any]]) -> None:
+    assert [r.status for r in results] == [InvocationStatus.SUCCEEDED] * len(events), [
+        r.error for r in results if r.status is not InvocationStatus.SUCCEEDED
+    ]
+    assert sorted(json.loads(r.result)["run"] for r in results) == sorted(e["id"] for e in events)
+
+
+@pytest.mark.slow
+def test_a_burst_of_50_runs_never_has_more_than_5_executing_at_once(slots):
+    observed, events = Observed(), burst(RUNS)
+    handler = burst_workflow(observed, slots, everyone_alive, limit=5)
+    results = run_burst(handler, events)
+    assert_all_completed(results, events)
+    assert len(observed.starts) == RUNS  # each run did its work once
+    assert observed.most[""] <= 5
+    assert observed.most[""] > 1  # the runs did run side by side: the limit, not the runner, bounds
+    assert slots().holders(scope("burst"))[0] == {}  # every slot given back
+    assert slots().waiters(scope("burst")) == []
+
+
+@pytest.mark.slow
+def test_a_key_limit_of_1_over_5_keys_runs_each_key_alone_in_arrival_order(slots):
+    observed, events = Observed(), burst(RUNS, keys=5)
+    handler = burst_workflow(observed, slots, everyone_alive, key="data.customer", key_limit=1)
+    results = run_burst(handler, events)
+    assert_all_completed(results, events)
+    assert len(observed.starts) == RUNS
+    assert all(observed.most[f"c{k}"] == 1 for k in range(5)), observed.most
+    assert observed.most[""] > 1  # different keys ran side by side
+    for k in range(5):
+        # a key's runs started in the order they arrived (ties broken by run name, as queued)
+        arrivals = [(a, r) for r, key, a in observed.starts if key == f"c{k}"]
+        assert arrivals == sorted(arrivals)
+
+
+@pytest.mark.slow
+def test_both_limits_together(slots):
+    observed, events = Observed(), burst(30, keys=5)
+    handler = burst_workflow(
+        observed, slots, everyone_alive, limit=3, key="data.customer", key_limit=1
+    )
+    results = run_burst(handler, events)
+    assert_all_completed(results, events)
+    assert observed.most[""] <= 3
+    assert all(observed.most[f"c{k}"] == 1 for k in range(5)), observed.most
+
+
+def test_a_slot_held_by_a_killed_run_is_recovered(aws):
+    # Given the only slot held by a run that was killed (stopped) without releasing it
+    killed = "arn:aws:lambda:eu-west-1:123456789012:function:burst:1/durable-execution/k/1"
+    table = Slots(aws.ddb, aws.coordination, check_after_s=0)
+    table.enqueue(scope("burst"), "killed", arn=killed, arrival_ms=1)
+    assert table.try_acquire(
+        scope("burst"),
+        "killed",
+        arn=killed,
+        arrival_ms=1,
+        limit=1,
+        lease_s=3600,
+        is_running=everyone_alive,
+    )
+    status = {killed: "RUNNING"}
+    observed = Observed()
+    handler = burst_workflow(
+        observed, lambda: table, lambda arn: status.get(arn, "RUNNING") == "RUNNING", limit=1
+    )
+    with DurableFunctionTestRunner(handler=handler, skip_time=True) as runner:
+        arn = runner.run_async(input=json.dumps(burst(1)[0]), execution_name="run-00")
+        # Then the new run waits while the holder's execution still runs
+        time.sleep(1.0)
+        assert observed.starts == []
+        # When Lambda reports the holder's execution stopped
+        status[killed] = "STOPPED"
+        result = runner.wait_for_result(arn, timeout=60)
+    # Then the waiter took the slot and finished
+    assert result.status is InvocationStatus.SUCCEEDED, result.error
+    assert [r for r, _, _ in observed.starts] == ["run-00"]
+    assert table.holders(scope("burst"))[0] == {}
+
+
+def test_a_run_that_fails_gives_its_slot_back_and_the_next_run_goes_on(slots):
+    # Given a limit of 1 and a first run whose step fails for good
+    observed = Observed()
+
+    def workflow(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
+        with slots_held(ctx, workflow="burst", event=event, run=event["id"], slots=slots, limit=1):
+
+            def work(_: Any) -> str:
+                observed.enter(event["id"], "-", 0)
+                observed.leave("-")
+                if event["data"].get("fail"):
+                    raise BusinessError("bad input", code="bad_input")
+                return event["id"]
+
+            ctx.step(work, name="work", config=NO_RETRY)
+        return {"run": event["id"]}
+
+    events = [{"id": "run-00", "data": {"fail": True}}, {"id": "run-01", "data": {}}]
+    results = run_burst(durable_execution(workflow), events)
+    # Then the first failed, the second still ran, and no slot is left held
+    assert [r.status for r in results] == [InvocationStatus.FAILED, InvocationStatus.SUCCEEDED]
+    assert sorted(r for r, _, _ in observed.starts) == ["run-00", "run-01"]
+    assert slots().holders(scope("burst"))[0] == {}
+    assert slots().waiters(scope("burst")) == []
