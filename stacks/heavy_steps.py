@@ -40,7 +40,7 @@ def heartbeat_timeout_s(config: EnvConfig) -> int:
 
 
 class HeavySteps(Construct):
-    """`workflows` (transcode_audio, embed_transcript) with `aliases`; `grant_heavy_steps(role)`
+    """`workflows` (the declared ones that use the tasks queue) with `aliases`; `grant_heavy_steps(role)`
     and `worker_environment` for the worker's tasks process."""
 
     def __init__(
@@ -64,17 +64,10 @@ class HeavySteps(Construct):
             "HEAVY_TIMEOUT_S": str(max(3600, 2 * config.workflows.max_audio_seconds)),
         }
         self.workflows: dict[str, DurableWorkflow] = {}
-        for name in (catalog.TRANSCODE_AUDIO, catalog.EMBED_TRANSCRIPT):
-            wf = DurableWorkflow(
-                self,
-                "".join(p.title() for p in name.split("_")),
-                name=name,
-                config=config,
-                layer=workflows.layer,
-                steps={},
-                environment=env,
-                key=key,
-            )
+        for name, decl in workflows.declarations.items():
+            if "tasks_queue" not in decl.uses:
+                continue
+            wf = workflows.workflow(decl, config=config, key=key, scope=self, environment=env)
             wf.allow(["sqs:SendMessage"], [tasks.queue.queue_arn])
             if key is not None:  # the tasks queue is encrypted with the data key
                 wf.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])

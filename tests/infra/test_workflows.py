@@ -7,13 +7,15 @@ from typing import Any
 
 import pytest
 
-from sluice import catalog
+from sluice.workflows import FAILURE_GRACE_S
 from stacks import config as config_mod
 from stacks import workflows
 from stacks.bundling import stage_bundle
+from stacks.declarations import declared
 from stacks.workflows import deps_layer
 
-STEPS = catalog.TRANSCRIBE_STEPS
+DECLARATION = declared()["transcribe_audio"]
+STEPS = DECLARATION.lambdas
 WORKFLOW_HANDLER = "lambdas.workflows.transcribe_audio.handler.handler"
 
 
@@ -51,12 +53,15 @@ def _actions(statements: list[dict[str, Any]]) -> set[str]:
     return acts
 
 
-def test_the_workflow_is_a_durable_function_with_timeout_and_retention_from_config(synth, env):
+def test_the_workflow_is_a_durable_function_with_its_declared_timeout_and_retention_from_config(
+    synth, env
+):
     s = synth(env)
     _, props = _functions(s.stateless)[WORKFLOW_HANDLER]
     wf = s.config.workflows
     assert props["DurableConfig"] == {
-        "ExecutionTimeout": wf.execution_timeout_days * 86_400,
+        # the declared timeout, and the failure handler's grace after it
+        "ExecutionTimeout": DECLARATION.timeout_s + FAILURE_GRACE_S,
         "RetentionPeriodInDays": wf.retention_days,
     }
     assert (props["Runtime"], props["Architectures"]) == ("python3.14", ["arm64"])

@@ -170,7 +170,7 @@ def test_a_value_of_the_wrong_type_names_the_setting(change, message):
         # a step's sizing under a misspelled name would silently size nothing
         (
             {"workflows": {"steps": {"fetch_audio_metdata": {"memory_mb": 512}}}},
-            "dev.workflows.steps: unknown step 'fetch_audio_metdata'; the steps are fetch_audio_",
+            "dev.workflows.steps: unknown step 'fetch_audio_metdata'; the steps are check_transcription, fetch_audio_",
         ),
     ],
 )
