@@ -41,6 +41,9 @@ def _declared() -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
 
 
 _WORKFLOWS, _ROUTES = _declared()
+# False only where neither the declarations nor a staged routes document exist (`pip install .`
+# outside a checkout): the producer then checks event names against EVENTS instead.
+ROUTES_KNOWN = ROUTES_FILE.is_file() or WORKFLOWS_ROOT.is_dir()
 WORKFLOWS: tuple[str, ...] = _WORKFLOWS
 # Event name -> the workflows it starts (one durable execution each, named after the event id).
 ROUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(_ROUTES)
@@ -89,3 +92,9 @@ def workflows_in_outputs(outputs: Mapping[str, str]) -> dict[str, str]:
 def workflows_for(event_name: str) -> tuple[str, ...]:
     """The workflows `event_name` starts; empty when no workflow handles it."""
     return ROUTES.get(event_name, ())
+
+
+def is_routable(event_name: str) -> bool:
+    """Whether an event by this name would start something: a declared workflow takes it (or,
+    without the declarations at hand, it is a known event)."""
+    return bool(workflows_for(event_name)) if ROUTES_KNOWN else event_name in EVENTS

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sluice.catalog import workflows_for
+from sluice.catalog import is_routable
 from sluice.envelope import MAX_BODY_BYTES, OVERSIZE, UNKNOWN_EVENT, Event, event_from_dict
 from sluice.errors import PoisonMessage
 
@@ -29,7 +29,7 @@ def validate(event: Event | Mapping[str, Any], *, max_bytes: int = MAX_BODY_BYTE
     """The event as the worker will see it; PoisonMessage (with its reason code) if it would be
     dead-lettered there: bad envelope, no workflow for its name, or too large."""
     ev = event if isinstance(event, Event) else event_from_dict(dict(event))
-    if not workflows_for(ev.name):
+    if not is_routable(ev.name):
         raise PoisonMessage(f"no workflow handles event {ev.name!r}", code=UNKNOWN_EVENT)
     size = len(ev.to_json().encode())
     if size > max_bytes:

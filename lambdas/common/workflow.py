@@ -33,25 +33,6 @@ from sluice.catalog import EVENTS, WORKFLOW_ALIAS
 from sluice.envelope import Event, event_from_dict, execution_name
 from sluice.errors import BusinessError, SluiceError
 
-
-def start_workflow(
-    event: Mapping[str, Any], ctx: DurableContext, *, workflow: str, started_by: frozenset[str]
-) -> tuple[Event, str]:
-    """The event a workflow was started with and its job id (the durable execution name).
-
-    Refuses events the workflow does not handle, and puts the event's correlation id on every
-    log line of the execution.
-    """
-    # The worker starts workflows with Event.start_payload (no `ts`); older starts carry one.
-    ev = event_from_dict(dict(event), ts_required=False)
-    if ev.name not in started_by:
-        raise BusinessError(f"{workflow} does not handle {ev.name}", code="unknown_event")
-    job_id = execution_name(ev.id)
-    set_correlation_id(ev.correlation_id, job_id=job_id, workflow=workflow)
-    ctx.set_logger(logger)  # type: ignore[arg-type]
-    return ev, job_id
-
-
 Workflow = Callable[[Mapping[str, Any], DurableContext], dict[str, Any]]
 
 

@@ -148,3 +148,21 @@ def test_an_invalid_declaration_names_the_file_and_the_setting(tmp_path, text, m
 def test_a_missing_directory_of_workflows_is_named(tmp_path):
     with pytest.raises(DeclarationError, match="no such directory"):
         workflows.load(tmp_path / "nowhere")
+
+
+def test_the_cli_finds_every_deployed_workflow_by_its_stack_output():
+    outputs = {catalog.workflow_output(name): f"fn-{name}" for name in catalog.WORKFLOWS}
+    outputs[catalog.JOBS_TABLE_OUTPUT] = "table"
+    assert catalog.workflows_in_outputs(outputs) == {
+        name: f"fn-{name}" for name in sorted(catalog.WORKFLOWS)
+    }
+
+
+def test_without_declarations_at_hand_an_event_is_routable_when_it_is_a_known_event(monkeypatch):
+    # `pip install .` outside a checkout: no declarations, no staged routes document
+    monkeypatch.setattr(catalog, "ROUTES_KNOWN", False)
+    assert catalog.is_routable("webhook/requested")
+    assert not catalog.is_routable("billing/invoice.paid")
+    monkeypatch.setattr(catalog, "ROUTES_KNOWN", True)
+    assert catalog.is_routable("webhook/requested")
+    assert not catalog.is_routable("billing/invoice.paid")
