@@ -79,10 +79,15 @@ def test_every_function_is_invoked_through_a_live_alias(synth):
         assert "Fn::GetAtt" in aliased[lid]["FunctionVersion"]  # a published version
 
 
-def test_the_worker_gets_the_alias_of_each_catalog_workflow(synth):
+def test_the_worker_gets_the_alias_of_each_declared_workflow(synth):
     s = synth("dev")
-    assert set(s.stage.stateless.workflows.aliases) == {"transcribe_audio"}
-    assert s.stage.stateless.workflows.aliases["transcribe_audio"].alias_name == "live"
+    stateless = s.stage.stateless
+    # Workflows builds those that do not use the tasks queue; HeavySteps the others
+    light = {n for n, d in declared().items() if "tasks_queue" not in d.uses}
+    assert set(stateless.workflows.aliases) == light
+    assert set(stateless.workflows.aliases) | set(stateless.heavy.aliases) == set(declared())
+    for alias in [*stateless.workflows.aliases.values(), *stateless.heavy.aliases.values()]:
+        assert alias.alias_name == "live"
 
 
 def test_the_workflow_invokes_steps_through_their_aliases(synth):
