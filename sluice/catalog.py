@@ -2,36 +2,53 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
+
+from sluice import workflows
 
 WORKFLOW_ALIAS = "live"
 
-TRANSCRIBE_AUDIO = "transcribe_audio"
-TRANSCODE_AUDIO = "transcode_audio"
-EMBED_TRANSCRIPT = "embed_transcript"
-WORKFLOWS = (TRANSCRIBE_AUDIO, TRANSCODE_AUDIO, EMBED_TRANSCRIPT)
-
-# The step handler Lambdas of transcribe_audio (lambdas/steps/<name>/handler.py), in order.
-TRANSCRIBE_STEPS = (
-    "fetch_audio_metadata",
-    "start_transcription",
-    "check_transcription",
-    "parse_save_transcription",
-    "notify_user",
-    "on_failure",
-)
-
-# Event name -> the workflows it starts (one durable execution each, named after the event id).
-ROUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(
+# Every event name the platform knows: who sends it and what it asks for. A workflow declaration
+# (lambdas/workflows/<name>/workflow.toml) may only be started by one of these, so a misspelt
+# trigger fails synth instead of never firing.
+EVENTS: Mapping[str, str] = MappingProxyType(
     {
-        "media/uploaded": (TRANSCRIBE_AUDIO,),
-        "media/transcription.requested": (TRANSCRIBE_AUDIO,),
-        "media/transcription.completed": (TRANSCODE_AUDIO, EMBED_TRANSCRIPT),
-        "media/transcode.requested": (TRANSCODE_AUDIO,),
-        "media/embedding.requested": (EMBED_TRANSCRIPT,),
+        "media/uploaded": "the worker, from the media bucket's uploads/ notification: a new audio",
+        "media/transcription.requested": "a producer: transcribe this audio (bucket, key)",
+        "media/transcription.completed": "notify_user, when a transcript is saved",
+        "media/transcode.requested": "a producer: transcode this audio to HLS (bucket, key)",
+        "media/embedding.requested": "a producer: embed this transcript (transcript)",
+        "webhook/requested": "a producer: POST data.payload to data.url for data.customer_id",
+        "media/ready": "the media pipeline's join: every branch of an item succeeded",
+        "media/failed": "the media pipeline's join: a branch failed (data.failed_branches)",
     }
 )
+
+# The workflows, from their declarations (sluice.workflows): the repository's lambdas/workflows/
+# in a checkout; in a deployed bundle, the `workflows.json` the stacks staged beside this module.
+WORKFLOWS_ROOT = Path(__file__).resolve().parent.parent / "lambdas" / "workflows"
+ROUTES_FILE = Path(__file__).resolve().parent / "workflows.json"
+
+
+def _declared() -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    if ROUTES_FILE.is_file():
+        return workflows.read_routes_document(ROUTES_FILE.read_text())
+    if WORKFLOWS_ROOT.is_dir():
+        declared = workflows.load(WORKFLOWS_ROOT, known_events=EVENTS)
+        return tuple(declared), workflows.routes(declared)
+    return (), {}  # the CLI installed without the repository: no routes to check against
+
+
+_WORKFLOWS, _ROUTES = _declared()
+# False only where neither the declarations nor a staged routes document exist (`pip install .`
+# outside a checkout): the producer then checks event names against EVENTS instead.
+ROUTES_KNOWN = ROUTES_FILE.is_file() or WORKFLOWS_ROOT.is_dir()
+WORKFLOWS: tuple[str, ...] = _WORKFLOWS
+# Event name -> the workflows it starts (one durable execution each, named after the event id).
+ROUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(_ROUTES)
 
 
 # Key prefixes of the media bucket: IAM policies (stacks), the lifecycle rule, the steps and the
@@ -55,9 +72,23 @@ EMBED_TASK = "media/embed"
 JOBS_TABLE_OUTPUT = "JobsTableName"
 
 
+WORKFLOW_OUTPUT_PREFIX = "WorkflowFunction"
+
+
 def workflow_output(workflow: str) -> str:
     """`transcribe_audio` -> `WorkflowFunctionTranscribeAudio`: the output naming its function."""
-    return "WorkflowFunction" + "".join(part.title() for part in workflow.split("_"))
+    return WORKFLOW_OUTPUT_PREFIX + "".join(part.title() for part in workflow.split("_"))
+
+
+def workflows_in_outputs(outputs: Mapping[str, str]) -> dict[str, str]:
+    """Workflow name -> function, for every `workflow_output` among a stack's `outputs`: the
+    deployed workflows, whichever are declared in this checkout."""
+    found: dict[str, str] = {}
+    for key, value in outputs.items():
+        if key.startswith(WORKFLOW_OUTPUT_PREFIX) and len(key) > len(WORKFLOW_OUTPUT_PREFIX):
+            camel = key[len(WORKFLOW_OUTPUT_PREFIX) :]
+            found[re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()] = value
+    return dict(sorted(found.items()))
 
 
 def workflows_for(event_name: str) -> tuple[str, ...]:
@@ -76,5 +107,8 @@ NOTICES = frozenset({MEDIA_READY, MEDIA_FAILED})
 
 
 def is_known(event_name: str) -> bool:
-    """Whether the events queue takes `event_name`: a workflow handles it, or it is a notice."""
-    return bool(workflows_for(event_name)) or event_name in NOTICES
+    """Whether the events queue takes `event_name`: a declared workflow takes it (or, without the
+    declarations at hand, it is a known event), or it is a notice Sluice emits."""
+    if event_name in NOTICES:
+        return True
+    return bool(workflows_for(event_name)) if ROUTES_KNOWN else event_name in EVENTS

@@ -214,12 +214,6 @@ class LambdaSettings(ProcessSettings):
     coordination_table: str = _var(
         "SLUICE_COORDINATION_TABLE", "concurrency slots and fan-in joins", ""
     )
-    execution_timeout_s: int = _var(
-        "SLUICE_EXECUTION_TIMEOUT_S",
-        "the workflow's durable execution timeout: the lease of its concurrency slots",
-        366 * 86_400,
-        ge=1,
-    )
     notifications_topic: str = _var("SLUICE_NOTIFICATIONS_TOPIC", "the job notifications topic", "")
     events_queue_url: str = _var("SLUICE_EVENTS_QUEUE_URL", "the events queue", "")
     tasks_queue_url: str = _var("SLUICE_TASKS_QUEUE_URL", "the tasks queue (heavy steps)", "")

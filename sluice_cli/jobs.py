@@ -15,9 +15,9 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from sluice import naming
-from sluice.catalog import ROUTES
+from sluice.catalog import workflows_in_outputs
 from sluice.envelope import execution_name
-from sluice_cli.aws import JOBS_TABLE_OUTPUT, Aws, friendly_errors, prefix, workflow_output_key
+from sluice_cli.aws import JOBS_TABLE_OUTPUT, Aws, friendly_errors, prefix
 
 JOBS_TABLE_ENV = "SLUICE_JOBS_TABLE"
 # JSON object workflow name -> function name or ARN (what the stack outputs say, for local runs).
@@ -75,9 +75,8 @@ def workflow_functions(aws: Aws) -> dict[str, str]:
         if not isinstance(found, dict):
             raise click.ClickException(f"{WORKFLOW_FUNCTIONS_ENV} must map workflow -> function")
         return {str(k): str(v) for k, v in found.items()}
-    outputs = aws.stack_outputs("stateless")
-    names = sorted({w for workflows in ROUTES.values() for w in workflows})
-    return {w: outputs[workflow_output_key(w)] for w in names if workflow_output_key(w) in outputs}
+    # The deployed workflows: every WorkflowFunction<Name> output of the stateless stack.
+    return workflows_in_outputs(aws.stack_outputs("stateless"))
 
 
 # -- reading --------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from sluice.catalog import ROUTES
+from sluice.catalog import EVENTS, ROUTES, ROUTES_KNOWN, is_known
 from sluice.envelope import Event
 from sluice.errors import PoisonMessage
 from sluice.producer import send_event, validate
@@ -53,10 +53,10 @@ def send(
 ) -> None:
     """Validate an event and send it to the events queue (the same id starts one job only)."""
     data = parse_data(raw_data)
-    if name not in ROUTES:
+    if not is_known(name):
         raise click.BadParameter(
             f"no workflow handles {name!r} (the worker would dead-letter it); "
-            f"known events: {', '.join(sorted(ROUTES))}",
+            f"known events: {', '.join(sorted(ROUTES if ROUTES_KNOWN else EVENTS))}",
             param_hint="NAME",
         )
     fields: dict[str, Any] = {"name": name, "data": data}

@@ -61,7 +61,6 @@ class BrokerUser(Construct):
             # Its one AWS call is Secrets Manager's, in the runtime's own boto3.
             layer=None,
             environment={},
-            durable=False,
             key=broker.key,
             vpc=vpc,
             security_group=self.security_group,

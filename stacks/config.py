@@ -24,7 +24,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from sluice import catalog, naming
+from sluice import naming
+from stacks.declarations import declared, step_names
 
 # SQS hard limits (seconds): the console and API refuse anything outside them.
 SQS_MIN_RETENTION_S = 60
@@ -36,7 +37,6 @@ SQSD_MAX_CONNECTIONS = 100
 LAMBDA_MAX_TIMEOUT_S = 900
 # Lambda keeps this much of an account's concurrency unreserved, whatever functions reserve.
 LAMBDA_UNRESERVED_MIN = 100
-DURABLE_MAX_EXECUTION_S = 366 * 24 * 3600
 # Retention periods, in days. CloudWatch Logs accepts these (PutRetentionPolicy); Elastic
 # Beanstalk's log streaming options (aws:elasticbeanstalk:cloudwatch:logs RetentionInDays) accept
 # fewer, so a setting used by both must be in both lists.
@@ -237,11 +237,11 @@ class FunctionConfig(_Settings):
 
 
 def _known_steps(steps: Mapping[str, FunctionConfig]) -> Mapping[str, FunctionConfig]:
-    unknown = sorted(set(steps) - set(catalog.TRANSCRIBE_STEPS))
+    known = step_names(declared())
+    unknown = sorted(set(steps) - set(known))
     if unknown:
         raise ValueError(
-            f"unknown step {', '.join(map(repr, unknown))}; "
-            f"the steps are {', '.join(catalog.TRANSCRIBE_STEPS)}"
+            f"unknown step {', '.join(map(repr, unknown))}; the steps are {', '.join(known)}"
         )
     return MappingProxyType(dict(steps))  # read-only, like the rest of the configuration
 
@@ -249,9 +249,6 @@ def _known_steps(steps: Mapping[str, FunctionConfig]) -> Mapping[str, FunctionCo
 class WorkflowConfig(_Settings):
     """Durable workflow functions and the step handlers they invoke."""
 
-    execution_timeout_days: int = Field(
-        30, ge=1, le=DURABLE_MAX_EXECUTION_S // 86_400, description="durable execution timeout"
-    )
     retention_days: int = Field(14, ge=1, le=90, description="durable execution history retention")
     max_audio_seconds: Positive = Field(
         4 * 3600, description="longest audio accepted (business error beyond)"
@@ -274,8 +271,9 @@ class WorkflowConfig(_Settings):
     def reserved_concurrency(self) -> int:
         """What every function of the environment reserves together, out of the account's."""
         per_workflow = self.orchestrator.reserved_concurrency or 0
-        steps = sum(self.step(name).reserved_concurrency or 0 for name in catalog.TRANSCRIBE_STEPS)
-        return per_workflow * len(catalog.WORKFLOWS) + steps
+        workflows = declared()
+        steps = sum(self.step(name).reserved_concurrency or 0 for name in step_names(workflows))
+        return per_workflow * len(workflows) + steps
 
 
 class BrokerConfig(_Settings):
@@ -541,6 +539,8 @@ _STEP_SIZES: Mapping[str, Mapping[str, int]] = {
     "parse_save_transcription": {"memory_mb": 1024, "timeout_s": 300},
     "notify_user": {"memory_mb": 256, "timeout_s": 30},
     "on_failure": {"memory_mb": 256, "timeout_s": 30},
+    # deliver_webhook's POST: a 10 s request timeout, one attempt per invocation.
+    "post_webhook": {"memory_mb": 256, "timeout_s": 30},
 }
 
 
@@ -557,7 +557,7 @@ ENVIRONMENTS: Mapping[str, EnvConfig] = MappingProxyType(
         "dev": EnvConfig(
             name="dev",
             log_retention_days=14,
-            workflows=dict(execution_timeout_days=7, retention_days=7, steps=_STEP_SIZES),
+            workflows=dict(retention_days=7, steps=_STEP_SIZES),
             alarms=dict(email="sluice-dev@example.com", queue_age_s=900),
         ),
         # Staging rehearses prod: the same keys and compliance packs, so every KMS permission
@@ -586,7 +586,7 @@ ENVIRONMENTS: Mapping[str, EnvConfig] = MappingProxyType(
             ),
             network=dict(max_azs=2, nat_gateways=2, flow_log_retention_days=365),
             worker=dict(min_instances=2, max_instances=6, http_connections=20),
-            workflows=dict(execution_timeout_days=365, retention_days=30, steps=_reserved(10)),
+            workflows=dict(retention_days=30, steps=_reserved(10)),
             broker=dict(instance_type="mq.m7g.large", deployment_mode="CLUSTER_MULTI_AZ"),
             alarms=dict(email="sluice-oncall@example.com", queue_age_s=300),
         ),

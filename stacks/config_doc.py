@@ -1,10 +1,13 @@
-"""Render every per-environment setting as the README's configuration table (kept true by a test).
+"""Render every per-environment setting as the README's configuration table, and the declared
+workflows as its workflow table (both kept true by a test).
 
 Rows follow the models' fields in stacks/config.py, and each row's meaning is its field's
 `description`: documenting a setting is writing its description.
 
-`python -m stacks.config_doc --write README.md` (`make docs`) rewrites the table between the
-README's config-table markers; without arguments it prints the table.
+The workflow table has one row per declaration (lambdas/workflows/<name>/workflow.toml).
+
+`python -m stacks.config_doc --write README.md` (`make docs`) rewrites the tables between the
+README's config-table and workflows-table markers; without arguments it prints them.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sluice import catalog
+from sluice.workflows import Declaration
 from stacks.config import ENVIRONMENTS, EnvConfig, FunctionConfig, section_of
+from stacks.declarations import WORKFLOWS_ROOT, declared, step_names
 
 BEGIN = "<!-- config-table:begin -->"
 END = "<!-- config-table:end -->"
+WORKFLOWS_BEGIN = "<!-- workflows-table:begin -->"
+WORKFLOWS_END = "<!-- workflows-table:end -->"
 
 # A cell under a section the environment leaves out (e.g. broker in dev).
 _ABSENT = object()
@@ -50,7 +56,7 @@ def _rows(
         values = [_ABSENT if s is None or s is _ABSENT else getattr(s, name) for s in sections]
         section = section_of(info.annotation)
         if name == "steps":  # workflows.steps: one row per step handler, the sizing it gets
-            for step in sorted(catalog.TRANSCRIBE_STEPS):
+            for step in step_names(declared()):
                 cells = [_fmt(workflows.step(step)) for workflows in sections]
                 yield f"{setting}.{step}", info.description, cells
         elif section is None or section is FunctionConfig:  # one cell, even a function's sizing
@@ -78,11 +84,48 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def _duration(seconds: int) -> str:
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _concurrency(decl: Declaration) -> str:
+    c = decl.concurrency
+    if c is None:
+        return "—"
+    parts = [f"{c.limit} at once"] if c.limit else []
+    if c.key:
+        parts.append(f"{c.key_limit} per `{c.key}`")
+    return ", ".join(parts) or "—"
+
+
+def workflows_table(root: Path = WORKFLOWS_ROOT) -> str:
+    """One row per declared workflow: what starts it and how it runs."""
+    lines = [
+        "| workflow | started by | steps | retries | timeout | concurrency | on failure | what |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in declared(root).items():
+        events = ", ".join(f"`{e}`" for e in d.events)
+        steps = ", ".join(f"`{s}`" for s in d.steps) or "—"
+        lines.append(
+            f"| `{name}` | {events} | {steps} | {d.retries} | {_duration(d.timeout_s)} | "
+            f"{_concurrency(d)} | `{d.on_failure}` | {d.description} |"
+        )
+    return "\n".join(lines)
+
+
+def _replace(text: str, begin: str, end: str, content: str) -> str:
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    return text[:start] + "\n" + content + "\n" + text[stop:]
+
+
 def write(path: Path) -> None:
-    """Replace the table between `path`'s config-table markers with the current one."""
-    text = path.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    path.write_text(text[:start] + "\n" + table() + "\n" + text[end:])
+    """Replace the tables between `path`'s markers with the current ones."""
+    text = _replace(path.read_text(), BEGIN, END, table())
+    path.write_text(_replace(text, WORKFLOWS_BEGIN, WORKFLOWS_END, workflows_table()))
 
 
 if __name__ == "__main__":
@@ -90,3 +133,5 @@ if __name__ == "__main__":
         write(Path(sys.argv[2]))
     else:
         print(table())
+        print()
+        print(workflows_table())

@@ -86,8 +86,8 @@ def grant(fn: DurableWorkflow, *, config: EnvConfig, key: kms.IKey | None) -> No
     """Give workflow `fn` what it needs to take slots and join branches: the table's item
     actions (nothing else of DynamoDB), the data key when the table is encrypted with it, and
     GetDurableExecution on its own executions (is a holder still running?); and in its
-    environment the table's name and its execution timeout, the lease of its slots
-    (sluice.settings.LambdaSettings)."""
+    environment the table's name (sluice.settings.LambdaSettings). A slot's lease is the
+    workflow's execution timeout, which the function reads from its own declaration.)"""
     fn.allow(list(ACTIONS), [table_arn(config)])
     if key is not None:
         fn.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
@@ -99,6 +99,5 @@ def grant(fn: DurableWorkflow, *, config: EnvConfig, key: kms.IKey | None) -> No
     )
     for name, value in LambdaSettings.render(
         coordination_table=naming.coordination_table(config.name),
-        execution_timeout_s=config.workflows.execution_timeout_days * 86_400,
     ).items():
         fn.function.add_environment(name, value)

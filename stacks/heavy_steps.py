@@ -40,7 +40,7 @@ def heartbeat_timeout_s(config: EnvConfig) -> int:
 
 
 class HeavySteps(Construct):
-    """`workflows` (transcode_audio, embed_transcript) with `aliases`; `grant_heavy_steps(role)`
+    """`workflows` (the declared ones that use the tasks queue) with `aliases`; `grant_heavy_steps(role)`
     and `worker_environment` for the worker's tasks process."""
 
     def __init__(
@@ -68,17 +68,12 @@ class HeavySteps(Construct):
             "EVENTS_QUEUE_URL": events.queue.queue_url,
         }
         self.workflows: dict[str, DurableWorkflow] = {}
-        for name in (catalog.TRANSCODE_AUDIO, catalog.EMBED_TRANSCRIPT):
-            wf = DurableWorkflow(
-                self,
-                "".join(p.title() for p in name.split("_")),
-                name=name,
-                config=config,
-                layer=workflows.layer,
-                steps={},
-                environment=env,
-                key=key,
-            )
+        for name, decl in workflows.declarations.items():
+            if "tasks_queue" not in decl.uses:
+                continue
+            wf = workflows.workflow(decl, config=config, key=key, scope=self, environment=env)
+            # The tasks it sends, and the fan-in join (lambdas/common/join.py): the item's job
+            # record and media/ready on the events queue.
             wf.allow(["sqs:SendMessage"], [tasks.queue.queue_arn, events.queue.queue_arn])
             wf.allow(["dynamodb:UpdateItem"], [media.table.table_arn])
             if key is not None:  # the queues and the jobs table are encrypted with the data key

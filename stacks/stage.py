@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aws_cdk as cdk
 from constructs import Construct
 
 from stacks import compliance
 from stacks.config import EnvConfig
+from stacks.declarations import WORKFLOWS_ROOT
 from stacks.stateful import StatefulStack
 from stacks.stateless import StatelessStack
 
@@ -14,7 +17,9 @@ from stacks.stateless import StatelessStack
 class SluiceStage(cdk.Stage):
     """The stacks of one environment, split by lifecycle."""
 
-    def __init__(self, scope: Construct, *, config: EnvConfig) -> None:
+    def __init__(
+        self, scope: Construct, *, config: EnvConfig, workflows_root: Path = WORKFLOWS_ROOT
+    ) -> None:
         super().__init__(
             scope,
             config.prefix,
@@ -30,12 +35,14 @@ class SluiceStage(cdk.Stage):
             "Stateless",
             stack_name=f"{config.prefix}-stateless",
             config=config,
+            workflows_root=workflows_root,
         )
         # It finds the stateful stack's resources by name, not by export: deploy those first.
         self.stateless.add_stack_dependency(self.stateful)
 
 
-def build(app: cdk.App, config: EnvConfig) -> SluiceStage:
-    """Add environment `config` to `app` and register the checks its synth runs."""
+def build(app: cdk.App, config: EnvConfig, *, workflows_root: Path = WORKFLOWS_ROOT) -> SluiceStage:
+    """Add environment `config` to `app` and register the checks its synth runs; the workflows
+    are those declared under `workflows_root` (lambdas/workflows/ unless a test gives another)."""
     compliance.register(app, config)
-    return SluiceStage(app, config=config)
+    return SluiceStage(app, config=config, workflows_root=workflows_root)

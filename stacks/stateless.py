@@ -5,6 +5,8 @@ It finds the stateful stack's resources by name (`StatefulResources`), never thr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
@@ -13,6 +15,7 @@ from sluice.settings import SchedulerSettings
 from stacks import coordination
 from stacks.broker_user import BrokerUser
 from stacks.config import EnvConfig
+from stacks.declarations import WORKFLOWS_ROOT
 from stacks.heavy_steps import HeavySteps
 from stacks.monitoring import Monitoring
 from stacks.stateful import StatefulResources
@@ -29,6 +32,7 @@ class StatelessStack(Stack):
         construct_id: str,
         *,
         config: EnvConfig,
+        workflows_root: Path = WORKFLOWS_ROOT,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -43,7 +47,8 @@ class StatelessStack(Stack):
             max_age_s=config.alarms.queue_age_s,
             backlog="events-queue-backlog",
         )
-        # Durable workflows and their step handlers (issue 3); `aliases` is what the worker invokes.
+        # Durable workflows and their step handlers, one per declaration under `workflows_root`
+        # (lambdas/workflows/<name>/workflow.toml); `aliases` is what the worker invokes.
         self.workflows = Workflows(
             self,
             "Workflows",
@@ -51,6 +56,7 @@ class StatelessStack(Stack):
             media=stateful.media,
             events=stateful.events,
             key=stateful.key,
+            root=workflows_root,
         )
         for name, step in self.workflows.steps.items():
             self.monitoring.watch_step(name, step.function)
@@ -94,6 +100,7 @@ class StatelessStack(Stack):
             media_bucket=stateful.media.bucket_name,
             key=stateful.key,
             extra_environment=worker_env,
+            routes=self.workflows.routes,
         )
         self.heavy.grant_heavy_steps(self.worker.process_roles["tasks"])
         self.monitoring.watch_worker(

@@ -27,6 +27,7 @@ from sluice.settings import WebSettings
 from stacks.bundling import ROOT, stage_bundle
 from stacks.compliance import GUARD
 from stacks.config import EnvConfig
+from stacks.declarations import ROUTES_PATH, declared, routes_file
 from stacks.queues import QueuePair
 
 WORKER_DIR = ROOT / "worker"
@@ -83,13 +84,14 @@ def platform_filters(branch: str) -> list[dict[str, object]]:
     ]
 
 
-def worker_bundle() -> Path:
+def worker_bundle(routes: Path | None = None) -> Path:
     """The directory CDK zips and uploads as the application version.
 
     The root holds what EB reads there (EB_ROOT_FILES, kept in worker/ beside the code they start);
     the code is the `worker`, `adapters` and `sluice` packages, once each, so every process
     imports them by the same names as in this repository (tests/infra/test_bundles.py lists
-    every file).
+    every file), and the declared workflows' routes beside `sluice` (`routes`, default the
+    repository's declarations) which the web process routes events by.
     """
     return stage_bundle(
         "worker",
@@ -98,6 +100,7 @@ def worker_bundle() -> Path:
             "worker": WORKER_DIR,
             "adapters": ADAPTERS_DIR,
             "sluice": SLUICE_DIR,
+            ROUTES_PATH: routes or routes_file(declared()),
         },
         exclude=[f"worker/{name}" for name in EB_ROOT_FILES],
     )
@@ -125,6 +128,7 @@ class WorkerEnvironment(Construct):
         media_bucket: str,
         key: kms.IKey | None = None,
         extra_environment: Mapping[str, str] | None = None,
+        routes: Path | None = None,
     ) -> None:
         """`media_bucket` keeps dead letters too large for the DLQ (claim check); `key` is the
         environment's data key; `extra_environment`: the tasks and scheduler processes' settings."""
@@ -139,7 +143,7 @@ class WorkerEnvironment(Construct):
         self.application = eb.CfnApplication(
             self, "Application", application_name=app_name, description="Sluice events worker"
         )
-        self.bundle = s3_assets.Asset(self, "Bundle", path=str(worker_bundle()))
+        self.bundle = s3_assets.Asset(self, "Bundle", path=str(worker_bundle(routes)))
         self.application_version = eb.CfnApplicationVersion(
             self,
             "Version",

@@ -1,8 +1,10 @@
 """Durable workflows and their step handler Lambdas, packaged without Docker.
 
 `StepFunction`: one Lambda per step with its own role, sizing and `live` alias.
-`DurableWorkflow`: a durable function (checkpoint/replay) with a `live` alias that invokes steps.
-`Workflows`: the workflows of the catalog, wired to the media store and the events queue.
+`DurableWorkflow`: a durable function (checkpoint/replay) with a `live` alias that invokes steps,
+built from its declaration (lambdas/workflows/<name>/workflow.toml, sluice.workflows).
+`Workflows`: the declared workflows (but those whose work runs on the worker: stacks/heavy_steps)
+and every step Lambda any declared workflow invokes, wired to the media store and the events queue.
 """
 
 from __future__ import annotations
@@ -21,9 +23,18 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from sluice import catalog, naming
+from sluice.workflows import Declaration
 from stacks.bundling import ROOT, stage_bundle
 from stacks.compliance import GUARD
 from stacks.config import EnvConfig, FunctionConfig
+from stacks.declarations import (
+    ROUTES_PATH,
+    STEPS_ROOT,
+    WORKFLOWS_ROOT,
+    declared,
+    routes_file,
+    step_names,
+)
 from stacks.lifecycle import removal_policy
 from stacks.media_store import TRANSCRIPTS, UPLOADS, Media, media_objects_arn
 from stacks.queues import QueuePair
@@ -71,24 +82,29 @@ def deps_layer(scope: Construct, construct_id: str) -> lambda_.LayerVersion:
     )
 
 
-def function_bundle(kind: str, name: str) -> Path:
-    """The function's package, the shared runtime helpers, the AWS adapters and the sluice
-    contracts, staged."""
+def function_bundle(
+    kind: str, name: str, *, source: Path | None = None, routes: Path | None = None
+) -> Path:
+    """The function's package (`source`, default lambdas/<kind>/<name>), the shared runtime
+    helpers, the AWS adapters and the sluice contracts with the declared routes, staged."""
     return stage_bundle(
         f"{kind}-{name}",
         {
             "lambdas/__init__.py": LAMBDAS / "__init__.py",
             "lambdas/common": LAMBDAS / "common",
             f"lambdas/{kind}/__init__.py": LAMBDAS / kind / "__init__.py",
-            f"lambdas/{kind}/{name}": LAMBDAS / kind / name,
+            f"lambdas/{kind}/{name}": source or LAMBDAS / kind / name,
             "adapters": ROOT / "adapters",
             "sluice": ROOT / "sluice",
+            ROUTES_PATH: routes or routes_file(declared()),
         },
     )
 
 
-def code_bundle(kind: str, name: str) -> lambda_.Code:
-    return lambda_.Code.from_asset(str(function_bundle(kind, name)))
+def code_bundle(
+    kind: str, name: str, *, source: Path | None = None, routes: Path | None = None
+) -> lambda_.Code:
+    return lambda_.Code.from_asset(str(function_bundle(kind, name, source=source, routes=routes)))
 
 
 def _acknowledge_compute(fn: lambda_.Function) -> None:
@@ -136,8 +152,10 @@ class _Function(Construct):
         setting: str,
         layer: lambda_.ILayerVersion | None,
         environment: Mapping[str, str],
-        durable: bool,
         key: kms.IKey | None,
+        execution_timeout_s: int | None = None,
+        source: Path | None = None,
+        routes: Path | None = None,
         vpc: ec2.IVpc | None = None,
         security_group: ec2.ISecurityGroup | None = None,
     ) -> None:
@@ -193,10 +211,10 @@ class _Function(Construct):
         cfn_group.retention_in_days = config.log_retention_days
         durable_config = (
             lambda_.DurableConfig(
-                execution_timeout=Duration.days(config.workflows.execution_timeout_days),
+                execution_timeout=Duration.seconds(execution_timeout_s),
                 retention_period=Duration.days(config.workflows.retention_days),
             )
-            if durable
+            if execution_timeout_s is not None
             else None
         )
         self.function = lambda_.Function(
@@ -206,7 +224,7 @@ class _Function(Construct):
             runtime=RUNTIME,
             architecture=ARCH,
             handler=f"lambdas.{package}.{name}.handler.handler",
-            code=code_bundle(package, name),
+            code=code_bundle(package, name, source=source, routes=routes),
             layers=[layer] if layer is not None else None,
             # Immutable here: CDK would otherwise add an inline policy (tracing's X-Ray statement).
             role=self.role.without_policy_updates(),
@@ -296,6 +314,7 @@ class StepFunction(_WorkflowFunction):
         layer: lambda_.ILayerVersion,
         environment: Mapping[str, str],
         key: kms.IKey | None = None,
+        routes: Path | None = None,
     ) -> None:
         super().__init__(
             scope,
@@ -308,26 +327,33 @@ class StepFunction(_WorkflowFunction):
             setting=f"workflows.steps.{name}",
             layer=layer,
             environment=environment,
-            durable=False,
             key=key,
+            source=STEPS_ROOT / name,
+            routes=routes,
         )
 
 
 class DurableWorkflow(_WorkflowFunction):
-    """A durable function (lambdas/workflows/<name>) that invokes `steps` through their aliases."""
+    """The durable function `declaration` declares (its package under `root`): its ExecutionTimeout
+    is the declared timeout and the failure handler's grace; it invokes the step Lambdas the
+    declaration names (failure handler included), of `steps`, through their aliases."""
 
     def __init__(
         self,
         scope: Construct,
         construct_id: str,
         *,
-        name: str,
+        declaration: Declaration,
         config: EnvConfig,
         layer: lambda_.ILayerVersion,
         steps: Mapping[str, StepFunction],
         environment: Mapping[str, str],
         key: kms.IKey | None = None,
+        root: Path = WORKFLOWS_ROOT,
+        routes: Path | None = None,
     ) -> None:
+        name = declaration.id
+        steps = {s: steps[s] for s in declaration.lambdas}
         super().__init__(
             scope,
             construct_id,
@@ -343,9 +369,12 @@ class DurableWorkflow(_WorkflowFunction):
                 # The SDK invokes steps through a qualified ARN (durable invokes need one).
                 **{f"STEP_{s.upper()}": step.alias.function_arn for s, step in steps.items()},
             },
-            durable=True,
             key=key,
+            execution_timeout_s=declaration.execution_timeout_s,
+            source=root / name,
+            routes=routes,
         )
+        self.declaration = declaration
         self.steps = dict(steps)
         # Checkpoints are authorized on the execution ARN, `<function>:<version>/durable-execution/…`:
         # only a qualifier wildcard matches.
@@ -372,14 +401,13 @@ class DurableWorkflow(_WorkflowFunction):
                 "executions (their ARNs carry the version, which changes with each deployment).",
             )
         )
-        if steps:  # a workflow that only waits on callbacks (heavy steps) invokes none
-            self.allow(
-                ["lambda:InvokeFunction"], [step.alias.function_arn for step in steps.values()]
-            )
+        self.allow(["lambda:InvokeFunction"], [step.alias.function_arn for step in steps.values()])
 
 
 class Workflows(Construct):
-    """The catalog's workflows; `aliases[name]` is what the worker invokes (sluice.catalog names)."""
+    """The workflows declared under `root` (but those that use the tasks queue: HeavySteps builds
+    them) and every step Lambda any of them invokes; `aliases[name]` is what the worker invokes.
+    `declarations` and `routes` (the routes document every bundle ships) are the root's."""
 
     def __init__(
         self,
@@ -390,8 +418,12 @@ class Workflows(Construct):
         media: Media,
         events: QueuePair,
         key: kms.IKey | None = None,
+        root: Path = WORKFLOWS_ROOT,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.root = root
+        self.declarations = declared(root)
+        self.routes = routes_file(self.declarations)
         self.layer = deps_layer(self, "Deps")
         table, topic = media.table, media.notifications
         env = {
@@ -444,12 +476,90 @@ class Workflows(Construct):
                 layer=self.layer,
                 environment=env,
                 key=key,
+                routes=self.routes,
             )
 
+        self.environment = env
         self.steps: dict[str, StepFunction] = {
-            name: step(name) for name in catalog.TRANSCRIBE_STEPS
+            name: step(name) for name in step_names(self.declarations)
         }
+        self._grant_media_steps(
+            objects=objects,
+            transcribe=transcribe,
+            config=config,
+            media=media,
+            events=events,
+            key=key,
+        )
         s = self.steps
+        if "on_failure" in s:  # the default failure handler: the job record and a notification
+            s["on_failure"].allow(["dynamodb:UpdateItem"], [table.table_arn])
+            s["on_failure"].allow(["sns:Publish"], [topic.topic_arn])
+        # Steps that touch no data (e.g. post_webhook, check_transcription) need no key.
+        touch_data = set(s) - {"check_transcription", "post_webhook"}
+        if key is not None:
+            # Bucket, table, topic and queue share the data key.
+            for name in sorted(touch_data):
+                s[name].allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
+            if "start_transcription" in s:
+                # Transcribe writes its output encrypted with the key named in the request, with
+                # the caller's permissions: "the role making the request must have permission to
+                # use the specified KMS key" (StartTranscriptionJob, OutputEncryptionKMSKeyId),
+                # and the guide names kms:Encrypt for that use; reading SSE-KMS input takes
+                # kms:Decrypt (granted above), writing the SSE-KMS object kms:GenerateDataKey.
+                s["start_transcription"].allow(["kms:Encrypt"], [key.key_arn])
+
+        self.workflows: dict[str, DurableWorkflow] = {}
+        for name, decl in self.declarations.items():
+            if "tasks_queue" in decl.uses:
+                continue  # stacks/heavy_steps.py builds it, with the worker's grants
+            wf = self.workflow(decl, config=config, key=key)
+            if "jobs_table" in decl.uses:
+                wf.allow(["dynamodb:PutItem", "dynamodb:GetItem"], [table.table_arn])
+            if key is not None:
+                wf.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
+            self.workflows[name] = wf
+        self.aliases: dict[str, lambda_.IAlias] = {
+            name: wf.alias for name, wf in self.workflows.items()
+        }
+
+    def workflow(
+        self,
+        decl: Declaration,
+        *,
+        config: EnvConfig,
+        key: kms.IKey | None,
+        scope: Construct | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> DurableWorkflow:
+        """The durable workflow `decl` declares, invoking this construct's step Lambdas."""
+        return DurableWorkflow(
+            scope or self,
+            _camel(decl.id),
+            declaration=decl,
+            config=config,
+            layer=self.layer,
+            steps=self.steps,
+            environment=environment if environment is not None else self.environment,
+            key=key,
+            root=self.root,
+            routes=self.routes,
+        )
+
+    def _grant_media_steps(
+        self,
+        *,
+        objects: Any,
+        transcribe: Any,
+        config: EnvConfig,
+        media: Media,
+        events: QueuePair,
+        key: kms.IKey | None,
+    ) -> None:
+        """What the media pipeline's steps touch, for those of them some workflow invokes."""
+        s = self.steps
+        if not {"fetch_audio_metadata", "start_transcription"} <= set(s):
+            return
         objects(s["fetch_audio_metadata"], ["s3:GetObject", "s3:GetObjectVersion"], UPLOADS)
         # Transcribe reads the media and writes its output with the caller's permissions.
         transcribe(s["start_transcription"], ["transcribe:GetTranscriptionJob"])
@@ -461,42 +571,9 @@ class Workflows(Construct):
         transcribe(s["check_transcription"], ["transcribe:GetTranscriptionJob"])
         objects(s["parse_save_transcription"], ["s3:GetObject"], TRANSCRIBE_OUTPUT)
         objects(s["parse_save_transcription"], ["s3:PutObject"], TRANSCRIPTS)
-        s["parse_save_transcription"].allow(["dynamodb:UpdateItem"], [table.table_arn])
-        s["notify_user"].allow(["sns:Publish"], [topic.topic_arn])
+        s["parse_save_transcription"].allow(["dynamodb:UpdateItem"], [media.table.table_arn])
+        s["notify_user"].allow(["sns:Publish"], [media.notifications.topic_arn])
         s["notify_user"].allow(["sqs:SendMessage"], [events.queue.queue_arn])
-        s["on_failure"].allow(["dynamodb:UpdateItem"], [table.table_arn])
-        s["on_failure"].allow(["sns:Publish"], [topic.topic_arn])
-        if key is not None:
-            # Bucket, table, topic and queue share the data key; check_transcription touches none.
-            for name, fn in self.steps.items():
-                if name != "check_transcription":
-                    fn.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
-            # Transcribe writes its output encrypted with the key named in the request, with
-            # the caller's permissions: "the role making the request must have permission to use
-            # the specified KMS key" (StartTranscriptionJob, OutputEncryptionKMSKeyId), and the
-            # guide names kms:Encrypt for that use; reading SSE-KMS input takes kms:Decrypt
-            # (granted above), writing the SSE-KMS object kms:GenerateDataKey (above).
-            s["start_transcription"].allow(["kms:Encrypt"], [key.key_arn])
-
-        self.transcribe_audio = DurableWorkflow(
-            self,
-            "TranscribeAudio",
-            name=catalog.TRANSCRIBE_AUDIO,
-            config=config,
-            layer=self.layer,
-            steps=self.steps,
-            environment=env,
-            key=key,
-        )
-        self.transcribe_audio.allow(["dynamodb:PutItem", "dynamodb:GetItem"], [table.table_arn])
-        if key is not None:
-            self.transcribe_audio.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
-        self.workflows: dict[str, DurableWorkflow] = {
-            catalog.TRANSCRIBE_AUDIO: self.transcribe_audio
-        }
-        self.aliases: dict[str, lambda_.IAlias] = {
-            name: wf.alias for name, wf in self.workflows.items()
-        }
 
     @staticmethod
     def _allow_transcription_start(

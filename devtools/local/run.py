@@ -25,12 +25,13 @@ from devtools.local.processes import ROOT, Processes, procfile, wait_healthy
 from devtools.local.resources import CONFIG, ENV, REGION, Resources, create_resources
 from devtools.local.transcript import AUDIO_SECONDS, make_audio, with_emulated_transcript
 from devtools.ports import free_port
-from sluice import catalog, naming
+from sluice import catalog, naming, workflows
 from sluice.settings import SchedulerSettings, TasksSettings, WebSettings
 
 UPLOAD_KEY = f"{catalog.UPLOADS_PREFIX}sermon.mp3"
 WORKFLOWS = catalog.WORKFLOWS
-STEPS = catalog.TRANSCRIBE_STEPS
+# Every step Lambda a declared workflow invokes (lambdas/workflows/*/workflow.toml).
+STEPS = workflows.step_names(workflows.load(catalog.WORKFLOWS_ROOT, known_events=catalog.EVENTS))
 log = logging.getLogger("sluice.local")
 
 
@@ -210,14 +211,11 @@ class Pipeline:
         )
 
     def workflows(self) -> dict[str, Any]:
-        from lambdas.workflows.embed_transcript.handler import handler as embed
-        from lambdas.workflows.transcode_audio.handler import handler as transcode
-        from lambdas.workflows.transcribe_audio.handler import handler as transcribe
+        import importlib
 
         return {
-            "transcribe_audio": transcribe,
-            "transcode_audio": transcode,
-            "embed_transcript": embed,
+            name: importlib.import_module(f"lambdas.workflows.{name}.handler").handler
+            for name in WORKFLOWS
         }
 
     def steps(self) -> dict[str, Any]:

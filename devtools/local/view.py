@@ -17,7 +17,8 @@ from sluice import catalog
 if TYPE_CHECKING:
     from devtools.local.run import Pipeline
 
-WORKFLOWS = catalog.WORKFLOWS
+# The workflows an uploaded sermon goes through (the run is done when each has succeeded).
+WORKFLOWS = ("transcribe_audio", "transcode_audio", "embed_transcript")
 
 
 @dataclass

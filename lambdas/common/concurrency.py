@@ -104,18 +104,18 @@ def hold_slots(
     limit: int | None = None,
     key: str | None = None,
     key_limit: int | None = None,
-    lease_s: int | None = None,
+    lease_s: int,
     slots: Callable[[], Slots] = default_slots,
     is_running: Callable[[], IsRunning] | None = None,
 ) -> Held:
     """Wait, durably, until run `run` holds every slot its limits require; what it holds.
 
-    A slot's lease is `lease_s`, by default the workflow's execution timeout (no execution
-    outlives it, so a lease never ends under a run that still works)."""
+    A slot's lease is `lease_s`: the workflow's execution timeout (no execution outlives it, so
+    a lease never ends under a run that still works)."""
     scopes = plan(workflow, event, limit=limit, key=key, key_limit=key_limit)
     if not scopes:
         return Held(run=run, arrival_ms=0)
-    lease = lease_s if lease_s is not None else LambdaSettings.read().execution_timeout_s
+    lease = lease_s
     arn = ctx.state.durable_execution_arn
     # Its own step, so a retried enqueue queues the run at the same place.
     arrival_ms: int = ctx.step(lambda _: int(time.time() * 1000), name="slots arrival")

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_durable_execution_sdk_python import DurableContext
 from aws_durable_execution_sdk_python.config import Duration, WaitForCallbackConfig
@@ -30,6 +30,9 @@ from lambdas.common.runtime import clients, env
 from lambdas.common.workflow import Failure, RetryPolicy, StepFailed, retry_durably
 from sluice.envelope import Task
 from sluice.errors import BusinessError
+
+if TYPE_CHECKING:
+    from lambdas.common.workflow import Run
 
 HEAVY_BACKOFF = RetryPolicy(initial_delay_s=30, max_delay_s=600)
 
@@ -97,6 +100,7 @@ def run_heavy_task(
     seed: str,
     name: str,
     settings: HeavyTaskSettings | None = None,
+    run: Run | None = None,
 ) -> dict[str, Any]:
     """Send `task` to the tasks queue, wait for its callback, return the worker's result.
 
@@ -108,18 +112,20 @@ def run_heavy_task(
     cfg = settings or HeavyTaskSettings.from_env()
     queue_url = env("TASKS_QUEUE_URL")
 
-    config = WaitForCallbackConfig(
-        timeout=Duration.from_seconds(cfg.timeout_s),
-        heartbeat_timeout=Duration.from_seconds(cfg.heartbeat_timeout_s),
-        retry_strategy=SUBMIT_RETRY,
-    )
+    def config(op: str) -> WaitForCallbackConfig:
+        timeout = cfg.timeout_s if run is None else min(cfg.timeout_s, run.remaining_s(op))
+        return WaitForCallbackConfig(
+            timeout=Duration.from_seconds(timeout),
+            heartbeat_timeout=Duration.from_seconds(min(cfg.heartbeat_timeout_s, timeout)),
+            retry_strategy=SUBMIT_RETRY,
+        )
 
     def submit(callback_id: str, _: WaitForCallbackContext) -> None:
         body = Task(name=task, callback_id=callback_id, data=data, correlation_id=correlation_id)
         clients("sqs").send_message(QueueUrl=queue_url, MessageBody=body.to_json())
 
     def attempt(op: str) -> dict[str, Any]:
-        raw = ctx.wait_for_callback(submit, name=op, config=config)
+        raw = ctx.wait_for_callback(submit, name=op, config=config(op))
         result = json.loads(raw) if isinstance(raw, str | bytes) else raw
         return dict(result or {})
 
@@ -130,9 +136,27 @@ def run_heavy_task(
             op=name,
             what=task,
             failure=failure_of,
-            policy=dataclasses.replace(cfg.backoff, max_attempts=cfg.max_attempts),
+            # A declared workflow's retries apply to its heavy steps too, unless the function's
+            # HEAVY_MAX_ATTEMPTS says otherwise (the stacks never set it; tests do).
+            policy=dataclasses.replace(
+                cfg.backoff,
+                max_attempts=(
+                    run.decl.attempts
+                    if run is not None and not os.environ.get("HEAVY_MAX_ATTEMPTS")
+                    else cfg.max_attempts
+                ),
+            ),
             seed=seed,
+            wait=None if run is None else run.wait,
         )
     except StepFailed as failure:
+        if run is not None:
+            raise StepFailed(
+                name,
+                error_class=failure.error_class,
+                error_type=failure.error_type,
+                message=failure.message,
+                attempts=failure.attempts,
+            ) from None
         ctx.logger.error(f"{name} failed", extra={"failure": failure.to_dict()})
         raise BusinessError(str(failure), code=f"{name}_failed") from None

@@ -1,4 +1,5 @@
-"""Durable workflow helpers: the handler wrapper, and one retry loop (`retry_durably`) for every
+"""Durable workflow helpers: the handler wrapper (`declared_workflow`: the declaration, the
+failure handler, the declared timeout, the concurrency hook), and one retry loop (`retry_durably`) for every
 durable operation a workflow retries: step Lambdas (`invoke_step`) and heavy tasks
 (lambdas/common/heavy_task.py).
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aws_durable_execution_sdk_python import (
@@ -21,31 +24,15 @@ from aws_durable_execution_sdk_python import (
     durable_execution,
 )
 from aws_durable_execution_sdk_python.config import Duration
+from aws_durable_execution_sdk_python.exceptions import UnrecoverableError
 
 from adapters.s3 import location
+from lambdas.common import concurrency
 from lambdas.common.runtime import error_class, logger, set_correlation_id, tracer
-from sluice.catalog import WORKFLOW_ALIAS
+from sluice import workflows
+from sluice.catalog import EVENTS, WORKFLOW_ALIAS
 from sluice.envelope import Event, event_from_dict, execution_name
-from sluice.errors import BusinessError
-
-
-def start_workflow(
-    event: Mapping[str, Any], ctx: DurableContext, *, workflow: str, started_by: frozenset[str]
-) -> tuple[Event, str]:
-    """The event a workflow was started with and its job id (the durable execution name).
-
-    Refuses events the workflow does not handle, and puts the event's correlation id on every
-    log line of the execution.
-    """
-    # The worker starts workflows with Event.start_payload (no `ts`); older starts carry one.
-    ev = event_from_dict(dict(event), ts_required=False)
-    if ev.name not in started_by:
-        raise BusinessError(f"{workflow} does not handle {ev.name}", code="unknown_event")
-    job_id = execution_name(ev.id)
-    set_correlation_id(ev.correlation_id, job_id=job_id, workflow=workflow)
-    ctx.set_logger(logger)  # type: ignore[arg-type]
-    return ev, job_id
-
+from sluice.errors import BusinessError, SluiceError
 
 Workflow = Callable[[Mapping[str, Any], DurableContext], dict[str, Any]]
 
@@ -133,6 +120,7 @@ def retry_durably(
     failure: Callable[[Exception], Failure | None],
     policy: RetryPolicy,
     seed: str,
+    wait: Callable[[int, str], None] | None = None,
 ) -> T:
     """`attempt(name)` until it returns, retrying transient failures after a durable backoff.
 
@@ -140,7 +128,8 @@ def retry_durably(
     recorded outcome of every finished attempt without running it again), each wait
     `op#<n> backoff`. `failure` describes an exception (None: not an attempt's failure, raised
     as it is). A business failure, or a transient one on the last attempt, raises StepFailed
-    naming `what`.
+    naming `what`. `wait(seconds, name)` waits between attempts (default: ctx.wait; a declared
+    workflow's `Run.wait`, which keeps within the declared timeout).
     """
     for n in range(1, policy.max_attempts + 1):
         try:
@@ -162,7 +151,10 @@ def retry_durably(
             "attempt failed, retrying",
             extra={"step": what, "attempt": n, "delay_s": delay, "error": failed.message},
         )
-        ctx.wait(Duration.from_seconds(delay), name=f"{op}#{n} backoff")
+        if wait is None:
+            ctx.wait(Duration.from_seconds(delay), name=f"{op}#{n} backoff")
+        else:
+            wait(delay, f"{op}#{n} backoff")
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -184,6 +176,7 @@ def invoke_step(
     *,
     name: str | None = None,
     policy: RetryPolicy = DEFAULT_RETRY,
+    wait: Callable[[int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Invoke step handler `step` durably; retry transient failures; raise StepFailed otherwise."""
 
@@ -199,4 +192,203 @@ def invoke_step(
         failure=invoke_failure,
         policy=policy,
         seed=str(payload.get("job_id", "")),
+        wait=wait,
     )
+
+
+# --- declared workflows ---------------------------------------------------------------------
+
+# The wall clock the declared timeout is measured with (tests move it).
+clock: Callable[[], float] = time.time
+
+
+def declaration(handler_file: str) -> workflows.Declaration:
+    """The declaration beside a workflow's handler (lambdas/workflows/<name>/workflow.toml): the
+    function's bundle ships its folder, so the Lambda reads the same file the stacks did."""
+    return workflows.parse(Path(handler_file).parent / workflows.FILE, known_events=EVENTS)
+
+
+class WorkflowTimedOut(Exception):
+    """The declared timeout (`timeout_s`) has passed."""
+
+    def __init__(self, timeout_s: int, where: str):
+        super().__init__(f"the workflow's timeout ({timeout_s} s) passed before {where}")
+        self.where = where
+
+
+@dataclass
+class Run:
+    """One run of a declared workflow: its event, job id, declaration and time left.
+
+    `context` is what the failure handler is given besides the failure (the body adds to it,
+    e.g. the source it works on).
+    """
+
+    ctx: DurableContext
+    decl: workflows.Declaration
+    event: Event
+    job_id: str
+    started_at: float
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deadline(self) -> float:
+        return self.started_at + self.decl.timeout_s
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The declared retries, applied to every step."""
+        return RetryPolicy(max_attempts=self.decl.attempts)
+
+    def remaining_s(self, where: str) -> int:
+        """Whole seconds left before the declared timeout; WorkflowTimedOut when none are.
+
+        Running out is recorded as its own durable operation (TIMEOUT_OP) before the run fails,
+        so a replay takes the path the run took: while the next operation is one the history
+        holds, the check follows the record (the marker: the time had run out; any other: it had
+        not), never a fresh reading of the clock, whatever the failure path recorded after it.
+        """
+        recorded = _next_recorded(self.ctx)
+        if recorded is not None and recorded != TIMEOUT_OP:
+            return self.decl.timeout_s
+        if recorded is None:
+            left = int(self.deadline - clock())
+            if left > 0:
+                return left
+        self.ctx.step(lambda _: where, name=TIMEOUT_OP)
+        raise WorkflowTimedOut(self.decl.timeout_s, where)
+
+    def wait(self, seconds: int, name: str) -> None:
+        """A durable wait of `seconds`, cut to the time left; WorkflowTimedOut once it is gone."""
+        left = self.remaining_s(name)
+        self.ctx.wait(Duration.from_seconds(max(1, min(seconds, left))), name=name)
+        if seconds >= left:
+            self.remaining_s(f"after {name}")
+
+    def invoke(
+        self, step: str, payload: Mapping[str, Any], *, name: str | None = None
+    ) -> dict[str, Any]:
+        """Invoke step Lambda `step` with the declared retries, within the declared timeout."""
+        self.remaining_s(name or step)
+        return invoke_step(self.ctx, step, payload, name=name, policy=self.policy, wait=self.wait)
+
+
+# The failure handler's durable operation (its first attempt).
+FAILURE_OP = "on_failure"
+# The record that the declared timeout ran out (Run.remaining_s).
+TIMEOUT_OP = "timed out"
+
+
+def _next_recorded(ctx: DurableContext) -> str | None:
+    """The name of the next operation when the history already holds it (a replay); None when
+    it is new."""
+    peek = getattr(ctx, "_peek_next_checkpoint", None)
+    if peek is None:  # pragma: no cover - an SDK without it: trust its replay status
+        return "" if ctx.is_replaying() else None
+    operation = peek().operation
+    return None if operation is None else str(operation.name or "")
+
+
+def hold_slots(ctx: DurableContext, decl: workflows.Declaration, run: Run) -> concurrency.Held:
+    """Wait, durably and in arrival order, until the run holds the places `decl.concurrency`
+    asks for (lambdas/common/concurrency.py); a lease lasts the execution timeout."""
+    limits = decl.concurrency
+    return concurrency.hold_slots(
+        ctx,
+        workflow=decl.id,
+        event=run.event.to_dict(),
+        run=run.job_id,
+        limit=limits.limit if limits else None,
+        key=limits.key if limits else None,
+        key_limit=limits.key_limit if limits else None,
+        lease_s=decl.execution_timeout_s,
+    )
+
+
+def _started_at(ctx: DurableContext) -> float:
+    """When the execution started, the same on every replay."""
+    operation = ctx.state.get_execution_operation()
+    started = getattr(operation, "start_timestamp", None)
+    if started is not None:
+        return float(started.timestamp())
+    return float(ctx.step(lambda _: clock(), name="started_at"))
+
+
+Body = Callable[[Run], dict[str, Any]]
+
+
+def _failure_of(exc: Exception, decl: workflows.Declaration) -> tuple[dict[str, Any], Exception]:
+    """What the failure handler is told about `exc`, and what the execution fails with."""
+    if isinstance(exc, StepFailed):
+        reason = {"reason": "step_failed", **exc.to_dict()}
+        return reason, BusinessError(str(exc), code=f"{exc.step}_failed")
+    if isinstance(exc, WorkflowTimedOut):
+        reason = {
+            "reason": "timeout",
+            "step": exc.where,
+            "error_class": "business",
+            "error_type": "WorkflowTimedOut",
+            "message": str(exc),
+            "attempts": 1,
+        }
+        return reason, BusinessError(str(exc), code="timeout")
+    code = exc.code if isinstance(exc, SluiceError) else "error"
+    reason = {
+        "reason": "error",
+        "step": decl.id,
+        "error_class": error_class(type(exc).__name__),
+        "error_type": type(exc).__name__,
+        "message": str(exc)[:2000] or type(exc).__name__,
+        "attempts": 1,
+    }
+    return reason, exc if isinstance(exc, SluiceError) else BusinessError(str(exc), code=code)
+
+
+def declared_workflow(decl: workflows.Declaration, body: Body) -> Callable[[Any, Any], Any]:
+    """The Lambda handler of the workflow `decl` declares, running `body(run)`.
+
+    Refuses events the declaration does not name; holds the run's concurrency slots; keeps every
+    wait within the declared timeout; and whatever ends the run badly (a step's final failure,
+    an error raised outside steps, the declared timeout) runs the declared failure handler once
+    (a durable operation: a replay returns its recorded result), then fails the execution with
+    the error, which the DurableExecutionFailed alarm counts.
+    """
+
+    def workflow(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
+        # The worker started it from a validated envelope: the event parses.
+        ev = event_from_dict(dict(event), ts_required=False)
+        job_id = execution_name(ev.id)
+        set_correlation_id(ev.correlation_id, job_id=job_id, workflow=decl.id)
+        ctx.set_logger(logger)  # type: ignore[arg-type]
+        run = Run(ctx=ctx, decl=decl, event=ev, job_id=job_id, started_at=_started_at(ctx))
+        held: concurrency.Held | None = None
+        try:
+            if ev.name not in decl.events:
+                raise BusinessError(f"{decl.id} does not handle {ev.name}", code="unknown_event")
+            held = hold_slots(ctx, decl, run)
+            result = body(run)
+            concurrency.release_slots(ctx, held)
+            return result
+        except UnrecoverableError:
+            raise  # the SDK's own: checkpointing or replay failed, nothing more can run
+        except Exception as exc:
+            if held is not None:
+                concurrency.release_slots(ctx, held)
+            reason, error = _failure_of(exc, decl)
+            ctx.logger.error("workflow failed", extra={"failure": reason})
+            payload = {
+                **run.context,
+                "job_id": job_id,
+                "correlation_id": ev.correlation_id,
+                "workflow": decl.id,
+                "event_id": ev.id,
+                "event_name": ev.name,
+                **reason,
+            }
+            try:
+                invoke_step(ctx, decl.on_failure, payload, name=FAILURE_OP, policy=run.policy)
+            except StepFailed as lost:
+                ctx.logger.error("failure handler failed", extra={"failure": lost.to_dict()})
+            raise error from None
+
+    return durable_handler(workflow)

@@ -33,6 +33,8 @@ def worker_lines() -> Iterator[io.StringIO]:
 def lambda_line(message: str, **extra: str) -> dict:
     buffer = io.StringIO()
     previous = lambda_logger.registered_handler.setStream(buffer)  # type: ignore[attr-defined]
+    # A fresh invocation: no keys left by a handler another test ran (job id, Lambda context)
+    lambda_logger.clear_state()
     try:
         set_correlation_id("corr-1")
         lambda_logger.info(message, extra=extra)

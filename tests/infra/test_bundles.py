@@ -50,6 +50,8 @@ WORKER_BUNDLE = [
     "sluice/scheduling/registry.py",
     "sluice/scheduling/schedule.py",
     "sluice/settings.py",
+    "sluice/workflows.json",
+    "sluice/workflows.py",
     "worker/__init__.py",
     "worker/app.py",
     "worker/credentials.py",
@@ -108,6 +110,10 @@ def test_a_lambda_bundle_holds_its_function_the_shared_runtime_adapters_and_cont
     assert [p for p in shipped if not (p.startswith(own) or p in inits)] == []
     assert f"lambdas/{kind}/{name}/handler.py" in shipped
     assert "adapters/jobs.py" in shipped
+    # the declared routes (sluice.catalog reads them), and a workflow's own declaration
+    assert "sluice/workflows.json" in shipped
+    if kind == "workflows":
+        assert f"lambdas/workflows/{name}/workflow.toml" in shipped
     assert development_files(shipped) == []
 
 

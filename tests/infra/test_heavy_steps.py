@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 from sluice.naming import alias_variable
+from sluice.workflows import FAILURE_GRACE_S
+from stacks.declarations import declared
 from tests.infra.conftest import resources
 
 
@@ -61,21 +63,22 @@ def test_heavy_workflows_are_durable_and_send_only_to_the_tasks_queue(synth, env
             s.stateless, "AWS::IAM::ManagedPolicy", f"workflow {name}: what it touches"
         )
         # Then it is a durable function that knows the tasks queue and the callback timeouts
-        assert (
-            fn["DurableConfig"]["ExecutionTimeout"]
-            == s.config.workflows.execution_timeout_days * 86400
-        )
+        decl = declared()[name]
+        assert fn["DurableConfig"]["ExecutionTimeout"] == decl.timeout_s + FAILURE_GRACE_S
         assert fn["Handler"] == f"lambdas.workflows.{name}.handler.handler"
         variables = fn["Environment"]["Variables"]
         assert {"TASKS_QUEUE_URL", "MEDIA_BUCKET", "HEAVY_HEARTBEAT_TIMEOUT_S"} <= set(variables)
         assert (
             int(variables["HEAVY_HEARTBEAT_TIMEOUT_S"]) > s.config.tasks_queue.visibility_timeout_s
         )
-        # and it may send to the tasks queue but touches no media object and invokes nothing
+        # and it may send to the tasks queue but touches no media object, and invokes its
+        # failure handler only
         actions = {a for st in _statements(policy) for a in _list(st["Action"])}
         assert "sqs:SendMessage" in actions
         assert not any(a.startswith("s3:") for a in actions)
-        assert "lambda:InvokeFunction" not in actions
+        (invoke,) = [st for st in _statements(policy) if st["Action"] == "lambda:InvokeFunction"]
+        assert len(_list(invoke["Resource"])) == 1
+        assert set(variables) >= {"STEP_ON_FAILURE"}
 
 
 def test_worker_role_gets_the_tasks_queue_media_prefixes_and_these_callbacks_only(synth, env):

@@ -7,6 +7,7 @@ import json
 import re
 
 from sluice.settings import SchedulerSettings
+from stacks.declarations import declared
 from tests.conftest import ROOT
 from tests.infra.conftest import resources
 
@@ -133,8 +134,8 @@ def test_every_alarm_the_issue_names_exists(synth, env):
     # events + tasks queue age, events + tasks DLQ
     assert len(having("ApproximateAgeOfOldestMessage")) == 2
     assert len(having("ApproximateNumberOfMessagesVisible")) >= 2
-    # one failed/timed-out alarm and one near-quota alarm per workflow
-    workflows = 3
+    # one failed/timed-out alarm and one near-quota alarm per declared workflow
+    workflows = len(declared())
     assert len(having("DurableExecutionFailed")) == workflows
     assert all(
         "DurableExecutionTimedOut" in _alarm_metric_names(a)

@@ -8,12 +8,15 @@ from typing import Any
 import pytest
 
 from sluice import catalog, naming
+from sluice.workflows import FAILURE_GRACE_S
 from stacks import config as config_mod
 from stacks import workflows
 from stacks.bundling import stage_bundle
+from stacks.declarations import declared
 from stacks.workflows import deps_layer
 
-STEPS = catalog.TRANSCRIBE_STEPS
+DECLARATION = declared()["transcribe_audio"]
+STEPS = DECLARATION.lambdas
 WORKFLOW_HANDLER = "lambdas.workflows.transcribe_audio.handler.handler"
 
 
@@ -51,12 +54,15 @@ def _actions(statements: list[dict[str, Any]]) -> set[str]:
     return acts
 
 
-def test_the_workflow_is_a_durable_function_with_timeout_and_retention_from_config(synth, env):
+def test_the_workflow_is_a_durable_function_with_its_declared_timeout_and_retention_from_config(
+    synth, env
+):
     s = synth(env)
     _, props = _functions(s.stateless)[WORKFLOW_HANDLER]
     wf = s.config.workflows
     assert props["DurableConfig"] == {
-        "ExecutionTimeout": wf.execution_timeout_days * 86_400,
+        # the declared timeout, and the failure handler's grace after it
+        "ExecutionTimeout": DECLARATION.timeout_s + FAILURE_GRACE_S,
         "RetentionPeriodInDays": wf.retention_days,
     }
     assert (props["Runtime"], props["Architectures"]) == ("python3.14", ["arm64"])
@@ -74,10 +80,15 @@ def test_every_function_is_invoked_through_a_live_alias(synth):
         assert "Fn::GetAtt" in aliased[lid]["FunctionVersion"]  # a published version
 
 
-def test_the_worker_gets_the_alias_of_each_catalog_workflow(synth):
+def test_the_worker_gets_the_alias_of_each_declared_workflow(synth):
     s = synth("dev")
-    assert set(s.stage.stateless.workflows.aliases) == {"transcribe_audio"}
-    assert s.stage.stateless.workflows.aliases["transcribe_audio"].alias_name == "live"
+    stateless = s.stage.stateless
+    # Workflows builds those that do not use the tasks queue; HeavySteps the others
+    light = {n for n, d in declared().items() if "tasks_queue" not in d.uses}
+    assert set(stateless.workflows.aliases) == light
+    assert set(stateless.workflows.aliases) | set(stateless.heavy.aliases) == set(declared())
+    for alias in [*stateless.workflows.aliases.values(), *stateless.heavy.aliases.values()]:
+        assert alias.alias_name == "live"
 
 
 def test_the_workflow_invokes_steps_through_their_aliases(synth):
@@ -255,9 +266,6 @@ def test_the_coordination_table_is_named_for_its_environment_and_every_workflow_
         _, props = _functions(s.stateless)[f"lambdas.workflows.{name}.handler.handler"]
         variables = props["Environment"]["Variables"]
         assert variables["SLUICE_COORDINATION_TABLE"] == naming.coordination_table(env), name
-        # a slot's lease: no execution outlives its timeout
-        timeout_s = s.config.workflows.execution_timeout_days * 86_400
-        assert variables["SLUICE_EXECUTION_TIMEOUT_S"] == str(timeout_s), name
     policies = json.dumps(s.stateless.find_resources("AWS::IAM::ManagedPolicy"))
     assert f"table/{naming.coordination_table(env)}" in policies
     assert "lambda:GetDurableExecution" in policies

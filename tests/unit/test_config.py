@@ -112,16 +112,16 @@ def test_log_retention_must_be_one_elastic_beanstalk_accepts_too():
 def test_reserved_concurrency_must_leave_lambdas_unreserved_pool_in_the_account_quota():
     prod = config.load("prod")
     reserved = sum(s.reserved_concurrency or 0 for s in prod.workflows.steps.values())
-    assert reserved == 60
+    assert reserved == 70  # 10 for each of the 7 step Lambdas
     # and the broker user's provisioning function reserves its one
     assert prod.broker is not None and prod.broker.provisioner.reserved_concurrency == 1
-    assert prod.reserved_concurrency() == 61
+    assert prod.reserved_concurrency() == 71
     # A new account's reduced quota cannot hold prod's reservations and Lambda's 100 unreserved.
     with pytest.raises(ConfigError) as err:
-        config.replace(prod, account_concurrency_quota=160)
+        config.replace(prod, account_concurrency_quota=170)
     assert str(err.value).startswith("prod.account_concurrency_quota:"), str(err.value)
-    assert "61" in str(err.value) and "100" in str(err.value)
-    assert config.replace(prod, account_concurrency_quota=161).account_concurrency_quota == 161
+    assert "71" in str(err.value) and "100" in str(err.value)
+    assert config.replace(prod, account_concurrency_quota=171).account_concurrency_quota == 171
     # without a broker there is nothing to provision
     assert config.load("dev").reserved_concurrency() == 0
 
@@ -171,7 +171,7 @@ def test_a_value_of_the_wrong_type_names_the_setting(change, message):
         # a step's sizing under a misspelled name would silently size nothing
         (
             {"workflows": {"steps": {"fetch_audio_metdata": {"memory_mb": 512}}}},
-            "dev.workflows.steps: unknown step 'fetch_audio_metdata'; the steps are fetch_audio_",
+            "dev.workflows.steps: unknown step 'fetch_audio_metdata'; the steps are check_transcription, fetch_audio_",
         ),
     ],
 )

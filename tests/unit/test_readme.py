@@ -1,8 +1,10 @@
-"""The README stays true: its configuration table is the one the configuration generates."""
+"""The README stays true: its configuration table is the one the configuration generates, its
+workflow table the one the workflow declarations generate."""
 
 from __future__ import annotations
 
 from stacks import config, config_doc
+from stacks.declarations import declared
 from tests.conftest import ROOT
 
 
@@ -11,6 +13,16 @@ def test_readme_configuration_table_matches_the_configuration():
     assert config_doc.table() in readme, (
         "README.md's configuration table is stale: paste `python -m stacks.config_doc` into it"
     )
+
+
+def test_readme_workflow_table_matches_the_declarations():
+    readme = (ROOT / "README.md").read_text()
+    table = config_doc.workflows_table()
+    assert f"{config_doc.WORKFLOWS_BEGIN}\n{table}\n{config_doc.WORKFLOWS_END}" in readme, (
+        "README.md's workflow table is stale: run `make docs`"
+    )
+    for name in declared():
+        assert f"| `{name}` |" in table
 
 
 def test_every_setting_is_documented():

@@ -29,6 +29,8 @@ from tests.lambdas.conftest import Atomic
 RUNS = 50
 NO_RETRY = StepConfig(retry_strategy=create_retry_strategy(RetryStrategyConfig(max_attempts=1)))
 WORK_S = 0.02
+# A slot's lease: longer than any run here (a lease is the workflow's execution timeout).
+LEASE_S = 3600
 
 
 @dataclass
@@ -69,6 +71,7 @@ def burst_workflow(
             run=run,
             slots=slots,
             is_running=lambda: is_running,
+            lease_s=LEASE_S,
             **limits,
         ) as held:
 
@@ -197,7 +200,15 @@ def test_a_run_that_fails_gives_its_slot_back_and_the_next_run_goes_on(slots):
     observed = Observed()
 
     def workflow(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
-        with slots_held(ctx, workflow="burst", event=event, run=event["id"], slots=slots, limit=1):
+        with slots_held(
+            ctx,
+            workflow="burst",
+            event=event,
+            run=event["id"],
+            slots=slots,
+            limit=1,
+            lease_s=LEASE_S,
+        ):
 
             def work(_: Any) -> str:
                 observed.enter(event["id"], "-", 0)

@@ -16,9 +16,11 @@ from aws_durable_execution_sdk_python.execution import InvocationStatus
 from aws_durable_execution_sdk_python.lambda_service import ErrorObject
 from aws_durable_execution_sdk_python_testing.runner import DurableFunctionTestRunner
 
+from lambdas.workflows.embed_transcript.handler import WORKFLOW as EMBED_TRANSCRIPT
 from lambdas.workflows.embed_transcript.handler import handler as embed_handler
+from lambdas.workflows.transcode_audio.handler import WORKFLOW as TRANSCODE_AUDIO
 from lambdas.workflows.transcode_audio.handler import handler as transcode_handler
-from sluice.catalog import EMBED_TASK, EMBED_TRANSCRIPT, TRANSCODE_AUDIO, TRANSCODE_TASK
+from sluice.catalog import EMBED_TASK, TRANSCODE_TASK
 from sluice.envelope import Event, parse_task
 
 MEDIA = "media-1"

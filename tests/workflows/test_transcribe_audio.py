@@ -145,13 +145,14 @@ def test_a_second_start_with_the_same_event_id_starts_nothing_new(harness):
     assert harness.aws.job(event.execution_name)["status"] == "COMPLETED"
 
 
-def test_an_event_without_bucket_and_key_fails_before_any_step(harness):
+def test_an_event_without_bucket_and_key_fails_before_any_step_but_the_failure_handler(harness):
     event = harness.event()
     bad = type(event)(name=event.name, id="01JD3BAD", data={"note": "no object"})
     result = harness.run(bad)
     assert result.status is InvocationStatus.FAILED
     assert BusinessError.__name__ in (result.error.type or "")
-    assert sum(v for k, v in harness.calls.items() if k != "workflow invocations") == 0
+    steps = {k: v for k, v in harness.calls.items() if k != "workflow invocations"}
+    assert steps == {"on_failure": 1}
 
 
 def test_an_s3_upload_notification_starts_the_same_pipeline_for_that_object_version(harness):

@@ -1,4 +1,7 @@
-"""Step on_failure: record why a job failed on its job record and notify the user."""
+"""Step on_failure, every declared workflow's default failure handler: record why a job failed on
+its job record and notify the user. The workflow wrapper (lambdas/common/workflow.py) runs it
+once per run that ends badly, with the reason: step_failed, error (raised outside steps) or
+timeout."""
 
 from __future__ import annotations
 
@@ -10,6 +13,10 @@ from adapters.notifications import Notifications
 from lambdas.common import aws
 from lambdas.common.runtime import require, step_handler
 
+TRANSCRIBE = "transcribe_audio"
+# workflow -> (notification type, subject); others: `<workflow>.failed`.
+NOTICES = {TRANSCRIBE: ("transcription.failed", "Transcription failed")}
+
 
 def fail_job(
     job_id: str,
@@ -19,20 +26,29 @@ def fail_job(
     notifications: Notifications,
     source: Mapping[str, Any] | None = None,
     correlation_id: str | None = None,
+    workflow: str = TRANSCRIBE,
 ) -> str:
     """Mark the job FAILED with `error` (class, type, message, step); the notification's id."""
+    fields: dict[str, Any] = {"workflow": workflow} if workflow != TRANSCRIBE else {}
     jobs.update(
-        job_id, status="FAILED", failed_step=error["step"], error=dict(error), failed_at=now_iso()
+        job_id,
+        status="FAILED",
+        failed_step=error["step"],
+        error=dict(error),
+        failed_at=now_iso(),
+        **fields,
     )
+    kind, subject = NOTICES.get(workflow, (f"{workflow}.failed", f"Job failed ({workflow})"))
     return notifications.publish(
         {
-            "type": "transcription.failed",
+            "type": kind,
             "job_id": job_id,
+            "workflow": workflow,
             "source": dict(source or {}),
             "error": dict(error),
             "correlation_id": correlation_id,
         },
-        subject="Transcription failed",
+        subject=subject,
     )
 
 
@@ -44,6 +60,8 @@ def record_failure(payload: Mapping[str, Any]) -> dict[str, Any]:
         "message": str(payload.get("message") or "")[:2000],
         "step": step,
     }
+    if payload.get("reason"):
+        error["reason"] = str(payload["reason"])
     notification_id = fail_job(
         job_id,
         error,
@@ -51,6 +69,7 @@ def record_failure(payload: Mapping[str, Any]) -> dict[str, Any]:
         notifications=aws.notifications(),
         source=payload.get("source"),
         correlation_id=payload.get("correlation_id"),
+        workflow=str(payload.get("workflow") or TRANSCRIBE),
     )
     return {"job_id": job_id, "status": "FAILED", "notification_id": notification_id}
 

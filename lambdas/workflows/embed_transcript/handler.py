@@ -11,17 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aws_durable_execution_sdk_python import DurableContext
-
 from lambdas.common.heavy_task import run_heavy_task
 from lambdas.common.join import branch_joined
 from lambdas.common.runtime import env
-from lambdas.common.workflow import durable_handler, start_workflow
-from sluice.catalog import EMBED_TASK, EMBED_TRANSCRIPT, EMBEDDINGS_PREFIX
+from lambdas.common.workflow import Run, declaration, declared_workflow
+from sluice.catalog import EMBED_TASK, EMBEDDINGS_PREFIX
 from sluice.errors import BusinessError
 
-WORKFLOW = EMBED_TRANSCRIPT
-STARTED_BY = frozenset({"media/transcription.completed", "media/embedding.requested"})
+DECLARATION = declaration(__file__)
+WORKFLOW = DECLARATION.id
 
 
 def transcript_of(data: Mapping[str, Any]) -> Any:
@@ -34,12 +32,13 @@ def transcript_of(data: Mapping[str, Any]) -> Any:
     return where
 
 
-def embed(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
-    ev, job_id = start_workflow(event, ctx, workflow=WORKFLOW, started_by=STARTED_BY)
+def embed(run: Run) -> dict[str, Any]:
+    ev, job_id = run.event, run.job_id
     media_id = str(ev.data.get("job_id") or job_id)
+    run.context["media_id"] = media_id
     # After the fan-out, the media item's join learns how this branch ended (media/ready).
     with branch_joined(
-        ctx,
+        run.ctx,
         started_by=ev.name,
         media_id=media_id,
         branch=WORKFLOW,
@@ -47,12 +46,13 @@ def embed(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
     ):
         output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{EMBEDDINGS_PREFIX}{media_id}/"}
         result = run_heavy_task(
-            ctx,
+            run.ctx,
             task=EMBED_TASK,
             data={"transcript": transcript_of(ev.data), "output": output},
             correlation_id=ev.correlation_id,
             seed=job_id,
             name="embed",
+            run=run,
         )
     return {
         "job_id": job_id,
@@ -64,4 +64,4 @@ def embed(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
     }
 
 
-handler = durable_handler(embed)
+handler = declared_workflow(DECLARATION, embed)

@@ -10,16 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aws_durable_execution_sdk_python import DurableContext
-
 from lambdas.common.heavy_task import run_heavy_task
 from lambdas.common.join import branch_joined
 from lambdas.common.runtime import env
-from lambdas.common.workflow import audio_source, durable_handler, start_workflow
-from sluice.catalog import HLS_PREFIX, TRANSCODE_AUDIO, TRANSCODE_TASK
+from lambdas.common.workflow import Run, audio_source, declaration, declared_workflow
+from sluice.catalog import HLS_PREFIX, TRANSCODE_TASK
 
-WORKFLOW = TRANSCODE_AUDIO
-STARTED_BY = frozenset({"media/transcription.completed", "media/transcode.requested"})
+DECLARATION = declaration(__file__)
+WORKFLOW = DECLARATION.id
 
 
 def source_of(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -28,27 +26,30 @@ def source_of(data: Mapping[str, Any]) -> dict[str, Any]:
     return audio_source(nested if isinstance(nested, Mapping) else data)
 
 
-def transcode(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
-    ev, job_id = start_workflow(event, ctx, workflow=WORKFLOW, started_by=STARTED_BY)
+def transcode(run: Run) -> dict[str, Any]:
+    ev, job_id = run.event, run.job_id
     # Outputs sit under the media item's id: the transcription job's, when this follows one.
     media_id = str(ev.data.get("job_id") or job_id)
+    run.context["media_id"] = media_id
     # After the fan-out, the media item's join learns how this branch ended (media/ready).
     with branch_joined(
-        ctx,
+        run.ctx,
         started_by=ev.name,
         media_id=media_id,
         branch=WORKFLOW,
         correlation_id=ev.correlation_id,
     ):
         source = source_of(ev.data)
+        run.context["source"] = source
         output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{HLS_PREFIX}{media_id}/"}
         result = run_heavy_task(
-            ctx,
+            run.ctx,
             task=TRANSCODE_TASK,
             data={"source": source, "output": output},
             correlation_id=ev.correlation_id,
             seed=job_id,
             name="transcode",
+            run=run,
         )
     return {
         "job_id": job_id,
@@ -60,4 +61,4 @@ def transcode(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
     }
 
 
-handler = durable_handler(transcode)
+handler = declared_workflow(DECLARATION, transcode)

@@ -2,33 +2,32 @@
 notification.
 
 claim_job -> fetch_audio_metadata -> start_transcription -> (durable wait, check_transcription)*
--> parse_save_transcription -> notify_user; a step that fails for good runs on_failure, then the
-execution fails with the step's error. Code outside steps must stay deterministic (replay).
+-> parse_save_transcription -> notify_user. Its events, retries, timeout and failure handler are
+declared in workflow.toml beside this file; the wrapper (lambdas/common/workflow.py) runs the
+failure handler once whatever ends the run badly. Code outside steps must stay deterministic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from aws_durable_execution_sdk_python import DurableContext, StepContext
+from aws_durable_execution_sdk_python import StepContext
 from aws_durable_execution_sdk_python.config import Duration, StepConfig
 from aws_durable_execution_sdk_python.retries import RetryStrategyConfig, create_retry_strategy
 
 from adapters.errors import classify
 from lambdas.common import aws
 from lambdas.common.workflow import (
+    Run,
     StepFailed,
     audio_source,
-    durable_handler,
-    invoke_step,
-    start_workflow,
+    declaration,
+    declared_workflow,
 )
-from sluice.catalog import TRANSCRIBE_AUDIO
-from sluice.errors import BusinessError, SluiceError, TransientError
+from sluice.errors import SluiceError, TransientError
 
-WORKFLOW = TRANSCRIBE_AUDIO
-STARTED_BY = frozenset({"media/uploaded", "media/transcription.requested"})
+DECLARATION = declaration(__file__)
+WORKFLOW = DECLARATION.id
 # Transcribe takes roughly a quarter of the audio's duration: poll from 15 s, backing off to
 # 5 minutes; the number of polls bounds the durable operations one execution uses.
 FIRST_POLL_S = 15
@@ -55,9 +54,10 @@ def poll_delays() -> list[int]:
     return delays
 
 
-def transcribe(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
-    ev, job_id = start_workflow(event, ctx, workflow=WORKFLOW, started_by=STARTED_BY)
+def transcribe(run: Run) -> dict[str, Any]:
+    ctx, ev, job_id = run.ctx, run.event, run.job_id
     source = audio_source(ev.data)
+    run.context["source"] = source
     execution_arn = ctx.state.durable_execution_arn
 
     def claim(_: StepContext) -> dict[str, Any]:
@@ -86,56 +86,46 @@ def transcribe(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
         return {"job_id": job_id, "status": "DUPLICATE", "owner": claimed.get("owner")}
 
     common = {"job_id": job_id, "correlation_id": ev.correlation_id}
-    try:
-        meta = invoke_step(ctx, "fetch_audio_metadata", {**common, **source})
-        job = invoke_step(
-            ctx,
-            "start_transcription",
-            {
-                **common,
-                **source,
-                "format": meta["format"],
-                "sample_rate": meta.get("sample_rate"),
-                "language": ev.data.get("language"),
-            },
+    meta = run.invoke("fetch_audio_metadata", {**common, **source})
+    job = run.invoke(
+        "start_transcription",
+        {
+            **common,
+            **source,
+            "format": meta["format"],
+            "sample_rate": meta.get("sample_rate"),
+            "language": ev.data.get("language"),
+        },
+    )
+    status: dict[str, Any] = {"done": False}
+    for i, delay in enumerate(poll_delays(), start=1):
+        run.wait(delay, f"wait_transcription#{i}")
+        status = run.invoke(
+            "check_transcription",
+            {**common, "transcription_job": job["transcription_job"]},
+            name=f"check_transcription#{i}",
         )
-        status: dict[str, Any] = {"done": False}
-        for i, delay in enumerate(poll_delays(), start=1):
-            ctx.wait(Duration.from_seconds(delay), name=f"wait_transcription#{i}")
-            status = invoke_step(
-                ctx,
-                "check_transcription",
-                {**common, "transcription_job": job["transcription_job"]},
-                name=f"check_transcription#{i}",
-            )
-            if status.get("done"):
-                break
-        else:
-            raise StepFailed(
-                "check_transcription",
-                error_class="business",
-                error_type="BusinessError",
-                message=f"transcription not finished after {MAX_POLLS} polls",
-                attempts=MAX_POLLS,
-            )
-        saved = invoke_step(
-            ctx,
-            "parse_save_transcription",
-            {
-                **common,
-                "source": source,
-                "transcript_bucket": status["transcript_bucket"],
-                "transcript_key": status["transcript_key"],
-                "language": status.get("language"),
-            },
+        if status.get("done"):
+            break
+    else:
+        raise StepFailed(
+            "check_transcription",
+            error_class="business",
+            error_type="BusinessError",
+            message=f"transcription not finished after {MAX_POLLS} polls",
+            attempts=MAX_POLLS,
         )
-        notified = invoke_step(
-            ctx, "notify_user", {**common, "source": source, "outputs": saved["outputs"]}
-        )
-    except StepFailed as failure:
-        invoke_step(ctx, "on_failure", {**common, "source": source, **failure.to_dict()})
-        # Failing the execution (after on_failure) is what the DurableExecutionFailed alarm sees.
-        raise BusinessError(str(failure), code=f"{failure.step}_failed") from None
+    saved = run.invoke(
+        "parse_save_transcription",
+        {
+            **common,
+            "source": source,
+            "transcript_bucket": status["transcript_bucket"],
+            "transcript_key": status["transcript_key"],
+            "language": status.get("language"),
+        },
+    )
+    notified = run.invoke("notify_user", {**common, "source": source, "outputs": saved["outputs"]})
     return {
         "job_id": job_id,
         "status": "COMPLETED",
@@ -146,4 +136,4 @@ def transcribe(event: Mapping[str, Any], ctx: DurableContext) -> dict[str, Any]:
     }
 
 
-handler = durable_handler(transcribe)
+handler = declared_workflow(DECLARATION, transcribe)

@@ -1,0 +1,264 @@
+"""Workflow declarations: one `workflow.toml` beside each workflow's code
+(`lambdas/workflows/<name>/workflow.toml`), the one place a workflow is described.
+
+Everything else derives from the declarations: the stacks build each workflow's durable Lambda,
+alias, role, step Lambdas, alarms and dashboard widgets from them; the routes (event name ->
+workflows) the worker and the producer use are computed from their `events`; the durable Lambda
+reads its own declaration for its retries, timeout, concurrency and failure handler; the README's
+workflow table is rendered from them (docs/workflows.md).
+
+This module only reads files from a directory it is given (it imports nothing of the code that
+uses it): the stacks pass the repository's `lambdas/workflows`, and stage the routes into every
+bundle that ships `sluice` as `sluice/workflows.json` (`routes_document`), which
+`sluice.catalog` reads at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+FILE = "workflow.toml"
+# Lambda durable functions: ExecutionTimeout is at most 366 days.
+DURABLE_MAX_EXECUTION_S = 31_622_400
+# Time the durable Lambda keeps after a declared timeout to run the failure handler: its
+# ExecutionTimeout is timeout_s + this (see lambdas/common/workflow.py).
+FAILURE_GRACE_S = 3600
+MAX_TIMEOUT_S = DURABLE_MAX_EXECUTION_S - FAILURE_GRACE_S
+# A workflow's name is a Python package name, a Lambda handler path and part of resource names.
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+# Event names (sluice.envelope's pattern).
+_EVENT = re.compile(r"[a-z][a-z0-9-]*(/[a-z0-9][a-z0-9._-]*)+")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+class DeclarationError(ValueError):
+    """A declaration is invalid; the message names the file and the setting."""
+
+
+class Concurrency(BaseModel):
+    """How many runs of a workflow may execute at once (enforced by lambdas/common/concurrency)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: int | None = Field(None, ge=1, description="runs of the workflow executing at once")
+    key: str | None = Field(None, description='dotted path into the event, e.g. "data.customer_id"')
+    key_limit: int | None = Field(None, ge=1, description="runs per key value at once (needs key)")
+
+    @field_validator("key")
+    @classmethod
+    def _dotted(cls, value: str | None) -> str | None:
+        if value is not None and not _KEY.fullmatch(value):
+            raise ValueError(f'must be a dotted path such as "data.customer_id", got {value!r}')
+        return value
+
+    @model_validator(mode="after")
+    def _key_and_limit(self) -> Concurrency:
+        if self.key_limit is not None and self.key is None:
+            raise ValueError("key_limit needs key")
+        if self.key is not None and self.key_limit is None:
+            raise ValueError("key needs key_limit")
+        return self
+
+
+class Declaration(BaseModel):
+    """One workflow, as its `workflow.toml` declares it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(description="the workflow's name: its folder under lambdas/workflows/")
+    description: str = Field("", description="what the workflow does, one line")
+    events: tuple[str, ...] = Field(
+        min_length=1, description="the event names that start it (one execution per event id)"
+    )
+    retries: int = Field(
+        3, ge=0, le=20, description="retries of each step on transient failures (attempts - 1)"
+    )
+    timeout_s: int = Field(
+        7 * 86_400,
+        ge=60,
+        description="execution timeout (s); the failure handler runs when it passes",
+    )
+    concurrency: Concurrency | None = Field(None, description="runs executing at once")
+    on_failure: str = Field(
+        "on_failure",
+        description="the step Lambda run once when a run ends badly (lambdas/steps/<name>)",
+    )
+    steps: tuple[str, ...] = Field(
+        (), description="the step Lambdas it invokes (lambdas/steps/<name>)"
+    )
+    uses: tuple[Literal["jobs_table", "tasks_queue"], ...] = Field(
+        (),
+        description="what the workflow function itself touches (its steps have their own "
+        "grants): jobs_table (it claims its job), tasks_queue (heavy steps run by the worker)",
+    )
+
+    @field_validator("id", "on_failure")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(f"must match {_NAME.pattern}, got {value!r}")
+        return value
+
+    @field_validator("timeout_s")
+    @classmethod
+    def _durable_limit(cls, value: int) -> int:
+        if value > MAX_TIMEOUT_S:
+            raise ValueError(
+                f"must be <= {MAX_TIMEOUT_S} s, got {value}: Lambda durable functions allow an "
+                f"ExecutionTimeout of at most {DURABLE_MAX_EXECUTION_S} s (366 days), and the "
+                f"failure handler keeps {FAILURE_GRACE_S} s after the declared timeout"
+            )
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for step in value:
+            if not _NAME.fullmatch(step):
+                raise ValueError(f"must match {_NAME.pattern}, got {step!r}")
+        if len(set(value)) != len(value):
+            raise ValueError("a step is named twice")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _EVENT.fullmatch(name):
+                raise ValueError(f"malformed event name {name!r} (e.g. media/uploaded)")
+        if len(set(value)) != len(value):
+            raise ValueError("an event is named twice")
+        return value
+
+    @model_validator(mode="after")
+    def _handler_apart(self) -> Declaration:
+        if self.on_failure in self.steps:
+            raise ValueError(f"on_failure: {self.on_failure!r} is also one of the steps")
+        return self
+
+    @property
+    def attempts(self) -> int:
+        """Attempts of each step: the first and `retries` more."""
+        return self.retries + 1
+
+    @property
+    def execution_timeout_s(self) -> int:
+        """The durable function's ExecutionTimeout: the declared timeout and the handler's grace."""
+        return self.timeout_s + FAILURE_GRACE_S
+
+    @property
+    def lambdas(self) -> tuple[str, ...]:
+        """Every step Lambda the workflow invokes, its failure handler included."""
+        return (*self.steps, *((self.on_failure,) if self.on_failure not in self.steps else ()))
+
+
+def _where(loc: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in loc if not isinstance(p, int))
+
+
+def parse(path: Path, *, known_events: Iterable[str] | None = None, label: str = "") -> Declaration:
+    """The declaration in `path` (a workflow.toml), validated; DeclarationError names the file
+    (as `label`, default the path) and the setting."""
+    where = label or str(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise DeclarationError(f"{where}: {exc}") from None
+    folder = path.parent.name
+    doc.setdefault("id", folder)
+    try:
+        decl = Declaration.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        message = str(err["msg"]).removeprefix("Value error, ")
+        limits = err.get("ctx") or {}
+        if err["type"] == "extra_forbidden":
+            message = "unknown setting"
+        elif err["type"] == "greater_than_equal":
+            message = f"must be >= {limits['ge']}, got {err['input']!r}"
+        elif err["type"] == "less_than_equal":
+            message = f"must be <= {limits['le']}, got {err['input']!r}"
+        elif err["type"] == "missing":
+            message = "required"
+        setting = _where(err["loc"])
+        raise DeclarationError(f"{where}: {setting + ': ' if setting else ''}{message}") from None
+    if decl.id != folder:
+        raise DeclarationError(
+            f"{where}: id: must be the folder's name {folder!r}, got {decl.id!r}"
+        )
+    if known_events is not None:
+        known = set(known_events)
+        for name in decl.events:
+            if name not in known:
+                raise DeclarationError(
+                    f"{where}: events: unknown event {name!r}; known events: "
+                    f"{', '.join(sorted(known))} (declare a new one in sluice/catalog.py EVENTS)"
+                )
+    return decl
+
+
+def load(root: Path, *, known_events: Iterable[str] | None = None) -> dict[str, Declaration]:
+    """Every `root/<name>/workflow.toml`, validated, by workflow name (sorted)."""
+    if not root.is_dir():
+        raise DeclarationError(f"{root}: no such directory of workflows")
+    known = None if known_events is None else tuple(known_events)
+    found: dict[str, Declaration] = {}
+    for path in sorted(root.glob(f"*/{FILE}")):
+        label = _label(path, root)
+        found[path.parent.name] = parse(path, known_events=known, label=label)
+    return found
+
+
+def _label(path: Path, root: Path) -> str:
+    """`lambdas/workflows/x/workflow.toml` for the repository's, the path for others."""
+    parts = path.parts
+    if len(parts) >= 4 and parts[-4] == "lambdas" and parts[-3] == "workflows":
+        return "/".join(parts[-4:])
+    return str(path)
+
+
+def step_names(declarations: Mapping[str, Declaration]) -> tuple[str, ...]:
+    """Every step Lambda the workflows invoke (failure handlers included), each once, sorted."""
+    return tuple(sorted({step for d in declarations.values() for step in d.lambdas}))
+
+
+def routes(declarations: Mapping[str, Declaration]) -> dict[str, tuple[str, ...]]:
+    """Event name -> the workflows it starts (by workflow name), both sorted."""
+    table: dict[str, list[str]] = {}
+    for name in sorted(declarations):
+        for event in declarations[name].events:
+            table.setdefault(event, []).append(name)
+    return {event: tuple(table[event]) for event in sorted(table)}
+
+
+def routes_document(declarations: Mapping[str, Declaration]) -> str:
+    """What the stacks stage into each bundle as `sluice/workflows.json`: the workflows and the
+    routes (sluice.catalog reads it at run time)."""
+    return json.dumps(
+        {
+            "workflows": sorted(declarations),
+            "routes": {event: list(names) for event, names in routes(declarations).items()},
+        },
+        indent=1,
+        sort_keys=True,
+    )
+
+
+def read_routes_document(text: str) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """(workflows, routes) from a `routes_document`."""
+    doc = json.loads(text)
+    return tuple(doc["workflows"]), {e: tuple(w) for e, w in doc["routes"].items()}

@@ -1,0 +1,168 @@
+"""Workflow declarations (sluice.workflows): the repository's, the routes derived from them, and
+every invalid declaration refused with the file and the setting named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sluice import catalog, workflows
+from sluice.workflows import (
+    DURABLE_MAX_EXECUTION_S,
+    FAILURE_GRACE_S,
+    Concurrency,
+    Declaration,
+    DeclarationError,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def declare(root: Path, name: str, text: str) -> Path:
+    folder = root / "lambdas" / "workflows" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "workflow.toml").write_text(text)
+    return root / "lambdas" / "workflows"
+
+
+def load_one(tmp_path: Path, text: str, name: str = "x") -> Declaration:
+    root = declare(tmp_path, name, text)
+    return workflows.load(root, known_events=catalog.EVENTS)[name]
+
+
+def test_the_repository_declares_each_workflow_beside_its_handler():
+    found = workflows.load(catalog.WORKFLOWS_ROOT, known_events=catalog.EVENTS)
+    assert set(found) == set(catalog.WORKFLOWS)
+    for name, decl in found.items():
+        assert (catalog.WORKFLOWS_ROOT / name / "handler.py").is_file()
+        assert decl.id == name and decl.events
+        for step in decl.lambdas:
+            assert (ROOT / "lambdas" / "steps" / step / "handler.py").is_file(), step
+
+
+def test_the_routes_are_the_declarations_events():
+    found = workflows.load(catalog.WORKFLOWS_ROOT, known_events=catalog.EVENTS)
+    assert dict(catalog.ROUTES) == workflows.routes(found)
+    assert catalog.workflows_for("media/transcription.completed") == (
+        "embed_transcript",
+        "transcode_audio",
+    )
+    assert catalog.workflows_for("media/uploaded") == ("transcribe_audio",)
+    assert catalog.workflows_for("billing/invoice.paid") == ()
+
+
+def test_the_routes_document_round_trips():
+    found = workflows.load(catalog.WORKFLOWS_ROOT, known_events=catalog.EVENTS)
+    names, routes = workflows.read_routes_document(workflows.routes_document(found))
+    assert names == tuple(sorted(found))
+    assert routes == workflows.routes(found)
+
+
+def test_defaults_and_what_derives_from_them(tmp_path):
+    decl = load_one(tmp_path, 'events = ["media/uploaded"]\n')
+    assert decl.retries == 3 and decl.attempts == 4
+    assert decl.on_failure == "on_failure" and decl.lambdas == ("on_failure",)
+    assert decl.execution_timeout_s == decl.timeout_s + FAILURE_GRACE_S
+    assert decl.concurrency is None
+
+
+def test_concurrency_as_declared(tmp_path):
+    decl = load_one(
+        tmp_path,
+        'events = ["webhook/requested"]\n'
+        '[concurrency]\nlimit = 10\nkey = "data.customer_id"\nkey_limit = 1\n',
+    )
+    assert decl.concurrency == Concurrency(limit=10, key="data.customer_id", key_limit=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'events = ["media/uplaoded"]\n',
+            "lambdas/workflows/x/workflow.toml: events: unknown event 'media/uplaoded'; known "
+            "events: media/embedding.requested,",
+        ),
+        (
+            'events = ["Media Uploaded"]\n',
+            "lambdas/workflows/x/workflow.toml: events: malformed event name 'Media Uploaded'",
+        ),
+        ("events = []\n", "lambdas/workflows/x/workflow.toml: events: "),
+        ("retries = 2\n", "lambdas/workflows/x/workflow.toml: events: required"),
+        (
+            'events = ["media/uploaded"]\n[concurrency]\nlimit = 0\n',
+            "lambdas/workflows/x/workflow.toml: concurrency.limit: must be >= 1, got 0",
+        ),
+        (
+            'events = ["media/uploaded"]\n[concurrency]\nkey = "data.c"\nkey_limit = 0\n',
+            "lambdas/workflows/x/workflow.toml: concurrency.key_limit: must be >= 1, got 0",
+        ),
+        (
+            'events = ["media/uploaded"]\n[concurrency]\nkey_limit = 2\n',
+            "lambdas/workflows/x/workflow.toml: concurrency: key_limit needs key",
+        ),
+        (
+            'events = ["media/uploaded"]\n[concurrency]\nkey = "data[0]"\nkey_limit = 2\n',
+            "lambdas/workflows/x/workflow.toml: concurrency.key: must be a dotted path",
+        ),
+        (
+            f'events = ["media/uploaded"]\ntimeout_s = {DURABLE_MAX_EXECUTION_S}\n',
+            f"lambdas/workflows/x/workflow.toml: timeout_s: must be <= "
+            f"{DURABLE_MAX_EXECUTION_S - FAILURE_GRACE_S} s, got {DURABLE_MAX_EXECUTION_S}: "
+            "Lambda durable functions allow an ExecutionTimeout of at most 31622400 s",
+        ),
+        (
+            'events = ["media/uploaded"]\ntimeout_s = 10\n',
+            "lambdas/workflows/x/workflow.toml: timeout_s: must be >= 60, got 10",
+        ),
+        (
+            'events = ["media/uploaded"]\nretries = -1\n',
+            "lambdas/workflows/x/workflow.toml: retries: must be >= 0, got -1",
+        ),
+        (
+            'events = ["media/uploaded"]\nretrys = 2\n',
+            "lambdas/workflows/x/workflow.toml: retrys: unknown setting",
+        ),
+        (
+            'id = "y"\nevents = ["media/uploaded"]\n',
+            "lambdas/workflows/x/workflow.toml: id: must be the folder's name 'x', got 'y'",
+        ),
+        (
+            'events = ["media/uploaded"]\nsteps = ["a", "on_failure"]\n',
+            "lambdas/workflows/x/workflow.toml: on_failure: 'on_failure' is also one of the steps",
+        ),
+        (
+            'events = ["media/uploaded"]\nuses = ["s3"]\n',
+            "lambdas/workflows/x/workflow.toml: uses: ",
+        ),
+        ('events = ["media/uploaded"\n', "lambdas/workflows/x/workflow.toml: "),
+    ],
+)
+def test_an_invalid_declaration_names_the_file_and_the_setting(tmp_path, text, message):
+    with pytest.raises(DeclarationError) as err:
+        load_one(tmp_path, text)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_a_missing_directory_of_workflows_is_named(tmp_path):
+    with pytest.raises(DeclarationError, match="no such directory"):
+        workflows.load(tmp_path / "nowhere")
+
+
+def test_the_cli_finds_every_deployed_workflow_by_its_stack_output():
+    outputs = {catalog.workflow_output(name): f"fn-{name}" for name in catalog.WORKFLOWS}
+    outputs[catalog.JOBS_TABLE_OUTPUT] = "table"
+    assert catalog.workflows_in_outputs(outputs) == {
+        name: f"fn-{name}" for name in sorted(catalog.WORKFLOWS)
+    }
+
+
+def test_without_declarations_at_hand_an_event_is_known_when_it_is_a_known_event(monkeypatch):
+    # `pip install .` outside a checkout: no declarations, no staged routes document
+    monkeypatch.setattr(catalog, "ROUTES_KNOWN", False)
+    assert catalog.is_known("webhook/requested")
+    assert not catalog.is_known("billing/invoice.paid")
+    monkeypatch.setattr(catalog, "ROUTES_KNOWN", True)
+    assert catalog.is_known("webhook/requested")
+    assert not catalog.is_known("billing/invoice.paid")
