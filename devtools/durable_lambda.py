@@ -16,12 +16,16 @@ AWS_ENDPOINT_URL_LAMBDA):
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import threading
+import traceback
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from aws_durable_execution_sdk_python_testing.invoker import create_test_lambda_context
 from aws_durable_execution_sdk_python_testing.runner import DurableFunctionTestRunner
 from aws_durable_execution_sdk_python_testing.web.server import (
     RequestHandler,
@@ -73,6 +77,7 @@ class DurableService:
             self.runner.register_durable_function(name, handler)
         for name, handler in steps.items():
             self.runner.register_function(f"{name}:{WORKFLOW_ALIAS}", handler)
+        self.steps = dict(steps)
         self.workflows = tuple(workflows)
         self.execution_timeout_s = execution_timeout_s
         # Executions by (workflow, execution name): the function's name, whatever alias or ARN
@@ -94,6 +99,8 @@ class DurableService:
     def invoke(self, call: Invocation) -> Answer:
         """Lambda's answer to a durable Invoke: (status, headers, body)."""
         workflow = function_of(call.function_name)
+        if workflow in self.steps and not call.execution_name:
+            return self._invoke_step(workflow, call)
         if workflow not in self.workflows:
             return error(
                 404, "ResourceNotFoundException", f"Function not found: {call.function_name}"
@@ -103,6 +110,24 @@ class DurableService:
         return self.starts.answer(
             Invocation(workflow, call.invocation_type, call.execution_name, call.payload)
         )
+
+    def _invoke_step(self, name: str, call: Invocation) -> Answer:
+        """A plain synchronous Invoke of a step function (what `sluice runs cancel` does with a
+        failure handler): its result, or its error as Lambda reports an unhandled one (200,
+        X-Amz-Function-Error, errorType/errorMessage/stackTrace)."""
+        if call.invocation_type != "RequestResponse":
+            return error(400, "InvalidParameterValueException", "only RequestResponse is served")
+        context = create_test_lambda_context(function_name=f"{name}:{WORKFLOW_ALIAS}")
+        try:
+            result = self.steps[name](json.loads(call.payload or b"{}"), context)
+        except Exception as exc:
+            body = {
+                "errorType": type(exc).__name__,
+                "errorMessage": str(exc),
+                "stackTrace": traceback.format_tb(exc.__traceback__),
+            }
+            return 200, {"X-Amz-Function-Error": "Unhandled"}, json.dumps(body).encode()
+        return 200, {"Content-Type": "application/json"}, json.dumps(result).encode()
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -149,6 +174,8 @@ def serve(service: DurableService, host: str = "127.0.0.1", port: int = 0) -> We
         def do_POST(self) -> None:
             function = invoked_function(self.path)
             if function is None:
+                if urlsplit(self.path).path.rstrip("/").endswith("/stop"):
+                    self._stop_error_as_the_runner_reads_it()
                 super().do_POST()
                 return
             length = int(self.headers.get("Content-Length") or 0)
@@ -160,6 +187,16 @@ def serve(service: DurableService, host: str = "127.0.0.1", port: int = 0) -> We
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _stop_error_as_the_runner_reads_it(self) -> None:
+            """StopDurableExecution's body is the ErrorObject itself (botocore's model binds the
+            `Error` member as the payload); the runner's route reads it under an "Error" key."""
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            body = json.dumps({"Error": json.loads(raw)}).encode() if raw.strip() else b""
+            self.rfile = io.BytesIO(body)
+            if "Content-Length" in self.headers:
+                self.headers.replace_header("Content-Length", str(len(body)))
 
         def do_GET(self) -> None:
             self.path = epoch_time_filters(self.path)

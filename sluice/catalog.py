@@ -80,13 +80,25 @@ def workflow_output(workflow: str) -> str:
     return WORKFLOW_OUTPUT_PREFIX + "".join(part.title() for part in workflow.split("_"))
 
 
-def workflows_in_outputs(outputs: Mapping[str, str]) -> dict[str, str]:
-    """Workflow name -> function, for every `workflow_output` among a stack's `outputs`: the
-    deployed workflows, whichever are declared in this checkout."""
+FAILURE_HANDLER_OUTPUT_PREFIX = "FailureHandler"
+
+
+def failure_handler_output(workflow: str) -> str:
+    """`transcribe_audio` -> `FailureHandlerTranscribeAudio`: the output naming the function of
+    the workflow's declared failure handler."""
+    return FAILURE_HANDLER_OUTPUT_PREFIX + workflow_output(workflow)[len(WORKFLOW_OUTPUT_PREFIX) :]
+
+
+def workflows_in_outputs(
+    outputs: Mapping[str, str], *, prefix: str = WORKFLOW_OUTPUT_PREFIX
+) -> dict[str, str]:
+    """Workflow name -> function, for every `workflow_output` (or, with the failure handlers'
+    prefix, `failure_handler_output`) among a stack's `outputs`: the deployed workflows,
+    whichever are declared in this checkout."""
     found: dict[str, str] = {}
     for key, value in outputs.items():
-        if key.startswith(WORKFLOW_OUTPUT_PREFIX) and len(key) > len(WORKFLOW_OUTPUT_PREFIX):
-            camel = key[len(WORKFLOW_OUTPUT_PREFIX) :]
+        if key.startswith(prefix) and len(key) > len(prefix):
+            camel = key[len(prefix) :]
             found[re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()] = value
     return dict(sorted(found.items()))
 

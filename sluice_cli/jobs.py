@@ -15,13 +15,19 @@ from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import ClientError
 
 from sluice import naming
-from sluice.catalog import workflows_in_outputs
+from sluice.catalog import (
+    FAILURE_HANDLER_OUTPUT_PREFIX,
+    WORKFLOW_OUTPUT_PREFIX,
+    workflows_in_outputs,
+)
 from sluice.envelope import execution_name
 from sluice_cli.aws import JOBS_TABLE_OUTPUT, Aws, friendly_errors, prefix
 
 JOBS_TABLE_ENV = "SLUICE_JOBS_TABLE"
 # JSON object workflow name -> function name or ARN (what the stack outputs say, for local runs).
 WORKFLOW_FUNCTIONS_ENV = "SLUICE_WORKFLOW_FUNCTIONS"
+# The same for each workflow's failure handler function (`sluice runs cancel` runs it).
+FAILURE_HANDLERS_ENV = "SLUICE_FAILURE_HANDLERS"
 # docs/runbook.md, "Follow one job": keep the two in step.
 LOGS_QUERY = """fields @timestamp, @log, level, message, step, outcome
 | filter correlation_id = "{id}"
@@ -64,19 +70,29 @@ def jobs_table_name(aws: Aws, explicit: str | None) -> str:
     return name
 
 
-def workflow_functions(aws: Aws) -> dict[str, str]:
-    """Workflow name -> function, from SLUICE_WORKFLOW_FUNCTIONS or the stateless stack outputs."""
-    raw = os.environ.get(WORKFLOW_FUNCTIONS_ENV)
+def _functions(aws: Aws, variable: str, prefix: str) -> dict[str, str]:
+    raw = os.environ.get(variable)
     if raw:
         try:
             found = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise click.ClickException(f"{WORKFLOW_FUNCTIONS_ENV} is not JSON: {exc.msg}") from None
+            raise click.ClickException(f"{variable} is not JSON: {exc.msg}") from None
         if not isinstance(found, dict):
-            raise click.ClickException(f"{WORKFLOW_FUNCTIONS_ENV} must map workflow -> function")
+            raise click.ClickException(f"{variable} must map workflow -> function")
         return {str(k): str(v) for k, v in found.items()}
-    # The deployed workflows: every WorkflowFunction<Name> output of the stateless stack.
-    return workflows_in_outputs(aws.stack_outputs("stateless"))
+    return workflows_in_outputs(aws.stack_outputs("stateless"), prefix=prefix)
+
+
+def workflow_functions(aws: Aws) -> dict[str, str]:
+    """Workflow name -> function, from SLUICE_WORKFLOW_FUNCTIONS or the stateless stack outputs
+    (every WorkflowFunction<Name>: the deployed workflows)."""
+    return _functions(aws, WORKFLOW_FUNCTIONS_ENV, WORKFLOW_OUTPUT_PREFIX)
+
+
+def failure_handler_functions(aws: Aws) -> dict[str, str]:
+    """Workflow name -> the function of its declared failure handler, from
+    SLUICE_FAILURE_HANDLERS or the stateless stack outputs (FailureHandler<Name>)."""
+    return _functions(aws, FAILURE_HANDLERS_ENV, FAILURE_HANDLER_OUTPUT_PREFIX)
 
 
 # -- reading --------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ from sluice.envelope import Event, event_from_dict, execution_name
 STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "STOPPED", "PAUSED")
 ENDED = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "STOPPED"})
 REPLAY_SEPARATOR = "~replay"
+# The error type of a run an operator stopped (Lambda records it; the failure handler is told).
+CANCELLED = "Cancelled"
 _REPLAY = re.compile(r"(?P<original>[A-Za-z0-9_-]{1,64})~replay(?P<n>[1-9][0-9]*)")
 # ListDurableExecutionsByFunction's page size (its MaxItems).
 PAGE = 100
@@ -243,9 +245,16 @@ def replay_name(original: str, n: int = 1) -> str:
 class Runs:
     """The runs of the workflows in `functions` (workflow -> function name or ARN)."""
 
-    def __init__(self, lambda_client: Any, functions: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        lambda_client: Any,
+        functions: Mapping[str, str],
+        failure_handlers: Mapping[str, str] | None = None,
+    ) -> None:
         self.lam = lambda_client
         self.functions = dict(functions)
+        # workflow -> the function of its declared failure handler (run when a run is cancelled)
+        self.failure_handlers = dict(failure_handlers or {})
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -422,14 +431,59 @@ class Runs:
     # -- acting -----------------------------------------------------------------------------------
 
     def cancel(self, arn: str, *, reason: str) -> Run:
-        """Stop a running run; Lambda records `reason` as its error. An ended run is left as is."""
+        """Stop a running run, then run its declared failure handler once with the reason.
+
+        Lambda records `reason` as the stopped run's error. A stopped execution runs no more of
+        its own code, so the failure handler (which records the failure on the job and notifies)
+        is invoked from here, by whoever stopped it: a run that had already ended is left as it
+        is and its handler is not run again. (Two operators cancelling the same run at the same
+        instant may both run it: Lambda's stop of a stopped run succeeds too; the job record is
+        the same, the notification may go twice.) The concurrency slots the run held are
+        reclaimed by the next run that asks for them (adapters/slots.py: a holder that no longer
+        runs).
+        """
         run = self.get(arn)
         if run.status in ENDED:
             return run
-        self.lam.stop_durable_execution(
-            DurableExecutionArn=arn,
-            Error={"ErrorType": "Cancelled", "ErrorMessage": reason[:1024]},
-        )
+        try:
+            self.lam.stop_durable_execution(
+                DurableExecutionArn=arn,
+                Error={"ErrorType": CANCELLED, "ErrorMessage": reason[:1024]},
+            )
+        except ClientError as exc:
+            if self.get(arn).status in ENDED:  # it ended (or another operator stopped it) first
+                return self.get(arn)
+            raise exc
+        handler = self.failure_handlers.get(run.workflow)
+        event = run.event
+        if handler and event is not None:
+            payload = {
+                "job_id": run.name,
+                "correlation_id": event.correlation_id,
+                "workflow": run.workflow,
+                "event_id": event.id,
+                "event_name": event.name,
+                "reason": "cancelled",
+                "step": run.workflow,
+                "error_class": "business",
+                "error_type": CANCELLED,
+                "message": reason[:2000],
+                "attempts": 1,
+            }
+            qualified = (
+                handler if handler.endswith(f":{WORKFLOW_ALIAS}") else f"{handler}:{WORKFLOW_ALIAS}"
+            )
+            answer = self.lam.invoke(
+                FunctionName=qualified,
+                InvocationType="RequestResponse",
+                Payload=json.dumps(payload).encode(),
+            )
+            if answer.get("FunctionError"):
+                body = answer["Payload"].read() if hasattr(answer.get("Payload"), "read") else b""
+                raise RuntimeError(
+                    f"{run.name} stopped, but its failure handler {handler} failed: "
+                    f"{body[:500].decode('utf-8', 'replace')}"
+                )
         return self.get(arn)
 
     def replay(self, arn: str, *, again: bool = False) -> Run:

@@ -11,7 +11,12 @@ from typing import Any
 import click
 
 from sluice_cli.aws import Aws, friendly_errors
-from sluice_cli.jobs import LOGS_QUERY, log_group_prefixes, workflow_functions
+from sluice_cli.jobs import (
+    LOGS_QUERY,
+    failure_handler_functions,
+    log_group_prefixes,
+    workflow_functions,
+)
 from sluice_cli.runs import STATUSES, Run, RunNotFound, Runs
 
 _AGE = re.compile(r"(\d+)([smhd])")
@@ -50,7 +55,7 @@ def _runs(aws: Aws) -> Runs:
         raise click.ClickException(
             f"no workflows found at {aws.where}: deploy the stateless stack (its outputs name them)"
         )
-    return Runs(aws.client("lambda"), functions)
+    return Runs(aws.client("lambda"), functions, failure_handler_functions(aws))
 
 
 def _when(value: datetime | None) -> str:

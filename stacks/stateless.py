@@ -77,6 +77,11 @@ class StatelessStack(Stack):
             coordination.grant(workflow, config=config, key=stateful.key)
             self.monitoring.watch_workflow(name, workflow.function)
             CfnOutput(self, catalog.workflow_output(name), value=workflow.function.function_name)
+            # `sluice runs cancel` runs the declared failure handler of a run it stops.
+            handler = self.workflows.steps[self.workflows.declarations[name].on_failure]
+            CfnOutput(
+                self, catalog.failure_handler_output(name), value=handler.function.function_name
+            )
         self.monitoring.watch_queue(
             "Tasks",
             queue=stateful.tasks.queue,

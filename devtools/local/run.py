@@ -31,7 +31,8 @@ from sluice.settings import SchedulerSettings, TasksSettings, WebSettings
 UPLOAD_KEY = f"{catalog.UPLOADS_PREFIX}sermon.mp3"
 WORKFLOWS = catalog.WORKFLOWS
 # Every step Lambda a declared workflow invokes (lambdas/workflows/*/workflow.toml).
-STEPS = workflows.step_names(workflows.load(catalog.WORKFLOWS_ROOT, known_events=catalog.EVENTS))
+DECLARATIONS = workflows.load(catalog.WORKFLOWS_ROOT, known_events=catalog.EVENTS)
+STEPS = workflows.step_names(DECLARATIONS)
 log = logging.getLogger("sluice.local")
 
 
@@ -61,6 +62,9 @@ class Pipeline:
             "AWS_DEFAULT_REGION": REGION,
             "SLUICE_JOBS_TABLE": self.res.table,
             "SLUICE_WORKFLOW_FUNCTIONS": json.dumps({w: w for w in WORKFLOWS}),
+            "SLUICE_FAILURE_HANDLERS": json.dumps(
+                {w: d.on_failure for w, d in DECLARATIONS.items()}
+            ),
         }
 
     def up(self) -> None:

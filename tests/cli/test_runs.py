@@ -28,6 +28,13 @@ from sluice_cli.runs import Runs, operations, replay_name
 
 # The fragile step fails while this holds a cause; the operator "fixes" it by clearing it.
 CAUSE: dict[str, str] = {}
+# What the failure handler was told, one entry per call.
+FAILURES: list[dict[str, Any]] = []
+
+
+def record_failure(event: Any, _context: Any) -> dict[str, Any]:
+    FAILURES.append(dict(event))
+    return {"job_id": event["job_id"], "status": "FAILED"}
 
 
 def fragile(event: Any, _context: Any) -> dict[str, Any]:
@@ -52,14 +59,18 @@ def waiting(event: Any, ctx: DurableContext) -> Any:
 
 @pytest.fixture
 def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    service = DurableService({"flaky": flaky, "waiting": waiting}, {"fragile": fragile})
+    service = DurableService(
+        {"flaky": flaky, "waiting": waiting}, {"fragile": fragile, "on_failure": record_failure}
+    )
     server = serve(service)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", url)
     monkeypatch.setenv(
         "SLUICE_WORKFLOW_FUNCTIONS", json.dumps({"flaky": "flaky", "waiting": "waiting"})
     )
+    monkeypatch.setenv("SLUICE_FAILURE_HANDLERS", json.dumps({"waiting": "on_failure"}))
     CAUSE.clear()
+    FAILURES.clear()
     yield url
     server.shutdown()
     service.close()
@@ -199,7 +210,14 @@ def test_a_waiting_run_is_cancelled_with_its_reason_and_the_rest_keep_waiting(en
     )
     stopped = runs.get(waiting_arns["m-1"])
     assert stopped.status == "STOPPED"
+    assert stopped.error["type"] == "Cancelled" and stopped.error["message"] == "media deleted"
     assert runs.get(waiting_arns["m-2"]).status == "RUNNING"
+    # And its failure handler ran once, told why; cancelling it again runs nothing more
+    assert [(f["job_id"], f["reason"], f["message"]) for f in FAILURES] == [
+        ("wait-m-1", "cancelled", "media deleted")
+    ]
+    sluice("runs", "cancel", "wait-m-1", "--reason", "again")
+    assert len(FAILURES) == 1
 
 
 def test_operations_fold_a_history_into_one_entry_per_operation() -> None:
