@@ -74,12 +74,12 @@ local-up: $(VENV)/.dev
 
 ## make test: lint, type-check and run every test
 test: setup-dev lint typecheck
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 ## make unit: the unit kind only (in-process, moto or in-memory fakes; no server process, no synth):
 ## under a minute, for the edit-test loop. `make test` runs every kind.
 unit: $(VENV)/.dev
-	$(PY) -m pytest -m unit -q
+	$(PY) -m pytest -m unit -q -n 2 --dist loadgroup
 
 ## make chaos: the long fault-injection run (tests/chaos): CHAOS_N events with duplicates and
 ## poison through moto's SQS, the sqsd driver and the real worker while Lambda faults and the

@@ -18,9 +18,10 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from adapters.errors import code
+from sluice import naming
 from sluice.errors import BusinessError
 
-TTL_ATTRIBUTE = "expires_at"
+TTL_ATTRIBUTE = naming.TTL_ATTRIBUTE
 DEFAULT_TTL_DAYS = 400
 
 _serializer = TypeSerializer()

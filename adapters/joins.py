@@ -19,13 +19,14 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from adapters.errors import code
+from sluice import naming
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 OUTCOMES = (SUCCEEDED, FAILED)
 BRANCH = "branch#"
 SK = "join"
-TTL_ATTRIBUTE = "expires_at"
+TTL_ATTRIBUTE = naming.TTL_ATTRIBUTE
 
 
 def join_key(media_id: str) -> dict[str, Any]:

@@ -24,10 +24,11 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from adapters.errors import code
+from sluice import naming
 
 COUNTER = "counter"
 WAITER = "w#"
-TTL_ATTRIBUTE = "expires_at"
+TTL_ATTRIBUTE = naming.TTL_ATTRIBUTE
 ARRIVAL_DIGITS = 15  # epoch milliseconds, zero padded: sorts as numbers do
 # Waiter items outlive any run (a durable execution lasts at most a year): TTL cleans leftovers.
 WAITER_TTL_S = 400 * 86_400

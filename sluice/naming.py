@@ -138,3 +138,8 @@ def aliases_from(environ: Mapping[str, str]) -> dict[str, str]:
     """The workflow aliases `alias_variables` wrote into `environ`."""
     n = len(ALIAS_VARIABLE_PREFIX)
     return {k[n:].lower(): v for k, v in environ.items() if k.startswith(ALIAS_VARIABLE_PREFIX)}
+
+
+# The attribute every item of the state tables (jobs, coordination) expires by: the stacks enable
+# DynamoDB's TTL on it, the adapters write it on every item.
+TTL_ATTRIBUTE = "expires_at"

@@ -8,7 +8,6 @@ functions by that name, without a cross-stack reference to the construct.
 from __future__ import annotations
 
 from aws_cdk import Acknowledgment, Aws, RemovalPolicy, Validations
-from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
@@ -16,9 +15,9 @@ from constructs import Construct
 from sluice import naming
 from sluice.settings import LambdaSettings
 from stacks.config import EnvConfig
+from stacks.media_store import state_table
 from stacks.workflows import DurableWorkflow
 
-TTL_ATTRIBUTE = "expires_at"  # adapters.slots / adapters.joins write it on every item
 # What the runtime does on the table: slots read the counter and query the queue, enqueue and
 # leave (put, delete), take a slot in one transaction (its items need put and delete), release
 # (update); joins record and claim (update) and read (get).
@@ -52,24 +51,14 @@ class CoordinationTable(Construct):
         key: kms.IKey | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.table = dynamodb.Table(
+        self.table = state_table(
             self,
             "Table",
             table_name=naming.coordination_table(config.name),
-            partition_key=dynamodb.Attribute(name="pk", type=dynamodb.AttributeType.STRING),
-            sort_key=dynamodb.Attribute(name="sk", type=dynamodb.AttributeType.STRING),
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
-            time_to_live_attribute=TTL_ATTRIBUTE,
+            keys=("pk", "sk"),
+            config=config,
             removal_policy=removal_policy,
-            deletion_protection=config.retain_data,
-            **(
-                dict(encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED, encryption_key=key)
-                if key is not None
-                else dict(encryption=dynamodb.TableEncryption.AWS_MANAGED)
-            ),  # type: ignore[arg-type]
+            key=key,
         )
         for pack in ("NIST.800.53.R5", "HIPAA.Security"):
             Validations.of(self.table).acknowledge(

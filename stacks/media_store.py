@@ -21,7 +21,7 @@ from stacks.config import EnvConfig
 UPLOADS = catalog.UPLOADS_PREFIX
 TRANSCRIPTS = catalog.TRANSCRIPTS_PREFIX
 TMP = catalog.TMP_PREFIX
-TTL_ATTRIBUTE = "expires_at"
+TTL_ATTRIBUTE = naming.TTL_ATTRIBUTE
 ACCESS_LOG_PREFIX = "media/"
 
 
@@ -47,6 +47,41 @@ class Media(Protocol):
 
     @property
     def notifications(self) -> sns.ITopic: ...
+
+
+def state_table(
+    scope: Construct,
+    construct_id: str,
+    *,
+    table_name: str,
+    keys: tuple[str, ...],
+    config: EnvConfig,
+    removal_policy: RemovalPolicy,
+    key: kms.IKey | None,
+) -> dynamodb.Table:
+    """A named DynamoDB table of the pipeline's state, as every such table is kept: string keys
+    (partition, then sort), on demand, point-in-time recovery, items expiring by TTL, deletion
+    protection where data is retained, encrypted with the data key where there is one."""
+    string = dynamodb.AttributeType.STRING
+    return dynamodb.Table(
+        scope,
+        construct_id,
+        table_name=table_name,
+        partition_key=dynamodb.Attribute(name=keys[0], type=string),
+        sort_key=dynamodb.Attribute(name=keys[1], type=string) if len(keys) > 1 else None,
+        billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+        point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+            point_in_time_recovery_enabled=True
+        ),
+        time_to_live_attribute=TTL_ATTRIBUTE,
+        removal_policy=removal_policy,
+        deletion_protection=config.retain_data,
+        **(
+            dict(encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED, encryption_key=key)
+            if key is not None
+            else dict(encryption=dynamodb.TableEncryption.AWS_MANAGED)
+        ),  # type: ignore[arg-type]
+    )
 
 
 class MediaStore(Construct):
@@ -169,23 +204,14 @@ class MediaStore(Construct):
         )
         # Named, so that the stateless stack finds it without an export (`named_media`). A name
         # given to an existing table or topic replaces it: they gained theirs before any deploy.
-        self.table = dynamodb.Table(
+        self.table = state_table(
             self,
             "Jobs",
             table_name=naming.jobs_table(config.name),
-            partition_key=dynamodb.Attribute(name="job_id", type=dynamodb.AttributeType.STRING),
-            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
-            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
-                point_in_time_recovery_enabled=True
-            ),
-            time_to_live_attribute=TTL_ATTRIBUTE,
+            keys=("job_id",),
+            config=config,
             removal_policy=removal_policy,
-            deletion_protection=config.retain_data,
-            **(
-                dict(encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED, encryption_key=key)
-                if key is not None
-                else dict(encryption=dynamodb.TableEncryption.AWS_MANAGED)
-            ),  # type: ignore[arg-type]
+            key=key,
         )
         for pack in ("NIST.800.53.R5", "HIPAA.Security"):
             for bucket in (self.bucket, self.log_bucket):

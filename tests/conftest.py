@@ -63,5 +63,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         kinds = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
         if len(kinds) > 1:
             raise pytest.UsageError(f"{item.nodeid}: one kind, not {sorted(kinds)}")
-        if not kinds:
-            item.add_marker(FOLDER_KIND[item.path.relative_to(ROOT / "tests").parts[0]])
+        if kinds:
+            (kind,) = kinds
+        else:
+            kind = FOLDER_KIND[item.path.relative_to(ROOT / "tests").parts[0]]
+            item.add_marker(kind)
+        # `make test` runs on both cores (pytest-xdist, --dist loadgroup): the tests of one file
+        # stay on one worker (they share its module fixtures: a local pipeline), every infra test
+        # on one (the synthesized environments are built once a session) and every broker test
+        # on one (they share the session's RabbitMQ node).
+        folder = item.path.relative_to(ROOT / "tests").parts[0]
+        group = (
+            "synth"
+            if kind == "infra"
+            else "rabbitmq"
+            if folder == "integration"
+            else item.path.relative_to(ROOT).as_posix()
+        )
+        item.add_marker(pytest.mark.xdist_group(group))

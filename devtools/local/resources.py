@@ -124,9 +124,16 @@ def create_resources(endpoint: str) -> Resources:
         AttributeDefinitions=[{"AttributeName": "job_id", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
-    # Concurrency slots and fan-in joins (stacks/coordination.py).
+    create_coordination_table(ddb, naming.coordination_table(ENV))
+    topic = sns.create_topic(Name=TOPIC)["TopicArn"]
+    return Resources(endpoint, BUCKET, TABLE, topic, urls)
+
+
+def create_coordination_table(ddb: Any, name: str) -> None:
+    """The coordination table (concurrency slots, fan-in joins) as stacks/coordination.py makes
+    it: string partition and sort keys."""
     ddb.create_table(
-        TableName=naming.coordination_table(ENV),
+        TableName=name,
         KeySchema=[
             {"AttributeName": "pk", "KeyType": "HASH"},
             {"AttributeName": "sk", "KeyType": "RANGE"},
@@ -137,5 +144,3 @@ def create_resources(endpoint: str) -> Resources:
         ],
         BillingMode="PAY_PER_REQUEST",
     )
-    topic = sns.create_topic(Name=TOPIC)["TopicArn"]
-    return Resources(endpoint, BUCKET, TABLE, topic, urls)

@@ -8,14 +8,17 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from devtools.local.resources import BUCKET
+from sluice import catalog, workflows
 from sluice_cli import cli
 from tests.conftest import ROOT
 
@@ -96,3 +99,92 @@ def test_the_cli_environment_names_only_loopback_endpoints(local_up) -> None:
     for key in ("SLUICE_ENDPOINT_URL", "AWS_ENDPOINT_URL_LAMBDA"):
         assert exports[key].startswith("http://127.0.0.1:")
     assert os.environ.get("AWS_PROFILE") is None
+
+
+class Endpoint(ThreadingHTTPServer):
+    """A customer's webhook endpoint on loopback: counts deliveries in flight, overall and per
+    customer, while each takes a moment."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Delivery)
+        self.lock = threading.Lock()
+        self.in_flight: dict[str, int] = {}
+        self.most = 0
+        self.most_per_customer = 0
+        self.delivered: list[str] = []
+
+
+class _Delivery(BaseHTTPRequestHandler):
+    server: Endpoint
+
+    def do_POST(self) -> None:
+        # post_webhook's body: {"id", "name", "data": the event's payload}
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["data"]
+        customer = body["customer"]
+        with self.server.lock:
+            flights = self.server.in_flight
+            flights[customer] = flights.get(customer, 0) + 1
+            self.server.most = max(self.server.most, sum(flights.values()))
+            self.server.most_per_customer = max(self.server.most_per_customer, flights[customer])
+        time.sleep(0.2)
+        with self.server.lock:
+            flights[customer] -= 1
+            self.server.delivered.append(body["n"])
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_burst_of_webhooks_keeps_the_declared_concurrency_limits(local_up, monkeypatch) -> None:
+    # Given deliver_webhook's declaration: at most 10 runs at once, 1 per customer
+    decl = workflows.load(catalog.WORKFLOWS_ROOT, known_events=catalog.EVENTS)["deliver_webhook"]
+    assert decl.concurrency is not None
+    limit, per_customer = decl.concurrency.limit, decl.concurrency.key_limit
+    endpoint = Endpoint()
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
+    exports, _ = local_up
+    try:
+        # When 50 events for 5 customers arrive at once through the events queue
+        for n in range(50):
+            customer = f"c{n % 5}"
+            data = {"url": url, "customer_id": customer, "payload": {"n": n, "customer": customer}}
+            sluice(
+                exports,
+                monkeypatch,
+                "send",
+                "webhook/requested",
+                "--data",
+                json.dumps(data),
+                "--id",
+                f"burst-{n}",
+            )
+        deadline = time.monotonic() + 240
+        while len(endpoint.delivered) < 50 and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        endpoint.shutdown()
+    # Then every event was delivered once, never more than the limits at a time
+    assert sorted(endpoint.delivered) == list(range(50))
+    assert endpoint.most_per_customer == per_customer
+    assert 1 < endpoint.most <= limit
+    # And every run succeeded: none failed, none was dropped
+    listed = sluice(
+        exports,
+        monkeypatch,
+        "runs",
+        "list",
+        "--workflow",
+        "deliver_webhook",
+        "--status",
+        "SUCCEEDED",
+        "--limit",
+        "100",
+        "--json",
+    )
+    assert len(listed.splitlines()) == 50

@@ -11,6 +11,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from devtools.local.resources import create_coordination_table as create_table
 from lambdas.common.runtime import clients
 
 REGION = "eu-west-1"
@@ -18,19 +19,8 @@ COORDINATION_TABLE = "sluice-test-coordination"
 
 
 def create_coordination_table(ddb: Any, name: str = COORDINATION_TABLE) -> None:
-    """The coordination table as stacks/coordination.py makes it (string pk and sk)."""
-    ddb.create_table(
-        TableName=name,
-        KeySchema=[
-            {"AttributeName": "pk", "KeyType": "HASH"},
-            {"AttributeName": "sk", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    """The coordination table as stacks/coordination.py makes it (and `make local` does)."""
+    create_table(ddb, name)
 
 
 class Atomic:
