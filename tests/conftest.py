@@ -69,15 +69,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             kind = FOLDER_KIND[item.path.relative_to(ROOT / "tests").parts[0]]
             item.add_marker(kind)
         # `make test` runs on both cores (pytest-xdist, --dist loadgroup): the tests of one file
-        # stay on one worker (they share its module fixtures: a local pipeline), every infra test
-        # on one (the synthesized environments are built once a session) and every broker test
-        # on one (they share the session's RabbitMQ node).
+        # stay on one worker (they share its module fixtures: a local pipeline), the infra tests of
+        # one environment on one (a worker synthesizes an environment once, for all its tests)
+        # and every broker test on one (they share the session's RabbitMQ node).
         folder = item.path.relative_to(ROOT / "tests").parts[0]
-        group = (
-            "synth"
-            if kind == "infra"
-            else "rabbitmq"
-            if folder == "integration"
-            else item.path.relative_to(ROOT).as_posix()
-        )
+        env = getattr(getattr(item, "callspec", None), "params", {}).get("env")
+        if kind == "infra":
+            group = f"synth-{env}" if isinstance(env, str) else "synth"
+        elif folder == "integration":
+            group = "rabbitmq"
+        else:
+            group = item.path.relative_to(ROOT).as_posix()
         item.add_marker(pytest.mark.xdist_group(group))
