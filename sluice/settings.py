@@ -231,7 +231,12 @@ class LambdaSettings(ProcessSettings):
     heavy_timeout_s: int = _var(
         "SLUICE_HEAVY_TIMEOUT_S", "longest heavy task attempt", 4 * 3600, ge=1
     )
-    heavy_max_attempts: int = _var("SLUICE_HEAVY_MAX_ATTEMPTS", "heavy task attempts", 3, ge=1)
+    heavy_max_attempts: int | None = _var(
+        "SLUICE_HEAVY_MAX_ATTEMPTS",
+        "heavy task attempts, over the declared retries (unset: the declaration's)",
+        None,
+        ge=1,
+    )
     heavy_backoff_s: int = _var("SLUICE_HEAVY_BACKOFF_S", "first heavy retry delay", 30, ge=1)
 
     def require(self, name: str) -> str:

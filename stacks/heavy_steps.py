@@ -15,7 +15,7 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from sluice import catalog, naming
-from sluice.settings import TasksSettings
+from sluice.settings import LambdaSettings, TasksSettings
 from stacks.config import EnvConfig
 from stacks.media_store import TRANSCRIPTS, UPLOADS, Media, media_objects_arn
 from stacks.queues import QueuePair
@@ -57,16 +57,16 @@ class HeavySteps(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self._config, self._media, self._tasks, self._key = config, media, tasks, key
-        env = {
-            "MEDIA_BUCKET": media.bucket_name,
-            "TASKS_QUEUE_URL": tasks.queue.queue_url,
-            "HEAVY_HEARTBEAT_TIMEOUT_S": str(heartbeat_timeout_s(config)),
+        env = LambdaSettings.render(
+            media_bucket=media.bucket_name,
+            tasks_queue_url=tasks.queue.queue_url,
+            heavy_heartbeat_timeout_s=heartbeat_timeout_s(config),
             # One attempt may take as long as the longest audio allowed, several times over.
-            "HEAVY_TIMEOUT_S": str(max(3600, 2 * config.workflows.max_audio_seconds)),
+            heavy_timeout_s=max(3600, 2 * config.workflows.max_audio_seconds),
             # The fan-in join (lambdas/common/join.py): the item's job record, media/ready.
-            "JOBS_TABLE": media.table.table_name,
-            "EVENTS_QUEUE_URL": events.queue.queue_url,
-        }
+            jobs_table=media.table.table_name,
+            events_queue_url=events.queue.queue_url,
+        )
         self.workflows: dict[str, DurableWorkflow] = {}
         for name, decl in workflows.declarations.items():
             if "tasks_queue" not in decl.uses:

@@ -23,6 +23,7 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from sluice import catalog, naming
+from sluice.settings import LambdaSettings
 from sluice.workflows import Declaration
 from stacks.bundling import ROOT, stage_bundle
 from stacks.compliance import GUARD
@@ -44,7 +45,6 @@ DEPS = ROOT / "build" / "lambda-deps"
 REQUIREMENTS = LAMBDAS / "requirements.txt"
 RUNTIME = lambda_.Runtime.PYTHON_3_14
 ARCH = lambda_.Architecture.ARM_64
-JOB_TTL_DAYS = 400
 TRANSCRIBE_OUTPUT = catalog.TRANSCRIBE_OUTPUT_PREFIX
 # What Lambda calls with a VPC function's role to manage its network interfaces: the EC2 actions
 # of AWS's AWSLambdaVPCAccessExecutionRole.
@@ -426,16 +426,15 @@ class Workflows(Construct):
         self.routes = routes_file(self.declarations)
         self.layer = deps_layer(self, "Deps")
         table, topic = media.table, media.notifications
-        env = {
-            "MEDIA_BUCKET": media.bucket_name,
-            "JOBS_TABLE": table.table_name,
-            "NOTIFICATIONS_TOPIC": topic.topic_arn,
-            "EVENTS_QUEUE_URL": events.queue.queue_url,
-            "MAX_AUDIO_SECONDS": str(config.workflows.max_audio_seconds),
-            "JOB_TTL_DAYS": str(JOB_TTL_DAYS),
-        }
-        if key is not None:
-            env["MEDIA_KEY_ARN"] = key.key_arn
+        # What the workflows and steps read (sluice.settings.LambdaSettings).
+        env = LambdaSettings.render(
+            media_bucket=media.bucket_name,
+            jobs_table=table.table_name,
+            notifications_topic=topic.topic_arn,
+            events_queue_url=events.queue.queue_url,
+            max_audio_seconds=config.workflows.max_audio_seconds,
+            **({"media_key_arn": key.key_arn} if key is not None else {}),
+        )
         # How cdk-nag prints the media bucket's ARN (its name holds the account id).
         nag_bucket = "arn:<AWS::Partition>:s3:::" + naming.media_bucket(
             config.name, "<AWS::AccountId>", config.region

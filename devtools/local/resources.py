@@ -48,14 +48,16 @@ class Resources:
     def lambda_env(self) -> dict[str, str]:
         """The environment of the workflows and step handlers (stacks/workflows.py sets it)."""
         return {
-            "MEDIA_BUCKET": self.bucket,
-            "JOBS_TABLE": self.table,
-            **LambdaSettings.render(coordination_table=naming.coordination_table(ENV)),
-            "NOTIFICATIONS_TOPIC": self.topic_arn,
-            "EVENTS_QUEUE_URL": self.urls["events"],
-            "TASKS_QUEUE_URL": self.urls["tasks"],
-            "MAX_AUDIO_SECONDS": str(CONFIG.workflows.max_audio_seconds),
-            "TRANSCRIBE_LANGUAGE": "en-US",
+            **LambdaSettings.render(
+                media_bucket=self.bucket,
+                jobs_table=self.table,
+                coordination_table=naming.coordination_table(ENV),
+                notifications_topic=self.topic_arn,
+                events_queue_url=self.urls["events"],
+                tasks_queue_url=self.urls["tasks"],
+                max_audio_seconds=CONFIG.workflows.max_audio_seconds,
+                transcribe_language="en-US",
+            ),
             "POWERTOOLS_METRICS_NAMESPACE": "SluiceLocal",
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "WARNING",

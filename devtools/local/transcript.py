@@ -8,13 +8,13 @@ spread over the audio's length. The transcript's words are not the audio's.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from devtools.durable_lambda import ACCOUNT
+from sluice.settings import LambdaSettings
 
 AUDIO_SECONDS = 24
 # What "Transcribe" hears in local mode: the words are canned, their times span the audio.
@@ -86,7 +86,7 @@ def with_emulated_transcript(start: Callable[..., Any], duration_s: float) -> Ca
     def target(event: Any, context: Any) -> Any:
         result = start(event, context)
         clients("s3").put_object(
-            Bucket=os.environ["MEDIA_BUCKET"],
+            Bucket=LambdaSettings.read().media_bucket,
             Key=output_key(event["job_id"]),
             Body=json.dumps(transcribe_json(duration_s, result["transcription_job"])).encode(),
             ContentType="application/json",

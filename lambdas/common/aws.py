@@ -3,13 +3,11 @@ the stack put in its environment. Step logic receives these (or fakes of them in
 
 from __future__ import annotations
 
-import os
-
-from adapters.jobs import DEFAULT_TTL_DAYS, JobsTable
+from adapters.jobs import JobsTable
 from adapters.notifications import Notifications
 from adapters.s3 import Storage
 from adapters.transcribe import Transcribe
-from lambdas.common.runtime import clients, env
+from lambdas.common.runtime import clients, env, settings
 
 
 def storage() -> Storage:
@@ -17,12 +15,11 @@ def storage() -> Storage:
 
 
 def jobs() -> JobsTable:
-    ttl_days = int(os.environ.get("JOB_TTL_DAYS", DEFAULT_TTL_DAYS))
-    return JobsTable(clients("dynamodb"), env("JOBS_TABLE"), ttl_days=ttl_days)
+    return JobsTable(clients("dynamodb"), env("jobs_table"), ttl_days=settings().job_ttl_days)
 
 
 def notifications() -> Notifications:
-    return Notifications(clients("sns"), env("NOTIFICATIONS_TOPIC"))
+    return Notifications(clients("sns"), env("notifications_topic"))
 
 
 def transcribe() -> Transcribe:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ from aws_durable_execution_sdk_python.exceptions import (
 from aws_durable_execution_sdk_python.retries import RetryStrategyConfig, create_retry_strategy
 from aws_durable_execution_sdk_python.types import WaitForCallbackContext
 
-from lambdas.common.runtime import clients, env
+from lambdas.common.runtime import clients, env, settings
 from lambdas.common.workflow import Failure, RetryPolicy, StepFailed, retry_durably
 from sluice.envelope import Task
 from sluice.errors import BusinessError
@@ -56,19 +55,21 @@ class HeavyTaskSettings:
     max_attempts: int = 3
     backoff: RetryPolicy = HEAVY_BACKOFF
 
+    # Set only where the function's settings override the declared retries (tests do).
+    max_attempts_set: bool = False
+
     @classmethod
     def from_env(cls) -> HeavyTaskSettings:
-        d = cls()
+        """The function's settings (sluice.settings.LambdaSettings' heavy_* fields)."""
+        s, d = settings(), cls()
         return cls(
-            heartbeat_timeout_s=int(
-                os.environ.get("HEAVY_HEARTBEAT_TIMEOUT_S") or d.heartbeat_timeout_s
-            ),
-            timeout_s=int(os.environ.get("HEAVY_TIMEOUT_S") or d.timeout_s),
-            max_attempts=int(os.environ.get("HEAVY_MAX_ATTEMPTS") or d.max_attempts),
+            heartbeat_timeout_s=s.heavy_heartbeat_timeout_s,
+            timeout_s=s.heavy_timeout_s,
+            max_attempts=s.heavy_max_attempts or d.max_attempts,
             backoff=RetryPolicy(
-                initial_delay_s=int(os.environ.get("HEAVY_BACKOFF_S") or d.backoff.initial_delay_s),
-                max_delay_s=d.backoff.max_delay_s,
+                initial_delay_s=s.heavy_backoff_s, max_delay_s=d.backoff.max_delay_s
             ),
+            max_attempts_set=s.heavy_max_attempts is not None,
         )
 
 
@@ -110,7 +111,7 @@ def run_heavy_task(
     worker reported (corrupt_audio, oversize, ...): the DurableExecutionFailed alarm counts it.
     """
     cfg = settings or HeavyTaskSettings.from_env()
-    queue_url = env("TASKS_QUEUE_URL")
+    queue_url = env("tasks_queue_url")
 
     def config(op: str) -> WaitForCallbackConfig:
         timeout = cfg.timeout_s if run is None else min(cfg.timeout_s, run.remaining_s(op))
@@ -137,12 +138,12 @@ def run_heavy_task(
             what=task,
             failure=failure_of,
             # A declared workflow's retries apply to its heavy steps too, unless the function's
-            # HEAVY_MAX_ATTEMPTS says otherwise (the stacks never set it; tests do).
+            # settings say otherwise (heavy_max_attempts: the stacks never set it; tests do).
             policy=dataclasses.replace(
                 cfg.backoff,
                 max_attempts=(
                     run.decl.attempts
-                    if run is not None and not os.environ.get("HEAVY_MAX_ATTEMPTS")
+                    if run is not None and not cfg.max_attempts_set
                     else cfg.max_attempts
                 ),
             ),

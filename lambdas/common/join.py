@@ -65,7 +65,7 @@ def record_branch(
     if not joins.claim_emit(media_id, branch):
         return {"join": state.outcome, "emitted_by": "another branch"}
     event = outcome_event(state, correlation_id=correlation_id)
-    send_event(clients("sqs"), env("EVENTS_QUEUE_URL"), event)
+    send_event(clients("sqs"), env("events_queue_url"), event)
     joins.mark_emitted(media_id, event.id)
     jobs.update(
         media_id, media_status=state.outcome, media_event_id=event.id, failed_branches=state.failed

@@ -20,6 +20,7 @@ from botocore.config import Config
 from adapters import logs
 from adapters.errors import classify
 from sluice.errors import BusinessError
+from sluice.settings import LambdaSettings, SettingsError
 
 SERVICE = "sluice"
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE), **logs.OPTIONS)
@@ -127,9 +128,18 @@ def require(payload: Mapping[str, Any], *names: str) -> list[Any]:
     return [payload[n] for n in names]
 
 
-def env(name: str) -> str:
-    """A setting the stack put in the function's environment (a missing one is a deploy bug)."""
-    value = os.environ.get(name)
-    if not value:
-        raise BusinessError(f"environment variable {name} is not set", code="misconfigured")
-    return value
+def settings() -> LambdaSettings:
+    """What the stack told this function (sluice.settings.LambdaSettings), read and validated."""
+    try:
+        return LambdaSettings.read()
+    except SettingsError as exc:
+        raise BusinessError(str(exc), code="misconfigured") from None
+
+
+def env(field: str) -> str:
+    """The setting `field` of LambdaSettings, which the stack must have given this function (a
+    missing one is a deploy bug, named by its variable)."""
+    try:
+        return settings().require(field)
+    except SettingsError as exc:
+        raise BusinessError(str(exc), code="misconfigured") from None

@@ -26,12 +26,15 @@ from moto.server import ThreadedMotoServer
 from devtools.ports import free_port
 from lambdas.common.runtime import clients
 from sluice.envelope import Task
-from sluice.settings import TasksSettings
+from sluice.settings import LambdaSettings, TasksSettings
 from tests.conftest import ROOT
 from tests.heavy import sermon
 from tests.lambdas.conftest import COORDINATION_TABLE, create_coordination_table
 from worker.heavy.common import Limits, TaskContext
 from worker.heavy.transcode import ffmpeg_exe
+
+# The Lambdas' variables, by setting (sluice.settings.LambdaSettings).
+LAMBDA_VARS = LambdaSettings.variables()
 
 # The model must load with the hub unreachable: nothing may be fetched at run time.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -104,8 +107,8 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         sqs = boto3.client("sqs", region_name=REGION)
         s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
         url = sqs.create_queue(QueueName="sluice-test-tasks")["QueueUrl"]
-        monkeypatch.setenv("MEDIA_BUCKET", BUCKET)
-        monkeypatch.setenv("TASKS_QUEUE_URL", url)
+        monkeypatch.setenv(LAMBDA_VARS["media_bucket"], BUCKET)
+        monkeypatch.setenv(LAMBDA_VARS["tasks_queue_url"], url)
         # After media/transcription.completed the branches record their end on the item's join.
         ddb = boto3.client("dynamodb", region_name=REGION)
         create_coordination_table(ddb)
@@ -117,8 +120,8 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         )
         events = sqs.create_queue(QueueName="sluice-test-events")["QueueUrl"]
         monkeypatch.setenv("SLUICE_COORDINATION_TABLE", COORDINATION_TABLE)
-        monkeypatch.setenv("JOBS_TABLE", "sluice-test-jobs")
-        monkeypatch.setenv("EVENTS_QUEUE_URL", events)
+        monkeypatch.setenv(LAMBDA_VARS["jobs_table"], "sluice-test-jobs")
+        monkeypatch.setenv(LAMBDA_VARS["events_queue_url"], events)
         yield Aws(s3=s3, sqs=sqs, bucket=BUCKET, tasks_url=url)
         clients.reset()
 

@@ -19,18 +19,22 @@ from aws_durable_execution_sdk_python_testing.runner import DurableFunctionTestR
 from lambdas.workflows.embed_transcript.handler import handler as embed_handler
 from lambdas.workflows.transcode_audio.handler import handler as transcode_handler
 from sluice.envelope import Event, parse_task
+from sluice.settings import LambdaSettings
 from tests.heavy import sermon
 from tests.heavy.conftest import Aws, RunnerCallbacks, make_audio
 from worker.heavy import embed
 from worker.tasks import TaskRunner
 
+# The Lambdas' variables, by setting (sluice.settings.LambdaSettings).
+LAMBDA_VARS = LambdaSettings.variables()
+
 
 @pytest.fixture
 def fast(monkeypatch: pytest.MonkeyPatch) -> None:
     """Workflow waits sized for tests: a 3 s heartbeat timeout, one retry, 1 s backoff."""
-    monkeypatch.setenv("HEAVY_HEARTBEAT_TIMEOUT_S", "3")
-    monkeypatch.setenv("HEAVY_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("HEAVY_BACKOFF_S", "1")
+    monkeypatch.setenv(LAMBDA_VARS["heavy_heartbeat_timeout_s"], "3")
+    monkeypatch.setenv(LAMBDA_VARS["heavy_max_attempts"], "2")
+    monkeypatch.setenv(LAMBDA_VARS["heavy_backoff_s"], "1")
 
 
 @contextmanager
@@ -184,7 +188,7 @@ def test_a_worker_that_dies_mid_task_leaves_the_message_for_another_worker(
 ) -> None:
     # Given a transcode workflow waiting on its task (heartbeat timeout longer than the
     # message's visibility timeout, as in the stack: redelivery comes first)
-    monkeypatch.setenv("HEAVY_HEARTBEAT_TIMEOUT_S", "20")
+    monkeypatch.setenv(LAMBDA_VARS["heavy_heartbeat_timeout_s"], "20")
     aws.s3.upload_file(str(make_audio(tmp_path / "s.mp3", 3)), aws.bucket, "uploads/s.mp3")
     with durable(transcode_handler) as (runner, callbacks):
         arn = start(runner, transcription_completed(aws))
@@ -232,7 +236,7 @@ def test_heartbeats_keep_a_task_longer_than_the_heartbeat_timeout_alive(
     aws: Aws, fast: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a task that takes 3 s while the workflow's heartbeat timeout is 1 s
-    monkeypatch.setenv("HEAVY_HEARTBEAT_TIMEOUT_S", "1")
+    monkeypatch.setenv(LAMBDA_VARS["heavy_heartbeat_timeout_s"], "1")
 
     def slow(data: Any, ctx: Any) -> dict[str, Any]:
         time.sleep(3)
@@ -255,8 +259,8 @@ def test_without_heartbeats_a_long_task_times_out_the_callback(
     aws: Aws, monkeypatch: pytest.MonkeyPatch, fast: None
 ) -> None:
     # Given a workflow allowed one attempt, and a worker that heartbeats too rarely
-    monkeypatch.setenv("HEAVY_MAX_ATTEMPTS", "1")
-    monkeypatch.setenv("HEAVY_HEARTBEAT_TIMEOUT_S", "1")
+    monkeypatch.setenv(LAMBDA_VARS["heavy_max_attempts"], "1")
+    monkeypatch.setenv(LAMBDA_VARS["heavy_heartbeat_timeout_s"], "1")
     done = threading.Event()
 
     def slow(data: Any, ctx: Any) -> dict[str, Any]:

@@ -6,9 +6,13 @@ import json
 from typing import Any
 
 from sluice.naming import alias_variable
+from sluice.settings import LambdaSettings
 from sluice.workflows import FAILURE_GRACE_S
 from stacks.declarations import declared
 from tests.infra.conftest import resources
+
+# The Lambdas' variables, by setting (sluice.settings.LambdaSettings).
+LAMBDA_VARS = LambdaSettings.variables()
 
 
 def _by_description(template: Any, kind: str, text: str) -> dict[str, Any]:
@@ -67,9 +71,14 @@ def test_heavy_workflows_are_durable_and_send_only_to_the_tasks_queue(synth, env
         assert fn["DurableConfig"]["ExecutionTimeout"] == decl.timeout_s + FAILURE_GRACE_S
         assert fn["Handler"] == f"lambdas.workflows.{name}.handler.handler"
         variables = fn["Environment"]["Variables"]
-        assert {"TASKS_QUEUE_URL", "MEDIA_BUCKET", "HEAVY_HEARTBEAT_TIMEOUT_S"} <= set(variables)
+        assert {
+            LAMBDA_VARS["tasks_queue_url"],
+            LAMBDA_VARS["media_bucket"],
+            LAMBDA_VARS["heavy_heartbeat_timeout_s"],
+        } <= set(variables)
         assert (
-            int(variables["HEAVY_HEARTBEAT_TIMEOUT_S"]) > s.config.tasks_queue.visibility_timeout_s
+            int(variables[LAMBDA_VARS["heavy_heartbeat_timeout_s"]])
+            > s.config.tasks_queue.visibility_timeout_s
         )
         # and it may send to the tasks queue but touches no media object, and invokes its
         # failure handler only

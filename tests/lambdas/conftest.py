@@ -13,6 +13,10 @@ from moto import mock_aws
 
 from devtools.local.resources import create_coordination_table as create_table
 from lambdas.common.runtime import clients
+from sluice.settings import LambdaSettings
+
+# The Lambdas' variables, by setting (sluice.settings.LambdaSettings).
+LAMBDA_VARS = LambdaSettings.variables()
 
 REGION = "eu-west-1"
 COORDINATION_TABLE = "sluice-test-coordination"
@@ -114,13 +118,13 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         ]["QueueArn"]
         sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=inbox_arn)
         for name, value in {
-            "MEDIA_BUCKET": bucket,
-            "JOBS_TABLE": table,
+            LAMBDA_VARS["media_bucket"]: bucket,
+            LAMBDA_VARS["jobs_table"]: table,
             "SLUICE_COORDINATION_TABLE": COORDINATION_TABLE,
-            "NOTIFICATIONS_TOPIC": topic_arn,
-            "EVENTS_QUEUE_URL": queue_url,
-            "MAX_AUDIO_SECONDS": "600",
-            "TRANSCRIBE_LANGUAGE": "en-US",
+            LAMBDA_VARS["notifications_topic"]: topic_arn,
+            LAMBDA_VARS["events_queue_url"]: queue_url,
+            LAMBDA_VARS["max_audio_seconds"]: "600",
+            LAMBDA_VARS["transcribe_language"]: "en-US",
             "POWERTOOLS_METRICS_NAMESPACE": "SluiceTest",
         }.items():
             monkeypatch.setenv(name, value)

@@ -6,7 +6,11 @@ import pytest
 
 from lambdas.steps.fetch_audio_metadata.handler import audio_metadata, handler
 from sluice.errors import BusinessError
+from sluice.settings import LambdaSettings
 from tests.lambdas.audio import mp3, wav
+
+# The Lambdas' variables, by setting (sluice.settings.LambdaSettings).
+LAMBDA_VARS = LambdaSettings.variables()
 
 
 def _payload(aws, key: str) -> dict:
@@ -34,7 +38,7 @@ def test_an_mp3_upload_is_recognised_as_mp3(aws, lambda_context):
 
 def test_a_long_recording_is_measured_without_downloading_it(aws, monkeypatch):
     # Given ten minutes of WAV (about 19 MB)
-    monkeypatch.setenv("MAX_AUDIO_SECONDS", "3600")
+    monkeypatch.setenv(LAMBDA_VARS["max_audio_seconds"], "3600")
     body = wav(600.0, rate=16_000)
     aws.put_audio("uploads/long.wav", body)
     # When measured
@@ -72,7 +76,7 @@ def test_audio_without_samples_is_a_business_error(aws, lambda_context):
 
 
 def test_audio_over_the_maximum_duration_is_a_business_error(aws, lambda_context, monkeypatch):
-    monkeypatch.setenv("MAX_AUDIO_SECONDS", "2")
+    monkeypatch.setenv(LAMBDA_VARS["max_audio_seconds"], "2")
     aws.put_audio("uploads/long.wav", wav(3.0))
     with pytest.raises(BusinessError) as err:
         handler(_payload(aws, "uploads/long.wav"), lambda_context)

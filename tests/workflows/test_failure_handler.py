@@ -28,7 +28,11 @@ from lambdas.workflows.transcribe_audio import handler as transcribe
 from sluice.catalog import WORKFLOW_ALIAS
 from sluice.envelope import Event
 from sluice.errors import BusinessError
+from sluice.settings import LambdaSettings
 from tests.lambdas.conftest import aws  # noqa: F401
+
+# The Lambdas' variables, by setting (sluice.settings.LambdaSettings).
+LAMBDA_VARS = LambdaSettings.variables()
 
 WORKFLOWS = {
     "transcribe_audio": transcribe,
@@ -138,8 +142,10 @@ def run(
 @pytest.fixture
 def media(aws, monkeypatch):  # noqa: F811
     """moto's AWS; the heavy workflows' tasks queue does not exist (sending a task fails)."""
-    monkeypatch.setenv("TASKS_QUEUE_URL", aws.queue_url.replace("events", "no-such-tasks"))
-    monkeypatch.setenv("HEAVY_BACKOFF_S", "1")
+    monkeypatch.setenv(
+        LAMBDA_VARS["tasks_queue_url"], aws.queue_url.replace("events", "no-such-tasks")
+    )
+    monkeypatch.setenv(LAMBDA_VARS["heavy_backoff_s"], "1")
     return aws
 
 

@@ -22,6 +22,10 @@ from lambdas.workflows.transcode_audio.handler import WORKFLOW as TRANSCODE_AUDI
 from lambdas.workflows.transcode_audio.handler import handler as transcode_handler
 from sluice.catalog import EMBED_TASK, TRANSCODE_TASK
 from sluice.envelope import Event, parse_task
+from sluice.settings import LambdaSettings
+
+# The Lambdas' variables, by setting (sluice.settings.LambdaSettings).
+LAMBDA_VARS = LambdaSettings.variables()
 
 MEDIA = "media-1"
 RESULTS = {
@@ -101,8 +105,8 @@ class Pipeline:
 @pytest.fixture
 def pipeline(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
     tasks_url = aws.sqs.create_queue(QueueName="sluice-test-tasks")["QueueUrl"]
-    monkeypatch.setenv("TASKS_QUEUE_URL", tasks_url)
-    monkeypatch.setenv("HEAVY_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv(LAMBDA_VARS["tasks_queue_url"], tasks_url)
+    monkeypatch.setenv(LAMBDA_VARS["heavy_max_attempts"], "1")
     runners = {
         TRANSCODE_AUDIO: DurableFunctionTestRunner(handler=transcode_handler, skip_time=True),
         EMBED_TRANSCRIPT: DurableFunctionTestRunner(handler=embed_handler, skip_time=True),

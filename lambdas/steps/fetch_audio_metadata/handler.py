@@ -7,7 +7,6 @@ Non-audio, empty and too-long audio are business errors: no retry can change the
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,7 +15,7 @@ import mutagen
 
 from adapters.s3 import S3Location, Storage
 from lambdas.common import aws
-from lambdas.common.runtime import env, require, step_handler
+from lambdas.common.runtime import env, require, settings, step_handler
 from sluice.errors import BusinessError
 
 # mutagen's type name -> the MediaFormat Amazon Transcribe accepts.
@@ -96,8 +95,8 @@ def audio_metadata(payload: Mapping[str, Any]) -> dict[str, Any]:
     meta = measure(
         S3Location(bucket, key, payload.get("version_id") or None),
         storage=aws.storage(),
-        media_bucket=env("MEDIA_BUCKET"),
-        max_seconds=int(os.environ.get("MAX_AUDIO_SECONDS", "14400")),
+        media_bucket=env("media_bucket"),
+        max_seconds=settings().max_audio_seconds,
     )
     return asdict(meta)
 

@@ -63,7 +63,7 @@ def notify(payload: Mapping[str, Any]) -> dict[str, Any]:
         source=payload.get("source") or {},
         outputs=payload.get("outputs") or {},
     )
-    queue_url = env("EVENTS_QUEUE_URL")
+    queue_url = env("events_queue_url")
     notified = announce(
         event,
         notifications=aws.notifications(),

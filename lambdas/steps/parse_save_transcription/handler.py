@@ -92,7 +92,7 @@ def parse_save(payload: Mapping[str, Any]) -> dict[str, Any]:
         S3Location(bucket, key),
         storage=aws.storage(),
         jobs=aws.jobs(),
-        media_bucket=env("MEDIA_BUCKET"),
+        media_bucket=env("media_bucket"),
         language=payload.get("language"),
         source=payload.get("source") or {},
     )

@@ -6,14 +6,13 @@ finds the job it started before instead of starting a second one.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from adapters.s3 import S3Location
 from adapters.transcribe import Job, Transcribe
 from lambdas.common import aws
-from lambdas.common.runtime import env, logger, require, step_handler
+from lambdas.common.runtime import env, logger, require, settings, step_handler
 from sluice.catalog import TRANSCRIBE_OUTPUT_PREFIX
 
 OUTPUT_PREFIX = TRANSCRIBE_OUTPUT_PREFIX
@@ -67,10 +66,10 @@ def start(payload: Mapping[str, Any]) -> dict[str, Any]:
         S3Location(bucket, key),
         media_format,
         transcribe=aws.transcribe(),
-        output_bucket=env("MEDIA_BUCKET"),
+        output_bucket=env("media_bucket"),
         sample_rate=payload.get("sample_rate"),
-        language=payload.get("language") or os.environ.get("TRANSCRIBE_LANGUAGE"),
-        kms_key=os.environ.get("MEDIA_KEY_ARN"),
+        language=payload.get("language") or settings().transcribe_language or None,
+        kms_key=settings().media_key_arn or None,
     )
     logger.info("transcription job", extra={"job": job.name, "started": started})
     return {"transcription_job": job.name, "status": job.status, "started": started}

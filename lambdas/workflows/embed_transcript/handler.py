@@ -44,7 +44,7 @@ def embed(run: Run) -> dict[str, Any]:
         branch=WORKFLOW,
         correlation_id=ev.correlation_id,
     ):
-        output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{EMBEDDINGS_PREFIX}{media_id}/"}
+        output = {"bucket": env("media_bucket"), "prefix": f"{EMBEDDINGS_PREFIX}{media_id}/"}
         result = run_heavy_task(
             run.ctx,
             task=EMBED_TASK,

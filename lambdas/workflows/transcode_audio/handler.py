@@ -41,7 +41,7 @@ def transcode(run: Run) -> dict[str, Any]:
     ):
         source = source_of(ev.data)
         run.context["source"] = source
-        output = {"bucket": env("MEDIA_BUCKET"), "prefix": f"{HLS_PREFIX}{media_id}/"}
+        output = {"bucket": env("media_bucket"), "prefix": f"{HLS_PREFIX}{media_id}/"}
         result = run_heavy_task(
             run.ctx,
             task=TRANSCODE_TASK,
