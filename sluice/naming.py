@@ -129,6 +129,11 @@ def alias_variable(workflow: str) -> str:
     return ALIAS_VARIABLE_PREFIX + workflow.upper()
 
 
+def step_variable(step: str) -> str:
+    """`on_failure` -> `STEP_ON_FAILURE`: where a workflow Lambda finds the step's alias ARN."""
+    return "STEP_" + step.upper()
+
+
 def alias_variables(aliases: Mapping[str, str]) -> dict[str, str]:
     """Workflow name -> alias ARN, as the environment variables the worker reads."""
     return {alias_variable(name): arn for name, arn in aliases.items()}

@@ -367,7 +367,7 @@ class DurableWorkflow(_WorkflowFunction):
             environment={
                 **environment,
                 # The SDK invokes steps through a qualified ARN (durable invokes need one).
-                **{f"STEP_{s.upper()}": step.alias.function_arn for s, step in steps.items()},
+                **{naming.step_variable(s): step.alias.function_arn for s, step in steps.items()},
             },
             key=key,
             execution_timeout_s=declaration.execution_timeout_s,

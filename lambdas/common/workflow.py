@@ -29,7 +29,7 @@ from aws_durable_execution_sdk_python.exceptions import UnrecoverableError
 from adapters.s3 import location
 from lambdas.common import concurrency
 from lambdas.common.runtime import error_class, logger, set_correlation_id, tracer
-from sluice import workflows
+from sluice import naming, workflows
 from sluice.catalog import EVENTS, WORKFLOW_ALIAS
 from sluice.envelope import Event, event_from_dict, execution_name
 from sluice.errors import BusinessError, SluiceError
@@ -94,9 +94,10 @@ class StepFailed(Exception):
 def step_target(step: str) -> str:
     """The qualified function a step is invoked through (durable invokes need a version or alias).
 
-    The stack sets STEP_<NAME> to the step's alias ARN; without it, `<step>:live` (tests).
+    The stack sets `sluice.naming.step_variable(step)` to the step's alias ARN; without it,
+    `<step>:live` (tests).
     """
-    return os.environ.get(f"STEP_{step.upper()}") or f"{step}:{WORKFLOW_ALIAS}"
+    return os.environ.get(naming.step_variable(step)) or f"{step}:{WORKFLOW_ALIAS}"
 
 
 T = TypeVar("T")
