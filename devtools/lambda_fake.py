@@ -1,7 +1,7 @@
 """Lambda's Invoke endpoint with durable-execution naming semantics, scriptable, with faults.
 
 moto does not implement `DurableExecutionName`. `DurableStarts` is the one implementation here of
-what Lambda does with it (FACTS.md): a new name starts an execution (202 +
+what Lambda does with it (Lambda's Invoke API, `DurableExecutionName`): a new name starts an execution (202 +
 X-Amz-Durable-Execution-Arn), the same name with the same payload returns the existing execution,
 the same name with another payload is a 409 DurableExecutionAlreadyStartedException. Two
 endpoints use it: `LocalLambda` below (executions are only recorded) and

@@ -1,4 +1,5 @@
-"""The error classes of DESIGN.md: transient errors are retried, business errors are not."""
+"""The error classes (README, "Retries and the failure path"): transient errors are retried,
+business errors are not."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One sqsd POST in, durable executions started, one answer out (DESIGN.md "Worker answers to sqsd").
+"""One sqsd POST in, durable executions started, one answer out (README, "Worker answers to sqsd").
 
 | situation                                       | answer | effect                                  |
 |-------------------------------------------------|--------|-----------------------------------------|

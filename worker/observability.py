@@ -26,7 +26,7 @@ from sluice.metrics import WORKER_COUNTS, WORKER_LATENCY
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 message_id: contextvars.ContextVar[str] = contextvars.ContextVar("message_id", default="")
 
-# The metrics of one handled message (DESIGN.md: received, started, duplicates, dead-lettered,
+# The metrics of one handled message (README, "Observability": received, started, duplicates, dead-lettered,
 # transient failures, handling latency).
 COUNTS = WORKER_COUNTS
 LATENCY = WORKER_LATENCY

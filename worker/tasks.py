@@ -1,6 +1,6 @@
 """The worker's `tasks` process: runs heavy steps from the tasks queue and answers their callbacks.
 
-Per message (DESIGN.md, "Heavy task"): parse the Task envelope, run its step while a keep-alive
+Per message (README, "Heavy steps and the tasks process"): parse the Task envelope, run its step while a keep-alive
 thread extends the message's visibility and heartbeats the durable callback, report success
 (result) or failure (typed error) through Lambda's durable-execution callback API, and only then
 delete the message. A crash before the report leaves the message to reappear after its

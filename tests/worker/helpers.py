@@ -16,7 +16,7 @@ def event(name: str = "media/transcription.requested", **data: Any) -> Event:
 
 
 def sqsd_headers(msgid: str, *, receive_count: int = 1, **attributes: str) -> dict[str, str]:
-    """The headers sqsd sends with every POST (FACTS.md)."""
+    """The headers sqsd sends with every POST (Elastic Beanstalk's worker tier documentation)."""
     headers = {
         "User-Agent": "aws-sqsd/3.0.4",
         "Content-Type": "application/json",

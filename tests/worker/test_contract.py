@@ -1,4 +1,4 @@
-"""The sqsd contract (DESIGN.md "Worker answers to sqsd"), against the app served by gunicorn.
+"""The sqsd contract (README, "Worker answers to sqsd"), against the app served by gunicorn.
 
 Every request is shaped like sqsd's (its headers included); the Lambda Invoke boundary is the
 local endpoint with durable naming semantics, the DLQ is moto's SQS.
