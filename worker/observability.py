@@ -26,8 +26,8 @@ from sluice.metrics import WORKER_COUNTS, WORKER_LATENCY
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 message_id: contextvars.ContextVar[str] = contextvars.ContextVar("message_id", default="")
 
-# The metrics of one handled message (README, "Observability": received, started, duplicates, dead-lettered,
-# transient failures, handling latency).
+# The metrics of one handled message (README, "Worker answers to sqsd"): received, started,
+# duplicates, dead-lettered, transient failures, handling latency.
 COUNTS = WORKER_COUNTS
 LATENCY = WORKER_LATENCY
 
