@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from sluice.envelope import Event
+
 FILE = "workflow.toml"
 # Lambda durable functions: ExecutionTimeout is at most 366 days.
 DURABLE_MAX_EXECUTION_S = 31_622_400
@@ -262,3 +264,26 @@ def read_routes_document(text: str) -> tuple[tuple[str, ...], dict[str, tuple[st
     """(workflows, routes) from a `routes_document`."""
     doc = json.loads(text)
     return tuple(doc["workflows"]), {e: tuple(w) for e, w in doc["routes"].items()}
+
+
+def failure_report(
+    *,
+    workflow: str,
+    job_id: str,
+    event: Event,
+    reason: Mapping[str, Any],
+    context: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a workflow's failure handler is told about a run that ended badly: the run's
+    context, its job and event, and why (reason, step, error class and type, message, attempts).
+    The workflow wrapper sends it when a run fails or times out, `sluice runs cancel` when an
+    operator stops one."""
+    return {
+        **(context or {}),
+        "job_id": job_id,
+        "correlation_id": event.correlation_id,
+        "workflow": workflow,
+        "event_id": event.id,
+        "event_name": event.name,
+        **reason,
+    }

@@ -31,6 +31,7 @@ from botocore.exceptions import ClientError
 
 from sluice.catalog import WORKFLOW_ALIAS
 from sluice.envelope import Event, event_from_dict, execution_name
+from sluice.workflows import failure_report
 
 STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "STOPPED", "PAUSED")
 ENDED = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "STOPPED"})
@@ -233,6 +234,11 @@ def _at(doc: Any, path: str) -> str | None:
             return None
         doc = doc[part]
     return doc if isinstance(doc, str) else json.dumps(doc)
+
+
+def _live(function: str) -> str:
+    """`function` (a name or ARN, as the stack outputs give it) through its `live` alias."""
+    return function if function.endswith(f":{WORKFLOW_ALIAS}") else f"{function}:{WORKFLOW_ALIAS}"
 
 
 def replay_name(original: str, n: int = 1) -> str:
@@ -450,31 +456,29 @@ class Runs:
                 DurableExecutionArn=arn,
                 Error={"ErrorType": CANCELLED, "ErrorMessage": reason[:1024]},
             )
-        except ClientError as exc:
-            if self.get(arn).status in ENDED:  # it ended (or another operator stopped it) first
-                return self.get(arn)
-            raise exc
+        except ClientError:
+            now = self.get(arn)
+            if now.status in ENDED:  # it ended (or another operator stopped it) first
+                return now
+            raise
         handler = self.failure_handlers.get(run.workflow)
         event = run.event
         if handler and event is not None:
-            payload = {
-                "job_id": run.name,
-                "correlation_id": event.correlation_id,
-                "workflow": run.workflow,
-                "event_id": event.id,
-                "event_name": event.name,
-                "reason": "cancelled",
-                "step": run.workflow,
-                "error_class": "business",
-                "error_type": CANCELLED,
-                "message": reason[:2000],
-                "attempts": 1,
-            }
-            qualified = (
-                handler if handler.endswith(f":{WORKFLOW_ALIAS}") else f"{handler}:{WORKFLOW_ALIAS}"
+            payload = failure_report(
+                workflow=run.workflow,
+                job_id=run.name,
+                event=event,
+                reason={
+                    "reason": "cancelled",
+                    "step": run.workflow,
+                    "error_class": "business",
+                    "error_type": CANCELLED,
+                    "message": reason[:2000],
+                    "attempts": 1,
+                },
             )
             answer = self.lam.invoke(
-                FunctionName=qualified,
+                FunctionName=_live(handler),
                 InvocationType="RequestResponse",
                 Payload=json.dumps(payload).encode(),
             )
@@ -504,12 +508,8 @@ class Runs:
             id=replay_name(original.name, n),
             correlation_id=event.correlation_id,
         )
-        function = self.functions[original.workflow]
-        qualified = (
-            function if function.endswith(f":{WORKFLOW_ALIAS}") else f"{function}:{WORKFLOW_ALIAS}"
-        )
         answer = self.lam.invoke(
-            FunctionName=qualified,
+            FunctionName=_live(self.functions[original.workflow]),
             InvocationType="Event",
             DurableExecutionName=replay.execution_name,
             Payload=replay.start_payload(),

@@ -377,15 +377,9 @@ def declared_workflow(decl: workflows.Declaration, body: Body) -> Callable[[Any,
                 concurrency.release_slots(ctx, held)
             reason, error = _failure_of(exc, decl)
             ctx.logger.error("workflow failed", extra={"failure": reason})
-            payload = {
-                **run.context,
-                "job_id": job_id,
-                "correlation_id": ev.correlation_id,
-                "workflow": decl.id,
-                "event_id": ev.id,
-                "event_name": ev.name,
-                **reason,
-            }
+            payload = workflows.failure_report(
+                workflow=decl.id, job_id=job_id, event=ev, reason=reason, context=run.context
+            )
             try:
                 invoke_step(ctx, decl.on_failure, payload, name=FAILURE_OP, policy=run.policy)
             except StepFailed as lost:
