@@ -40,6 +40,7 @@ from devtools.lambda_fake import (
     error,
     invocation,
     invoked_function,
+    send_answer,
 )
 from sluice.catalog import WORKFLOW_ALIAS
 
@@ -180,13 +181,7 @@ def serve(service: DurableService, host: str = "127.0.0.1", port: int = 0) -> We
                 return
             length = int(self.headers.get("Content-Length") or 0)
             call = invocation(function, self.headers, self.rfile.read(length))
-            status, headers, body = service.invoke(call)
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_answer(self, service.invoke(call))
 
         def _stop_error_as_the_runner_reads_it(self) -> None:
             """StopDurableExecution's body is the ErrorObject itself (botocore's model binds the

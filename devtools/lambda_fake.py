@@ -112,6 +112,17 @@ def invocation(
     )
 
 
+def send_answer(handler: BaseHTTPRequestHandler, answer: Answer) -> None:
+    """Write `answer` (status, headers, body) as the HTTP response of `handler`'s request."""
+    status, headers, body = answer
+    handler.send_response(status)
+    for name, value in headers.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def error(status: int, kind: str, message: str) -> Answer:
     """An error answer as Lambda sends it (botocore reads the type from x-amzn-ErrorType)."""
     body = json.dumps({"Type": "User", "message": message}).encode()
@@ -208,16 +219,16 @@ def serve(state: LocalLambda, host: str = "127.0.0.1", port: int = 0) -> Threadi
             if not (self.headers.get("Authorization") and self.headers.get("Host")):
                 # what Lambda answers a request that lost its signature (e.g. split in two)
                 state.unsigned += 1
-                self._send(*error(403, "MissingAuthenticationTokenException", "unsigned"))
+                send_answer(self, error(403, "MissingAuthenticationTokenException", "unsigned"))
                 return
             function = invoked_function(self.path)
             if function is None:
-                self._send(*error(404, "ResourceNotFoundException", f"no route {self.path}"))
+                send_answer(self, error(404, "ResourceNotFoundException", f"no route {self.path}"))
                 return
             call = invocation(function, self.headers, payload)
             fault = state.faults.draw() if state.faults else None
             if isinstance(fault, tuple):  # an error answer (throttle, 5xx)
-                self._send(*error(fault[0], fault[1], f"injected {fault[1]}"))
+                send_answer(self, error(fault[0], fault[1], f"injected {fault[1]}"))
                 return
             if fault in (TIMEOUT_BEFORE_START, DROP_BEFORE_START):
                 self._fail(fault, state)  # the start never took effect
@@ -226,21 +237,13 @@ def serve(state: LocalLambda, host: str = "127.0.0.1", port: int = 0) -> Threadi
             if fault in (TIMEOUT_AFTER_START, DROP_AFTER_START):
                 self._fail(fault, state)  # it did, but the client never hears so
                 return
-            self._send(*answer)
+            send_answer(self, answer)
 
         def _fail(self, fault: str, state: LocalLambda) -> None:
             if fault in (TIMEOUT_BEFORE_START, TIMEOUT_AFTER_START):
                 assert state.faults is not None
                 time.sleep(state.faults.timeout_s)
             self.close_connection = True  # no answer: the connection just closes
-
-        def _send(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
