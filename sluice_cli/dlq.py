@@ -53,6 +53,19 @@ def dlq() -> None:
 # -- peek -----------------------------------------------------------------------------------------
 
 
+def receive(sqs: Any, url: str, count: int, *, hold_s: int) -> list[dict[str, Any]]:
+    """Up to `count` messages of `url` with all their attributes, hidden for `hold_s`; no wait."""
+    got: list[dict[str, Any]] = sqs.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=count,
+        VisibilityTimeout=hold_s,
+        WaitTimeSeconds=0,
+        AttributeNames=["All"],
+        MessageAttributeNames=["All"],
+    ).get("Messages", [])
+    return got
+
+
 def peek_messages(sqs: Any, url: str, *, limit: int, hold_s: int) -> list[dict[str, Any]]:
     """Up to `limit` messages of `url`, each made visible again before this returns.
 
@@ -64,14 +77,7 @@ def peek_messages(sqs: Any, url: str, *, limit: int, hold_s: int) -> list[dict[s
     try:
         empty = 0
         while len(seen) < limit and empty < 2:
-            got = sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=min(BATCH, limit - len(seen)),
-                VisibilityTimeout=hold_s,
-                WaitTimeSeconds=0,
-                AttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            ).get("Messages", [])
+            got = receive(sqs, url, min(BATCH, limit - len(seen)), hold_s=hold_s)
             empty = empty + 1 if not got else 0
             for message in got:
                 handles.append(message["ReceiptHandle"])
@@ -256,14 +262,7 @@ def copy_back(
     empty = 0
     while (limit is None or result.moved < limit) and empty < 2:
         want = BATCH if limit is None else min(BATCH, limit - result.moved)
-        got = sqs.receive_message(
-            QueueUrl=dlq_url,
-            MaxNumberOfMessages=want,
-            VisibilityTimeout=hold_s,
-            WaitTimeSeconds=0,
-            AttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        ).get("Messages", [])
+        got = receive(sqs, dlq_url, want, hold_s=hold_s)
         empty = empty + 1 if not got else 0
         if not got:
             continue
