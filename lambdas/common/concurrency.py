@@ -115,7 +115,6 @@ def hold_slots(
     scopes = plan(workflow, event, limit=limit, key=key, key_limit=key_limit)
     if not scopes:
         return Held(run=run, arrival_ms=0)
-    lease = lease_s
     arn = ctx.state.durable_execution_arn
     # Its own step, so a retried enqueue queues the run at the same place.
     arrival_ms: int = ctx.step(lambda _: int(time.time() * 1000), name="slots arrival")
@@ -138,7 +137,7 @@ def hold_slots(
                     arn=arn,
                     arrival_ms=arrival_ms,
                     limit=n,
-                    lease_s=lease,
+                    lease_s=lease_s,
                     is_running=alive(),
                 )
             except Exception as exc:  # a failed poll is a poll to repeat, not a failed run
