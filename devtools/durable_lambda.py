@@ -197,6 +197,16 @@ def serve(service: DurableService, host: str = "127.0.0.1", port: int = 0) -> We
             self.path = epoch_time_filters(self.path)
             super().do_GET()
 
+        def _send_response(self, response: Any) -> None:
+            """Errors with their type where botocore reads it (rest-json: the x-amzn-ErrorType
+            header, as Lambda sends it); the runner names it only in the body's "Type", so
+            botocore saw every error as its bare HTTP status ("404", never a
+            ResourceNotFoundException)."""
+            kind = response.body.get("Type") if response.status_code >= 400 else None
+            if isinstance(kind, str) and kind.endswith("Exception"):
+                response.headers.setdefault("x-amzn-ErrorType", kind)
+            super()._send_response(response)
+
         def log_message(self, format_string: str, *args: Any) -> None:
             pass
 

@@ -24,13 +24,14 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from sluice.catalog import WORKFLOW_ALIAS
 from sluice.envelope import Event, event_from_dict, execution_name
+from sluice.run_records import RunRecord, RunRecords
 from sluice.workflows import failure_report
 
 STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "STOPPED", "PAUSED")
@@ -39,6 +40,8 @@ REPLAY_SEPARATOR = "~replay"
 # The error type of a run an operator stopped (Lambda records it; the failure handler is told).
 CANCELLED = "Cancelled"
 _REPLAY = re.compile(r"(?P<original>[A-Za-z0-9_-]{1,64})~replay(?P<n>[1-9][0-9]*)")
+# A durable execution's ARN: <function ARN>:<qualifier>/durable-execution/<name>/<id>.
+_EXECUTION_IN_ARN = re.compile(r"/durable-execution/(?P<name>[A-Za-z0-9_-]{1,64})/")
 # ListDurableExecutionsByFunction's page size (its MaxItems).
 PAGE = 100
 
@@ -137,6 +140,19 @@ class RunDetail:
             "operations": [op.to_dict() for op in self.operations],
             "replays": [r.to_dict() for r in self.replays],
         }
+
+
+def _from_record(record: RunRecord) -> Run:
+    return Run(
+        workflow=record.workflow,
+        name=record.name,
+        arn=record.arn,
+        status=record.status,
+        started=record.started,
+        ended=record.ended,
+        input=record.event,
+        error=record.reason,
+    )
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -256,11 +272,14 @@ class Runs:
         lambda_client: Any,
         functions: Mapping[str, str],
         failure_handlers: Mapping[str, str] | None = None,
+        records: RunRecords | None = None,
     ) -> None:
         self.lam = lambda_client
         self.functions = dict(functions)
         # workflow -> the function of its declared failure handler (run when a run is cancelled)
         self.failure_handlers = dict(failure_handlers or {})
+        # the failed-run records (sluice/run_records.py): they outlive Lambda's history
+        self.records = records
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -293,6 +312,34 @@ class Runs:
         runs: list[Run] = []
         for workflow in workflows or sorted(self.functions):
             runs.extend(self._list_function(workflow, statuses, since, until, name, limit))
+        runs.sort(key=lambda r: (r.started or datetime.min, r.name), reverse=True)
+        return runs[:limit]
+
+    def recorded(
+        self,
+        *,
+        workflows: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        name: str | None = None,
+        limit: int = 50,
+    ) -> builtins.list[Run]:
+        """The runs recorded as failed, timed out or cancelled (sluice/run_records.py), newest
+        first, at most `limit`: read from the records, so also runs whose durable history has
+        expired. Each carries its event and the reason its failure handler was given."""
+        if self.records is None:
+            raise ValueError("no failed-run records: this endpoint has no coordination table")
+        unknown = sorted(set(workflows or ()) - set(self.functions))
+        if unknown:
+            raise ValueError(
+                f"unknown workflow {', '.join(unknown)}: one of {', '.join(sorted(self.functions))}"
+            )
+        runs: builtins.list[Run] = []
+        for workflow in workflows or sorted(self.functions):
+            for record in self.records.list(workflow, since=since, until=until, name=name):
+                runs.append(_from_record(record))
+                if len(runs) >= limit * len(workflows or self.functions):
+                    break
         runs.sort(key=lambda r: (r.started or datetime.min, r.name), reverse=True)
         return runs[:limit]
 
@@ -385,13 +432,24 @@ class Runs:
     def find(self, ref: str, *, workflow: str | None = None) -> Run:
         """A run by ARN, or by execution name or event id (in `workflow`, or in any)."""
         if ref.startswith("arn:"):
-            return self.get(ref)
+            try:
+                return self.get(ref)
+            except RunNotFound:
+                by_arn = _EXECUTION_IN_ARN.search(ref)
+                if self.records is None or by_arn is None:
+                    raise
+                ref = by_arn["name"]
         names = dict.fromkeys([ref, execution_name(ref)])
         for wf in [workflow] if workflow else sorted(self.functions):
             for candidate in names:
                 found = self.list(workflows=[wf], name=candidate, limit=1)
                 if found:
                     return self.get(found[0].arn)
+        if self.records is not None:  # a failed run whose history has expired
+            for candidate in names:
+                found = self.recorded(workflows=[workflow] if workflow else None, name=candidate)
+                if found:
+                    return found[0]
         raise RunNotFound(f"no run named {ref}")
 
     def matching(
@@ -463,19 +521,28 @@ class Runs:
             raise
         handler = self.failure_handlers.get(run.workflow)
         event = run.event
+        why = {
+            "reason": "cancelled",
+            "step": run.workflow,
+            "error_class": "business",
+            "error_type": CANCELLED,
+            "message": reason[:2000],
+            "attempts": 1,
+        }
+        if self.records is not None and event is not None:
+            self.records.record(
+                workflow=run.workflow,
+                name=run.name,
+                arn=run.arn,
+                status="STOPPED",
+                event=event.to_dict(),
+                reason=why,
+                started=run.started or datetime.now(UTC),
+                ended=datetime.now(UTC),
+            )
         if handler and event is not None:
             payload = failure_report(
-                workflow=run.workflow,
-                job_id=run.name,
-                event=event,
-                reason={
-                    "reason": "cancelled",
-                    "step": run.workflow,
-                    "error_class": "business",
-                    "error_type": CANCELLED,
-                    "message": reason[:2000],
-                    "attempts": 1,
-                },
+                workflow=run.workflow, job_id=run.name, event=event, reason=why
             )
             answer = self.lam.invoke(
                 FunctionName=_live(handler),
@@ -490,13 +557,16 @@ class Runs:
                 )
         return self.get(arn)
 
-    def replay(self, arn: str, *, again: bool = False) -> Run:
-        """A new run of the same workflow with the same event under a replay id.
+    def replay(self, run: str | Run, *, again: bool = False) -> Run:
+        """A new run of the same workflow with the same event under a replay id. `run` is an
+        ARN, or a Run read with its input (e.g. a recorded one whose history has expired).
 
         Idempotent: the first replay's name and input are fixed, so asking twice returns the run
         already started. `again` starts the next replay (when the first replay failed too).
         """
-        original = self.get(arn)
+        original = run if isinstance(run, Run) and run.input is not None else None
+        if original is None:
+            original = self.get(run.arn if isinstance(run, Run) else run)
         event = original.event
         if event is None:
             raise ValueError(f"{original.name}: its input is not an event, it cannot be replayed")

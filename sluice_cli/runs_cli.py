@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from sluice import naming
+from sluice.run_records import RunRecords
 from sluice_cli.aws import Aws, friendly_errors
 from sluice_cli.jobs import (
     LOGS_QUERY,
@@ -55,7 +57,8 @@ def _runs(aws: Aws) -> Runs:
         raise click.ClickException(
             f"no workflows found at {aws.where}: deploy the stateless stack (its outputs name them)"
         )
-    return Runs(aws.client("lambda"), functions, failure_handler_functions(aws))
+    records = RunRecords(aws.client("dynamodb"), naming.coordination_table(aws.env))
+    return Runs(aws.client("lambda"), functions, failure_handler_functions(aws), records)
 
 
 def _when(value: datetime | None) -> str:
@@ -88,6 +91,12 @@ _filters = [
         help="PATH=VALUE on the run's event, e.g. data.media_id=m-1 (repeatable).",
     ),
     click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000)),
+    click.option(
+        "--recorded",
+        is_flag=True,
+        help="Read the failed-run records (kept 400 days) instead of Lambda's history: failed, "
+        "timed-out and cancelled runs, also those whose history has expired.",
+    ),
 ]
 
 
@@ -98,14 +107,18 @@ def filters(fn: Any) -> Any:
 
 
 def _select(runs: Runs, options: dict[str, Any]) -> list[Run]:
+    window = dict(
+        workflows=options["workflows"] or None,
+        since=_ago(options["since"]),
+        until=_ago(options["until"]),
+        limit=options["limit"],
+    )
     try:
-        found = runs.list(
-            workflows=options["workflows"] or None,
-            statuses=options["statuses"] or None,
-            since=_ago(options["since"]),
-            until=_ago(options["until"]),
-            limit=options["limit"],
-        )
+        if options["recorded"]:
+            statuses = set(options["statuses"] or ())
+            found = [r for r in runs.recorded(**window) if not statuses or r.status in statuses]
+        else:
+            found = runs.list(statuses=options["statuses"] or None, **window)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     return runs.matching(
@@ -257,6 +270,6 @@ def replay(
     if not _bulk(found, "replayed", dry_run, yes or bool(run)):
         return
     with click.progressbar(found, label="replaying") as bar:
-        started = [(r, api.replay(r.arn, again=again)) for r in bar]
+        started = [(r, api.replay(r, again=again)) for r in bar]
     for original, new in started:
         click.echo(f"{original.name} -> {new.name} ({new.status})")

@@ -23,8 +23,7 @@ from botocore.exceptions import ClientError
 
 from adapters.errors import code
 from adapters.slots import IsRunning, Slots, scope
-from lambdas.common.runtime import clients
-from sluice.settings import LambdaSettings
+from lambdas.common.runtime import clients, env
 
 FIRST_POLL_S = 2
 MAX_POLL_S = 30
@@ -92,7 +91,7 @@ def plan(
 
 
 def default_slots() -> Slots:
-    return Slots(clients("dynamodb"), LambdaSettings.read().require("coordination_table"))
+    return Slots(clients("dynamodb"), env("coordination_table"))
 
 
 def hold_slots(

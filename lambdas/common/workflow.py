@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,11 +29,12 @@ from aws_durable_execution_sdk_python.exceptions import UnrecoverableError
 
 from adapters.s3 import location
 from lambdas.common import concurrency
-from lambdas.common.runtime import error_class, logger, set_correlation_id, tracer
+from lambdas.common.runtime import clients, env, error_class, logger, set_correlation_id, tracer
 from sluice import naming, workflows
 from sluice.catalog import EVENTS, WORKFLOW_ALIAS
 from sluice.envelope import Event, event_from_dict, execution_name
 from sluice.errors import BusinessError, SluiceError
+from sluice.run_records import RunRecords
 
 Workflow = Callable[[Mapping[str, Any], DurableContext], dict[str, Any]]
 
@@ -278,6 +280,8 @@ class Run:
 FAILURE_OP = "on_failure"
 # The record that the declared timeout ran out (Run.remaining_s).
 TIMEOUT_OP = "timed out"
+# The failed-run record (sluice/run_records.py), written before the failure handler runs.
+RECORD_OP = "record failure"
 
 
 def _next_recorded(ctx: DurableContext) -> str | None:
@@ -304,6 +308,31 @@ def hold_slots(ctx: DurableContext, decl: workflows.Declaration, run: Run) -> co
         key_limit=limits.key_limit if limits else None,
         lease_s=decl.execution_timeout_s,
     )
+
+
+def record_failed_run(run: Run, reason: Mapping[str, Any]) -> None:
+    """Record the run and why it failed (sluice/run_records.py), once: a durable step. A
+    record that cannot be written is logged and does not keep the failure handler from running."""
+    arn = run.ctx.state.durable_execution_arn
+
+    def record(_: Any) -> None:
+        RunRecords(clients("dynamodb"), env("coordination_table")).record(
+            workflow=run.decl.id,
+            name=run.job_id,
+            arn=arn,
+            status="FAILED",
+            event=run.event.to_dict(),
+            reason=reason,
+            started=datetime.fromtimestamp(run.started_at, UTC),
+            ended=datetime.fromtimestamp(clock(), UTC),
+        )
+
+    try:
+        run.ctx.step(record, name=RECORD_OP)
+    except UnrecoverableError:
+        raise
+    except Exception as exc:
+        run.ctx.logger.error("failed run not recorded", extra={"error": str(exc)[:500]})
 
 
 def _started_at(ctx: DurableContext) -> float:
@@ -377,6 +406,7 @@ def declared_workflow(decl: workflows.Declaration, body: Body) -> Callable[[Any,
                 concurrency.release_slots(ctx, held)
             reason, error = _failure_of(exc, decl)
             ctx.logger.error("workflow failed", extra={"failure": reason})
+            record_failed_run(run, reason)
             payload = workflows.failure_report(
                 workflow=decl.id, job_id=job_id, event=ev, reason=reason, context=run.context
             )

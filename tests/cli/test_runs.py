@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -19,12 +20,19 @@ from aws_durable_execution_sdk_python import DurableContext, durable_execution
 from aws_durable_execution_sdk_python.config import Duration, WaitForCallbackConfig
 from botocore.config import Config
 from click.testing import CliRunner
+from moto.server import ThreadedMotoServer
 
 from devtools.durable_lambda import DurableService, serve
+from devtools.local.resources import create_coordination_table
+from devtools.ports import free_port
+from sluice import naming
 from sluice.catalog import WORKFLOW_ALIAS
-from sluice.envelope import Event
+from sluice.envelope import Event, execution_name
+from sluice.run_records import RunRecords
 from sluice_cli import cli
 from sluice_cli.runs import Runs, operations, replay_name
+
+ENV = "runs-test"
 
 # The fragile step fails while this holds a cause; the operator "fixes" it by clearing it.
 CAUSE: dict[str, str] = {}
@@ -57,8 +65,35 @@ def waiting(event: Any, ctx: DurableContext) -> Any:
     )
 
 
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
 @pytest.fixture
-def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def records(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunRecords]:
+    """The coordination table of environment ENV in moto's server, as the stack makes it."""
+    for name, value in {
+        "AWS_ENDPOINT_URL_DYNAMODB": moto_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "SLUICE_ENV": ENV,
+    }.items():
+        monkeypatch.setenv(name, value)
+    ddb = boto3.client("dynamodb", endpoint_url=moto_url, region_name="eu-west-1")
+    table = naming.coordination_table(ENV)
+    create_coordination_table(ddb, table)
+    yield RunRecords(ddb, table)
+    ddb.delete_table(TableName=table)
+
+
+@pytest.fixture
+def endpoint(records: RunRecords, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     service = DurableService(
         {"flaky": flaky, "waiting": waiting}, {"fragile": fragile, "on_failure": record_failure}
     )
@@ -178,7 +213,9 @@ def test_bulk_replay_replays_each_failed_run_in_the_window_once(endpoint) -> Non
     assert all(settle(endpoint, r.arn) == "SUCCEEDED" for r in replays)
 
 
-def test_a_waiting_run_is_cancelled_with_its_reason_and_the_rest_keep_waiting(endpoint) -> None:
+def test_a_waiting_run_is_cancelled_with_its_reason_and_the_rest_keep_waiting(
+    endpoint, records
+) -> None:
     waiting_arns = {
         key: start(
             endpoint,
@@ -218,6 +255,50 @@ def test_a_waiting_run_is_cancelled_with_its_reason_and_the_rest_keep_waiting(en
     ]
     sluice("runs", "cancel", "wait-m-1", "--reason", "again")
     assert len(FAILURES) == 1
+    # And the cancelled run is recorded, to be listed after Lambda's history is gone
+    (record,) = records.list("waiting")
+    assert (record.name, record.status, record.arn) == ("wait-m-1", "STOPPED", waiting_arns["m-1"])
+    assert record.reason["message"] == "media deleted"
+    assert record.event["data"] == {"media_id": "m-1"}
+    listed = sluice("runs", "list", "--recorded", "--workflow", "waiting")
+    assert "STOPPED" in listed and "wait-m-1" in listed and "wait-m-2" not in listed
+
+
+def test_a_failed_run_whose_history_expired_is_listed_and_replayed_from_its_record(
+    endpoint, records
+) -> None:
+    # Given a failed run Lambda no longer knows (its history expired), as the workflow wrapper
+    # recorded it, and another recorded a week earlier
+    old = datetime.now(UTC) - timedelta(days=120)
+    for name, started in (("gone-1", old), ("gone-0", old - timedelta(days=7))):
+        event = Event(name="demo/asked", data={"value": name}, id=name, correlation_id="c-gone")
+        records.record(
+            workflow="flaky",
+            name=name,
+            arn=f"arn:aws:lambda:eu-west-1:123456789012:function:flaky:live/durable-execution/{name}/x",
+            status="FAILED",
+            event=event.to_dict(),
+            reason={"reason": "step_failed", "step": "fragile", "message": "upstream said no"},
+            started=started,
+            ended=started + timedelta(minutes=1),
+        )
+    assert Runs(lam(endpoint), {"flaky": "flaky"}).list(workflows=["flaky"]) == []
+    # When the operator lists the recorded failures of that window
+    out = sluice("runs", "list", "--recorded", "--since", "125d", "--until", "119d", "--json")
+    listed = [json.loads(line) for line in out.splitlines()]
+    # Then only the run of the window is listed, with its event and reason
+    assert [(r["name"], r["status"]) for r in listed] == [("gone-1", "FAILED")]
+    assert listed[0]["input"]["data"] == {"value": "gone-1"}
+    assert listed[0]["error"]["message"] == "upstream said no"
+    # And replaying it (twice, once by ARN) starts one new run from the recorded event
+    sluice("runs", "replay", "gone-1")
+    sluice("runs", "replay", listed[0]["arn"])
+    runs = Runs(lam(endpoint), {"flaky": "flaky"})
+    (replay,) = runs.list(workflows=["flaky"])
+    assert replay.name == execution_name(replay_name("gone-1"))
+    assert settle(endpoint, replay.arn) == "SUCCEEDED"
+    assert runs.get(replay.arn).replay_of == "gone-1"
+    assert runs.get(replay.arn).event.correlation_id == "c-gone"
 
 
 def test_operations_fold_a_history_into_one_entry_per_operation() -> None:

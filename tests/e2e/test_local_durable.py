@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import botocore.session
 import pytest
 from aws_durable_execution_sdk_python import DurableContext, durable_execution
 from botocore.exceptions import ClientError
@@ -96,3 +97,16 @@ def test_history_lists_the_steps(lam) -> None:
     wait_done(lam, arn)
     events = lam.get_durable_execution_history(DurableExecutionArn=arn)["Events"]
     assert ("StepSucceeded", "shout") in [(e["EventType"], e.get("Name")) for e in events]
+
+
+def test_errors_carry_the_type_botocores_model_names(lam) -> None:
+    # botocore's Lambda model lists ResourceNotFoundException among GetDurableExecution's errors;
+    # the runner named it only in its body, so botocore raised a bare "404" error instead.
+
+    model = botocore.session.get_session().get_service_model("lambda")
+    declared = {e.name for e in model.operation_model("GetDurableExecution").error_shapes}
+    assert "ResourceNotFoundException" in declared
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_durable_execution(
+            DurableExecutionArn=f"{alias_arn(REGION, 'greet')}/durable-execution/none/x"
+        )

@@ -45,6 +45,7 @@ WORKER_BUNDLE = [
     "sluice/metrics.py",
     "sluice/naming.py",
     "sluice/producer.py",
+    "sluice/run_records.py",
     "sluice/scheduling/__init__.py",
     "sluice/scheduling/names.py",
     "sluice/scheduling/registry.py",

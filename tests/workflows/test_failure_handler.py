@@ -28,6 +28,7 @@ from lambdas.workflows.transcribe_audio import handler as transcribe
 from sluice.catalog import WORKFLOW_ALIAS
 from sluice.envelope import Event
 from sluice.errors import BusinessError
+from sluice.run_records import RunRecords
 from sluice.settings import LambdaSettings
 from tests.lambdas.conftest import aws  # noqa: F401
 
@@ -161,6 +162,12 @@ def assert_failed_once(outcome: Run, aws: Any, event: Event, reason: str, workfl
     assert aws.job(event.execution_name)["status"] == "FAILED"
     notes = aws.notifications()
     assert len(notes) == 1 and notes[0]["job_id"] == event.execution_name
+    # and the run is recorded with its event and reason, to outlive the durable history
+    (record,) = RunRecords(aws.ddb, aws.coordination).list(workflow)
+    assert (record.name, record.status) == (event.execution_name, "FAILED")
+    assert record.reason == {k: failure[k] for k in record.reason}
+    assert record.reason["reason"] == reason
+    assert record.event == event.to_dict()
 
 
 @pytest.mark.parametrize("workflow", sorted(WORKFLOWS))
