@@ -22,6 +22,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "media/transcode.requested": "a producer: transcode this audio to HLS (bucket, key)",
         "media/embedding.requested": "a producer: embed this transcript (transcript)",
         "webhook/requested": "a producer: POST data.payload to data.url for data.customer_id",
+        "media/deleted": "a producer: the object data.bucket/data.key is gone; runs on it stop",
         "media/ready": "the media pipeline's join: every branch of an item succeeded",
         "media/failed": "the media pipeline's join: a branch failed (data.failed_branches)",
     }
@@ -33,22 +34,24 @@ WORKFLOWS_ROOT = Path(__file__).resolve().parent.parent / "lambdas" / "workflows
 ROUTES_FILE = Path(__file__).resolve().parent / "workflows.json"
 
 
-def _declared() -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+def _declared() -> tuple[tuple[str, ...], dict[str, tuple[str, ...]], workflows.Cancels]:
     if ROUTES_FILE.is_file():
         return workflows.read_routes_document(ROUTES_FILE.read_text())
     if WORKFLOWS_ROOT.is_dir():
         declared = workflows.load(WORKFLOWS_ROOT, known_events=EVENTS)
-        return tuple(declared), workflows.routes(declared)
-    return (), {}  # the CLI installed without the repository: no routes to check against
+        return tuple(declared), workflows.routes(declared), workflows.cancels(declared)
+    return (), {}, {}  # the CLI installed without the repository: no routes to check against
 
 
-_WORKFLOWS, _ROUTES = _declared()
+_WORKFLOWS, _ROUTES, _CANCELS = _declared()
 # False only where neither the declarations nor a staged routes document exist (`pip install .`
 # outside a checkout): the producer then checks event names against EVENTS instead.
 ROUTES_KNOWN = ROUTES_FILE.is_file() or WORKFLOWS_ROOT.is_dir()
 WORKFLOWS: tuple[str, ...] = _WORKFLOWS
 # Event name -> the workflows it starts (one durable execution each, named after the event id).
 ROUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(_ROUTES)
+# Event name -> (workflow, path in the event) of the runs it cancels (declared `cancel_on`).
+CANCELS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(_CANCELS)
 
 
 # Key prefixes of the media bucket: IAM policies (stacks), the lifecycle rule, the steps and the
@@ -108,6 +111,12 @@ def workflows_for(event_name: str) -> tuple[str, ...]:
     return ROUTES.get(event_name, ())
 
 
+def cancels_for(event_name: str) -> tuple[tuple[str, str], ...]:
+    """(workflow, path of the value in the event) of the runs `event_name` cancels (declared
+    `cancel_on`); empty when it cancels none."""
+    return CANCELS.get(event_name, ())
+
+
 # The branches `media/transcription.completed` fans out to, and what their join emits once all
 # have ended (lambdas/common/join.py): `media/ready`, or `media/failed` naming the failed ones.
 FAN_OUT_EVENT = "media/transcription.completed"
@@ -123,4 +132,6 @@ def is_known(event_name: str) -> bool:
     declarations at hand, it is a known event), or it is a notice Sluice emits."""
     if event_name in NOTICES:
         return True
-    return bool(workflows_for(event_name)) if ROUTES_KNOWN else event_name in EVENTS
+    if not ROUTES_KNOWN:
+        return event_name in EVENTS
+    return bool(workflows_for(event_name) or cancels_for(event_name))

@@ -4,7 +4,14 @@ for the alarms that read them (namespaces: sluice.naming.metrics_namespace)."""
 from __future__ import annotations
 
 # The worker's web process, per handled message (dimension Environment).
-WORKER_COUNTS = ("Received", "Started", "Duplicates", "DeadLettered", "TransientFailures")
+WORKER_COUNTS = (
+    "Received",
+    "Started",
+    "Duplicates",
+    "DeadLettered",
+    "TransientFailures",
+    "Cancelled",
+)
 WORKER_LATENCY = "HandlingLatency"
 WORKER_METRICS = (*WORKER_COUNTS, WORKER_LATENCY)
 

@@ -120,13 +120,15 @@ def role_variable(process: str) -> str:
 
 
 # The worker finds each workflow's `live` alias in a variable of its own: one plain value each,
-# as Elastic Beanstalk's environment properties require (no JSON, <= 256 characters).
+# as Elastic Beanstalk's environment properties require (no JSON, <= 256 characters); and, for
+# the workflows an event may cancel (`cancel_on`), its failure handler's `live` alias.
 ALIAS_VARIABLE_PREFIX = "SLUICE_ALIAS_"
+FAILURE_HANDLER_VARIABLE_PREFIX = "SLUICE_ON_FAILURE_"
 
 
-def alias_variable(workflow: str) -> str:
+def alias_variable(workflow: str, prefix: str = ALIAS_VARIABLE_PREFIX) -> str:
     """`transcribe_audio` -> `SLUICE_ALIAS_TRANSCRIBE_AUDIO`."""
-    return ALIAS_VARIABLE_PREFIX + workflow.upper()
+    return prefix + workflow.upper()
 
 
 def step_variable(step: str) -> str:
@@ -134,15 +136,17 @@ def step_variable(step: str) -> str:
     return "STEP_" + step.upper()
 
 
-def alias_variables(aliases: Mapping[str, str]) -> dict[str, str]:
+def alias_variables(
+    aliases: Mapping[str, str], prefix: str = ALIAS_VARIABLE_PREFIX
+) -> dict[str, str]:
     """Workflow name -> alias ARN, as the environment variables the worker reads."""
-    return {alias_variable(name): arn for name, arn in aliases.items()}
+    return {alias_variable(name, prefix): arn for name, arn in aliases.items()}
 
 
-def aliases_from(environ: Mapping[str, str]) -> dict[str, str]:
+def aliases_from(environ: Mapping[str, str], prefix: str = ALIAS_VARIABLE_PREFIX) -> dict[str, str]:
     """The workflow aliases `alias_variables` wrote into `environ`."""
-    n = len(ALIAS_VARIABLE_PREFIX)
-    return {k[n:].lower(): v for k, v in environ.items() if k.startswith(ALIAS_VARIABLE_PREFIX)}
+    n = len(prefix)
+    return {k[n:].lower(): v for k, v in environ.items() if k.startswith(prefix)}
 
 
 # The attribute every item of the state tables (jobs, coordination) expires by: the stacks enable

@@ -118,12 +118,24 @@ class WebSettings(ProcessSettings):
         "SLUICE_CLAIM_CHECK_BUCKET", "bucket for dead letters too large for the DLQ", ""
     )
     role_arn: Arn | None = _var(naming.role_variable("web"), "the role this process assumes", None)
+    coordination_table: str = _var(
+        "SLUICE_COORDINATION_TABLE", "where runs register with the events that cancel them", ""
+    )
     # Workflow -> its `live` alias ARN, one variable each (naming.alias_variable).
     workflow_aliases: Mapping[str, Arn] = Field(default_factory=dict, validation_alias="aliases")
+    # Workflow -> its failure handler's `live` alias ARN, for the workflows an event may cancel.
+    failure_handlers: Mapping[str, Arn] = Field(
+        default_factory=dict, validation_alias="failure_handlers"
+    )
 
     @classmethod
     def _extra(cls, env: Mapping[str, str]) -> dict[str, Any]:
-        return {"aliases": naming.aliases_from(env)}
+        return {
+            "aliases": naming.aliases_from(env),
+            "failure_handlers": naming.aliases_from(
+                env, prefix=naming.FAILURE_HANDLER_VARIABLE_PREFIX
+            ),
+        }
 
     @field_validator("http_path")
     @classmethod

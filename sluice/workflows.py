@@ -47,6 +47,18 @@ _EVENT = re.compile(r"[a-z][a-z0-9-]*(/[a-z0-9][a-z0-9._-]*)+")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
+def value_at(doc: Any, path: str) -> str | None:
+    """The value at a declared dotted `path` (`data.customer_id`) of an event's document, as
+    text (a string as is, other values as JSON); None when it is absent, null or empty."""
+    for part in path.split("."):
+        if not isinstance(doc, Mapping) or part not in doc:
+            return None
+        doc = doc[part]
+    if doc is None or doc == "":
+        return None
+    return doc if isinstance(doc, str) else json.dumps(doc, sort_keys=True)
+
+
 class DeclarationError(ValueError):
     """A declaration is invalid; the message names the file and the setting."""
 
@@ -76,6 +88,40 @@ class Concurrency(BaseModel):
         return self
 
 
+class CancelOn(BaseModel):
+    """An event that cancels the workflow's runs it matches (sluice/run_control.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: str = Field(description="the event name that cancels, e.g. media/deleted")
+    match: str = Field(
+        description="dotted path into the run's event whose value the cancelling event names, "
+        'e.g. "data.media_id"'
+    )
+    on: str | None = Field(
+        None, description="the path of that value in the cancelling event (default: match)"
+    )
+
+    @field_validator("event")
+    @classmethod
+    def _event(cls, value: str) -> str:
+        if not _EVENT.fullmatch(value):
+            raise ValueError(f"malformed event name {value!r} (e.g. media/deleted)")
+        return value
+
+    @field_validator("match", "on")
+    @classmethod
+    def _dotted(cls, value: str | None) -> str | None:
+        if value is not None and not _KEY.fullmatch(value):
+            raise ValueError(f'must be a dotted path such as "data.media_id", got {value!r}')
+        return value
+
+    @property
+    def event_path(self) -> str:
+        """Where the cancelling event holds the value."""
+        return self.on or self.match
+
+
 class Declaration(BaseModel):
     """One workflow, as its `workflow.toml` declares it."""
 
@@ -95,6 +141,9 @@ class Declaration(BaseModel):
         description="execution timeout (s); the failure handler runs when it passes",
     )
     concurrency: Concurrency | None = Field(None, description="runs executing at once")
+    cancel_on: tuple[CancelOn, ...] = Field(
+        (), description="events that cancel a running run whose event matches theirs"
+    )
     on_failure: str = Field(
         "on_failure",
         description="the step Lambda run once when a run ends badly (lambdas/steps/<name>)",
@@ -152,6 +201,20 @@ class Declaration(BaseModel):
             raise ValueError(f"on_failure: {self.on_failure!r} is also one of the steps")
         return self
 
+    @model_validator(mode="after")
+    def _cancel_apart(self) -> Declaration:
+        seen = set()
+        for cancel in self.cancel_on:
+            if cancel.event in self.events:
+                raise ValueError(
+                    f"cancel_on: {cancel.event!r} also starts the workflow: its runs would "
+                    "cancel the runs it starts"
+                )
+            if cancel in seen:
+                raise ValueError(f"cancel_on: {cancel.event!r} matching {cancel.match!r} twice")
+            seen.add(cancel)
+        return self
+
     @property
     def attempts(self) -> int:
         """Attempts of each step: the first and `retries` more."""
@@ -204,10 +267,12 @@ def parse(path: Path, *, known_events: Iterable[str] | None = None, label: str =
         )
     if known_events is not None:
         known = set(known_events)
-        for name in decl.events:
+        named = [("events", n) for n in decl.events]
+        named += [("cancel_on.event", c.event) for c in decl.cancel_on]
+        for setting, name in named:
             if name not in known:
                 raise DeclarationError(
-                    f"{where}: events: unknown event {name!r}; known events: "
+                    f"{where}: {setting}: unknown event {name!r}; known events: "
                     f"{', '.join(sorted(known))} (declare a new one in sluice/catalog.py EVENTS)"
                 )
     return decl
@@ -247,23 +312,45 @@ def routes(declarations: Mapping[str, Declaration]) -> dict[str, tuple[str, ...]
     return {event: tuple(table[event]) for event in sorted(table)}
 
 
+Cancels = dict[str, tuple[tuple[str, str], ...]]
+
+
+def cancels(declarations: Mapping[str, Declaration]) -> Cancels:
+    """Event name -> the (workflow, path in the event) pairs whose runs it cancels, sorted."""
+    table: dict[str, list[tuple[str, str]]] = {}
+    for name in sorted(declarations):
+        for cancel in declarations[name].cancel_on:
+            table.setdefault(cancel.event, []).append((name, cancel.event_path))
+    return {event: tuple(sorted(set(table[event]))) for event in sorted(table)}
+
+
 def routes_document(declarations: Mapping[str, Declaration]) -> str:
-    """What the stacks stage into each bundle as `sluice/workflows.json`: the workflows and the
-    routes (sluice.catalog reads it at run time)."""
+    """What the stacks stage into each bundle as `sluice/workflows.json`: the workflows, the
+    routes and the cancelling events (sluice.catalog reads it at run time)."""
     return json.dumps(
         {
             "workflows": sorted(declarations),
             "routes": {event: list(names) for event, names in routes(declarations).items()},
+            "cancels": {
+                event: [list(pair) for pair in pairs]
+                for event, pairs in cancels(declarations).items()
+            },
         },
         indent=1,
         sort_keys=True,
     )
 
 
-def read_routes_document(text: str) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
-    """(workflows, routes) from a `routes_document`."""
+def read_routes_document(
+    text: str,
+) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]], Cancels]:
+    """(workflows, routes, cancels) from a `routes_document`."""
     doc = json.loads(text)
-    return tuple(doc["workflows"]), {e: tuple(w) for e, w in doc["routes"].items()}
+    return (
+        tuple(doc["workflows"]),
+        {e: tuple(w) for e, w in doc["routes"].items()},
+        {e: tuple((w, m) for w, m in pairs) for e, pairs in doc.get("cancels", {}).items()},
+    )
 
 
 def failure_report(

@@ -24,21 +24,17 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from sluice.catalog import WORKFLOW_ALIAS
+from sluice import run_control
 from sluice.envelope import Event, event_from_dict, execution_name
-from sluice.run_records import RunRecord, RunRecords
-from sluice.workflows import failure_report
+from sluice.run_control import ENDED, STATUSES, RunRecord, RunRecords, live
+from sluice.workflows import value_at
 
-STATUSES = ("RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "STOPPED", "PAUSED")
-ENDED = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "STOPPED"})
 REPLAY_SEPARATOR = "~replay"
-# The error type of a run an operator stopped (Lambda records it; the failure handler is told).
-CANCELLED = "Cancelled"
 _REPLAY = re.compile(r"(?P<original>[A-Za-z0-9_-]{1,64})~replay(?P<n>[1-9][0-9]*)")
 # A durable execution's ARN: <function ARN>:<qualifier>/durable-execution/<name>/<id>.
 _EXECUTION_IN_ARN = re.compile(r"/durable-execution/(?P<name>[A-Za-z0-9_-]{1,64})/")
@@ -243,20 +239,6 @@ def operations(events: Iterable[Mapping[str, Any]]) -> list[Operation]:
     return result
 
 
-def _at(doc: Any, path: str) -> str | None:
-    """The value at dotted `path` in `doc`, as text (None: absent)."""
-    for part in path.split("."):
-        if not isinstance(doc, Mapping) or part not in doc:
-            return None
-        doc = doc[part]
-    return doc if isinstance(doc, str) else json.dumps(doc)
-
-
-def _live(function: str) -> str:
-    """`function` (a name or ARN, as the stack outputs give it) through its `live` alias."""
-    return function if function.endswith(f":{WORKFLOW_ALIAS}") else f"{function}:{WORKFLOW_ALIAS}"
-
-
 def replay_name(original: str, n: int = 1) -> str:
     """The event id of the `n`th replay of the run named `original`."""
     if n < 1:
@@ -278,7 +260,7 @@ class Runs:
         self.functions = dict(functions)
         # workflow -> the function of its declared failure handler (run when a run is cancelled)
         self.failure_handlers = dict(failure_handlers or {})
-        # the failed-run records (sluice/run_records.py): they outlive Lambda's history
+        # the failed-run records (sluice/run_control.py): they outlive Lambda's history
         self.records = records
 
     # -- reading ----------------------------------------------------------------------------------
@@ -324,7 +306,7 @@ class Runs:
         name: str | None = None,
         limit: int = 50,
     ) -> builtins.list[Run]:
-        """The runs recorded as failed, timed out or cancelled (sluice/run_records.py), newest
+        """The runs recorded as failed, timed out or cancelled (sluice/run_control.py), newest
         first, at most `limit`: read from the records, so also runs whose durable history has
         expired. Each carries its event and the reason its failure handler was given."""
         if self.records is None:
@@ -475,7 +457,7 @@ class Runs:
             if correlation_id and event.correlation_id != correlation_id:
                 continue
             if match and not all(
-                _at(event.to_dict(), path) == value for path, value in match.items()
+                value_at(event.to_dict(), path) == value for path, value in match.items()
             ):
                 continue
             found.append(full)
@@ -495,66 +477,22 @@ class Runs:
     # -- acting -----------------------------------------------------------------------------------
 
     def cancel(self, arn: str, *, reason: str) -> Run:
-        """Stop a running run, then run its declared failure handler once with the reason.
-
-        Lambda records `reason` as the stopped run's error. A stopped execution runs no more of
-        its own code, so the failure handler (which records the failure on the job and notifies)
-        is invoked from here, by whoever stopped it: a run that had already ended is left as it
-        is and its handler is not run again. (Two operators cancelling the same run at the same
-        instant may both run it: Lambda's stop of a stopped run succeeds too; the job record is
-        the same, the notification may go twice.) The concurrency slots the run held are
-        reclaimed by the next run that asks for them (adapters/slots.py: a holder that no longer
-        runs).
-        """
+        """Stop a running run, then record it and run its declared failure handler once with
+        the reason (sluice.run_control.cancel); a run that had already ended is left as it is."""
         run = self.get(arn)
         if run.status in ENDED:
             return run
-        try:
-            self.lam.stop_durable_execution(
-                DurableExecutionArn=arn,
-                Error={"ErrorType": CANCELLED, "ErrorMessage": reason[:1024]},
-            )
-        except ClientError:
-            now = self.get(arn)
-            if now.status in ENDED:  # it ended (or another operator stopped it) first
-                return now
-            raise
-        handler = self.failure_handlers.get(run.workflow)
-        event = run.event
-        why = {
-            "reason": "cancelled",
-            "step": run.workflow,
-            "error_class": "business",
-            "error_type": CANCELLED,
-            "message": reason[:2000],
-            "attempts": 1,
-        }
-        if self.records is not None and event is not None:
-            self.records.record(
-                workflow=run.workflow,
-                name=run.name,
-                arn=run.arn,
-                status="STOPPED",
-                event=event.to_dict(),
-                reason=why,
-                started=run.started or datetime.now(UTC),
-                ended=datetime.now(UTC),
-            )
-        if handler and event is not None:
-            payload = failure_report(
-                workflow=run.workflow, job_id=run.name, event=event, reason=why
-            )
-            answer = self.lam.invoke(
-                FunctionName=_live(handler),
-                InvocationType="RequestResponse",
-                Payload=json.dumps(payload).encode(),
-            )
-            if answer.get("FunctionError"):
-                body = answer["Payload"].read() if hasattr(answer.get("Payload"), "read") else b""
-                raise RuntimeError(
-                    f"{run.name} stopped, but its failure handler {handler} failed: "
-                    f"{body[:500].decode('utf-8', 'replace')}"
-                )
+        run_control.cancel(
+            self.lam,
+            workflow=run.workflow,
+            name=run.name,
+            arn=run.arn,
+            event=run.event,
+            started=run.started,
+            message=reason,
+            records=self.records,
+            failure_handler=self.failure_handlers.get(run.workflow),
+        )
         return self.get(arn)
 
     def replay(self, run: str | Run, *, again: bool = False) -> Run:
@@ -579,7 +517,7 @@ class Runs:
             correlation_id=event.correlation_id,
         )
         answer = self.lam.invoke(
-            FunctionName=_live(self.functions[original.workflow]),
+            FunctionName=live(self.functions[original.workflow]),
             InvocationType="Event",
             DurableExecutionName=replay.execution_name,
             Payload=replay.start_payload(),

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from sluice import naming
-from sluice.run_records import RunRecords
+from sluice.run_control import RunRecords
 from sluice_cli.aws import Aws, friendly_errors
 from sluice_cli.jobs import (
     LOGS_QUERY,

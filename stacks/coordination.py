@@ -7,16 +7,19 @@ functions by that name, without a cross-stack reference to the construct.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aws_cdk import Acknowledgment, Aws, RemovalPolicy, Validations
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from sluice import naming
-from sluice.settings import LambdaSettings
+from sluice.settings import LambdaSettings, WebSettings
 from stacks.config import EnvConfig
 from stacks.media_store import state_table
-from stacks.workflows import DurableWorkflow
+from stacks.workflows import DurableWorkflow, logical_id
 
 # What the runtime does on the table: slots read the counter and query the queue, enqueue and
 # leave (put, delete), take a slot in one transaction (its items need put and delete), release
@@ -90,3 +93,84 @@ def grant(fn: DurableWorkflow, *, config: EnvConfig, key: kms.IKey | None) -> No
         coordination_table=naming.coordination_table(config.name),
     ).items():
         fn.function.add_environment(name, value)
+
+
+# What the worker's web process does to cancel runs (worker/cancels.py, sluice/run_control.py):
+# record a cancellation (update), read the registered runs (query), drop them (delete) and record
+# each cancelled run (put).
+CANCEL_ACTIONS = (
+    "dynamodb:Query",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+)
+
+
+def grant_canceller(
+    scope: Construct,
+    role: iam.IRole,
+    *,
+    workflows: Mapping[str, DurableWorkflow],
+    failure_handlers: Mapping[str, lambda_.IAlias],
+    config: EnvConfig,
+    key: kms.IKey | None,
+) -> None:
+    """Let `role` (the worker's web process) cancel the runs of `workflows`, the ones a declared
+    `cancel_on` event may cancel: read and stop their executions, run their failure handlers,
+    and work the cancellation partitions of the coordination table."""
+    statements = [
+        iam.PolicyStatement(
+            sid="CancelRuns",
+            actions=["lambda:GetDurableExecution", "lambda:StopDurableExecution"],
+            resources=[
+                f"{wf.function.function_arn}:*/durable-execution/*"
+                for _, wf in sorted(workflows.items())
+            ],
+        ),
+        iam.PolicyStatement(
+            sid="FailureHandlers",
+            actions=["lambda:InvokeFunction"],
+            resources=sorted({a.function_arn for a in failure_handlers.values()}),
+        ),
+        iam.PolicyStatement(
+            sid="CancelKeys", actions=list(CANCEL_ACTIONS), resources=[table_arn(config)]
+        ),
+    ]
+    if key is not None:
+        statements.append(
+            iam.PolicyStatement(
+                sid="TableKey",
+                actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                resources=[key.key_arn],
+            )
+        )
+    policy = iam.ManagedPolicy(
+        scope,
+        "CancelPolicy",
+        description=f"{config.prefix}: the worker cancels the runs a cancel_on event names",
+        statements=statements,
+        roles=[role],
+    )
+    for _, wf in sorted(workflows.items()):
+        Validations.of(policy).acknowledge(
+            Acknowledgment(
+                id="AwsSolutions-IAM5[Resource::"
+                f"<{logical_id(wf.function)}.Arn>:*/durable-execution/*]",
+                reason="Executions of this workflow only, of every version (an execution's ARN "
+                "carries the version it started on, which changes with each deployment).",
+            )
+        )
+
+
+def canceller_environment(
+    failure_handlers: Mapping[str, lambda_.IAlias], config: EnvConfig
+) -> dict[str, str]:
+    """What the worker's web process reads to cancel runs (sluice.settings.WebSettings): the
+    coordination table and the failure handler of each workflow an event may cancel."""
+    return {
+        **WebSettings.render(coordination_table=naming.coordination_table(config.name)),
+        **naming.alias_variables(
+            {name: alias.function_arn for name, alias in failure_handlers.items()},
+            prefix=naming.FAILURE_HANDLER_VARIABLE_PREFIX,
+        ),
+    }

@@ -92,6 +92,14 @@ class StatelessStack(Stack):
         # The EB worker: sqsd feeds it the events queue; it starts the workflows' aliases. Its
         # tasks process (worker/tasks.py) and scheduler (worker/scheduler) read their own settings.
         worker_env = dict(self.heavy.worker_environment)
+        # The workflows an event may cancel (declared `cancel_on`): the worker stops their runs
+        # and runs their failure handlers (worker/cancels.py).
+        every_workflow = {**self.workflows.workflows, **self.heavy.workflows}
+        declarations = self.workflows.declarations
+        cancellable = {n: wf for n, wf in every_workflow.items() if declarations[n].cancel_on}
+        handlers = {n: self.workflows.steps[declarations[n].on_failure].alias for n in cancellable}
+        if cancellable:
+            worker_env |= coordination.canceller_environment(handlers, config)
         if stateful.broker is not None:
             worker_env |= stateful.broker.worker_environment()
             worker_env |= SchedulerSettings.render(events_queue_url=stateful.events.queue.queue_url)
@@ -108,6 +116,15 @@ class StatelessStack(Stack):
             routes=self.workflows.routes,
         )
         self.heavy.grant_heavy_steps(self.worker.process_roles["tasks"])
+        if cancellable:
+            coordination.grant_canceller(
+                self.worker,
+                self.worker.process_roles["web"],
+                workflows=cancellable,
+                failure_handlers=handlers,
+                config=config,
+                key=stateful.key,
+            )
         self.monitoring.watch_worker(
             environment_name=self.worker.environment_name,
             metrics_namespace=self.worker.metrics_namespace,

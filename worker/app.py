@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
+from worker.cancels import Canceller
 from worker.dispatch import Delivery, Dispatcher
 from worker.invoke import LambdaInvoker
 from worker.observability import (
@@ -169,12 +170,25 @@ def create_app(
         )
         publisher.start(settings.publish_metrics_s)
     metrics = Metrics(settings.metrics_namespace, dimensions, publisher=publisher)
+    canceller = None
+    if settings.coordination_table:  # some workflow declares `cancel_on` (worker/cancels.py)
+        import boto3
+        from botocore.config import Config
+
+        short = Config(retries={"mode": "standard", "total_max_attempts": 2})
+        canceller = Canceller(
+            lambda_client=boto3.client("lambda", config=short),
+            dynamodb_client=boto3.client("dynamodb", config=short),
+            table=settings.coordination_table,
+            failure_handlers=settings.failure_handlers,
+        )
     dispatcher = Dispatcher(
         settings=settings,
         lambda_client=lambda_client,
         sqs_client=sqs_client,
         s3_client=s3_client,
         metrics=metrics,
+        canceller=canceller,
     )
     app = App(settings, dispatcher)
     # Without a broker, sqsd's cron.yaml POSTs run the periodic tasks (issue 7).

@@ -26,10 +26,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from adapters import errors
 from sluice import envelope
-from sluice.catalog import DEAD_LETTER_PREFIX, is_known, workflows_for
+from sluice.catalog import DEAD_LETTER_PREFIX, cancels_for, is_known, workflows_for
 from sluice.envelope import Event
 from sluice.errors import PoisonMessage, TransientError
+from sluice.run_control import FailureHandlerFailed
 from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
+from worker.cancels import Canceller, first_received
 from worker.observability import Metrics, correlation_id
 
 log = logging.getLogger("sluice.worker")
@@ -45,6 +47,7 @@ STARTED = "started"
 DEAD_LETTERED = "dead_lettered"
 TRANSIENT = "transient"
 IGNORED = "ignored"
+CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -95,12 +98,14 @@ class Dispatcher:
         sqs_client: Any,
         metrics: Metrics,
         s3_client: Any = None,
+        canceller: Canceller | None = None,
     ):
         self.settings = settings
         self.lambda_client = lambda_client
         self.sqs = sqs_client
         self.s3 = s3_client  # for the claim check (settings.claim_check_bucket)
         self.metrics = metrics
+        self.canceller = canceller  # for events a workflow declares in `cancel_on`
 
     def handle(self, body: bytes, delivery: Delivery) -> Result:
         """Handle one message; never raises (an unexpected error is a 503: nothing is lost)."""
@@ -139,10 +144,21 @@ class Dispatcher:
         if not events:  # S3's test event: nothing to start
             log.info("message carries no event", extra={"outcome": IGNORED})
             return Result(200, IGNORED)
-        if not any(workflows_for(event.name) for event in events):  # notices (media/ready)
+        cancelling = [event for event in events if cancels_for(event.name)]
+        if not cancelling and not any(workflows_for(event.name) for event in events):
             log.info("no workflow starts on these events", extra={"outcome": IGNORED})
-            return Result(200, IGNORED)
+            return Result(200, IGNORED)  # notices (media/ready)
         correlation_id.set(events[0].correlation_id)
+        cancelled: list[dict[str, str]] = []
+        for event in cancelling:
+            try:
+                cancelled += self._cancel(event, delivery)
+            except TransientError as exc:
+                log.warning(
+                    "cancelling failed, sqsd will retry",
+                    extra={"outcome": TRANSIENT, "reason": exc.code, "detail": str(exc)},
+                )
+                return Result(503, TRANSIENT, exc.code, {"TransientFailures": 1})
         started: list[dict[str, str]] = []
         for event in events:
             for workflow in workflows_for(event.name):
@@ -165,8 +181,28 @@ class Dispatcher:
         # Lambda answers a repeated name + payload with the existing execution, exactly like a
         # fresh start; a redelivered message (receive count > 1) is what tells them apart.
         duplicate = delivery.receive_count > 1
-        counts = {"Started": len(started), "Duplicates": len(started) if duplicate else 0}
-        return Result(200, STARTED, "", counts, started)
+        counts = {
+            "Started": len(started),
+            "Duplicates": len(started) if duplicate else 0,
+            "Cancelled": len(cancelled),
+        }
+        outcome = STARTED if started or not cancelling else CANCELLED
+        return Result(200, outcome, "", counts, started + cancelled)
+
+    def _cancel(self, event: Event, delivery: Delivery) -> list[dict[str, str]]:
+        """Stop the runs `event` cancels (worker/cancels.py); TransientError when it cannot now."""
+        if self.canceller is None:
+            # Declared but not configured: a deployment fault, held by the redrive policy.
+            raise TransientError(
+                f"{event.name} cancels runs, but no coordination table is configured",
+                code="no_coordination_table",
+            )
+        try:
+            received = first_received(delivery.first_received_at)
+            stopped = self.canceller.cancel(event, received=received)
+            return [{**run, "cancelled_by": event.id} for run in stopped]
+        except (ClientError, BotoCoreError, FailureHandlerFailed) as exc:
+            raise TransientError(str(exc), code=errors.code(exc) or type(exc).__name__) from None
 
     def _start(self, workflow: str, event: Event, started: list[dict[str, str]]) -> None:
         alias_arn = self.settings.workflow_aliases.get(workflow)

@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 from adapters.errors import code
 from adapters.slots import IsRunning, Slots, scope
 from lambdas.common.runtime import clients, env
+from sluice import workflows
 
 FIRST_POLL_S = 2
 MAX_POLL_S = 30
@@ -40,12 +41,8 @@ def poll_delay_s(attempt: int) -> int:
 def key_value(event: Mapping[str, Any], path: str) -> str:
     """The value at dotted `path` of the event (`data.customer_id`); MISSING_KEY when absent
     (runs without the field share one key: they are limited together, never unlimited)."""
-    value: Any = event
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return MISSING_KEY
-        value = value[part]
-    return MISSING_KEY if value is None or value == "" else str(value)
+    value = workflows.value_at(event, path)
+    return MISSING_KEY if value is None else value
 
 
 def execution_is_running(lambda_client: Any) -> IsRunning:

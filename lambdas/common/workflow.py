@@ -34,7 +34,7 @@ from sluice import naming, workflows
 from sluice.catalog import EVENTS, WORKFLOW_ALIAS
 from sluice.envelope import Event, event_from_dict, execution_name
 from sluice.errors import BusinessError, SluiceError
-from sluice.run_records import RunRecords
+from sluice.run_control import CANCELLED, CancelKeys, Registered, RunRecords, cancel_scope
 
 Workflow = Callable[[Mapping[str, Any], DurableContext], dict[str, Any]]
 
@@ -280,8 +280,71 @@ class Run:
 FAILURE_OP = "on_failure"
 # The record that the declared timeout ran out (Run.remaining_s).
 TIMEOUT_OP = "timed out"
-# The failed-run record (sluice/run_records.py), written before the failure handler runs.
+# The failed-run record (sluice/run_control.py), written before the failure handler runs.
 RECORD_OP = "record failure"
+# The run's registration with the events that cancel it (declared `cancel_on`), and its removal.
+CANCEL_KEYS_OP = "cancel keys"
+FORGET_CANCEL_KEYS_OP = "forget cancel keys"
+# How long a registration outlives the run's execution timeout (TTL: a backstop for a removal
+# that never ran).
+REGISTRATION_MARGIN_S = 86_400
+
+
+class RunCancelled(Exception):
+    """An event the workflow declares in `cancel_on` was received before the run registered."""
+
+    def __init__(self, event: str) -> None:
+        super().__init__(f"cancelled by {event}, received before the run could register")
+        self.event = event
+
+
+def register_cancel_keys(run: Run) -> tuple[list[str], str | None]:
+    """Register the run with each event that may cancel it (sluice/run_control.py), once: a
+    durable step. The partitions it registered in, and the event that cancelled it when a
+    cancellation recorded since the run started is there already."""
+    decl = run.decl
+    if not decl.cancel_on:
+        return [], None
+    me = Registered(decl.id, run.job_id, run.ctx.state.durable_execution_arn)
+    doc = run.event.to_dict()
+    started = datetime.fromtimestamp(run.started_at, UTC)
+
+    def register(_: Any) -> dict[str, Any]:
+        keys = CancelKeys(clients("dynamodb"), env("coordination_table"))
+        scopes, cancelled_by = [], None
+        for cancel in decl.cancel_on:
+            value = workflows.value_at(doc, cancel.match)
+            if value is None:  # nothing to match: no event of this kind cancels the run
+                continue
+            scope = cancel_scope(cancel.event, cancel.event_path, value)
+            scopes.append(scope)
+            ttl_s = decl.execution_timeout_s + REGISTRATION_MARGIN_S
+            if keys.register(scope, me, started=started, ttl_s=ttl_s) and not cancelled_by:
+                cancelled_by = cancel.event
+        return {"scopes": scopes, "cancelled_by": cancelled_by}
+
+    registered = run.ctx.step(register, name=CANCEL_KEYS_OP)
+    return list(registered["scopes"]), registered["cancelled_by"]
+
+
+def forget_cancel_keys(run: Run, scopes: list[str]) -> None:
+    """Remove the run's registrations once it has ended (a durable step); one that cannot be
+    removed is logged and expires by TTL (a stop of an ended run does nothing)."""
+    if not scopes:
+        return
+    me = Registered(run.decl.id, run.job_id, run.ctx.state.durable_execution_arn)
+
+    def forget(_: Any) -> None:
+        keys = CancelKeys(clients("dynamodb"), env("coordination_table"))
+        for scope in scopes:
+            keys.forget(scope, me)
+
+    try:
+        run.ctx.step(forget, name=FORGET_CANCEL_KEYS_OP)
+    except UnrecoverableError:
+        raise
+    except Exception as exc:
+        run.ctx.logger.warning("cancel keys not removed", extra={"error": str(exc)[:500]})
 
 
 def _next_recorded(ctx: DurableContext) -> str | None:
@@ -311,7 +374,7 @@ def hold_slots(ctx: DurableContext, decl: workflows.Declaration, run: Run) -> co
 
 
 def record_failed_run(run: Run, reason: Mapping[str, Any]) -> None:
-    """Record the run and why it failed (sluice/run_records.py), once: a durable step. A
+    """Record the run and why it failed (sluice/run_control.py), once: a durable step. A
     record that cannot be written is logged and does not keep the failure handler from running."""
     arn = run.ctx.state.durable_execution_arn
 
@@ -352,6 +415,16 @@ def _failure_of(exc: Exception, decl: workflows.Declaration) -> tuple[dict[str, 
     if isinstance(exc, StepFailed):
         reason = {"reason": "step_failed", **exc.to_dict()}
         return reason, BusinessError(str(exc), code=f"{exc.step}_failed")
+    if isinstance(exc, RunCancelled):
+        reason = {
+            "reason": "cancelled",
+            "step": decl.id,
+            "error_class": "business",
+            "error_type": CANCELLED,
+            "message": str(exc),
+            "attempts": 1,
+        }
+        return reason, BusinessError(str(exc), code="cancelled")
     if isinstance(exc, WorkflowTimedOut):
         reason = {
             "reason": "timeout",
@@ -377,7 +450,8 @@ def _failure_of(exc: Exception, decl: workflows.Declaration) -> tuple[dict[str, 
 def declared_workflow(decl: workflows.Declaration, body: Body) -> Callable[[Any, Any], Any]:
     """The Lambda handler of the workflow `decl` declares, running `body(run)`.
 
-    Refuses events the declaration does not name; holds the run's concurrency slots; keeps every
+    Refuses events the declaration does not name; registers the run with the events that cancel
+    it (`cancel_on`); holds the run's concurrency slots; keeps every
     wait within the declared timeout; and whatever ends the run badly (a step's final failure,
     an error raised outside steps, the declared timeout) runs the declared failure handler once
     (a durable operation: a replay returns its recorded result), then fails the execution with
@@ -392,18 +466,24 @@ def declared_workflow(decl: workflows.Declaration, body: Body) -> Callable[[Any,
         ctx.set_logger(logger)  # type: ignore[arg-type]
         run = Run(ctx=ctx, decl=decl, event=ev, job_id=job_id, started_at=_started_at(ctx))
         held: concurrency.Held | None = None
+        scopes: list[str] = []
         try:
             if ev.name not in decl.events:
                 raise BusinessError(f"{decl.id} does not handle {ev.name}", code="unknown_event")
+            scopes, cancelled_by = register_cancel_keys(run)
+            if cancelled_by:
+                raise RunCancelled(cancelled_by)
             held = hold_slots(ctx, decl, run)
             result = body(run)
             concurrency.release_slots(ctx, held)
+            forget_cancel_keys(run, scopes)
             return result
         except UnrecoverableError:
             raise  # the SDK's own: checkpointing or replay failed, nothing more can run
         except Exception as exc:
             if held is not None:
                 concurrency.release_slots(ctx, held)
+            forget_cancel_keys(run, scopes)
             reason, error = _failure_of(exc, decl)
             ctx.logger.error("workflow failed", extra={"failure": reason})
             record_failed_run(run, reason)

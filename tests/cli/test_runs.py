@@ -28,7 +28,7 @@ from devtools.ports import free_port
 from sluice import naming
 from sluice.catalog import WORKFLOW_ALIAS
 from sluice.envelope import Event, execution_name
-from sluice.run_records import RunRecords
+from sluice.run_control import RunRecords
 from sluice_cli import cli
 from sluice_cli.runs import Runs, operations, replay_name
 

@@ -7,6 +7,8 @@ import json
 import pytest
 import yaml
 
+from sluice import catalog, naming
+from sluice.settings import WebSettings
 from stacks import config
 from stacks.compliance import PACKS
 from stacks.worker_env import worker_bundle
@@ -432,3 +434,55 @@ def test_the_platform_lookup_is_a_valid_call_of_ebs_api():
     assert "<code>recommended</code>" in values and "<code>Worker/SQS/HTTP</code>" in values
     output = operation.output_shape.members["PlatformSummaryList"].member.members
     assert "PlatformArn" in output
+
+
+def _role_statements(rendered, role_prefix: str) -> dict[str, dict]:
+    """The statements of the managed policies attached to role `role_prefix…`, by Sid."""
+    found = {}
+    for _, _, props in rendered.resources("AWS::IAM::ManagedPolicy"):
+        if any(str(r).startswith(f"gen-{role_prefix.lower()}") for r in props.get("Roles", [])):
+            found.update({st.get("Sid", ""): st for st in props["PolicyDocument"]["Statement"]})
+    return found
+
+
+def test_the_web_process_may_cancel_exactly_the_runs_a_declared_event_cancels(synth, env):
+    s = synth(env)
+    rendered = s.rendered
+    stateless = s.rendered_stack("stateless")
+    outputs = {k: stateless.render(v["Value"]) for k, v in stateless.template["Outputs"].items()}
+    options = {
+        o["OptionName"]: o["Value"]
+        for _, _, props in rendered.resources("AWS::ElasticBeanstalk::Environment")
+        for o in props["OptionSettings"]
+        if o["Namespace"] == "aws:elasticbeanstalk:application:environment"
+    }
+    cancellable = {wf for pairs in catalog.CANCELS.values() for wf, _ in pairs}
+    assert cancellable, "the reference pipeline declares cancel_on (media/deleted)"
+    # Its settings: the coordination table the stateful stack makes, and each cancellable
+    # workflow's failure handler: the function the stack outputs as its FailureHandler<Name>
+    web = WebSettings.read({k: str(v) for k, v in options.items()})
+    assert web.coordination_table == naming.coordination_table(s.config.name)
+    handlers = catalog.workflows_in_outputs(outputs, prefix=catalog.FAILURE_HANDLER_OUTPUT_PREFIX)
+    assert set(web.failure_handlers) == cancellable
+    for workflow, alias_arn in web.failure_handlers.items():
+        assert alias_arn.endswith(f":function:{handlers[workflow]}:{catalog.WORKFLOW_ALIAS}")
+    # Its grants: read and stop the executions of those workflows only, run their handlers,
+    # work the table (the IAM catalogue test checks each action against its resource type)
+    statements = _role_statements(rendered, "WorkerWebRole")
+    functions = catalog.workflows_in_outputs(outputs)
+    assert sorted(_list(statements["CancelRuns"]["Resource"])) == sorted(
+        f"arn:aws:lambda:{s.config.region}:{rendered.account}:function:{functions[wf]}"
+        ":*/durable-execution/*"
+        for wf in cancellable
+    )
+    assert set(_list(statements["CancelRuns"]["Action"])) == {
+        "lambda:GetDurableExecution",
+        "lambda:StopDurableExecution",
+    }
+    assert sorted(_list(statements["FailureHandlers"]["Resource"])) == sorted(
+        set(web.failure_handlers.values())
+    )
+    assert _list(statements["CancelKeys"]["Resource"]) == [
+        f"arn:aws:dynamodb:{s.config.region}:{rendered.account}:table/"
+        f"{naming.coordination_table(s.config.name)}"
+    ]

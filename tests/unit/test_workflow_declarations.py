@@ -54,9 +54,21 @@ def test_the_routes_are_the_declarations_events():
 
 def test_the_routes_document_round_trips():
     found = workflows.load(catalog.WORKFLOWS_ROOT, known_events=catalog.EVENTS)
-    names, routes = workflows.read_routes_document(workflows.routes_document(found))
+    names, routes, cancels = workflows.read_routes_document(workflows.routes_document(found))
     assert names == tuple(sorted(found))
     assert routes == workflows.routes(found)
+    assert cancels == workflows.cancels(found) == dict(catalog.CANCELS)
+
+
+def test_cancel_on_events_are_known_and_name_what_they_cancel(tmp_path):
+    decl = load_one(
+        tmp_path,
+        'events = ["media/uploaded"]\n'
+        '[[cancel_on]]\nevent = "media/deleted"\nmatch = "data.media_id"\n',
+    )
+    assert workflows.cancels({"x": decl}) == {"media/deleted": (("x", "data.media_id"),)}
+    # an event that only cancels is still one the events queue takes
+    assert catalog.is_known("media/deleted") == bool(catalog.cancels_for("media/deleted"))
 
 
 def test_defaults_and_what_derives_from_them(tmp_path):
@@ -82,7 +94,7 @@ def test_concurrency_as_declared(tmp_path):
         (
             'events = ["media/uplaoded"]\n',
             "lambdas/workflows/x/workflow.toml: events: unknown event 'media/uplaoded'; known "
-            "events: media/embedding.requested,",
+            "events: media/deleted, media/embedding.requested,",
         ),
         (
             'events = ["Media Uploaded"]\n',
@@ -137,6 +149,25 @@ def test_concurrency_as_declared(tmp_path):
             "lambdas/workflows/x/workflow.toml: uses: ",
         ),
         ('events = ["media/uploaded"\n', "lambdas/workflows/x/workflow.toml: "),
+        (
+            'events = ["media/uploaded"]\n[[cancel_on]]\nevent = "media/gone"\nmatch = "data.m"\n',
+            "lambdas/workflows/x/workflow.toml: cancel_on.event: unknown event 'media/gone'",
+        ),
+        (
+            'events = ["media/uploaded"]\n[[cancel_on]]\nevent = "media/uploaded"\n'
+            'match = "data.m"\n',
+            "lambdas/workflows/x/workflow.toml: cancel_on: 'media/uploaded' also starts the "
+            "workflow",
+        ),
+        (
+            'events = ["media/uploaded"]\n[[cancel_on]]\nevent = "media/deleted"\n'
+            'match = "data[0]"\n',
+            "lambdas/workflows/x/workflow.toml: cancel_on.match: must be a dotted path",
+        ),
+        (
+            'events = ["media/uploaded"]\n[[cancel_on]]\nevent = "media/deleted"\n',
+            "lambdas/workflows/x/workflow.toml: cancel_on.match: required",
+        ),
     ],
 )
 def test_an_invalid_declaration_names_the_file_and_the_setting(tmp_path, text, message):

@@ -28,7 +28,7 @@ from lambdas.workflows.transcribe_audio import handler as transcribe
 from sluice.catalog import WORKFLOW_ALIAS
 from sluice.envelope import Event
 from sluice.errors import BusinessError
-from sluice.run_records import RunRecords
+from sluice.run_control import RunRecords
 from sluice.settings import LambdaSettings
 from tests.lambdas.conftest import aws  # noqa: F401
 

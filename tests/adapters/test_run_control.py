@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sluice.run_records import RunRecords
+from sluice.run_control import CancelKeys, Registered, RunRecords, cancel_scope
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 
@@ -76,3 +76,45 @@ def test_a_page_boundary_loses_nothing(records, aws):
         aws.ddb.query = real
     assert names == [f"r{i:02d}" for i in reversed(range(30))]
     assert len(pages) == 5
+
+
+# -- declared cancellation: the partition both sides meet in ---------------------------------
+
+
+@pytest.fixture
+def keys(aws) -> CancelKeys:
+    return CancelKeys(aws.ddb, aws.coordination)
+
+
+SCOPE = cancel_scope("media/deleted", "data.key", "uploads/a.wav")
+
+
+def _run(name: str) -> Registered:
+    return Registered(
+        "transcribe_audio", name, f"arn:aws:lambda:eu-west-1:1:function:f:live/x/{name}"
+    )
+
+
+def test_a_cancellation_finds_the_runs_started_by_then_and_only_those(keys):
+    assert keys.register(SCOPE, _run("before"), started=T0, ttl_s=60) is False
+    assert keys.register(SCOPE, _run("after"), started=T0 + timedelta(seconds=2), ttl_s=60) is False
+    other = cancel_scope("media/deleted", "data.key", "uploads/b.wav")
+    keys.register(other, _run("elsewhere"), started=T0, ttl_s=60)
+    found = keys.cancel(SCOPE, at=T0 + timedelta(seconds=1))
+    assert [r.name for r in found] == ["before"]
+
+
+def test_a_run_registering_after_a_later_cancellation_is_cancelled_an_earlier_one_not(keys):
+    keys.cancel(SCOPE, at=T0 + timedelta(seconds=1))
+    assert keys.register(SCOPE, _run("started-before"), started=T0, ttl_s=60) is True
+    assert keys.register(SCOPE, _run("started-at"), started=T0 + timedelta(seconds=1), ttl_s=60)
+    late = T0 + timedelta(seconds=2)
+    assert keys.register(SCOPE, _run("started-after"), started=late, ttl_s=60) is False
+
+
+def test_the_latest_cancellation_stays_and_a_forgotten_run_is_not_found(keys):
+    keys.cancel(SCOPE, at=T0 + timedelta(seconds=5))
+    keys.cancel(SCOPE, at=T0)  # an older one delivered late does not move it back
+    assert keys.register(SCOPE, _run("r"), started=T0 + timedelta(seconds=4), ttl_s=60) is True
+    keys.forget(SCOPE, _run("r"))
+    assert keys.cancel(SCOPE, at=T0 + timedelta(seconds=9)) == []
