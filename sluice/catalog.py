@@ -23,6 +23,7 @@ EVENTS: Mapping[str, str] = MappingProxyType(
         "media/embedding.requested": "a producer: embed this transcript (transcript)",
         "webhook/requested": "a producer: POST data.payload to data.url for data.customer_id",
         "media/deleted": "a producer: the object data.bucket/data.key is gone; runs on it stop",
+        "customer/deleted": "a producer: customer data.customer_id is gone; its deliveries stop",
         "media/ready": "the media pipeline's join: every branch of an item succeeded",
         "media/failed": "the media pipeline's join: a branch failed (data.failed_branches)",
     }

@@ -21,24 +21,25 @@ writes it for the runs an operator stops. `sluice runs list --recorded` reads th
 
 ## Declared cancellation
 A workflow declares `[[cancel_on]] event = "media/deleted", match = "data.key"`: an event of that
-name cancels the workflow's runs started before it was received whose own event holds the same
+name cancels the workflow's runs begun before it was received whose own event holds the same
 value at `match` (`on` names the value's path in the cancelling event when it differs). Both
 sides meet in one partition of the coordination table per (cancelling event, path, value), pk
 `cancel#<event>#<path>#<value>`:
 
 - a run **registers** first thing (a durable step, before it waits for a concurrency slot): an
-  item `run#<workflow>#<name>` with its ARN and start time, kept as long as the run may last; in
-  the same step it reads the partition's **tombstone** (sk `cancelled`): a cancellation recorded
-  at or after the run's start cancels it at once;
+  item `run#<workflow>#<name>` with its ARN and the time it registered, kept as long as the run
+  may last; in the same step it reads the partition's **tombstone** (sk `cancelled`): a
+  cancellation received at or after that time cancels it at once;
 - the worker, given the cancelling event, first records the tombstone (the time it received it;
   the latest stays, kept `TOMBSTONE_TTL_S`), then reads the registered runs and cancels each that
-  started at or before that time (`cancel`).
+  registered at or before that time (`cancel`).
 
 Writing before reading on both sides closes the race: a run that registered before the tombstone
 was written is found by the worker's read; one that registers after finds the tombstone. (Both
-may happen; the second stop finds the run ended and does nothing more.) A run started after the
+may happen; the second stop finds the run ended and does nothing more.) A run begun after the
 cancellation was received (the same object uploaded again) is not cancelled by it. The times are
-the worker's clock and Lambda's start time, both NTP-synchronised.
+the events queue's first receipt (sqsd's header) and the Lambda's clock when the run registered,
+both NTP-synchronised; the registration is the run's first operation.
 
 ## Cancelling a run
 `cancel`: Lambda's StopDurableExecution with the reason (a stopped run runs no more of its own
@@ -207,9 +208,9 @@ class CancelKeys:
     def __init__(self, client: Any, name: str) -> None:
         self.client, self.name = client, name
 
-    def register(self, scope: str, run: Registered, *, started: datetime, ttl_s: int) -> bool:
-        """Register `run`, started at `started`; True when a cancellation recorded at or after
-        its start is there already: the run is cancelled."""
+    def register(self, scope: str, run: Registered, *, at: datetime, ttl_s: int) -> bool:
+        """Register `run` at time `at`; True when a cancellation received at or after that time
+        is there already: the run is cancelled."""
         self.client.put_item(
             TableName=self.name,
             Item={
@@ -218,8 +219,8 @@ class CancelKeys:
                 "workflow": {"S": run.workflow},
                 "name": {"S": run.name},
                 "arn": {"S": run.arn},
-                "started": {"S": _iso(started)},
-                TTL_ATTRIBUTE: {"N": str(int(started.timestamp()) + ttl_s)},
+                "registered": {"S": _iso(at)},
+                TTL_ATTRIBUTE: {"N": str(int(at.timestamp()) + ttl_s)},
             },
         )
         tombstone = self.client.get_item(
@@ -227,11 +228,11 @@ class CancelKeys:
             Key={"pk": {"S": scope}, "sk": {"S": TOMBSTONE}},
             ConsistentRead=True,
         ).get("Item")
-        return tombstone is not None and tombstone["at"]["S"] >= _iso(started)
+        return tombstone is not None and tombstone["at"]["S"] >= _iso(at)
 
     def cancel(self, scope: str, *, at: datetime) -> list[Registered]:
         """Record a cancellation received at `at` (the latest one stays), then the runs
-        registered in `scope` that started at or before it."""
+        registered in `scope` at or before it."""
         recorded = _iso(at)
         try:
             self.client.update_item(
@@ -260,7 +261,7 @@ class CancelKeys:
             found += [
                 Registered(i["workflow"]["S"], i["name"]["S"], i["arn"]["S"])
                 for i in page.get("Items", [])
-                if i["started"]["S"] <= recorded
+                if i["registered"]["S"] <= recorded
             ]
             if not page.get("LastEvaluatedKey"):
                 return found

@@ -146,6 +146,16 @@ class Pipeline:
                     invoke_timeout_s=10,
                 ),
                 **naming.alias_variables({w: alias_arn(REGION, w) for w in WORKFLOWS}),
+                # The runs a declared `cancel_on` event stops, as stacks/coordination.py sets it.
+                **WebSettings.render(coordination_table=naming.coordination_table(ENV)),
+                **naming.alias_variables(
+                    {
+                        w: alias_arn(REGION, DECLARATIONS[w].on_failure)
+                        for w in WORKFLOWS
+                        if DECLARATIONS[w].cancel_on
+                    },
+                    prefix=naming.FAILURE_HANDLER_VARIABLE_PREFIX,
+                ),
             },
         )
         tasks_env = {

@@ -301,16 +301,18 @@ class RunCancelled(Exception):
 def register_cancel_keys(run: Run) -> tuple[list[str], str | None]:
     """Register the run with each event that may cancel it (sluice/run_control.py), once: a
     durable step. The partitions it registered in, and the event that cancelled it when a
-    cancellation recorded since the run started is there already."""
+    cancellation received since is there already."""
     decl = run.decl
     if not decl.cancel_on:
         return [], None
     me = Registered(decl.id, run.job_id, run.ctx.state.durable_execution_arn)
     doc = run.event.to_dict()
-    started = datetime.fromtimestamp(run.started_at, UTC)
 
     def register(_: Any) -> dict[str, Any]:
         keys = CancelKeys(clients("dynamodb"), env("coordination_table"))
+        # The wall clock, not the execution's start: what the cancellations are compared with
+        # (the step's result is recorded, so a replay keeps the first answer).
+        now = datetime.fromtimestamp(clock(), UTC)
         scopes, cancelled_by = [], None
         for cancel in decl.cancel_on:
             value = workflows.value_at(doc, cancel.match)
@@ -319,7 +321,7 @@ def register_cancel_keys(run: Run) -> tuple[list[str], str | None]:
             scope = cancel_scope(cancel.event, cancel.event_path, value)
             scopes.append(scope)
             ttl_s = decl.execution_timeout_s + REGISTRATION_MARGIN_S
-            if keys.register(scope, me, started=started, ttl_s=ttl_s) and not cancelled_by:
+            if keys.register(scope, me, at=now, ttl_s=ttl_s) and not cancelled_by:
                 cancelled_by = cancel.event
         return {"scopes": scopes, "cancelled_by": cancelled_by}
 

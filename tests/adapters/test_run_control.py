@@ -95,26 +95,26 @@ def _run(name: str) -> Registered:
     )
 
 
-def test_a_cancellation_finds_the_runs_started_by_then_and_only_those(keys):
-    assert keys.register(SCOPE, _run("before"), started=T0, ttl_s=60) is False
-    assert keys.register(SCOPE, _run("after"), started=T0 + timedelta(seconds=2), ttl_s=60) is False
+def test_a_cancellation_finds_the_runs_registered_by_then_and_only_those(keys):
+    assert keys.register(SCOPE, _run("before"), at=T0, ttl_s=60) is False
+    assert keys.register(SCOPE, _run("after"), at=T0 + timedelta(seconds=2), ttl_s=60) is False
     other = cancel_scope("media/deleted", "data.key", "uploads/b.wav")
-    keys.register(other, _run("elsewhere"), started=T0, ttl_s=60)
+    keys.register(other, _run("elsewhere"), at=T0, ttl_s=60)
     found = keys.cancel(SCOPE, at=T0 + timedelta(seconds=1))
     assert [r.name for r in found] == ["before"]
 
 
-def test_a_run_registering_after_a_later_cancellation_is_cancelled_an_earlier_one_not(keys):
+def test_a_registration_finds_a_cancellation_received_since_and_no_earlier_one(keys):
     keys.cancel(SCOPE, at=T0 + timedelta(seconds=1))
-    assert keys.register(SCOPE, _run("started-before"), started=T0, ttl_s=60) is True
-    assert keys.register(SCOPE, _run("started-at"), started=T0 + timedelta(seconds=1), ttl_s=60)
+    assert keys.register(SCOPE, _run("registered-before"), at=T0, ttl_s=60) is True
+    assert keys.register(SCOPE, _run("registered-at"), at=T0 + timedelta(seconds=1), ttl_s=60)
     late = T0 + timedelta(seconds=2)
-    assert keys.register(SCOPE, _run("started-after"), started=late, ttl_s=60) is False
+    assert keys.register(SCOPE, _run("registered-after"), at=late, ttl_s=60) is False
 
 
 def test_the_latest_cancellation_stays_and_a_forgotten_run_is_not_found(keys):
     keys.cancel(SCOPE, at=T0 + timedelta(seconds=5))
     keys.cancel(SCOPE, at=T0)  # an older one delivered late does not move it back
-    assert keys.register(SCOPE, _run("r"), started=T0 + timedelta(seconds=4), ttl_s=60) is True
+    assert keys.register(SCOPE, _run("r"), at=T0 + timedelta(seconds=4), ttl_s=60) is True
     keys.forget(SCOPE, _run("r"))
     assert keys.cancel(SCOPE, at=T0 + timedelta(seconds=9)) == []

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -192,3 +193,92 @@ def test_a_burst_of_webhooks_keeps_the_declared_concurrency_limits(local_up, mon
         "--json",
     )
     assert len(listed.splitlines()) == 50
+
+
+class _Holding(BaseHTTPRequestHandler):
+    """A webhook endpoint that holds each delivery until released (or 20 s)."""
+
+    server: Any
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["data"]
+        self.server.arrived.append(body["n"])
+        self.server.release.wait(20)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_cancel_on_event_stops_exactly_the_matching_runs(local_up, monkeypatch) -> None:
+    # Given deliver_webhook cancels on customer/deleted for the same customer, and one delivery
+    # of customer "gone" in flight (its endpoint holds it), two more waiting for its turn
+    # (one per customer at a time), and one of customer "stays"
+    decl = workflows.load(catalog.WORKFLOWS_ROOT, known_events=catalog.EVENTS)["deliver_webhook"]
+    assert [(c.event, c.match) for c in decl.cancel_on] == [
+        ("customer/deleted", "data.customer_id")
+    ]
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), _Holding)
+    endpoint.daemon_threads = True
+    endpoint.arrived, endpoint.release = [], threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
+    exports, _ = local_up
+
+    def send(name: str, data: dict[str, Any], event_id: str) -> None:
+        sluice(exports, monkeypatch, "send", name, "--data", json.dumps(data), "--id", event_id)
+
+    def runs(*args: str) -> list[dict[str, Any]]:
+        out = sluice(exports, monkeypatch, "runs", "list", "--json", "--limit", "100", *args)
+        return [json.loads(line) for line in out.splitlines()]
+
+    try:
+        for n, customer in enumerate(("gone", "gone", "gone")):
+            data = {"url": url, "customer_id": customer, "payload": {"n": n, "customer": customer}}
+            send("webhook/requested", data, f"cx-{n}")
+        deadline = time.monotonic() + 120
+        while endpoint.arrived != [0] and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.2)
+        assert endpoint.arrived == [0]  # type: ignore[attr-defined]
+        # When the customer is deleted
+        send("customer/deleted", {"customer_id": "gone"}, "del-gone")
+        # Then its three runs stop, each with the reason, and each is recorded once
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stopped = runs("--workflow", "deliver_webhook", "--status", "STOPPED")
+            if len(stopped) >= 3:
+                break
+            time.sleep(0.5)
+        assert sorted(r["name"] for r in stopped) == ["cx-0", "cx-1", "cx-2"]
+        recorded = runs("--recorded", "--workflow", "deliver_webhook")
+        assert sorted((r["name"], r["status"]) for r in recorded) == [
+            ("cx-0", "STOPPED"),
+            ("cx-1", "STOPPED"),
+            ("cx-2", "STOPPED"),
+        ]
+        assert all(
+            r["error"]["reason"] == "cancelled"
+            and r["error"]["message"] == "cancelled by customer/deleted del-gone"
+            for r in recorded
+        )
+        # and each one's failure handler ran: the job records say so
+        for name in ("cx-0", "cx-1", "cx-2"):
+            assert "status           FAILED" in sluice(exports, monkeypatch, "jobs", "show", name)
+        # And a delivery of another customer, sent after, goes through (no slot is left held)
+        data = {"url": url, "customer_id": "stays", "payload": {"n": 3, "customer": "stays"}}
+        endpoint.release.set()  # type: ignore[attr-defined]
+        send("webhook/requested", data, "cx-3")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = runs("--workflow", "deliver_webhook", "--status", "SUCCEEDED")
+            if any(r["name"] == "cx-3" for r in done):
+                break
+            time.sleep(0.5)
+        assert any(r["name"] == "cx-3" for r in done)
+        # And the deliveries that waited never reached the endpoint
+        assert sorted(endpoint.arrived) == [0, 3]  # type: ignore[attr-defined]
+    finally:
+        endpoint.release.set()  # type: ignore[attr-defined]
+        endpoint.shutdown()

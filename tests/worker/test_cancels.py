@@ -185,8 +185,8 @@ def test_a_cancelling_event_stops_exactly_the_matching_runs_and_runs_their_handl
     assert len(FAILURES) == 1
 
 
-def test_a_run_that_registers_after_the_cancellation_but_started_before_it_cancels_itself(lam, ddb):
-    # Given a cancellation of k3 received (by the worker's clock) after the run below starts,
+def test_a_run_that_registers_after_a_cancellation_received_later_cancels_itself(lam, ddb):
+    # Given a cancellation of k3 received (by the worker's clock) after the run below registers,
     # recorded before that run registers
     assert canceller(lam, ddb, clock=lambda: time.time() + 30).cancel(deleted("k3", "d3")) == []
     # When the run starts
