@@ -104,15 +104,19 @@ def _concurrency(decl: Declaration) -> str:
 def workflows_table(root: Path = WORKFLOWS_ROOT) -> str:
     """One row per declared workflow: what starts it and how it runs."""
     lines = [
-        "| workflow | started by | steps | retries | timeout | concurrency | on failure | what |",
-        "|---|---|---|---|---|---|---|---|",
+        "| workflow | started by | steps | retries | timeout | concurrency | cancelled by "
+        "| on failure | what |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, d in declared(root).items():
         events = ", ".join(f"`{e}`" for e in d.events)
         steps = ", ".join(f"`{s}`" for s in d.steps) or "—"
+        cancels = ", ".join(
+            dict.fromkeys(f"`{c.event}` on `{c.event_path}`" for c in d.cancel_on)
+        )
         lines.append(
             f"| `{name}` | {events} | {steps} | {d.retries} | {_duration(d.timeout_s)} | "
-            f"{_concurrency(d)} | `{d.on_failure}` | {d.description} |"
+            f"{_concurrency(d)} | {cancels or '—'} | `{d.on_failure}` | {d.description} |"
         )
     return "\n".join(lines)
 
