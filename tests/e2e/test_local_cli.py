@@ -20,7 +20,9 @@ from click.testing import CliRunner
 
 from devtools.local.resources import BUCKET
 from sluice import catalog, workflows
+from sluice.envelope import execution_name
 from sluice_cli import cli
+from sluice_cli.runs import replay_name
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -281,4 +283,83 @@ def test_a_cancel_on_event_stops_exactly_the_matching_runs(local_up, monkeypatch
         assert sorted(endpoint.arrived) == [0, 3]  # type: ignore[attr-defined]
     finally:
         endpoint.release.set()  # type: ignore[attr-defined]
+        endpoint.shutdown()
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    """A webhook endpoint that refuses deliveries (410) until fixed."""
+
+    server: Any
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200 if self.server.fixed else 410)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_failed_run_is_listed_shown_replayed_once_fixed_and_succeeds(local_up, monkeypatch):
+    # Given a delivery the customer's endpoint refuses (a business error: no retry)
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    endpoint.daemon_threads = True
+    endpoint.fixed = False  # type: ignore[attr-defined]
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
+    exports, _ = local_up
+    data = {"url": url, "customer_id": "c-410", "payload": {"n": 1}}
+    try:
+        sluice(
+            exports,
+            monkeypatch,
+            "send",
+            "webhook/requested",
+            "--data",
+            json.dumps(data),
+            "--id",
+            "fail-1",
+            "--correlation-id",
+            "action-410",
+        )
+        # When the operator lists the failed runs of that action
+        deadline, listed = time.monotonic() + 120, ""
+        while "fail-1" not in listed and time.monotonic() < deadline:
+            listed = sluice(
+                exports,
+                monkeypatch,
+                "runs",
+                "list",
+                "--status",
+                "FAILED",
+                "--correlation-id",
+                "action-410",
+            )
+            time.sleep(0.5)
+        assert "fail-1" in listed and "deliver_webhook" in listed
+        # Then show gives the failing step with its input and error, and the run's record
+        shown = json.loads(sluice(exports, monkeypatch, "runs", "show", "fail-1", "--json"))
+        (step,) = [op for op in shown["operations"] if op["name"] == "post_webhook"]
+        assert step["status"] == "Failed" and url in json.dumps(step["input"]), step
+        assert "410" in step["error"]["message"]
+        recorded = sluice(exports, monkeypatch, "runs", "list", "--recorded", "--json")
+        assert any(json.loads(line)["name"] == "fail-1" for line in recorded.splitlines())
+        # When the cause is removed and it is replayed (twice)
+        endpoint.fixed = True  # type: ignore[attr-defined]
+        first = sluice(exports, monkeypatch, "runs", "replay", "fail-1")
+        again = sluice(exports, monkeypatch, "runs", "replay", "fail-1")
+        replay = execution_name(replay_name("fail-1"))
+        assert f"fail-1 -> {replay}" in first and f"fail-1 -> {replay}" in again
+        # Then one new run, linked to the original, succeeds
+        deadline, shown = time.monotonic() + 120, {}
+        while shown.get("status") != "SUCCEEDED" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            shown = json.loads(
+                sluice(exports, monkeypatch, "runs", "show", "fail-1~replay1", "--json")
+            )
+        assert shown["status"] == "SUCCEEDED" and shown["replay_of"] == "fail-1"
+        original = json.loads(sluice(exports, monkeypatch, "runs", "show", "fail-1", "--json"))
+        assert [r["name"] for r in original["replays"]] == [shown["name"]]
+    finally:
         endpoint.shutdown()
