@@ -111,9 +111,7 @@ def workflows_table(root: Path = WORKFLOWS_ROOT) -> str:
     for name, d in declared(root).items():
         events = ", ".join(f"`{e}`" for e in d.events)
         steps = ", ".join(f"`{s}`" for s in d.steps) or "—"
-        cancels = ", ".join(
-            dict.fromkeys(f"`{c.event}` on `{c.event_path}`" for c in d.cancel_on)
-        )
+        cancels = ", ".join(dict.fromkeys(f"`{c.event}` on `{c.event_path}`" for c in d.cancel_on))
         lines.append(
             f"| `{name}` | {events} | {steps} | {d.retries} | {_duration(d.timeout_s)} | "
             f"{_concurrency(d)} | {cancels or '—'} | `{d.on_failure}` | {d.description} |"

@@ -17,9 +17,10 @@ from constructs import Construct
 
 from sluice import naming
 from sluice.settings import LambdaSettings, WebSettings
+from stacks import grants
 from stacks.config import EnvConfig
 from stacks.media_store import state_table
-from stacks.workflows import DurableWorkflow, logical_id
+from stacks.workflows import EXECUTIONS_REASON, DurableWorkflow
 
 # What the runtime does on the table: slots read the counter and query the queue, enqueue and
 # leave (put, delete), take a slot in one transaction (its items need put and delete), release
@@ -84,10 +85,11 @@ def grant(fn: DurableWorkflow, *, config: EnvConfig, key: kms.IKey | None) -> No
     if key is not None:
         fn.allow(["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn])
     # Beside its checkpoints: the same resource, the function's own executions (every version).
-    fn.checkpoints.add_statements(
-        iam.PolicyStatement(
-            actions=["lambda:GetDurableExecution"], resources=[f"{fn.function.function_arn}:*"]
-        )
+    grants.allow(
+        fn.checkpoints,
+        ["lambda:GetDurableExecution"],
+        [fn.executions_arn],
+        reason=EXECUTIONS_REASON,
     )
     for name, value in LambdaSettings.render(
         coordination_table=naming.coordination_table(config.name),
@@ -118,48 +120,28 @@ def grant_canceller(
     """Let `role` (the worker's web process) cancel the runs of `workflows`, the ones a declared
     `cancel_on` event may cancel: read and stop their executions, run their failure handlers,
     and work the cancellation partitions of the coordination table."""
-    statements = [
-        iam.PolicyStatement(
-            sid="CancelRuns",
-            actions=["lambda:GetDurableExecution", "lambda:StopDurableExecution"],
-            resources=[
-                f"{wf.function.function_arn}:*/durable-execution/*"
-                for _, wf in sorted(workflows.items())
-            ],
-        ),
-        iam.PolicyStatement(
-            sid="FailureHandlers",
-            actions=["lambda:InvokeFunction"],
-            resources=sorted({a.function_arn for a in failure_handlers.values()}),
-        ),
-        iam.PolicyStatement(
-            sid="CancelKeys", actions=list(CANCEL_ACTIONS), resources=[table_arn(config)]
-        ),
-    ]
-    if key is not None:
-        statements.append(
-            iam.PolicyStatement(
-                sid="TableKey",
-                actions=["kms:Decrypt", "kms:GenerateDataKey"],
-                resources=[key.key_arn],
-            )
-        )
     policy = iam.ManagedPolicy(
         scope,
         "CancelPolicy",
         description=f"{config.prefix}: the worker cancels the runs a cancel_on event names",
-        statements=statements,
         roles=[role],
     )
-    for _, wf in sorted(workflows.items()):
-        Validations.of(policy).acknowledge(
-            Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::"
-                f"<{logical_id(wf.function)}.Arn>:*/durable-execution/*]",
-                reason="Executions of this workflow only, of every version (an execution's ARN "
-                "carries the version it started on, which changes with each deployment).",
-            )
-        )
+    grants.allow(
+        policy,
+        ["lambda:GetDurableExecution", "lambda:StopDurableExecution"],
+        [wf.executions_arn for _, wf in sorted(workflows.items())],
+        sid="CancelRuns",
+        reason=EXECUTIONS_REASON,
+    )
+    grants.allow(
+        policy,
+        ["lambda:InvokeFunction"],
+        sorted({a.function_arn for a in failure_handlers.values()}),
+        sid="FailureHandlers",
+    )
+    grants.allow(policy, list(CANCEL_ACTIONS), [table_arn(config)], sid="CancelKeys")
+    if key is not None:
+        grants.allow(policy, ["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn], sid="TableKey")
 
 
 def canceller_environment(

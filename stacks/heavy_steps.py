@@ -8,22 +8,21 @@ answers the callbacks of exactly these two workflows.
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Aws, Validations
+from aws_cdk import Aws
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
-from sluice import catalog, naming
+from sluice import catalog
 from sluice.settings import LambdaSettings, TasksSettings
+from stacks import grants
 from stacks.config import EnvConfig
 from stacks.media_store import TRANSCRIPTS, UPLOADS, Media, media_objects_arn
 from stacks.queues import QueuePair
-from stacks.workflows import DurableWorkflow, Workflows, logical_id
+from stacks.workflows import EXECUTIONS_REASON, DurableWorkflow, Workflows
 
 # Where the worker writes (sluice.catalog names the same prefixes for the runtime code).
-OUTPUTS = (catalog.HLS_PREFIX, catalog.EMBEDDINGS_PREFIX)
-INPUTS = (UPLOADS, TRANSCRIPTS)
 # The worker heartbeats each callback this often (and re-extends the message's visibility).
 KEEPALIVE_S = 60
 # A callback's heartbeat clock starts when the task is queued: it must outlast the wait in the
@@ -93,74 +92,60 @@ class HeavySteps(Construct):
         """Give the worker instance role exactly what the tasks process needs, in one policy."""
         config, bucket_name = self._config, self._media.bucket_name
         bucket_arn = f"arn:{Aws.PARTITION}:s3:::{bucket_name}"
-        statements = [
-            iam.PolicyStatement(
-                sid="TasksQueue",
-                actions=[
-                    "sqs:ReceiveMessage",
-                    "sqs:ChangeMessageVisibility",
-                    "sqs:DeleteMessage",
-                    "sqs:GetQueueAttributes",
-                ],
-                resources=[self._tasks.queue.queue_arn],
-            ),
-            iam.PolicyStatement(
-                sid="ReadInputs",
-                actions=["s3:GetObject", "s3:GetObjectVersion"],
-                resources=[media_objects_arn(config, p) for p in INPUTS],
-            ),
-            # Without ListBucket a missing key reads as 403 instead of 404; only these prefixes.
-            iam.PolicyStatement(
-                sid="FindInputs",
-                actions=["s3:ListBucket"],
-                resources=[bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in INPUTS]}},
-            ),
-            iam.PolicyStatement(
-                sid="WriteOutputs",
-                actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-                resources=[media_objects_arn(config, p) for p in OUTPUTS],
-            ),
-            iam.PolicyStatement(
-                sid="AnswerCallbacks",
-                actions=CALLBACK_ACTIONS,
-                # Callbacks are authorized on the execution ARN (<function>:<version>/...).
-                resources=[f"{wf.function.function_arn}:*" for wf in self.workflows.values()],
-            ),
-        ]
-        if self._key is not None:
-            statements.append(
-                iam.PolicyStatement(
-                    sid="DataKey",
-                    actions=["kms:Decrypt", "kms:GenerateDataKey"],
-                    resources=[self._key.key_arn],
-                )
-            )
         policy = iam.ManagedPolicy(
             self,
             "WorkerPolicy",
             description=f"{config.prefix} worker tasks process: tasks queue, media, callbacks",
-            statements=statements,
             roles=[role],
         )
-        nag_bucket = "arn:<AWS::Partition>:s3:::" + naming.media_bucket(
-            config.name, "<AWS::AccountId>", config.region
+        task_messages = ["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:DeleteMessage"]
+        grants.allow(
+            policy,
+            [*task_messages, "sqs:GetQueueAttributes"],
+            [self._tasks.queue.queue_arn],
+            sid="TasksQueue",
         )
-        reasons = {
-            f"{nag_bucket}/{UPLOADS}*": "Uploaded audio to transcode, read-only.",
-            f"{nag_bucket}/{TRANSCRIPTS}*": "Transcripts to embed, read-only.",
-            f"{nag_bucket}/{catalog.HLS_PREFIX}*": "HLS renditions the worker writes, under "
-            "hls/ only.",
-            f"{nag_bucket}/{catalog.EMBEDDINGS_PREFIX}*": "Transcript vectors the worker "
-            "writes, under embeddings/ only.",
+        reads = {
+            media_objects_arn(config, UPLOADS): "Uploaded audio to transcode, read-only.",
+            media_objects_arn(config, TRANSCRIPTS): "Transcripts to embed, read-only.",
         }
-        for wf in self.workflows.values():
-            reasons[f"<{logical_id(wf.function)}.Arn>:*"] = (
-                "Callbacks of this heavy-step workflow's durable executions only: every "
-                "version's (execution ARNs carry the version, which changes with each deploy)."
-            )
-        for resource, reason in reasons.items():
-            Validations.of(policy).acknowledge(
-                Acknowledgment(id=f"AwsSolutions-IAM5[Resource::{resource}]", reason=reason)
+        writes = {
+            media_objects_arn(config, catalog.HLS_PREFIX): "HLS renditions the worker writes, "
+            "under hls/ only.",
+            media_objects_arn(config, catalog.EMBEDDINGS_PREFIX): "Transcript vectors the "
+            "worker writes, under embeddings/ only.",
+        }
+        grants.allow(
+            policy,
+            ["s3:GetObject", "s3:GetObjectVersion"],
+            list(reads),
+            reason=reads,
+            sid="ReadInputs",
+        )
+        # Without ListBucket a missing key reads as 403 instead of 404; only these prefixes.
+        grants.allow(
+            policy,
+            ["s3:ListBucket"],
+            [bucket_arn],
+            sid="FindInputs",
+            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in (UPLOADS, TRANSCRIPTS)]}},
+        )
+        grants.allow(
+            policy,
+            ["s3:PutObject", "s3:AbortMultipartUpload"],
+            list(writes),
+            reason=writes,
+            sid="WriteOutputs",
+        )
+        grants.allow(
+            policy,
+            CALLBACK_ACTIONS,
+            [wf.executions_arn for wf in self.workflows.values()],
+            sid="AnswerCallbacks",
+            reason=EXECUTIONS_REASON,
+        )
+        if self._key is not None:
+            grants.allow(
+                policy, ["kms:Decrypt", "kms:GenerateDataKey"], [self._key.key_arn], sid="DataKey"
             )
         return policy

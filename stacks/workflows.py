@@ -25,6 +25,7 @@ from constructs import Construct
 from sluice import catalog, naming
 from sluice.settings import LambdaSettings
 from sluice.workflows import Declaration
+from stacks import grants
 from stacks.bundling import ROOT, stage_bundle
 from stacks.compliance import GUARD
 from stacks.config import EnvConfig, FunctionConfig
@@ -176,17 +177,23 @@ class _Function(Construct):
             "Policy",
             description=f"{config.prefix} {kind} {name}: what it touches, nothing more",
             roles=[self.role],
-            statements=[
-                iam.PolicyStatement(
-                    # X-Ray (tracing=ACTIVE): these actions have no resource-level permissions.
-                    actions=["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
-                    resources=["*"],
-                )
-            ],
+        )
+        self.allow(
+            ["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
+            ["*"],
+            reason="X-Ray tracing (xray:PutTraceSegments, xray:PutTelemetryRecords): these "
+            "actions have no resource-level permissions.",
         )
         if vpc is not None:
             # In this policy rather than AWS's managed one: the role keeps one policy of ours.
-            self.policy.add_statements(iam.PolicyStatement(actions=ENI_ACTIONS, resources=["*"]))
+            self.allow(
+                ENI_ACTIONS,
+                ["*"],
+                reason="The function's VPC network interfaces (the EC2 actions of AWS's "
+                "AWSLambdaVPCAccessExecutionRole): Lambda creates and deletes them with this "
+                "role, so no id exists to name in advance; the Describe actions have no "
+                "resource type.",
+            )
         # Named, so that the CLI and the runbook find a job's logs (sluice.naming).
         self.log_group = logs.LogGroup(
             self,
@@ -262,34 +269,20 @@ class _Function(Construct):
                         "where its steps must be protected from each other (prod's steps).",
                     )
                 )
-        self._acknowledge_policy_wildcards(in_vpc=vpc is not None)
 
-    def _acknowledge_policy_wildcards(self, *, in_vpc: bool) -> None:
-        # The only `*` resources of the policy: X-Ray's, and the network interfaces' in a VPC.
-        reason = (
-            "X-Ray tracing (xray:PutTraceSegments, xray:PutTelemetryRecords): these actions have "
-            "no resource-level permissions."
-        )
-        if in_vpc:
-            reason += (
-                " The function's VPC network interfaces (the EC2 actions of AWS's "
-                "AWSLambdaVPCAccessExecutionRole): Lambda creates and deletes them with this role, "
-                "so no id exists to name in advance; the Describe actions have no resource type."
-            )
-        Validations.of(self.policy).acknowledge(
-            Acknowledgment(id="AwsSolutions-IAM5[Resource::*]", reason=reason)
-        )
+    def allow(
+        self, actions: Sequence[str], resources: Sequence[str], *, reason: str | None = None
+    ) -> None:
+        """Allow `actions` on `resources` in the function's policy; a wildcard resource needs
+        `reason`, which becomes its cdk-nag acknowledgement (stacks/grants.py)."""
+        grants.allow(self.policy, actions, resources, reason=reason)
 
-    def allow(self, actions: Sequence[str], resources: Sequence[str]) -> None:
-        self.policy.add_statements(
-            iam.PolicyStatement(actions=list(actions), resources=list(resources))
-        )
 
-    def acknowledge_wildcard(self, resource: str, reason: str) -> None:
-        """Acknowledge IAM5 for one exact wildcard resource of this function's policy."""
-        Validations.of(self.policy).acknowledge(
-            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::{resource}]", reason=reason)
-        )
+# Why a grant names the executions of a durable function with wildcards.
+EXECUTIONS_REASON = (
+    "Durable executions of this function only, of every version: an execution's ARN carries "
+    "the version it started on (which changes with each deployment) and its name and id."
+)
 
 
 class _WorkflowFunction(_Function):
@@ -299,6 +292,13 @@ class _WorkflowFunction(_Function):
         super().__init__(scope, construct_id, **kwargs)
         self.alias = self.function.add_alias(catalog.WORKFLOW_ALIAS)
         _acknowledge_compute(self.function)
+
+    @property
+    def executions_arn(self) -> str:
+        """Every durable execution of this function, as IAM's catalogue names the resource of
+        the durable-execution actions (checkpoints, reads, stops, callbacks):
+        `<function>:<version>/durable-execution/<name>/<id>`."""
+        return f"{self.function.function_arn}:*/durable-execution/*"
 
 
 class StepFunction(_WorkflowFunction):
@@ -384,22 +384,12 @@ class DurableWorkflow(_WorkflowFunction):
             "Checkpoints",
             description=f"{config.prefix} workflow {name}: its durable execution checkpoints",
             roles=[self.role],
-            statements=[
-                iam.PolicyStatement(
-                    actions=[
-                        "lambda:CheckpointDurableExecution",
-                        "lambda:GetDurableExecutionState",
-                    ],
-                    resources=[f"{self.function.function_arn}:*"],
-                )
-            ],
         )
-        Validations.of(self.checkpoints).acknowledge(
-            Acknowledgment(
-                id=f"AwsSolutions-IAM5[Resource::<{logical_id(self.function)}.Arn>:*]",
-                reason="Durable execution checkpoints of this function only: every version's "
-                "executions (their ARNs carry the version, which changes with each deployment).",
-            )
+        grants.allow(
+            self.checkpoints,
+            ["lambda:CheckpointDurableExecution", "lambda:GetDurableExecutionState"],
+            [self.executions_arn],
+            reason=EXECUTIONS_REASON,
         )
         self.allow(["lambda:InvokeFunction"], [step.alias.function_arn for step in steps.values()])
 
@@ -435,12 +425,6 @@ class Workflows(Construct):
             max_audio_seconds=config.workflows.max_audio_seconds,
             **({"media_key_arn": key.key_arn} if key is not None else {}),
         )
-        # How cdk-nag prints the media bucket's ARN (its name holds the account id).
-        nag_bucket = "arn:<AWS::Partition>:s3:::" + naming.media_bucket(
-            config.name, "<AWS::AccountId>", config.region
-        )
-        # Spelled out (not format_arn): with cdk.json's partition-literal flag format_arn prints
-        # "arn:aws:", and the acknowledgement below must name the ARN exactly as nag sees it.
         transcription_jobs = (
             f"arn:{Aws.PARTITION}:transcribe:{config.region}:{Aws.ACCOUNT_ID}:"
             "transcription-job/sluice-*"
@@ -455,15 +439,13 @@ class Workflows(Construct):
 
         def objects(fn: StepFunction, actions: list[str], prefix: str) -> None:
             """Allow `actions` on the media objects under `prefix`, and say why it is a wildcard."""
-            fn.allow(actions, [media_objects_arn(config, prefix)])
-            fn.acknowledge_wildcard(f"{nag_bucket}/{prefix}*", reasons[prefix])
+            fn.allow(actions, [media_objects_arn(config, prefix)], reason=reasons[prefix])
 
         def transcribe(fn: StepFunction, actions: list[str]) -> None:
-            fn.allow(actions, [transcription_jobs])
-            fn.acknowledge_wildcard(
-                f"arn:<AWS::Partition>:transcribe:{config.region}:<AWS::AccountId>:"
-                "transcription-job/sluice-*",
-                "Transcription jobs this pipeline names (sluice-<job id>) only.",
+            fn.allow(
+                actions,
+                [transcription_jobs],
+                reason="Transcription jobs this pipeline names (sluice-<job id>) only.",
             )
 
         def step(name: str) -> StepFunction:
@@ -588,23 +570,17 @@ class Workflows(Construct):
             "TranscriptionStart",
             description=f"{config.prefix} step {fn.name}: start transcription jobs",
             roles=[fn.role],
-            statements=[
-                iam.PolicyStatement(
-                    actions=["transcribe:StartTranscriptionJob"],
-                    resources=["*"],
-                    conditions={"StringEquals": conditions},
-                )
-            ],
+        )
+        grants.allow(
+            policy,
+            ["transcribe:StartTranscriptionJob"],
+            ["*"],
+            conditions={"StringEquals": conditions},
+            reason="transcribe:StartTranscriptionJob has no resource-level permissions (IAM "
+            "service authorization reference); the statement is limited by its condition "
+            "keys to output in this environment's media bucket, encrypted with its data key.",
         )
         fn.function.node.add_dependency(policy)
-        Validations.of(policy).acknowledge(
-            Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::*]",
-                reason="transcribe:StartTranscriptionJob has no resource-level permissions (IAM "
-                "service authorization reference); the statement is limited by its condition "
-                "keys to output in this environment's media bucket, encrypted with its data key.",
-            )
-        )
 
 
 def logical_id(construct: Construct) -> str:

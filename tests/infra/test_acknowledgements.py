@@ -115,3 +115,26 @@ def test_the_check_flags_an_acknowledgement_without_a_finding():
     assert stale([ack], [("AwsSolutions-S1", "S/Media/Bucket/Resource")]) == []
     assert stale([ack], [("AwsSolutions-S1", "S/Other/Resource")]) == [ack]
     assert stale([ack], [("AwsSolutions-S10", "S/Media/Bucket/Resource")]) == [ack]
+
+
+def test_a_wildcard_grant_without_its_reason_fails_synth_naming_the_policy():
+    import aws_cdk as cdk
+    from aws_cdk import aws_iam as iam
+
+    from stacks import grants
+
+    stack = cdk.Stack(cdk.App(), "S")
+    policy = iam.ManagedPolicy(stack, "P")
+    bucket = f"arn:{cdk.Aws.PARTITION}:s3:::b-{cdk.Aws.ACCOUNT_ID}/uploads/*"
+    with pytest.raises(
+        ValueError,
+        match=r"S/P: s3:GetObject on arn:<AWS::Partition>:s3:::b-"
+        r"<AWS::AccountId>/uploads/\*: a wildcard resource needs the reason",
+    ):
+        grants.allow(policy, ["s3:GetObject"], [bucket])
+    # a named resource needs none; the notation is cdk-nag's (the tests above check it on
+    # every acknowledgement the stacks write)
+    grants.allow(policy, ["s3:GetObject"], [f"arn:{cdk.Aws.PARTITION}:s3:::b/k"])
+    assert grants.nag_resource(policy, bucket) == (
+        "arn:<AWS::Partition>:s3:::b-<AWS::AccountId>/uploads/*"
+    )
