@@ -31,7 +31,7 @@ from sluice import metrics, naming
 from sluice.scheduling.names import SCHEDULER_USER
 from sluice.scheduling.registry import REGISTRY, Registry
 from sluice.settings import SchedulerSettings
-from stacks import parameters
+from stacks import grants, parameters
 from stacks.config import BrokerConfig, EnvConfig
 from stacks.monitoring import Monitoring
 
@@ -287,13 +287,6 @@ class NamedBroker(Construct):
                 actions=["sqs:SendMessage"],
                 resources=[events_queue.queue_arn],
             ),
-            # The broker figures the alarms read (no resource type: limited by namespace).
-            iam.PolicyStatement(
-                sid="BrokerFigures",
-                actions=["cloudwatch:PutMetricData"],
-                resources=["*"],
-                conditions={"StringEquals": {"cloudwatch:namespace": self.metrics_namespace}},
-            ),
             # Its own user's, never the administrator's.
             *self.read_secrets(self.scheduler_secret, sid="SchedulerSecret"),
         ]
@@ -304,12 +297,15 @@ class NamedBroker(Construct):
             statements=statements,
             roles=[role],
         )
-        Validations.of(policy).acknowledge(
-            Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::*]",
-                reason="cloudwatch:PutMetricData has no resource type; a condition limits it to "
-                "this environment's scheduler namespace.",
-            )
+        # The broker figures the alarms read.
+        grants.allow(
+            policy,
+            ["cloudwatch:PutMetricData"],
+            ["*"],
+            sid="BrokerFigures",
+            conditions={"StringEquals": {"cloudwatch:namespace": self.metrics_namespace}},
+            reason="cloudwatch:PutMetricData has no resource type; a condition limits it to "
+            "this environment's scheduler namespace.",
         )
         return policy
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Acknowledgment, AssetHashType, Aws, Duration, Stack, Validations
+from aws_cdk import Acknowledgment, AssetHashType, Aws, Duration, Validations
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -581,13 +581,6 @@ class Workflows(Construct):
             "keys to output in this environment's media bucket, encrypted with its data key.",
         )
         fn.function.node.add_dependency(policy)
-
-
-def logical_id(construct: Construct) -> str:
-    """The CloudFormation logical id of `construct`'s resource, as cdk-nag names it in findings."""
-    cfn = construct.node.default_child
-    stack = Stack.of(construct)
-    return str(stack.resolve(stack.get_logical_id(cfn)))  # type: ignore[arg-type]
 
 
 def _camel(name: str) -> str:
