@@ -1,0 +1,138 @@
+"""Issue 16's faults, each against several real scheduler processes on a real rabbitmq-server
+sharing one tick ledger (moto's DynamoDB): a runner killed between its run and its next token, a
+spare token outliving a runner change, a runner frozen past the heartbeat, and late tokens. Each
+counts ticks run twice, overlapping runs and stale runs; all must be zero.
+
+Periods, heartbeats and leases are short (200 ms, 1 s, 1 s) so the four take seconds."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.integration.fleet import Fleet, overlaps, stale, twice
+
+PERIOD = 0.2
+# Fail on the code before the tick ledger (issue 16); the fix removes this mark.
+pytestmark = pytest.mark.xfail(reason="issue 16 faults: no tick ledger yet", strict=False)
+FAST = {"SLUICE_SCHEDULER_LEASE_S": "1", "SLUICE_SCHEDULER_HEARTBEAT_S": "1"}
+
+
+@pytest.fixture
+def fleet(rabbit, names, ledger_env, tmp_path):
+    def make(duration: float = 0.05) -> Fleet:
+        return Fleet(
+            rabbit.url, names.prefix, tmp_path / "runs.log",
+            period=PERIOD, duration=duration, env={**ledger_env, **FAST},
+        )  # fmt: skip
+
+    return make
+
+
+def report(runs, period: float = PERIOD) -> dict[str, object]:
+    return {
+        "runs": len(runs),
+        "twice": twice(runs),
+        "overlaps": overlaps(runs),
+        "stale": [(r.key, round(r.lateness_s, 3)) for r in stale(runs, period)],
+    }
+
+
+def test_runners_killed_after_a_run_before_the_next_token_run_no_tick_twice(fleet):
+    # Given three scheduler processes, each of which dies (SIGKILL) right after its third run
+    # ends (before it records the tick or publishes the next token), and a fourth that lives
+    with fleet() as f:
+        first = f.start(SCHED_KILL_AFTER_END="3")
+        f.wait_runs(1, 20)
+        others = [f.start(SCHED_KILL_AFTER_END="3") for _ in range(2)]
+        survivor = f.start()
+        # When the three have died one after the other
+        for proc in [first, *others]:
+            proc.wait(30)
+        # and the survivor has run the task for a while
+        f.wait_runs(8, 20, pid=survivor.pid)
+        runs = f.runs()
+    # Then no tick ran twice, no runs overlapped and none ran stale
+    print(report(runs))
+    assert report(runs) == {**report(runs), "twice": [], "overlaps": 0, "stale": []}
+
+
+def test_a_spare_token_runs_no_tick_twice_when_the_runner_changes(fleet, tap):
+    # Given a leader (reconciler only) and two runner processes
+    with fleet() as f:
+        f.start("leader")
+        runner = f.start("runner")
+        f.wait_runs(3, 20, pid=runner.pid)
+        standby = f.start("runner")
+        time.sleep(1.0)  # the standby's consumer is registered
+        # When the active runner pauses for a second (the leader seeds a spare token)
+        runner.send_signal(signal.SIGSTOP)
+        spare = round(tap.wait_for("reseeded", timeout=5)["due"] * 1000)
+        time.sleep(0.5)
+        runner.send_signal(signal.SIGCONT)
+        # and is killed while it runs the spare's tick (the standby takes over, spare and all)
+        f.wait(lambda: (r := f.running()) is not None and r.key >= spare, 5, "the spare's tick")
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(5)
+        f.wait_runs(10, 20, pid=standby.pid)
+        runs = f.runs()
+    # Then no tick ran twice, no runs overlapped and none ran stale
+    print(report(runs))
+    assert report(runs) == {**report(runs), "twice": [], "overlaps": 0, "stale": []}
+
+
+def test_a_runner_frozen_past_the_heartbeat_is_fenced_and_does_not_stall_the_task(fleet, tap):
+    # Given three scheduler processes; the task's run takes half its period
+    with fleet(duration=0.1) as f:
+        first = f.start()
+        f.wait_runs(2, 20, pid=first.pid)
+        f.start()
+        f.start()
+        time.sleep(1.0)
+        # When the active runner is frozen in the middle of a run, for 4 s (4 heartbeats)
+        f.wait(lambda: (r := f.running()) is not None and r.pid == first.pid, 10, "a run")
+        first.send_signal(signal.SIGSTOP)
+        frozen_at = time.time()
+        frozen = f.running()
+        assert frozen is not None
+        time.sleep(4.0)
+        first.send_signal(signal.SIGCONT)
+        woke_at = time.time()
+        time.sleep(1.0)
+        runs = f.runs()
+    # Then another process ran the task while it was frozen (no 45 s stall)
+    during = [r for r in runs if frozen_at < r.started < woke_at and r.pid != first.pid]
+    assert len(during) >= 4, f"stalled: {len(during)} runs in 4 s"
+    # and no tick ran twice, none stale, and no run overlapped another, except the remainder of
+    # the frozen run itself (code already running cannot be stopped; its completion is fenced)
+    fenced = {(frozen.key, frozen.pid)}
+    assert twice(runs) == []
+    assert stale(runs, PERIOD) == []
+    assert overlaps(runs, exclude=fenced) == 0
+    # and the woken runner recorded and published nothing for it: no success, no second token
+    assert not [e for e in tap.of("succeeded") if round(e["due"] * 1000) == frozen.key]
+    assert [round(e["due"] * 1000) for e in tap.of("fenced")] == [frozen.key]
+    assert not [r for r in runs if r.pid == first.pid and r.started > woke_at]
+
+
+def test_tokens_late_after_an_outage_run_only_the_latest_due_tick(fleet):
+    # Given three scheduler processes running the task
+    with fleet() as f:
+        procs = [f.start()]
+        f.wait_runs(2, 20)
+        procs += [f.start(), f.start()]
+        time.sleep(1.0)
+        # When all of them stop for 2 s (a stopped VM, a partition) and come back
+        for proc in procs:
+            proc.send_signal(signal.SIGSTOP)
+        time.sleep(2.0)
+        for proc in procs:
+            proc.send_signal(signal.SIGCONT)
+        woke_at = time.time()
+        f.wait(lambda: len([r for r in f.runs() if r.started > woke_at]) >= 5, 20, "5 runs")
+        runs = f.runs()
+    # Then the first run after the outage was the latest due tick, not the token's own old one
+    print(report(runs))
+    assert report(runs) == {**report(runs), "twice": [], "overlaps": 0, "stale": []}
