@@ -197,6 +197,23 @@ class SchedulerSettings(ProcessSettings):
     metrics_namespace: str | None = _var(
         "SLUICE_SCHEDULER_METRICS_NAMESPACE", "where the broker figures go", None
     )
+    coordination_table: str | None = _var(
+        "SLUICE_COORDINATION_TABLE",
+        "the tick ledger (unset: ticks are recorded in this process only)",
+        None,
+    )
+    lease_s: float = _var(
+        "SLUICE_SCHEDULER_LEASE_S",
+        "how long a claimed tick is held without renewal before another process may take over",
+        10.0,
+        gt=0,
+    )
+    heartbeat_s: int = _var(
+        "SLUICE_SCHEDULER_HEARTBEAT_S",
+        "AMQP heartbeat (a frozen runner is evicted after ~2)",
+        5,
+        ge=1,
+    )
     role_arn: Arn | None = _var(
         naming.role_variable("scheduler"), "the role this process assumes", None
     )

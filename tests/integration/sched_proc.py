@@ -4,7 +4,8 @@
 python -m tests.integration.sched_proc URL PREFIX PERIOD_S DURATION_S LOGFILE [ROLE]
 
 ROLE: `all` (runner and reconciler, as the Procfile process), `runner` or `leader` (reconciler
-only). SCHED_KILL_AFTER_END=n: the process kills itself (SIGKILL) right after its n-th run ends,
+only). Settings (the tick ledger, lease, heartbeat) come from the environment, as in the Procfile
+process (worker/scheduler/__main__.py: build). SCHED_KILL_AFTER_END=n: the process kills itself (SIGKILL) right after its n-th run ends,
 before the runner records the tick or publishes the next token.
 """
 
@@ -19,7 +20,8 @@ import time
 from sluice.scheduling.names import Names
 from sluice.scheduling.registry import PeriodicTask, Registry, Tick
 from sluice.scheduling.schedule import Every
-from worker.scheduler.runner import Reconciler, Scheduler, TaskRunner
+from sluice.settings import SchedulerSettings
+from worker.scheduler.__main__ import build
 
 
 def main() -> None:
@@ -45,18 +47,14 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     registry = Registry([PeriodicTask("killme", Every(float(period)), action=action)])
-    names = Names(prefix)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    scheduler = build(registry, url, SchedulerSettings.read(), names=Names(prefix))
     if role == "all":
-        with Scheduler(registry, url, names=names):
+        with scheduler:
             stop.wait()
         return
-    server = (
-        TaskRunner(registry.get("killme"), url, names=names)
-        if role == "runner"
-        else Reconciler(registry, url, names=names)
-    )
+    server = scheduler.runners[0] if role == "runner" else scheduler.reconciler
     thread = threading.Thread(target=server.serve, args=(stop,), daemon=True)
     thread.start()
     stop.wait()
