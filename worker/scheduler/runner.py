@@ -1,11 +1,15 @@
 """The broker scheduler: one runner per task, one reconciler, lifecycle events on the control exchange.
 
 Runner (any number of processes; the processor queue's single active consumer picks one):
-receive the task's token, run the tick, publish the next token (due on the grid, not counted from
-the end of the run), then ack. The token is the only message of its task, so runs never overlap.
+receive the task's token, pick the latest due tick, claim it in the tick ledger
+(worker/scheduler/ledger.py), run it while renewing the claim's lease, finish the claim on its
+fence, publish the next token (due on the grid, not counted from the end of the run), then ack.
+The token is the only message of its task, and the ledger admits a tick once and only when no
+other claim is live, so runs never overlap and no tick is started twice.
 Reconciler (one leader, chosen by an exclusive queue): a task whose token is nowhere to be seen
-and which shows no activity for a quiet window gets a new token; runners drop any token for a
-tick they have already run, so a re-seed can never make two runs of one tick.
+and which shows no activity for a quiet window gets a new token; a spare token that results is
+dropped by the ledger (its tick is given out once), so a re-seed can never make two runs of one
+tick.
 """
 
 from __future__ import annotations
