@@ -14,7 +14,7 @@ from devtools.local.resources import ENV, REGION, create_coordination_table
 from sluice import naming
 from sluice.scheduling.registry import PeriodicTask, Tick
 from sluice.scheduling.schedule import Every, latest_due
-from worker.scheduler.ledger import Ledger, MemoryLedger, TableLedger
+from worker.scheduler.ledger import Claim, Ledger, MemoryLedger, TableLedger
 
 LEASE = 1000  # ms
 
@@ -33,27 +33,32 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
 
 def test_a_tick_is_claimed_once(ledger: Ledger) -> None:
     # Given a claimed and finished tick
-    fence = ledger.claim("t", 1000, 1000, LEASE, "a")
-    assert fence == 1
-    assert ledger.finish("t", fence, "done")
+    claimed = ledger.claim("t", 1000, 1000, LEASE, "a")
+    assert claimed is not None and (claimed.fence, claimed.previous) == (1, None)
+    assert ledger.finish("t", 1, "done")
     # Then nobody claims it again, nor an earlier one, however late
     assert ledger.claim("t", 1000, 99_000, LEASE, "b") is None
     assert ledger.claim("t", 800, 99_000, LEASE, "b") is None
-    # and the next tick is claimed with the next fence
-    assert ledger.claim("t", 1200, 1200, LEASE, "b") == 2
+    # and the next tick is claimed with the next fence, replacing the finished claim
+    claimed = ledger.claim("t", 1200, 1200, LEASE, "b")
+    assert claimed is not None and claimed.fence == 2
+    assert claimed.previous == Claim(1000, 1, 2000, "done", "a")
 
 
 def test_a_live_claim_excludes_later_ticks_and_an_expired_one_is_taken_over(ledger) -> None:
     # Given a runner holding tick 1000 (lease to 2000)
-    old = ledger.claim("t", 1000, 1000, LEASE, "a")
-    assert old is not None
+    first = ledger.claim("t", 1000, 1000, LEASE, "a")
+    assert first is not None
+    old = first.fence
     # Then a later tick waits while the lease is live (no overlapping runs)
     assert ledger.claim("t", 1200, 1500, LEASE, "b") is None
     # and the same tick is never claimed again, not even once the lease expired
     assert ledger.claim("t", 1000, 5000, LEASE, "b") is None
     # When the lease expires, a later tick is taken over with a higher fence
-    new = ledger.claim("t", 2200, 2200, LEASE, "b")
-    assert new is not None and new > old
+    taken = ledger.claim("t", 2200, 2200, LEASE, "b")
+    assert taken is not None and taken.fence > old
+    assert taken.previous is not None and taken.previous.state == "running"  # abandoned
+    new = taken.fence
     # Then the old holder is fenced: it can neither renew nor finish
     assert not ledger.renew("t", old, 9000)
     assert not ledger.finish("t", old, "done")
@@ -65,23 +70,24 @@ def test_a_live_claim_excludes_later_ticks_and_an_expired_one_is_taken_over(ledg
 
 
 def test_a_renewed_lease_keeps_others_out(ledger) -> None:
-    fence = ledger.claim("t", 1000, 1000, LEASE, "a")
-    assert fence is not None
-    assert ledger.renew("t", fence, 5000)
+    claimed = ledger.claim("t", 1000, 1000, LEASE, "a")
+    assert claimed is not None
+    assert ledger.renew("t", claimed.fence, 5000)
     assert ledger.claim("t", 1200, 4000, LEASE, "b") is None
 
 
 def test_a_retry_reclaims_its_own_tick_once(ledger) -> None:
-    fence = ledger.claim("t", 1000, 1000, LEASE, "a")
-    assert fence is not None and ledger.finish("t", fence, "retry")
+    claimed = ledger.claim("t", 1000, 1000, LEASE, "a")
+    assert claimed is not None and ledger.finish("t", claimed.fence, "retry")
     again = ledger.claim("t", 1000, 1100, LEASE, "b")
-    assert again == fence + 1
+    assert again is not None and again.fence == claimed.fence + 1
     assert ledger.claim("t", 1000, 1100, LEASE, "c") is None
 
 
 def test_tasks_are_independent(ledger) -> None:
-    assert ledger.claim("a", 1000, 1000, LEASE, "x") == 1
-    assert ledger.claim("b", 1000, 1000, LEASE, "x") == 1
+    for task in ("a", "b"):
+        claimed = ledger.claim(task, 1000, 1000, LEASE, "x")
+        assert claimed is not None and claimed.fence == 1
 
 
 def test_a_late_token_runs_only_the_latest_due_tick() -> None:

@@ -57,13 +57,24 @@ class Claim:
         return tick > self.tick and not self.live(now_ms)
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """A successful claim: its fence, and the claim it replaced (None: the task's first)."""
+
+    fence: int
+    previous: Claim | None
+
+
 class Ledger(Protocol):
     shared: bool  # True when every scheduler process sees the same ledger
 
     def read(self, task: str) -> Claim | None: ...
 
-    def claim(self, task: str, tick: int, now_ms: int, lease_ms: int, holder: str) -> int | None:
-        """Claim `tick`; its fence, or None when the ledger does not admit it."""
+    def claim(
+        self, task: str, tick: int, now_ms: int, lease_ms: int, holder: str
+    ) -> Claimed | None:
+        """Claim `tick` (one write): its fence and the claim it replaced, or None when the
+        ledger does not admit it."""
 
     def renew(self, task: str, fence: int, until_ms: int) -> bool:
         """Extend a running claim's lease; False: fenced (another runner took over)."""
@@ -85,14 +96,16 @@ class MemoryLedger:
         with self._lock:
             return self._claims.get(task)
 
-    def claim(self, task: str, tick: int, now_ms: int, lease_ms: int, holder: str) -> int | None:
+    def claim(
+        self, task: str, tick: int, now_ms: int, lease_ms: int, holder: str
+    ) -> Claimed | None:
         with self._lock:
             last = self._claims.get(task)
             if last is not None and not last.admits(tick, now_ms):
                 return None
             fence = (last.fence if last else 0) + 1
             self._claims[task] = Claim(tick, fence, now_ms + lease_ms, "running", holder)
-            return fence
+            return Claimed(fence, last)
 
     def _update(self, task: str, fence: int, **changes: Any) -> bool:
         with self._lock:
@@ -124,8 +137,10 @@ class TableLedger:
         item = self.client.get_item(
             TableName=self.table, Key=self._key(task), ConsistentRead=True
         ).get("Item")
-        if item is None:
-            return None
+        return None if item is None else self._claim(item)
+
+    @staticmethod
+    def _claim(item: dict[str, Any]) -> Claim:
         return Claim(
             tick=int(item["tick"]["N"]),
             fence=int(item["fence"]["N"]),
@@ -134,7 +149,9 @@ class TableLedger:
             holder=item.get("holder", {}).get("S", ""),
         )
 
-    def _write(self, task: str, update: str, condition: str, values: dict[str, Any]) -> Any:
+    def _write(
+        self, task: str, update: str, condition: str, values: dict[str, Any], returns: str
+    ) -> Any:
         try:
             return self.client.update_item(
                 TableName=self.table,
@@ -146,15 +163,18 @@ class TableLedger:
                     f"#{n}": n for n in ("state", "until") if f"#{n}" in update + condition
                 },
                 ExpressionAttributeValues=values,
-                ReturnValues="UPDATED_NEW",
+                ReturnValues=returns,
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return None
             raise
 
-    def claim(self, task: str, tick: int, now_ms: int, lease_ms: int, holder: str) -> int | None:
-        # One condition, Claim.admits written for DynamoDB (no item yet: anything is admitted).
+    def claim(
+        self, task: str, tick: int, now_ms: int, lease_ms: int, holder: str
+    ) -> Claimed | None:
+        # One condition, Claim.admits written for DynamoDB (no item yet: anything is admitted);
+        # the old item comes back with the write, so a claim costs one round trip.
         out = self._write(
             task,
             "SET tick = :tick, fence = if_not_exists(fence, :zero) + :one, #until = :until, "
@@ -173,13 +193,18 @@ class TableLedger:
                 ":holder": {"S": holder},
                 ":ttl": {"N": str(now_ms // 1000 + LEDGER_TTL_S)},
             },
+            "ALL_OLD",
         )
-        return None if out is None else int(out["Attributes"]["fence"]["N"])
+        if out is None:
+            return None
+        old = out.get("Attributes")
+        previous = self._claim(old) if old else None
+        return Claimed((previous.fence if previous else 0) + 1, previous)
 
     def _running(self, task: str, fence: int, update: str, values: dict[str, Any]) -> bool:
         condition = "fence = :fence AND #state = :running"
         values = {**values, ":fence": {"N": str(fence)}, ":running": {"S": "running"}}
-        return self._write(task, update, condition, values) is not None
+        return self._write(task, update, condition, values, "NONE") is not None
 
     def renew(self, task: str, fence: int, until_ms: int) -> bool:
         return self._running(task, fence, "SET #until = :until", {":until": {"N": str(until_ms)}})

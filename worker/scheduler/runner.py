@@ -265,16 +265,13 @@ class TaskRunner(_Base):
             ch.basic_ack(method.delivery_tag)
             return
         tick_ms, now_ms = round(due * 1000), round(now * 1000)
-        last = self.ledger.read(name)
-        fence = None
-        if last is None or last.admits(tick_ms, now_ms):
-            fence = self.ledger.claim(
-                name, tick_ms, now_ms, round(self.lease_s * 1000), self.holder
-            )
-        if fence is None:
+        lease_ms = round(self.lease_s * 1000)
+        claimed = self.ledger.claim(name, tick_ms, now_ms, lease_ms, self.holder)
+        if claimed is None:
             self._drop(method, due, self.ledger.read(name))
             return
         self._lease_end = time.monotonic() + self.lease_s
+        fence, last = claimed.fence, claimed.previous
         if last is not None and last.state == "running" and last.tick < tick_ms:
             # Its runner died, froze or lost the ledger past its lease: never run again.
             self.emit(name, "abandoned", due=last.tick / 1000, holder=last.holder)
@@ -414,9 +411,12 @@ class Reconciler(_Base):
         names: Names,
         clock: Clock = time.time,
         heartbeat_s: int = DEFAULT_HEARTBEAT_S,
+        ledger: Ledger | None = None,
     ) -> None:
         super().__init__(url, names, clock, heartbeat_s)
         self.registry = registry
+        # Tells a new task's first token from a lost one (a task never claimed has none to lose).
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self._activity: dict[str, float] = {}
         self._empty_since: dict[str, float] = {}
 
@@ -477,9 +477,16 @@ class Reconciler(_Base):
         if now - since < quiet_window_s(task):
             return
         following = task.schedule.first_after(self.clock())
-        log.warning("task %s: token lost; re-seeding tick %s", task.name, following)
+        try:
+            first = self.ledger.read(task.name) is None
+        except _LEDGER_DOWN:
+            first = False
+        if first:
+            log.info("task %s: first token, tick %s", task.name, following)
+        else:
+            log.warning("task %s: token lost; re-seeding tick %s", task.name, following)
         self.publish_token(task.name, following)
-        self.emit(task.name, "reseeded", due=following)
+        self.emit(task.name, "seeded" if first else "reseeded", due=following)
         self._empty_since.pop(task.name, None)
 
 
@@ -515,7 +522,12 @@ class Scheduler:
             for t in registry
         ]
         self.reconciler = Reconciler(
-            registry, url, names=self.names, clock=clock, heartbeat_s=heartbeat_s
+            registry,
+            url,
+            names=self.names,
+            clock=clock,
+            heartbeat_s=heartbeat_s,
+            ledger=self.ledger,
         )
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
