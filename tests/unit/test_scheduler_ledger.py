@@ -125,3 +125,25 @@ def test_without_a_table_the_scheduler_says_loudly_that_it_keeps_the_ledger_in_m
     assert scheduler.ledger.table == "Sluice-dev-coordination"
     assert all(r.ledger is scheduler.ledger and r.lease_s == 3 for r in scheduler.runners)
     assert "NO TICK LEDGER" not in caplog.text
+
+
+def test_an_event_task_sends_nothing_once_its_lease_lapsed() -> None:
+    import time
+
+    from sluice.errors import TransientError
+    from sluice.scheduling.names import Names
+    from worker.scheduler.runner import TaskRunner
+
+    sent = []
+    task = PeriodicTask("reindex", Every(60), event="media/embedding.requested")
+    runner = TaskRunner(task, "amqp://x", names=Names(), send=sent.append, lease_s=5)
+    tick = Tick("reindex", 120.0)
+    # Within its lease the tick's event goes out
+    runner._lease_end = time.monotonic() + 5
+    runner._act(tick)
+    assert [e.id for e in sent] == ["tick-reindex-120000"]
+    # Past it (frozen, cut off from the ledger) nothing is sent: the attempt fails transiently
+    runner._lease_end = time.monotonic() - 0.001
+    with pytest.raises(TransientError, match="lease"):
+        runner._act(tick)
+    assert len(sent) == 1
