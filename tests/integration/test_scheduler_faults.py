@@ -3,7 +3,8 @@ sharing one tick ledger (moto's DynamoDB): a runner killed between its run and i
 spare token outliving a runner change, a runner frozen past the heartbeat, and late tokens. Each
 counts ticks run twice, overlapping runs and stale runs; all must be zero.
 
-Periods, heartbeats and leases are short (200 ms, 1 s, 1 s) so the four take seconds."""
+Periods, heartbeats and leases are short (200 ms, 1 s, 1 s) so the four take seconds. A fifth
+test throws spare tokens (old, current and next ticks) at two schedulers sharing the ledger."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ import itertools
 import signal
 import time
 
+import boto3
+import pika
 import pytest
 
+from sluice.scheduling.registry import PeriodicTask, Registry
+from sluice.scheduling.schedule import Every
 from tests.integration.fleet import Fleet, overlaps, stale, twice
+from tests.integration.scheduling import Recorder
+from worker.scheduler.ledger import TableLedger
+from worker.scheduler.runner import Scheduler, _encode_token
 
 PERIOD = 0.2
 
@@ -141,3 +149,38 @@ def test_tokens_late_after_an_outage_run_only_the_latest_due_tick(fleet):
     # Then the first run after the outage was the latest due tick, not the token's own old one
     print(report(runs))
     assert report(runs) == {**report(runs), "twice": [], "overlaps": 0, "stale": []}
+
+
+def test_spare_tokens_never_run_a_tick_twice(rabbit, names, ledger_env, tap):
+    # Given two schedulers sharing the tick ledger, running one task every 200 ms
+    ddb = boto3.client(
+        "dynamodb",
+        region_name=ledger_env["AWS_REGION"],
+        endpoint_url=ledger_env["AWS_ENDPOINT_URL"],
+    )
+    ledger = TableLedger(ddb, ledger_env["SLUICE_COORDINATION_TABLE"], names.prefix)
+    rec = Recorder(duration_s=0.05)
+    registry = Registry([PeriodicTask("spares", Every(PERIOD), action=rec)])
+    with (
+        Scheduler(registry, rabbit.url, names=names, ledger=ledger, lease_s=1),
+        Scheduler(registry, rabbit.url, names=names, ledger=ledger, lease_s=1),
+    ):
+        rec.wait_for(3, timeout=15)
+        # When 30 spare tokens arrive over 3 s: for the tick due now, the one before, an old one
+        # and the next one, straight into the processor queue
+        conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+        ch = conn.channel()
+        for i in range(30):
+            now = Every(PERIOD).last_at_or_before(time.time())
+            due = now + PERIOD * (0, -1, -20, 1)[i % 4]
+            ch.basic_publish(names.processor_exchange, "spares", _encode_token("spares", due))
+            time.sleep(0.1)
+        conn.close()
+        time.sleep(1.0)
+        runs = rec.completed()
+    # Then no tick ran twice, runs never overlapped, and none ran a stale tick
+    dues = [r.due for r in runs]
+    assert len(dues) == len(set(dues)), "a tick ran twice"
+    assert all(a.ended is not None and a.ended <= b.started for a, b in itertools.pairwise(runs))
+    assert all(r.started - r.due < PERIOD + 0.1 for r in runs)
+    assert len(tap.of("duplicate", "spares")) >= 20  # the spares were dropped, not run
