@@ -286,3 +286,19 @@ def test_a_consumer_killed_mid_task_resumes_without_running_a_tick_twice(
     # and once the new process runs, one token drives it: consecutive slots
     taken_over = sorted(int(x[1]) for x in lines if x[0] == "end" and int(x[2]) == second.pid)
     assert all(b - a == 500 for a, b in itertools.pairwise(taken_over[1:]))
+
+
+def test_a_tick_later_than_its_lateness_bound_is_skipped_and_counted_missed(rabbit, names, tap):
+    # Given a task due every second that may start at most 100 ms late, whose first run takes
+    # 1.3 s (so the next tick is already 300 ms late when the run ends)
+    rec = Recorder()
+    rec.fail = lambda tick: time.sleep(1.3) if not rec.completed() else None
+    task = PeriodicTask("bounded", Every(1.0), action=rec, max_lateness_s=0.1)
+    with scheduler(rabbit, names, task):
+        runs = rec.wait_for(2, timeout=15)
+    # Then the late tick did not run: the second run is the tick after it, on time
+    first, second = runs[0], runs[1]
+    assert round(second.due - first.due) == 2
+    assert second.started - second.due < 0.1
+    (missed,) = [e for e in tap.of("missed", "bounded") if e["due"] == first.due + 1]
+    assert missed["lateness_s"] > 0.1
