@@ -184,3 +184,24 @@ def test_spare_tokens_never_run_a_tick_twice(rabbit, names, ledger_env, tap):
     assert all(a.ended is not None and a.ended <= b.started for a, b in itertools.pairwise(runs))
     assert all(r.started - r.due < PERIOD + 0.1 for r in runs)
     assert len(tap.of("duplicate", "spares")) >= 20  # the spares were dropped, not run
+
+
+@pytest.mark.slow
+def test_a_broker_restart_with_a_run_in_flight_runs_no_tick_twice(rabbit, fleet):
+    # Given three scheduler processes; the task's run takes half its period
+    with fleet(duration=0.1) as f:
+        f.start()
+        f.wait_runs(2, 20)
+        f.start()
+        f.start()
+        time.sleep(1.0)
+        # When the broker restarts (the whole node, with its data) while a run is in flight
+        f.wait(lambda: f.running() is not None, 10, "a run")
+        rabbit.restart()
+        up_at = time.time()
+        # and the task has run for a while after
+        f.wait(lambda: len([r for r in f.runs() if r.started > up_at]) >= 8, 30, "8 runs")
+        runs = f.runs()
+    # Then no tick ran twice, no runs overlapped and none ran stale
+    print(report(runs))
+    assert report(runs) == {**report(runs), "twice": [], "overlaps": 0, "stale": []}
