@@ -3,8 +3,9 @@ sharing one tick ledger (moto's DynamoDB): a runner killed between its run and i
 spare token outliving a runner change, a runner frozen past the heartbeat, and late tokens. Each
 counts ticks run twice, overlapping runs and stale runs; all must be zero.
 
-Periods, heartbeats and leases are short (200 ms, 1 s, 1 s) so the four take seconds. A fifth
-test throws spare tokens (old, current and next ticks) at two schedulers sharing the ledger."""
+Periods, heartbeats and leases are short (200 ms, 1 s, 1 s) so the four take seconds. Two more:
+spare tokens (old, current and next ticks) thrown at two schedulers sharing the ledger, and a
+whole-broker restart with a run in flight under three processes."""
 
 from __future__ import annotations
 
