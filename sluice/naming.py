@@ -81,7 +81,8 @@ def parameter(env: str, name: str) -> str:
 
 
 def coordination_table(env: str) -> str:
-    """The coordination table (concurrency slots, fan-in joins), e.g. `Sluice-prod-coordination`:
+    """The coordination table (concurrency slots, fan-in joins, the scheduler's tick ledger), e.g.
+    `Sluice-prod-coordination`:
     fixed per environment, so the stateless stack names it without a cross-stack export."""
     return f"{prefix(env)}-coordination"
 

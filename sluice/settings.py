@@ -33,6 +33,8 @@ def _var(name: str, description: str, default: Any = ..., **limits: Any) -> Any:
     return Field(default, validation_alias=name, description=description, **limits)
 
 
+# The coordination table's name, read by the Lambdas (slots, joins) and the scheduler (its ledger).
+_COORDINATION_TABLE = "SLUICE_COORDINATION_TABLE"
 _URL = r"^https?://\S+$"
 _ARN = r"^arn:aws[a-z-]*:\S+$"
 _PATH = r"^/\S*$"
@@ -209,6 +211,23 @@ class SchedulerSettings(ProcessSettings):
     metrics_namespace: str | None = _var(
         "SLUICE_SCHEDULER_METRICS_NAMESPACE", "where the broker figures go", None
     )
+    coordination_table: str | None = _var(
+        _COORDINATION_TABLE,
+        "the tick ledger (unset: ticks are recorded in this process only)",
+        None,
+    )
+    lease_s: float = _var(
+        "SLUICE_SCHEDULER_LEASE_S",
+        "how long a claimed tick is held without renewal before another process may take over",
+        10.0,
+        gt=0,
+    )
+    heartbeat_s: int = _var(
+        "SLUICE_SCHEDULER_HEARTBEAT_S",
+        "AMQP heartbeat (a frozen runner is evicted after ~2)",
+        5,
+        ge=1,
+    )
     role_arn: Arn | None = _var(
         naming.role_variable("scheduler"), "the role this process assumes", None
     )
@@ -223,9 +242,7 @@ class LambdaSettings(ProcessSettings):
 
     media_bucket: str = _var("SLUICE_MEDIA_BUCKET", "the media bucket", "")
     jobs_table: str = _var("SLUICE_JOBS_TABLE", "the jobs table", "")
-    coordination_table: str = _var(
-        "SLUICE_COORDINATION_TABLE", "concurrency slots and fan-in joins", ""
-    )
+    coordination_table: str = _var(_COORDINATION_TABLE, "concurrency slots and fan-in joins", "")
     notifications_topic: str = _var("SLUICE_NOTIFICATIONS_TOPIC", "the job notifications topic", "")
     events_queue_url: str = _var("SLUICE_EVENTS_QUEUE_URL", "the events queue", "")
     tasks_queue_url: str = _var("SLUICE_TASKS_QUEUE_URL", "the tasks queue (heavy steps)", "")

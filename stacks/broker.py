@@ -276,11 +276,18 @@ class NamedBroker(Construct):
         )
 
     def grant_connect(
-        self, scope: Construct, role: iam.IRole, *, events_queue: sqs.IQueue
+        self,
+        scope: Construct,
+        role: iam.IRole,
+        *,
+        events_queue: sqs.IQueue,
+        ledger: list[iam.PolicyStatement],
     ) -> iam.ManagedPolicy:
-        """Let the scheduler's `role` read its broker user's credentials, send events and publish
-        the broker figures: one managed policy, created in `scope` (the role's stack)."""
+        """Let the scheduler's `role` read its broker user's credentials, send events, publish
+        the broker figures and keep its tick `ledger` (those statements): one managed policy,
+        created in `scope` (the role's stack)."""
         statements = [
+            *ledger,
             # A tick's default action sends its event to the events queue.
             iam.PolicyStatement(
                 sid="SchedulerSendsEvents",

@@ -1,5 +1,6 @@
 """The coordination table: concurrency slots and fan-in joins of the workflows (issue 13,
-docs/concurrency.md; adapters/slots.py and adapters/joins.py read and write it).
+docs/concurrency.md; adapters/slots.py and adapters/joins.py read and write it), and the
+scheduler's tick ledger (worker/scheduler/ledger.py).
 
 Named by `sluice.naming.coordination_table`, so the stateless stack grants and configures its
 functions by that name, without a cross-stack reference to the construct.
@@ -32,6 +33,30 @@ ACTIONS = (
     "dynamodb:UpdateItem",
     "dynamodb:DeleteItem",
 )
+
+
+# What the scheduler does on the table: read a task's tick ledger item (get) and claim, renew
+# and finish it (conditional updates); worker/scheduler/ledger.py.
+LEDGER_ACTIONS = ("dynamodb:GetItem", "dynamodb:UpdateItem")
+
+
+def ledger_statements(config: EnvConfig, key: kms.IKey | None) -> list[iam.PolicyStatement]:
+    """What the scheduler's role needs for its tick ledger: the item actions it uses on this
+    table, and the data key when the table is encrypted with it."""
+    statements = [
+        iam.PolicyStatement(
+            sid="SchedulerTickLedger", actions=list(LEDGER_ACTIONS), resources=[table_arn(config)]
+        )
+    ]
+    if key is not None:
+        statements.append(
+            iam.PolicyStatement(
+                sid="SchedulerTickLedgerKey",
+                actions=["kms:Decrypt", "kms:GenerateDataKey"],
+                resources=[key.key_arn],
+            )
+        )
+    return statements
 
 
 def table_arn(config: EnvConfig) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
-from sluice import catalog
+from sluice import catalog, naming
 from sluice.settings import SchedulerSettings
 from stacks import coordination
 from stacks.broker_user import BrokerUser
@@ -102,7 +102,10 @@ class StatelessStack(Stack):
             worker_env |= coordination.canceller_environment(handlers, config)
         if stateful.broker is not None:
             worker_env |= stateful.broker.worker_environment()
-            worker_env |= SchedulerSettings.render(events_queue_url=stateful.events.queue.queue_url)
+            worker_env |= SchedulerSettings.render(
+                events_queue_url=stateful.events.queue.queue_url,
+                coordination_table=naming.coordination_table(config.name),  # the tick ledger
+            )
         self.worker = WorkerEnvironment(
             self,
             "Worker",
@@ -133,7 +136,10 @@ class StatelessStack(Stack):
         if stateful.broker is not None:
             stateful.broker.allow_from(self.worker.security_group)
             stateful.broker.grant_connect(
-                self, self.worker.process_roles["scheduler"], events_queue=stateful.events.queue
+                self,
+                self.worker.process_roles["scheduler"],
+                events_queue=stateful.events.queue,
+                ledger=coordination.ledger_statements(config, stateful.key),
             )
             stateful.broker.watch(self.monitoring)
             # The scheduler connects as its own, non-admin user (issue 11), made at deploy: the

@@ -219,7 +219,9 @@ class Pipeline:
             {
                 **child_env,
                 **SchedulerSettings.render(
-                    broker_url=node.url, events_queue_url=self.res.urls["events"]
+                    broker_url=node.url,
+                    events_queue_url=self.res.urls["events"],
+                    coordination_table=naming.coordination_table(ENV),  # the tick ledger
                 ),
             },
         )

@@ -58,6 +58,10 @@ class PeriodicTask:
     # Transient failures of one tick are redelivered until this many attempts, then the tick is
     # dead-lettered and the schedule moves on.
     max_attempts: int = 3
+    # The lateness bound: a tick is started at most this many seconds after its due time, or
+    # skipped and counted missed. Without one, the latest due tick runs however late (never
+    # more than one period late: a later tick would be the latest due one by then).
+    max_lateness_s: float | None = None
 
     def __post_init__(self) -> None:
         if not _TASK_NAME.fullmatch(self.name):
@@ -68,6 +72,8 @@ class PeriodicTask:
             raise ScheduleError(f"task {self.name}: give exactly one of event or action")
         if self.max_attempts < 1:
             raise ScheduleError(f"task {self.name}: max_attempts must be >= 1")
+        if self.max_lateness_s is not None and not self.max_lateness_s > 0:
+            raise ScheduleError(f"task {self.name}: max_lateness_s must be > 0")
         if self.event is not None:
             self.tick_event(Tick(self.name, 0.0))  # validates the event name and data now
 
@@ -76,11 +82,13 @@ class PeriodicTask:
         return self.schedule.nominal_period_s
 
     def tick_event(self, tick: Tick) -> Event:
-        """The event one tick sends; its id is the tick's identity, so a re-run is idempotent."""
+        """The event one tick sends. Everything in it, its time too, comes from the task and the
+        tick, never from the clock or the attempt: every send of one tick is the same event, so
+        the worker's idempotent start (keyed by the id) starts it once."""
         if self.event is None:
             raise ScheduleError(f"task {self.name} runs a function and sends no event")
         data = {**self.data, "task": self.name, "scheduled_at": tick.due_iso}
-        return Event(name=self.event, data=data, id=f"tick-{self.name}-{tick.key}")
+        return Event(name=self.event, data=data, id=f"tick-{self.name}-{tick.key}", ts=tick.due_iso)
 
 
 class Registry:

@@ -111,6 +111,23 @@ class Cron:
 Schedule = Every | Cron
 
 
+def latest_due(schedule: Schedule, due: float, now: float) -> tuple[float, int]:
+    """The tick a token for `due` runs at `now`, and how many ticks it skips (missed).
+
+    A token that arrives after later ticks fell due (a stall, an outage, a spare token) runs
+    only the latest of them, at once (reported late); the ones before it are reported missed.
+    """
+    latest = schedule.last_at_or_before(now)
+    if latest <= due:
+        return due, 0
+    missed = 0
+    t = due
+    while t < latest:
+        missed += 1
+        t = schedule.first_after(t)
+    return latest, missed
+
+
 def next_due(schedule: Schedule, previous_due: float, now: float) -> tuple[float, int]:
     """The tick to run after `previous_due`, and how many ticks were missed on the way.
 
@@ -118,13 +135,4 @@ def next_due(schedule: Schedule, previous_due: float, now: float) -> tuple[float
     is reported late) and the ones before it are reported missed: the grid never moves, runs
     never overlap, and an overrunning task neither piles up work nor waits idle.
     """
-    following = schedule.first_after(previous_due)
-    if following > now:
-        return following, 0
-    latest = schedule.last_at_or_before(now)
-    missed = 0
-    t = following
-    while t < latest:
-        missed += 1
-        t = schedule.first_after(t)
-    return latest, missed
+    return latest_due(schedule, schedule.first_after(previous_due), now)

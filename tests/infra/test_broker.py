@@ -144,11 +144,25 @@ def test_scheduler_role_reads_only_its_own_secret_sends_events_and_its_figures(s
         key = by_sid["SchedulerSecretKey"]
         assert key["Action"] == "kms:Decrypt"
         assert "kms:ViaService" in key["Condition"]["StringEquals"]
+    # The tick ledger: get and conditional update on the coordination table, nothing else of
+    # DynamoDB, and the data key the table is encrypted with (when it has one)
+    ledger = by_sid["SchedulerTickLedger"]
+    assert sorted(ledger["Action"]) == ["dynamodb:GetItem", "dynamodb:UpdateItem"]
+    assert json.dumps(s.resolve(ledger["Resource"])).endswith(
+        f'table/{naming.coordination_table(env)}"'
+    )
+    if "SchedulerTickLedgerKey" in by_sid:
+        assert sorted(by_sid["SchedulerTickLedgerKey"]["Action"]) == [
+            "kms:Decrypt",
+            "kms:GenerateDataKey",
+        ]
     assert set(by_sid) <= {
         "SchedulerSendsEvents",
         "SchedulerSecret",
         "BrokerFigures",
         "SchedulerSecretKey",
+        "SchedulerTickLedger",
+        "SchedulerTickLedgerKey",
     }
 
 
@@ -293,6 +307,10 @@ def test_only_the_provisioner_reads_the_admin_secret_and_the_scheduler_reads_its
         _worker_setting(rendered, SchedulerSettings.variables()["broker_secret_arn"])
         == secrets[SCHEDULER_USER]
     )
+    # and keeps its tick ledger in the coordination table (the policy above grants it)
+    assert _worker_setting(
+        rendered, SchedulerSettings.variables()["coordination_table"]
+    ) == naming.coordination_table(env)
 
 
 @pytest.mark.parametrize("env", WITH_BROKER)

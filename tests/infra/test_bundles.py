@@ -71,6 +71,7 @@ WORKER_BUNDLE = [
     "worker/scheduler/__main__.py",
     "worker/scheduler/broker_metrics.py",
     "worker/scheduler/cron_http.py",
+    "worker/scheduler/ledger.py",
     "worker/scheduler/runner.py",
     "worker/scheduler/topology.py",
     "worker/tasks.py",

@@ -221,20 +221,24 @@ def _lines(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _proc(rabbit: RabbitNode, names: Names, log: Path, period: float, duration: float):
+def _proc(rabbit: RabbitNode, names: Names, log: Path, period: float, duration: float, env):
     return subprocess.Popen(
         [sys.executable, "-m", "tests.integration.sched_proc", rabbit.url, names.prefix,
          str(period), str(duration), str(log)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
     )  # fmt: skip
 
 
 @pytest.mark.slow
-def test_a_consumer_killed_mid_task_resumes_without_running_a_tick_twice(rabbit, names, tmp_path):
-    # Given a scheduler process running a task (500 ms period, 300 ms runs)
+def test_a_consumer_killed_mid_task_resumes_without_running_a_tick_twice(
+    rabbit, names, tmp_path, ledger_env
+):
+    # Given a scheduler process running a task (500 ms period, 300 ms runs), its ticks claimed
+    # in the tick ledger with a 1 s lease
     log = tmp_path / "runs.log"
-    first = _proc(rabbit, names, log, 0.5, 0.3)
+    env = {**ledger_env, "SLUICE_SCHEDULER_LEASE_S": "1"}
+    first = _proc(rabbit, names, log, 0.5, 0.3, env)
     try:
         deadline = time.monotonic() + 20
         # When it is killed with SIGKILL in the middle of a run
@@ -250,7 +254,7 @@ def test_a_consumer_killed_mid_task_resumes_without_running_a_tick_twice(rabbit,
         first.wait(5)
         killed_at = time.time()
         # and a new scheduler process starts
-        second = _proc(rabbit, names, log, 0.5, 0.3)
+        second = _proc(rabbit, names, log, 0.5, 0.3, env)
         try:
             while time.monotonic() < deadline + 20:
                 ends = [x for x in _lines(log) if x[0] == "end" and int(x[2]) == second.pid]
@@ -267,9 +271,11 @@ def test_a_consumer_killed_mid_task_resumes_without_running_a_tick_twice(rabbit,
             first.kill()
     lines = _lines(log)
     ends = [x[1] for x in lines if x[0] == "end"]
-    # Then no tick completed twice; the interrupted tick was completed by the new process
-    assert len(ends) == len(set(ends))
-    assert killed_due in ends
+    # Then no tick started twice: the interrupted tick was claimed, so the new process does not
+    # start it again (it is abandoned: at most once per tick) and takes over the next one
+    starts = [x[1] for x in lines if x[0] == "start"]
+    assert len(starts) == len(set(starts))
+    assert killed_due not in ends
     # and the new process took over within a period of its start-up
     starts_after = [float(x[3]) for x in lines if x[0] == "start" and int(x[2]) == second.pid]
     assert starts_after and starts_after[0] - killed_at < 5.0
@@ -280,3 +286,19 @@ def test_a_consumer_killed_mid_task_resumes_without_running_a_tick_twice(rabbit,
     # and once the new process runs, one token drives it: consecutive slots
     taken_over = sorted(int(x[1]) for x in lines if x[0] == "end" and int(x[2]) == second.pid)
     assert all(b - a == 500 for a, b in itertools.pairwise(taken_over[1:]))
+
+
+def test_a_tick_later_than_its_lateness_bound_is_skipped_and_counted_missed(rabbit, names, tap):
+    # Given a task due every second that may start at most 100 ms late, whose first run takes
+    # 1.3 s (so the next tick is already 300 ms late when the run ends)
+    rec = Recorder()
+    rec.fail = lambda tick: time.sleep(1.3) if not rec.completed() else None
+    task = PeriodicTask("bounded", Every(1.0), action=rec, max_lateness_s=0.1)
+    with scheduler(rabbit, names, task):
+        runs = rec.wait_for(2, timeout=15)
+    # Then the late tick did not run: the second run is the tick after it, on time
+    first, second = runs[0], runs[1]
+    assert round(second.due - first.due) == 2
+    assert second.started - second.due < 0.1
+    (missed,) = [e for e in tap.of("missed", "bounded") if e["due"] == first.due + 1]
+    assert missed["lateness_s"] > 0.1

@@ -16,10 +16,11 @@ from typing import Any
 
 from sluice.envelope import Event
 from sluice.scheduling.names import Names
-from sluice.scheduling.registry import REGISTRY, cron_yaml
+from sluice.scheduling.registry import REGISTRY, Registry, cron_yaml
 from sluice.settings import SchedulerSettings
 from worker.observability import configure_logging
 from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
+from worker.scheduler.ledger import Ledger, MemoryLedger, TableLedger
 from worker.scheduler.runner import Scheduler, SendEvent, broker_url
 
 
@@ -38,6 +39,42 @@ def event_sender(settings: SchedulerSettings) -> SendEvent | None:
         return send_event(sqs, queue_url, event)
 
     return send
+
+
+def build(
+    registry: Registry,
+    url: str,
+    settings: SchedulerSettings,
+    *,
+    names: Names,
+    send: SendEvent | None = None,
+    dynamodb: Any = None,
+) -> Scheduler:
+    """The scheduler the settings describe. Its tick ledger is the coordination table; without
+    one it keeps the ledger in this process's memory and says so loudly: one scheduler process
+    keeps the guarantee, several may then run a tick twice (README: the scheduler)."""
+    ledger: Ledger
+    if settings.coordination_table:
+        if dynamodb is None:
+            import boto3
+
+            dynamodb = boto3.client("dynamodb")
+        ledger = TableLedger(dynamodb, settings.coordination_table, names.prefix)
+    else:
+        logging.getLogger("sluice.scheduler").warning(
+            "NO TICK LEDGER: SLUICE_COORDINATION_TABLE is not set, so ticks are recorded in "
+            "this process only. With more than one scheduler process a tick may run twice."
+        )
+        ledger = MemoryLedger()
+    return Scheduler(
+        registry,
+        url,
+        names=names,
+        send=send,
+        ledger=ledger,
+        lease_s=settings.lease_s,
+        heartbeat_s=settings.heartbeat_s,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.wait()
         return 0
     names = Names(args.prefix) if args.prefix else Names()
-    scheduler = Scheduler(REGISTRY, url, names=names, send=event_sender(settings)).start()
+    scheduler = build(REGISTRY, url, settings, names=names, send=event_sender(settings)).start()
     log.info("scheduler started: %s", ", ".join(REGISTRY.names))
     if settings.metrics_namespace:  # the figures the alarms read (no per-queue AWS metrics)
         import boto3

@@ -1,11 +1,15 @@
 """The broker scheduler: one runner per task, one reconciler, lifecycle events on the control exchange.
 
 Runner (any number of processes; the processor queue's single active consumer picks one):
-receive the task's token, run the tick, publish the next token (due on the grid, not counted from
-the end of the run), then ack. The token is the only message of its task, so runs never overlap.
+receive the task's token, pick the latest due tick, claim it in the tick ledger
+(worker/scheduler/ledger.py), run it while renewing the claim's lease, finish the claim on its
+fence, publish the next token (due on the grid, not counted from the end of the run), then ack.
+The token is the only message of its task, and the ledger admits a tick once and only when no
+other claim is live, so runs never overlap and no tick is started twice.
 Reconciler (one leader, chosen by an exclusive queue): a task whose token is nowhere to be seen
-and which shows no activity for a quiet window gets a new token; runners drop any token for a
-tick they have already run, so a re-seed can never make two runs of one tick.
+and which shows no activity for a quiet window gets a new token; a spare token that results is
+dropped by the ledger (its tick is given out once), so a re-seed can never make two runs of one
+tick.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -25,13 +31,15 @@ from urllib.parse import quote
 
 import pika
 import pika.exceptions
+from botocore.exceptions import BotoCoreError, ClientError
 
 from sluice.envelope import Event
-from sluice.errors import BusinessError
+from sluice.errors import BusinessError, TransientError
 from sluice.scheduling.names import Names, expiration_ms, quiet_window_s
 from sluice.scheduling.registry import PeriodicTask, Registry, Tick
-from sluice.scheduling.schedule import next_due
+from sluice.scheduling.schedule import latest_due, next_due
 from sluice.settings import SchedulerSettings
+from worker.scheduler.ledger import Claim, Ledger, MemoryLedger
 from worker.scheduler.topology import declare
 
 log = logging.getLogger("sluice.scheduler")
@@ -46,6 +54,11 @@ _BROKER_DOWN: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+# Errors of the tick ledger (DynamoDB): no tick runs unclaimed, so the runner waits them out.
+_LEDGER_DOWN: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
+_DEFAULTS = SchedulerSettings.model_fields
+DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
+DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
 
 
 def broker_url(settings: SchedulerSettings, *, secrets: Any = None) -> str | None:
@@ -71,9 +84,11 @@ def broker_url(settings: SchedulerSettings, *, secrets: Any = None) -> str | Non
     return f"{scheme or 'amqps'}://{user}:{password}@{hostport}"
 
 
-def _connect(url: str) -> pika.BlockingConnection:
+def _connect(url: str, heartbeat_s: int) -> pika.BlockingConnection:
     params = pika.URLParameters(url)
-    params.heartbeat = 20
+    # A frozen process's connection is closed after about two missed heartbeats: the bound on
+    # how long it can hold its task's token (and stall the task).
+    params.heartbeat = heartbeat_s
     params.blocked_connection_timeout = 30
     params.socket_timeout = 5
     return pika.BlockingConnection(params)
@@ -91,12 +106,12 @@ class _Channels:
 
 
 class _Base:
-    def __init__(self, url: str, names: Names, clock: Clock) -> None:
-        self.url, self.names, self.clock = url, names, clock
+    def __init__(self, url: str, names: Names, clock: Clock, heartbeat_s: int) -> None:
+        self.url, self.names, self.clock, self.heartbeat_s = url, names, clock, heartbeat_s
         self._ch: _Channels | None = None
 
     def _open(self, tasks: list[PeriodicTask]) -> _Channels:
-        connection = _connect(self.url)
+        connection = _connect(self.url, self.heartbeat_s)
         work = connection.channel()
         declare(work, self.names, tasks)
         work.confirm_delivery()
@@ -144,8 +159,19 @@ class _Base:
         return total
 
 
+@dataclass
+class _Inflight:
+    """A run this process started: the token's due time, the tick it runs, its fence."""
+
+    token_due: float
+    tick: Tick
+    fence: int
+    future: Future[None]
+
+
 class TaskRunner(_Base):
-    """Consumes one task's processor queue and runs its ticks, one at a time."""
+    """Consumes one task's processor queue and runs its ticks, one at a time, each claimed first
+    in the tick ledger (worker/scheduler/ledger.py)."""
 
     def __init__(
         self,
@@ -155,14 +181,21 @@ class TaskRunner(_Base):
         names: Names,
         send: SendEvent | None = None,
         clock: Clock = time.time,
+        ledger: Ledger | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        heartbeat_s: int = DEFAULT_HEARTBEAT_S,
     ) -> None:
-        super().__init__(url, names, clock)
+        super().__init__(url, names, clock, heartbeat_s)
         self.task = task
         self.send = send
-        # The last tick this process finished: a token for it or an earlier tick is a duplicate.
-        self.last_done: float | None = None
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        self.lease_s = lease_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tick-{task.name}")
-        self._inflight: tuple[float, Future[None]] | None = None
+        self._inflight: _Inflight | None = None
+        # Until when (monotonic: it runs on while the process is frozen) this runner's lease is
+        # surely held: an event is sent only within it.
+        self._lease_end = float("-inf")
 
     def _act(self, tick: Tick) -> None:
         if self.task.action is not None:
@@ -170,7 +203,11 @@ class TaskRunner(_Base):
             return
         if self.send is None:
             raise BusinessError(f"task {self.task.name} sends events but no sender is configured")
-        self.send(self.task.tick_event(tick))
+        event = self.task.tick_event(tick)
+        if time.monotonic() > self._lease_end:
+            # Frozen or cut off past its lease: another runner may own the tick by now.
+            raise TransientError(f"lease on tick {tick.due_iso} lapsed before the send")
+        self.send(event)
 
     def serve(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, reconnecting whenever the broker goes away."""
@@ -191,6 +228,10 @@ class TaskRunner(_Base):
                 log.warning("runner %s: broker unavailable (%s); reconnecting", self.task.name, exc)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 1.0)
+            except _LEDGER_DOWN as exc:
+                # The token goes back (the connection closes unacked): no tick runs unclaimed.
+                log.error("runner %s: tick ledger unavailable (%s); retrying", self.task.name, exc)
+                stop.wait(1.0)
             finally:
                 self._close()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -200,79 +241,122 @@ class TaskRunner(_Base):
         ch = self._ch.work
         name = self.task.name
         try:
-            due = float(json.loads(body)["due"])
+            token_due = float(json.loads(body)["due"])
         except (ValueError, KeyError, TypeError):
             log.error("runner %s: unreadable token %r dead-lettered", name, body[:200])
             ch.basic_reject(method.delivery_tag, requeue=False)
             return
-        if self.last_done is not None and due <= self.last_done:
-            # Already run here: this is a re-seeded copy, or the ack of the run got lost.
-            if self.inventory(name) == 0:
-                self._schedule_after(due)
-            self.emit(name, "duplicate", due=due)
+        inflight = self._inflight
+        if inflight is not None and inflight.token_due == token_due:
+            # The broker came back while this process ran the tick: wait for that run.
+            self._complete(method, inflight, resumed=True)
+            return
+        if inflight is not None and not self._settle(inflight):
+            # An older run of this process is still going (its token went elsewhere).
+            self._drop(method, token_due, self.ledger.read(name))
+            return
+        now = self.clock()
+        due, missed = latest_due(self.task.schedule, token_due, now)
+        bound = self.task.max_lateness_s
+        if bound is not None and now - due > bound:
+            # Too late even for the latest due tick: skip it too and wait for the next one.
+            self.emit(name, "missed", due=due, missed=missed + 1, lateness_s=now - due)
+            self._schedule_after(due)
             ch.basic_ack(method.delivery_tag)
             return
-        if method.redelivered and self.inventory(name) > 0:
-            # A successor exists, so the run of this token finished in a process that died
-            # before acking it: running it again would run the tick twice.
-            self.emit(name, "duplicate", due=due)
-            ch.basic_ack(method.delivery_tag)
+        tick_ms, now_ms = round(due * 1000), round(now * 1000)
+        lease_ms = round(self.lease_s * 1000)
+        claimed = self.ledger.claim(name, tick_ms, now_ms, lease_ms, self.holder)
+        if claimed is None:
+            self._drop(method, due, self.ledger.read(name))
             return
-        attempt = int((props.headers or {}).get("x-delivery-count", 0)) + 1
+        self._lease_end = time.monotonic() + self.lease_s
+        fence, last = claimed.fence, claimed.previous
+        if last is not None and last.state == "running" and last.tick < tick_ms:
+            # Its runner died, froze or lost the ledger past its lease: never run again.
+            self.emit(name, "abandoned", due=last.tick / 1000, holder=last.holder)
+        if missed:
+            self.emit(name, "missed", due=due, missed=missed)
+        attempt = 1
+        if due == token_due:
+            attempt = int((props.headers or {}).get("x-delivery-count", 0)) + 1
         tick = Tick(name, due, attempt)
+        self.emit(name, "started", due=due, lateness_s=now - due, attempt=attempt, fence=fence)
+        future = self._pool.submit(self._act, tick)
+        inflight = self._inflight = _Inflight(token_due, tick, fence, future)
+        self._complete(method, inflight, resumed=False)
+
+    def _settle(self, inflight: _Inflight) -> bool:
+        """Close a run of this process whose token went elsewhere: False while it still runs."""
+        if not inflight.future.done():
+            return False
+        self._inflight = None
+        if not self.ledger.finish(self.task.name, inflight.fence, "done"):
+            self.emit(self.task.name, "fenced", due=inflight.tick.due, holder=self.holder)
+        return True
+
+    def _drop(self, method: Any, due: float, last: Claim | None) -> None:
+        """A token for a tick the ledger will not give this runner: already claimed (done, in
+        progress or abandoned: a spare token or a redelivered one), or another run is live.
+        It is dropped; if no other token exists, it is replaced by the next tick's."""
+        assert self._ch is not None
+        name = self.task.name
+        self.emit(name, "duplicate", due=due, claimed=last.tick / 1000 if last else None)
+        if self.inventory(name) == 0:
+            after = self.clock()
+            if last is not None and last.live(round(after * 1000)):
+                after = max(after, last.until_ms / 1000)  # let the live claim end first
+            self._schedule_after(after)
+        self._ch.work.basic_ack(method.delivery_tag)
+
+    def _complete(self, method: Any, inflight: _Inflight, *, resumed: bool) -> None:
+        assert self._ch is not None
+        ch = self._ch.work
+        name, tick = self.task.name, inflight.tick
+        if resumed:
+            self.emit(name, "resumed", due=tick.due, attempt=tick.attempt)
         started = self.clock()
-        resuming = self._inflight is not None and self._inflight[0] == due
-        self.emit(
-            name, "resumed" if resuming else "started", due=due, lateness_s=started - due,
-            attempt=attempt,
-        )  # fmt: skip
-        outcome, error = self._run(tick)
+        outcome, error = self._wait(inflight)
         took = self.clock() - started
-        retry = outcome == "transient" and attempt < self.task.max_attempts
-        if not retry:
-            # Recorded before anything can fail on the broker side: if the connection drops
-            # from here on, the redelivered token only gets its successor, never a second run.
-            self.last_done = due
+        self._inflight = None
+        retry = outcome == "transient" and tick.attempt < self.task.max_attempts
+        if not self.ledger.finish(name, inflight.fence, "retry" if retry else "done"):
+            # Another runner took the task over: record, send and publish nothing more.
+            log.warning("task %s tick %s: fenced (lease lost), outcome dropped", name, tick.due_iso)
+            self.emit(name, "fenced", due=tick.due, outcome=outcome, holder=self.holder)
+            ch.basic_ack(method.delivery_tag)
+            return
         if outcome == "succeeded":
-            self.emit(name, "succeeded", due=due, duration_s=took)
+            self.emit(name, "succeeded", due=tick.due, duration_s=took)
         elif outcome == "business":
             log.warning("task %s tick %s failed (business): %s", name, tick.due_iso, error)
-            self.emit(name, "failed", due=due, error_class="business", error=error)
+            self.emit(name, "failed", due=tick.due, error_class="business", error=error)
         elif retry:
-            self.emit(name, "failed", due=due, error_class="transient", error=error, retry=True)
+            self.emit(
+                name, "failed", due=tick.due, error_class="transient", error=error, retry=True
+            )
             ch.basic_nack(method.delivery_tag, requeue=True)
             return
         else:
             self._dead_letter(tick, error)
-        self._schedule_after(due)
+        self._schedule_after(tick.due)
         ch.basic_ack(method.delivery_tag)
 
-    def _run(self, tick: Tick) -> tuple[str, str]:
-        """Run the tick in the action thread; keep the connection and the heartbeats alive."""
+    def _wait(self, inflight: _Inflight) -> tuple[str, str]:
+        """Wait for the run; meanwhile keep the connection alive and renew the lease."""
         assert self._ch is not None
-        # A run cut off from the broker (connection lost mid-run) keeps going in the pool; when
-        # its token comes back, wait for that run instead of starting the tick a second time.
-        if self._inflight is not None and self._inflight[0] == tick.due:
-            future = self._inflight[1]
-        else:
-            future = self._pool.submit(self._act, tick)
-            self._inflight = (tick.due, future)
-        outcome = self._wait(tick, future)
-        self._inflight = None
-        return outcome
-
-    def _wait(self, tick: Tick, future: Future[None]) -> tuple[str, str]:
-        assert self._ch is not None
-        beat = quiet_window_s(self.task) / 2
+        tick, future = inflight.tick, inflight.future
+        beat = min(quiet_window_s(self.task) / 2, self.lease_s / 3)
         while True:
             try:
                 # Wakes the moment the run ends; between beats pika is not serviced, which is
-                # fine: a beat (<= 5 s) is far inside the AMQP heartbeat timeout.
+                # fine: a beat is far inside the AMQP heartbeat timeout.
                 future.result(timeout=beat)
                 return "succeeded", ""
             except FuturesTimeout:
                 if future.done():  # the action itself raised TimeoutError: transient
                     return "transient", repr(future.exception())
+                self._renew(inflight)
                 # Tells the reconciler the token is held, not lost, however long the run takes.
                 self._ch.connection.process_data_events(time_limit=0)
                 self.emit(self.task.name, "running", due=tick.due)
@@ -280,6 +364,18 @@ class TaskRunner(_Base):
                 return "business", repr(exc)
             except Exception as exc:  # unclassified failures count as transient
                 return "transient", repr(exc)
+
+    def _renew(self, inflight: _Inflight) -> None:
+        until = time.monotonic() + self.lease_s
+        try:
+            renewed = self.ledger.renew(
+                self.task.name, inflight.fence, round((self.clock() + self.lease_s) * 1000)
+            )
+        except _LEDGER_DOWN as exc:  # the lease may lapse; finishing will tell
+            log.warning("task %s: lease not renewed (%s)", self.task.name, exc)
+            return
+        if renewed:
+            self._lease_end = until
 
     def _dead_letter(self, tick: Tick, error: str) -> None:
         assert self._ch is not None
@@ -307,9 +403,20 @@ class TaskRunner(_Base):
 class Reconciler(_Base):
     """Keeps exactly one token per task: seeds missing tokens while it holds the leader lock."""
 
-    def __init__(self, registry: Registry, url: str, *, names: Names, clock: Clock = time.time):
-        super().__init__(url, names, clock)
+    def __init__(
+        self,
+        registry: Registry,
+        url: str,
+        *,
+        names: Names,
+        clock: Clock = time.time,
+        heartbeat_s: int = DEFAULT_HEARTBEAT_S,
+        ledger: Ledger | None = None,
+    ) -> None:
+        super().__init__(url, names, clock, heartbeat_s)
         self.registry = registry
+        # Tells a new task's first token from a lost one (a task never claimed has none to lose).
+        self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self._activity: dict[str, float] = {}
         self._empty_since: dict[str, float] = {}
 
@@ -370,9 +477,16 @@ class Reconciler(_Base):
         if now - since < quiet_window_s(task):
             return
         following = task.schedule.first_after(self.clock())
-        log.warning("task %s: token lost; re-seeding tick %s", task.name, following)
+        try:
+            first = self.ledger.read(task.name) is None
+        except _LEDGER_DOWN:
+            first = False
+        if first:
+            log.info("task %s: first token, tick %s", task.name, following)
+        else:
+            log.warning("task %s: token lost; re-seeding tick %s", task.name, following)
         self.publish_token(task.name, following)
-        self.emit(task.name, "reseeded", due=following)
+        self.emit(task.name, "seeded" if first else "reseeded", due=following)
         self._empty_since.pop(task.name, None)
 
 
@@ -387,12 +501,34 @@ class Scheduler:
         names: Names | None = None,
         send: SendEvent | None = None,
         clock: Clock = time.time,
+        ledger: Ledger | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        heartbeat_s: int = DEFAULT_HEARTBEAT_S,
     ) -> None:
         self.names = names or Names()
+        # One ledger for the process (without a table: this process's memory).
+        self.ledger = ledger if ledger is not None else MemoryLedger()
         self.runners = [
-            TaskRunner(t, url, names=self.names, send=send, clock=clock) for t in registry
+            TaskRunner(
+                t,
+                url,
+                names=self.names,
+                send=send,
+                clock=clock,
+                ledger=self.ledger,
+                lease_s=lease_s,
+                heartbeat_s=heartbeat_s,
+            )
+            for t in registry
         ]
-        self.reconciler = Reconciler(registry, url, names=self.names, clock=clock)
+        self.reconciler = Reconciler(
+            registry,
+            url,
+            names=self.names,
+            clock=clock,
+            heartbeat_s=heartbeat_s,
+            ledger=self.ledger,
+        )
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
 
