@@ -121,7 +121,7 @@ class WebSettings(ProcessSettings):
     )
     role_arn: Arn | None = _var(naming.role_variable("web"), "the role this process assumes", None)
     coordination_table: str = _var(
-        "SLUICE_COORDINATION_TABLE", "where runs register with the events that cancel them", ""
+        _COORDINATION_TABLE, "where runs register with the events that cancel them", ""
     )
     # Workflow -> its `live` alias ARN, one variable each (naming.alias_variable).
     workflow_aliases: Mapping[str, Arn] = Field(default_factory=dict, validation_alias="aliases")

@@ -94,7 +94,7 @@ def test_concurrency_as_declared(tmp_path):
         (
             'events = ["media/uplaoded"]\n',
             "lambdas/workflows/x/workflow.toml: events: unknown event 'media/uplaoded'; known "
-            "events: media/deleted, media/embedding.requested,",
+            "events: customer/deleted, media/deleted, media/embedding.requested,",
         ),
         (
             'events = ["Media Uploaded"]\n',
