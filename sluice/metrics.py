@@ -4,7 +4,18 @@ for the alarms that read them (namespaces: sluice.naming.metrics_namespace)."""
 from __future__ import annotations
 
 # The worker's web process, per handled message (dimension Environment).
-WORKER_COUNTS = ("Received", "Started", "Duplicates", "DeadLettered", "TransientFailures")
+WORKER_COUNTS = (
+    "Received",
+    "Started",
+    "Duplicates",
+    "DeadLettered",
+    "TransientFailures",
+    # Flow control (docs/flow-control.md): duplicates by idempotency key, events a rate limit
+    # skipped, events a throttle holds back.
+    "FlowDuplicates",
+    "FlowSkipped",
+    "FlowWaiting",
+)
 WORKER_LATENCY = "HandlingLatency"
 WORKER_METRICS = (*WORKER_COUNTS, WORKER_LATENCY)
 

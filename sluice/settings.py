@@ -118,6 +118,13 @@ class WebSettings(ProcessSettings):
         "SLUICE_CLAIM_CHECK_BUCKET", "bucket for dead letters too large for the DLQ", ""
     )
     role_arn: Arn | None = _var(naming.role_variable("web"), "the role this process assumes", None)
+    # Flow control (docs/flow-control.md): its state, and where its wake-ups go.
+    coordination_table: str = _var(
+        "SLUICE_COORDINATION_TABLE", "flow control's state (the coordination table)", ""
+    )
+    events_queue_url: str = _var(
+        "SLUICE_EVENTS_QUEUE_URL", "the events queue (flow control's wake-ups)", ""
+    )
     # Workflow -> its `live` alias ARN, one variable each (naming.alias_variable).
     workflow_aliases: Mapping[str, Arn] = Field(default_factory=dict, validation_alias="aliases")
 

@@ -11,8 +11,10 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from adapters.flow import FlowStore
 from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
 from worker.dispatch import Delivery, Dispatcher
+from worker.flow import FlowControl
 from worker.invoke import LambdaInvoker
 from worker.observability import (
     Metrics,
@@ -169,12 +171,25 @@ def create_app(
         )
         publisher.start(settings.publish_metrics_s)
     metrics = Metrics(settings.metrics_namespace, dimensions, publisher=publisher)
+    flow_control = None
+    if settings.coordination_table:
+        import boto3
+        from botocore.config import Config
+
+        # Flow control (docs/flow-control.md): its state, and its wake-ups on the events queue.
+        ddb = boto3.client("dynamodb", config=Config(retries={"total_max_attempts": 2}))
+        flow_control = FlowControl(
+            FlowStore(ddb, settings.coordination_table),
+            sqs=sqs_client,
+            queue_url=settings.events_queue_url,
+        )
     dispatcher = Dispatcher(
         settings=settings,
         lambda_client=lambda_client,
         sqs_client=sqs_client,
         s3_client=s3_client,
         metrics=metrics,
+        flow_control=flow_control,
     )
     app = App(settings, dispatcher)
     # Without a broker, sqsd's cron.yaml POSTs run the periodic tasks (issue 7).

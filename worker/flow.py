@@ -1,0 +1,255 @@
+"""Flow control: what the worker decides before it starts a run (docs/flow-control.md).
+
+For a workflow that declares any (sluice.workflows.Flow), in this order: its idempotency key
+(a duplicate starts nothing), its rate limit (an event over it is skipped), then its throttle
+(an event over it waits in the coordination table and starts in a later window, by priority) or
+its debounce (one start per quiet period, with the last event). State lives in the coordination
+table (adapters/flow.py); waiting events are released by wake-up messages the worker sends to
+its own events queue with a delay (`sluice/flow.wake`), which sqsd brings back to `wake`.
+
+Every write comes before the answer to sqsd, and every start is Lambda's idempotent start by the
+event's execution name: a crash anywhere means sqsd sends the message again and the decision is
+made again from the table, never a lost event nor a second run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from adapters.flow import FlowStore, Partition, Waiter, partition
+from sluice import envelope
+from sluice.catalog import FLOW_WAKE
+from sluice.envelope import Event
+from sluice.workflows import SQS_MAX_DELAY_S, Flow, Priority, key_value
+
+log = logging.getLogger("sluice.worker")
+
+START, DUPLICATE, SKIPPED, WAITING = "started", "duplicate", "skipped", "waiting"
+# The counts of flow outcomes (sluice.metrics.WORKER_COUNTS).
+COUNTS = {DUPLICATE: "FlowDuplicates", SKIPPED: "FlowSkipped", WAITING: "FlowWaiting"}
+# SQS delays a message at most 15 minutes: a later wake-up is sent again when it arrives.
+MAX_DELAY_S = SQS_MAX_DELAY_S
+# Starts per drain (one sqsd POST): more free places are filled by a wake-up sent at once.
+MAX_STARTS = 50
+ALL = "*"  # the key of a control declared without one
+_KEY_CHARS = 200  # longer key values are hashed into the partition key
+
+Starter = Callable[[Event], None]
+
+
+def window_start(now: float, period_s: int) -> int:
+    """The fixed window `now` falls in (windows are aligned to the epoch)."""
+    return int(now) // period_s * period_s
+
+
+def control_key(doc: Mapping[str, Any], path: str | None) -> str:
+    return ALL if path is None else key_value(doc, path)
+
+
+def _partition(workflow: str, control: str, key: str) -> str:
+    if len(key) > _KEY_CHARS:
+        key = hashlib.sha256(key.encode()).hexdigest()
+    return partition(workflow, control, key)
+
+
+def priority_of(doc: Mapping[str, Any], priority: Priority | None) -> int:
+    """The integer at the priority's key, clamped to 0..max; its default when there is none."""
+    if priority is None:
+        return 0
+    try:
+        value = int(key_value(doc, priority.key))
+    except ValueError:
+        return priority.default
+    return min(max(value, 0), priority.max)
+
+
+def rank(waiter: Waiter, now_ms: int, priority: Priority | None) -> tuple[int, int, str]:
+    """The sort key of a waiting event: its priority aged by one per `aging_s` waited (up to the
+    highest), then arrival. Any event reaches the highest priority after `max * aging_s`, and
+    then only the events that arrived before it go first: none waits forever."""
+    effective = waiter.priority
+    if priority is not None:
+        aged = (now_ms - waiter.arrival_ms) // (priority.aging_s * 1000)
+        effective = min(priority.max, waiter.priority + max(0, aged))
+    return (-effective, waiter.arrival_ms, waiter.event_id)
+
+
+class FlowControl:
+    """Decides, for one event and one workflow with flow control, what starts now."""
+
+    def __init__(
+        self,
+        store: FlowStore,
+        *,
+        sqs: Any,
+        queue_url: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store, self.sqs, self.queue_url, self.clock = store, sqs, queue_url, clock
+
+    def admit(self, workflow: str, flow: Flow, event: Event, start: Starter) -> str:
+        """Apply `flow` to `event`: START (started through `start`), DUPLICATE, SKIPPED or
+        WAITING (held in the table, it starts later)."""
+        doc = event.to_dict()
+        facts = {"workflow": workflow, "event_id": event.id}
+        if flow.idempotency is not None:
+            key = "|".join(key_value(doc, path) for path in flow.idempotency.key)
+            digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+            holder = self.store.claim(
+                partition(workflow, "idempotency", digest),
+                event.id,
+                key=key,
+                window_s=flow.idempotency.window_s,
+            )
+            if holder is not None:
+                log.info(
+                    "duplicate event: started nothing",
+                    extra={**facts, "outcome": DUPLICATE, "key": key, "duplicate_of": holder},
+                )
+                return DUPLICATE
+        if flow.rate_limit is not None:
+            limit = flow.rate_limit
+            key = control_key(doc, limit.key)
+            admitted = self.store.admit(
+                _partition(workflow, "rate", key),
+                event.id,
+                limit=limit.limit,
+                window_start=window_start(self.clock(), limit.period_s),
+                period_s=limit.period_s,
+            )
+            if not admitted:
+                log.warning(
+                    "rate limited: event skipped",
+                    extra={**facts, "outcome": SKIPPED, "key": key, "limit": limit.limit},
+                )
+                return SKIPPED
+        if flow.throttle is not None:
+            return self._throttle(workflow, flow, event, doc, start)
+        start(event)
+        return START
+
+    # -- throttle --------------------------------------------------------------------------------
+
+    def _throttle(
+        self, workflow: str, flow: Flow, event: Event, doc: Mapping[str, Any], start: Starter
+    ) -> str:
+        throttle = flow.throttle
+        assert throttle is not None
+        key = control_key(doc, throttle.key)
+        pk = _partition(workflow, "throttle", key)
+        now = self.clock()
+        state = self.store.read(pk)
+        begun = window_start(now, throttle.period_s)
+        # Nothing waits and the window has room: start it now (sqsd's message is the record).
+        if (
+            not state.waiters
+            and state.used(begun) < throttle.limit
+            and self.store.admit(
+                pk, event.id, limit=throttle.limit, window_start=begun, period_s=throttle.period_s
+            )
+        ):
+            start(event)
+            return START
+        waiter = Waiter(
+            pk=pk,
+            workflow=workflow,
+            key=key,
+            event_id=event.id,
+            event=event.to_json(),
+            priority=priority_of(doc, flow.priority),
+            arrival_ms=int(now * 1000),
+        )
+        self.store.hold(waiter)
+        started = self.drain(workflow, flow, key, start, woken_for=None)
+        if event.id in started:
+            return START
+        log.info(
+            "throttled: event waits",
+            extra={
+                "workflow": workflow,
+                "event_id": event.id,
+                "outcome": WAITING,
+                "key": key,
+                "priority": waiter.priority,
+            },
+        )
+        return WAITING
+
+    def drain(
+        self, workflow: str, flow: Flow, key: str, start: Starter, *, woken_for: int | None
+    ) -> list[str]:
+        """Start the waiting events of `key` the current window has room for, best rank first;
+        if any still wait, make sure a wake-up is on its way (always when this drain is the
+        wake-up due at `woken_for`). The ids started."""
+        throttle = flow.throttle
+        assert throttle is not None
+        pk = _partition(workflow, "throttle", key)
+        state = self.store.read(pk)
+        now = self.clock()
+        begun = window_start(now, throttle.period_s)
+        free = max(0, throttle.limit - state.used(begun))
+        order = sorted(state.waiters, key=lambda w: rank(w, int(now * 1000), flow.priority))
+        started: list[str] = []
+        for waiter in order[: min(free, MAX_STARTS)]:
+            if not self.store.admit(
+                pk,
+                waiter.event_id,
+                limit=throttle.limit,
+                window_start=begun,
+                period_s=throttle.period_s,
+            ):
+                break  # a racing worker filled the window
+            start(envelope.event_from_dict(json.loads(waiter.event)))
+            self.store.remove(pk, waiter.sk)
+            started.append(waiter.event_id)
+        if len(started) < len(order):
+            due = int(now) if len(started) == MAX_STARTS else begun + throttle.period_s
+            self._wake(state, workflow, "throttle", key, due, woken_for=woken_for)
+        return started
+
+    # -- wake-ups --------------------------------------------------------------------------------
+
+    def _wake(
+        self,
+        state: Partition,
+        workflow: str,
+        control: str,
+        key: str,
+        due: int,
+        *,
+        woken_for: int | None,
+    ) -> None:
+        """Send a wake-up for `due` unless one is already on its way for it (or, for a wake-up
+        being handled, unless another was sent after it). Sent first, noted second: a crash in
+        between sends one more, never none."""
+        if woken_for is None and state.wake_due == due:
+            return
+        if woken_for is not None and state.wake_due > woken_for:
+            return  # a later wake-up is on its way: this chain ends here
+        self.send_wake(workflow, control, key, due)
+        self.store.woken(_partition(workflow, control, key), due)
+
+    def send_wake(self, workflow: str, control: str, key: str, due: int) -> None:
+        wake = Event(
+            name=FLOW_WAKE, data={"workflow": workflow, "control": control, "key": key, "due": due}
+        )
+        self.sqs.send_message(
+            QueueUrl=self.queue_url,
+            MessageBody=wake.to_json(),
+            DelaySeconds=max(0, min(MAX_DELAY_S, math.ceil(due - self.clock()))),
+        )
+
+    def woken(self, data: Mapping[str, Any], flows: Mapping[str, Flow], start: Starter) -> int:
+        """Handle a wake-up (`sluice/flow.wake`): drain its key. The number started."""
+        workflow, key = str(data.get("workflow", "")), str(data.get("key", ""))
+        flow = flows.get(workflow)
+        if flow is None or flow.throttle is None or data.get("control") != "throttle":
+            log.warning("wake-up for no declared throttle ignored", extra={"detail": dict(data)})
+            return 0
+        return len(self.drain(workflow, flow, key, start, woken_for=int(data.get("due", 0))))
