@@ -174,3 +174,41 @@ def pipeline(monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
             flows=flows,
             log=log,
         )
+
+
+class Killed(Exception):
+    """The worker process dies here (sqsd sees no 200 and sends the message again)."""
+
+
+@dataclass
+class Fault:
+    """Kill the worker at the `nth` call of `method` (counted over every worker process), just
+    before the call or just after it took effect."""
+
+    method: str
+    nth: int
+    after: bool
+    calls: int = 0
+    fired: int = 0
+
+    def wrap(self, target: Any) -> Any:
+        fault = self
+
+        class Faulty:
+            def __getattr__(self, name: str) -> Any:
+                real = getattr(target, name)
+                if name != fault.method:
+                    return real
+
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    fault.calls += 1
+                    if fault.calls != fault.nth:
+                        return real(*args, **kwargs)
+                    fault.fired += 1
+                    if fault.after:
+                        real(*args, **kwargs)
+                    raise Killed(f"killed {'after' if fault.after else 'before'} {name}")
+
+                return call
+
+        return Faulty()
