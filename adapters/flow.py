@@ -1,6 +1,6 @@
 """Flow control state in the coordination table (docs/flow-control.md).
 
-One partition per control and key value, `flow#<workflow>#<control>#<key>`:
+One partition per control and key value (sluice.flowstate: `flow#<workflow>#<control>#<key>`):
 
 - `window`: the current fixed window of a rate limit or throttle: its `start` (epoch seconds)
   and the `ids` (a string set) of the events admitted in it. Admitting is one conditional update
@@ -24,51 +24,18 @@ from botocore.exceptions import ClientError
 
 from adapters.errors import code
 from sluice import naming
+from sluice.flowstate import WAITER, Waiter, waiter_from_item, waiting
 
-PREFIX = "flow#"
 WINDOW, WAKE, KEY, OPEN = "window", "wake", "key", "open"
-WAITER, READY = "q#", "ready#"
+READY = "ready#"
 TTL_ATTRIBUTE = naming.TTL_ATTRIBUTE
 # Items outlive what they hold by this long before DynamoDB's TTL removes them.
 KEEP_S = 86_400
 RACE_RETRIES = 3
 
 
-def partition(workflow: str, control: str, key: str) -> str:
-    return f"{PREFIX}{workflow}#{control}#{key}"
-
-
 def _conditional(exc: ClientError) -> bool:
     return code(exc) in ("ConditionalCheckFailedException", "TransactionCanceledException")
-
-
-@dataclass(frozen=True)
-class Waiter:
-    """An event held back: where, which, how urgent, since when."""
-
-    pk: str
-    workflow: str
-    key: str
-    event_id: str
-    event: str  # the event's JSON
-    priority: int
-    arrival_ms: int
-
-    @property
-    def sk(self) -> str:
-        return WAITER + self.event_id
-
-
-def _waiter(item: Mapping[str, Any]) -> Waiter:
-    return Waiter(
-        pk=item["pk"]["S"],
-        workflow=item["workflow"]["S"],
-        key=item["key"]["S"],
-        event_id=item["event_id"]["S"],
-        event=item["event"]["S"],
-        priority=int(item["priority"]["N"]),
-        arrival_ms=int(item["arrival_ms"]["N"]),
-    )
 
 
 @dataclass(frozen=True)
@@ -192,7 +159,7 @@ class FlowStore:
                 elif sk == WAKE:
                     fields["wake_due"] = int(item["due"]["N"])
                 elif sk.startswith(WAITER):
-                    fields["waiters"].append(_waiter(item))
+                    fields["waiters"].append(waiter_from_item(item))
                 elif sk == OPEN:
                     fields["open"] = item
                 elif sk.startswith(READY):
@@ -242,17 +209,5 @@ class FlowStore:
         )
 
     def waiting(self, workflow: str | None = None) -> list[Waiter]:
-        """Every event a throttle holds back (a scan: an operator's question, not a hot path)."""
-        out: list[Waiter] = []
-        prefix = PREFIX if workflow is None else f"{PREFIX}{workflow}#"
-        kwargs: dict[str, Any] = {
-            "TableName": self.name,
-            "FilterExpression": "begins_with(pk, :p) AND begins_with(sk, :q)",
-            "ExpressionAttributeValues": {":p": {"S": prefix}, ":q": {"S": WAITER}},
-        }
-        while True:
-            page = self.client.scan(**kwargs)
-            out.extend(_waiter(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return sorted(out, key=lambda w: (w.workflow, w.key, w.arrival_ms, w.event_id))
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        """Every event a throttle holds back (`sluice flow waiting`'s question)."""
+        return waiting(self.client, self.name, workflow)

@@ -29,6 +29,16 @@ ACTIONS = (
     "dynamodb:DeleteItem",
 )
 
+# What the worker's web process does on it for flow control (adapters/flow.py, worker/flow.py):
+# read a partition (query), claim keys and hold events (put), admit into windows (update),
+# release held events (delete).
+FLOW_ACTIONS = (
+    "dynamodb:Query",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+)
+
 
 def table_arn(config: EnvConfig) -> str:
     return (

@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from adapters.flow import FlowStore, Partition, Waiter, partition
+from adapters.flow import FlowStore, Partition
 from sluice import envelope
 from sluice.catalog import FLOW_WAKE
 from sluice.envelope import Event
+from sluice.flowstate import Waiter, partition
 from sluice.workflows import SQS_MAX_DELAY_S, Flow, Priority, key_value
 
 log = logging.getLogger("sluice.worker")

@@ -146,7 +146,7 @@ def test_a_low_priority_event_ages_and_cannot_starve(pipeline):
 
 
 def test_rank_is_priority_aged_then_arrival():
-    from adapters.flow import Waiter
+    from sluice.flowstate import Waiter
 
     def w(event_id: str, priority: int, arrival_ms: int) -> Waiter:
         return Waiter("pk", WORKFLOW, "k", event_id, "{}", priority, arrival_ms)
