@@ -2,21 +2,20 @@
 
 One partition per control and key value (sluice.flowstate: `flow#<workflow>#<control>#<key>`):
 
-- `window`: the current fixed window of a rate limit or throttle: its `start` (epoch seconds)
-  and the `ids` (a string set) of the events admitted in it. Admitting is one conditional update
+- `window`: the current fixed window of a rate limit or throttle: its `start` (epoch seconds),
+  the `ids` (a string set) of the events admitted in it and, for a throttle, how many events
+  are `waiting` (kept with the `q#` items in one transaction). Admitting is one conditional update
   (room left, or the id already in), so racing workers never admit more than the limit and a
   redelivered event is admitted again without counting twice;
 - `q#<event id>`: an event a throttle holds back: the event, its priority and arrival time;
 - `wake`: when the last wake-up message for the partition was sent for (`due`);
-- `key`: an idempotency key's holder (`event_id`) until `expires_at`;
-- `open` and `ready#<event id>`: a debounce's latest event, and one whose quiet period has
-  passed and whose start is under way.
+- `key`: an idempotency key's holder (`event_id`) until `until`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,12 +25,13 @@ from adapters.errors import code
 from sluice import naming
 from sluice.flowstate import WAITER, Waiter, waiter_from_item, waiting
 
-WINDOW, WAKE, KEY, OPEN = "window", "wake", "key", "open"
-READY = "ready#"
+WINDOW, WAKE, KEY = "window", "wake", "key"
 TTL_ATTRIBUTE = naming.TTL_ATTRIBUTE
 # Items outlive what they hold by this long before DynamoDB's TTL removes them.
 KEEP_S = 86_400
 RACE_RETRIES = 3
+# A held event's item, and its window's, outlive any wait (DynamoDB's TTL cleans up leftovers).
+WAITER_TTL_S = 400 * 86_400
 
 
 def _conditional(exc: ClientError) -> bool:
@@ -40,14 +40,12 @@ def _conditional(exc: ClientError) -> bool:
 
 @dataclass(frozen=True)
 class Partition:
-    """What one query of a partition read: the window, the wake, the waiters, a debounce."""
+    """A throttle's window (its start, the events it admitted, how many wait) and its wake-up."""
 
     window_start: int = -1
     admitted: frozenset[str] = frozenset()
+    waiting: int = 0
     wake_due: int = 0
-    waiters: tuple[Waiter, ...] = ()
-    open: Mapping[str, Any] | None = None
-    ready: tuple[Mapping[str, Any], ...] = ()
 
     def used(self, window_start: int) -> int:
         return len(self.admitted) if self.window_start == window_start else 0
@@ -93,108 +91,155 @@ class FlowStore:
     # -- windows (rate limit, throttle) ----------------------------------------------------------
 
     def admit(
-        self, pk: str, event_id: str, *, limit: int, window_start: int, period_s: int
+        self,
+        pk: str,
+        event_id: str,
+        *,
+        limit: int,
+        window_start: int,
+        period_s: int,
+        fresh: bool | None = False,
+        unless_waiting: bool = False,
     ) -> bool:
         """Count `event_id` in the window starting at `window_start` if it has room (or already
-        counts it); whether it does now."""
-        ttl = {"N": str(window_start + period_s + KEEP_S)}
+        counts it); whether it does now. `fresh`: whether the caller saw an older window (or
+        none), so beginning the window is tried first; None: it saw this window begun, so only
+        counting is tried. `unless_waiting`: only if no event waits in the partition (the
+        window's `waiting` count), so a newcomer never passes a held event."""
+        names = {"#s": "start", "#ttl": TTL_ATTRIBUTE}
+        values: dict[str, Any] = {
+            ":ids": {"SS": [event_id]},
+            ":s": {"N": str(window_start)},
+            # As long as a held event's: the window also counts the events waiting.
+            ":ttl": {"N": str(window_start + WAITER_TTL_S)},
+        }
+        none_wait = ""
+        if unless_waiting:
+            none_wait = " AND (attribute_not_exists(waiting) OR waiting <= :zero)"
+            values[":zero"] = {"N": "0"}
+        count = {  # this window: one more if it has room (or it already counts this event)
+            "UpdateExpression": "ADD ids :ids SET #ttl = :ttl",
+            "ConditionExpression": "#s = :s AND (size(ids) < :n OR contains(ids, :id))" + none_wait,
+            "ExpressionAttributeValues": {
+                **values,
+                ":id": {"S": event_id},
+                ":n": {"N": str(limit)},
+            },
+        }
+        begin = {  # no window yet, or an older one: this window begins with this event
+            "UpdateExpression": "SET #s = :s, ids = :ids, #ttl = :ttl",
+            "ConditionExpression": "(attribute_not_exists(#s) OR #s < :s)" + none_wait,
+            "ExpressionAttributeValues": values,
+        }
+        tries = [count] if fresh is None else [begin, count] if fresh else [count, begin]
         for _ in range(RACE_RETRIES):
-            try:
-                self.client.update_item(
-                    TableName=self.name,
-                    Key=self._key(pk, WINDOW),
-                    UpdateExpression="ADD ids :ids SET #ttl = :ttl",
-                    ConditionExpression="#s = :s AND (size(ids) < :n OR contains(ids, :id))",
-                    ExpressionAttributeNames={"#s": "start", "#ttl": TTL_ATTRIBUTE},
-                    ExpressionAttributeValues={
-                        ":ids": {"SS": [event_id]},
-                        ":id": {"S": event_id},
-                        ":s": {"N": str(window_start)},
-                        ":n": {"N": str(limit)},
-                        ":ttl": ttl,
-                    },
-                )
-                return True
-            except ClientError as exc:
-                if not _conditional(exc):
-                    raise
-            try:  # no window yet, or an older one: this window begins with this event
-                self.client.put_item(
-                    TableName=self.name,
-                    Item={
-                        **self._key(pk, WINDOW),
-                        "start": {"N": str(window_start)},
-                        "ids": {"SS": [event_id]},
-                        TTL_ATTRIBUTE: ttl,
-                    },
-                    ConditionExpression="attribute_not_exists(pk) OR #s < :s",
-                    ExpressionAttributeNames={"#s": "start"},
-                    ExpressionAttributeValues={":s": {"N": str(window_start)}},
-                )
-                return True
-            except ClientError as exc:
-                if not _conditional(exc):
-                    raise
+            for request in tries:
+                try:
+                    self.client.update_item(
+                        TableName=self.name,
+                        Key=self._key(pk, WINDOW),
+                        ExpressionAttributeNames=names,
+                        **request,
+                    )
+                    return True
+                except ClientError as exc:
+                    if not _conditional(exc):
+                        raise
+            if unless_waiting:
+                return False  # full, or events wait: the caller holds this one
             # The window is this one and full, or a racing worker has just begun it: read again.
         return False
 
     # -- a partition --------------------------------------------------------------------------
 
     def read(self, pk: str) -> Partition:
-        """Every item of partition `pk` (one query, consistent)."""
-        fields: dict[str, Any] = {"waiters": [], "ready": []}
-        kwargs: dict[str, Any] = {
-            "TableName": self.name,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": pk}},
-            "ConsistentRead": True,
-        }
-        while True:
-            page = self.client.query(**kwargs)
-            for item in page.get("Items", []):
-                sk = item["sk"]["S"]
-                if sk == WINDOW:
-                    fields["window_start"] = int(item["start"]["N"])
-                    fields["admitted"] = frozenset(item.get("ids", {}).get("SS", []))
-                elif sk == WAKE:
-                    fields["wake_due"] = int(item["due"]["N"])
-                elif sk.startswith(WAITER):
-                    fields["waiters"].append(waiter_from_item(item))
-                elif sk == OPEN:
-                    fields["open"] = item
-                elif sk.startswith(READY):
-                    fields["ready"].append(item)
-            if "LastEvaluatedKey" not in page:
-                break
-            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-        fields["waiters"] = tuple(fields["waiters"])
-        fields["ready"] = tuple(fields["ready"])
+        """The window and the last wake-up of partition `pk` (one small query, consistent)."""
+        fields: dict[str, Any] = {}
+        for item in self._query(pk, "w"):  # `wake` and `window`
+            if item["sk"]["S"] == WINDOW:
+                fields["window_start"] = int(item.get("start", {}).get("N", "-1"))
+                fields["admitted"] = frozenset(item.get("ids", {}).get("SS", []))
+                fields["waiting"] = int(item.get("waiting", {}).get("N", "0"))
+            elif item["sk"]["S"] == WAKE:
+                fields["wake_due"] = int(item["due"]["N"])
         return Partition(**fields)
 
-    def remove(self, pk: str, sk: str) -> None:
-        self.client.delete_item(TableName=self.name, Key=self._key(pk, sk))
+    def held(self, pk: str) -> list[Waiter]:
+        """The events held in partition `pk` (consistent)."""
+        return [waiter_from_item(item) for item in self._query(pk, WAITER)]
+
+    def _query(self, pk: str, prefix: str) -> list[dict[str, Any]]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
+            "ExpressionAttributeValues": {":pk": {"S": pk}, ":p": {"S": prefix}},
+            "ConsistentRead": True,
+        }
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self.client.query(**kwargs)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     # -- throttle -------------------------------------------------------------------------------
 
     def hold(self, waiter: Waiter) -> None:
-        """Record `waiter` (idempotent: a redelivered event keeps its first arrival)."""
+        """Record `waiter` and count it in the window's `waiting`, in one transaction
+        (idempotent: a redelivered event keeps its first arrival and counts once)."""
+        self._transact(
+            {
+                "Put": {
+                    "TableName": self.name,
+                    "Item": {
+                        **self._key(waiter.pk, waiter.sk),
+                        "workflow": {"S": waiter.workflow},
+                        "key": {"S": waiter.key},
+                        "event_id": {"S": waiter.event_id},
+                        "event": {"S": waiter.event},
+                        "priority": {"N": str(waiter.priority)},
+                        "arrival_ms": {"N": str(waiter.arrival_ms)},
+                        TTL_ATTRIBUTE: {"N": str(waiter.arrival_ms // 1000 + WAITER_TTL_S)},
+                    },
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            },
+            self._waiting(waiter.pk, +1),
+        )
+
+    def release(self, waiter: Waiter) -> None:
+        """Forget `waiter` (it has started) and uncount it, in one transaction (idempotent)."""
+        self._transact(
+            {
+                "Delete": {
+                    "TableName": self.name,
+                    "Key": self._key(waiter.pk, waiter.sk),
+                    "ConditionExpression": "attribute_exists(pk)",
+                }
+            },
+            self._waiting(waiter.pk, -1),
+        )
+
+    def _waiting(self, pk: str, delta: int) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": self.name,
+                "Key": self._key(pk, WINDOW),
+                "UpdateExpression": "ADD waiting :d",
+                "ExpressionAttributeValues": {":d": {"N": str(delta)}},
+            }
+        }
+
+    def _transact(self, first: dict[str, Any], then: dict[str, Any]) -> None:
+        """Both or neither; neither (and no error) when `first`'s condition fails."""
         try:
-            self.client.put_item(
-                TableName=self.name,
-                Item={
-                    **self._key(waiter.pk, waiter.sk),
-                    "workflow": {"S": waiter.workflow},
-                    "key": {"S": waiter.key},
-                    "event_id": {"S": waiter.event_id},
-                    "event": {"S": waiter.event},
-                    "priority": {"N": str(waiter.priority)},
-                    "arrival_ms": {"N": str(waiter.arrival_ms)},
-                    TTL_ATTRIBUTE: {"N": str(waiter.arrival_ms // 1000 + 400 * 86_400)},
-                },
-                ConditionExpression="attribute_not_exists(pk)",
-            )
+            self.client.transact_write_items(TransactItems=[first, then])
         except ClientError as exc:
-            if not _conditional(exc):
+            if code(exc) != "TransactionCanceledException":
+                raise
+            reasons = exc.response.get("CancellationReasons") or [{}]
+            if reasons[0].get("Code") != "ConditionalCheckFailed":
                 raise
 
     def woken(self, pk: str, due: int) -> None:

@@ -15,7 +15,7 @@ from adapters.flow import FlowStore
 from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
 from worker.dispatch import Delivery, Dispatcher
 from worker.flow import FlowControl
-from worker.invoke import LambdaInvoker
+from worker.invoke import DynamoDB, LambdaInvoker
 from worker.observability import (
     Metrics,
     MetricsPublisher,
@@ -134,6 +134,7 @@ def create_app(
     """Build the app from the environment; clients are created here unless injected (tests)."""
     settings = WebSettings.read(environ)
     configure_logging("sluice-worker")
+    session = None
     if lambda_client is None or sqs_client is None:
         import boto3
         from botocore.config import Config
@@ -173,11 +174,13 @@ def create_app(
     metrics = Metrics(settings.metrics_namespace, dimensions, publisher=publisher)
     flow_control = None
     if settings.coordination_table:
-        import boto3
-        from botocore.config import Config
+        from worker.credentials import process_session
 
-        # Flow control (docs/flow-control.md): its state, and its wake-ups on the events queue.
-        ddb = boto3.client("dynamodb", config=Config(retries={"total_max_attempts": 2}))
+        # Flow control (docs/flow-control.md): its state through the lean DynamoDB client (as the
+        # web process's role), its wake-ups on the events queue.
+        ddb = DynamoDB.from_environment(
+            timeout_s=settings.invoke_timeout_s, session=session or process_session("web", environ)
+        )
         flow_control = FlowControl(
             FlowStore(ddb, settings.coordination_table),
             sqs=sqs_client,

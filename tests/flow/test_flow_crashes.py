@@ -48,8 +48,9 @@ THROTTLED = Flow(
         ("admit", 5, True),  # counted in the window, a held event not started (drain)
         ("hold", 1, True),  # held, not drained, no wake-up sent
         ("hold", 4, False),
-        ("remove", 1, False),  # started, still held
-        ("remove", 4, False),  # in a wake-up's drain
+        ("release", 1, False),  # started, still held
+        ("release", 4, False),  # in a wake-up's drain
+        ("release", 2, True),  # released, the wake-up not answered
         ("woken", 1, False),  # wake-up sent, not noted
         ("read", 3, False),
     ],
