@@ -9,7 +9,9 @@ One partition per control and key value (sluice.flowstate: `flow#<workflow>#<con
   redelivered event is admitted again without counting twice;
 - `q#<event id>`: an event a throttle holds back: the event, its priority and arrival time;
 - `wake`: when the last wake-up message for the partition was sent for (`due`);
-- `key`: an idempotency key's holder (`event_id`) until `until`.
+- `key`: an idempotency key's holder (`event_id`) until `until`;
+- `open`: a debounce's latest event (by its `ts`), since `arrival_ms` (the first of its quiet
+  period), last changed at `last_ms`; `ready#<event id>`: one being started.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from adapters.errors import code
 from sluice import naming
-from sluice.flowstate import WAITER, Waiter, waiter_from_item, waiting
+from sluice.flowstate import OPEN, READY, WAITER, Waiter, waiter_from_item, waiting
 
 WINDOW, WAKE, KEY = "window", "wake", "key"
 TTL_ATTRIBUTE = naming.TTL_ATTRIBUTE
@@ -168,13 +170,17 @@ class FlowStore:
         """The events held in partition `pk` (consistent)."""
         return [waiter_from_item(item) for item in self._query(pk, WAITER)]
 
-    def _query(self, pk: str, prefix: str) -> list[dict[str, Any]]:
+    def _query(self, pk: str, prefix: str | None) -> list[dict[str, Any]]:
+        """The items of partition `pk` (whose sort key begins with `prefix`), consistent."""
         kwargs: dict[str, Any] = {
             "TableName": self.name,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
-            "ExpressionAttributeValues": {":pk": {"S": pk}, ":p": {"S": prefix}},
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
             "ConsistentRead": True,
         }
+        if prefix is not None:
+            kwargs["KeyConditionExpression"] += " AND begins_with(sk, :p)"
+            kwargs["ExpressionAttributeValues"][":p"] = {"S": prefix}
         items: list[dict[str, Any]] = []
         while True:
             page = self.client.query(**kwargs)
@@ -251,6 +257,96 @@ class FlowStore:
                 "due": {"N": str(due)},
                 TTL_ATTRIBUTE: {"N": str(due + KEEP_S)},
             },
+        )
+
+    # -- debounce -------------------------------------------------------------------------------
+
+    def note(self, waiter: Waiter, *, ts: str, now_ms: int) -> int | None:
+        """Make `waiter` its partition's latest event unless one with a later `ts` is there
+        (a redelivered older event never replaces a newer one); the quiet period's first
+        arrival (ms), or None when a later event was there."""
+        try:
+            answer = self.client.update_item(
+                TableName=self.name,
+                Key=self._key(waiter.pk, OPEN),
+                UpdateExpression="SET workflow = :w, #k = :k, event_id = :id, event = :e, "
+                "priority = :p, ts = :ts, last_ms = :now, "
+                "arrival_ms = if_not_exists(arrival_ms, :now), #ttl = :ttl",
+                ConditionExpression="attribute_not_exists(ts) OR ts <= :ts",
+                ExpressionAttributeNames={"#k": "key", "#ttl": TTL_ATTRIBUTE},
+                ExpressionAttributeValues={
+                    ":w": {"S": waiter.workflow},
+                    ":k": {"S": waiter.key},
+                    ":id": {"S": waiter.event_id},
+                    ":e": {"S": waiter.event},
+                    ":p": {"N": str(waiter.priority)},
+                    ":ts": {"S": ts},
+                    ":now": {"N": str(now_ms)},
+                    ":ttl": {"N": str(now_ms // 1000 + WAITER_TTL_S)},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if not _conditional(exc):
+                raise
+            return None
+        return int(answer["Attributes"]["arrival_ms"]["N"])
+
+    def debounced(self, pk: str) -> tuple[tuple[Waiter, int] | None, list[Waiter]]:
+        """((the latest event, its last change in ms) or None, the events being started)."""
+        latest, ready = None, []
+        for item in self._query(pk, None):
+            sk = item["sk"]["S"]
+            if sk == OPEN:
+                latest = (waiter_from_item(item), int(item["last_ms"]["N"]))
+            elif sk.startswith(READY):
+                ready.append(waiter_from_item(item))
+        return latest, ready
+
+    def close(self, latest: Waiter, last_ms: int) -> bool:
+        """End the quiet period of `latest` if nothing arrived since: its `open` item becomes
+        `ready#<event id>` (one transaction); whether it did."""
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Delete": {
+                            "TableName": self.name,
+                            "Key": self._key(latest.pk, OPEN),
+                            "ConditionExpression": "event_id = :id AND last_ms = :last",
+                            "ExpressionAttributeValues": {
+                                ":id": {"S": latest.event_id},
+                                ":last": {"N": str(last_ms)},
+                            },
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self.name,
+                            "Item": {
+                                **self._key(latest.pk, READY + latest.event_id),
+                                "workflow": {"S": latest.workflow},
+                                "key": {"S": latest.key},
+                                "event_id": {"S": latest.event_id},
+                                "event": {"S": latest.event},
+                                "priority": {"N": str(latest.priority)},
+                                "arrival_ms": {"N": str(latest.arrival_ms)},
+                                TTL_ATTRIBUTE: {"N": str(latest.arrival_ms // 1000 + WAITER_TTL_S)},
+                            },
+                        }
+                    },
+                ]
+            )
+        except ClientError as exc:
+            if not _conditional(exc):
+                raise
+            return False
+        return True
+
+    def started(self, ready: Waiter) -> None:
+        """Forget a debounced event that has started."""
+        self.client.delete_item(
+            TableName=self.name, Key=self._key(ready.pk, READY + ready.event_id)
         )
 
     def waiting(self, workflow: str | None = None) -> list[Waiter]:

@@ -1,8 +1,12 @@
 """Where flow control keeps what waits (docs/flow-control.md): the coordination table's items
 that the worker writes (adapters/flow.py) and the operator reads (`sluice flow waiting`).
 
-One partition per control and key value, `flow#<workflow>#<control>#<key>`; an event a throttle
-holds back is the item `q#<event id>` there, with the event, its priority and its arrival.
+One partition per control and key value, `flow#<workflow>#<control>#<key>`. What waits there,
+each item with the event, its priority and since when (`arrival_ms`):
+
+- `q#<event id>`: an event a throttle holds back (since its arrival);
+- `open`: a debounce's latest event (since the first event of its quiet period);
+- `ready#<event id>`: a debounced event whose quiet period ended, its start under way.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any
 
 PREFIX = "flow#"
 WAITER = "q#"
+OPEN = "open"
+READY = "ready#"
 
 
 def partition(workflow: str, control: str, key: str) -> str:
@@ -35,6 +41,11 @@ class Waiter:
     def sk(self) -> str:
         return WAITER + self.event_id
 
+    @property
+    def control(self) -> str:
+        """`throttle` or `debounce` (workflow names and controls hold no `#`)."""
+        return self.pk[len(PREFIX) :].split("#", 2)[1]
+
 
 def waiter_from_item(item: Mapping[str, Any]) -> Waiter:
     return Waiter(
@@ -49,14 +60,20 @@ def waiter_from_item(item: Mapping[str, Any]) -> Waiter:
 
 
 def waiting(client: Any, table: str, workflow: str | None = None) -> list[Waiter]:
-    """Every event a throttle holds back, by workflow, key and arrival (a scan of the table: an
-    operator's question, never the worker's hot path)."""
+    """Every event a throttle or a debounce holds back, by workflow, key and arrival (a scan of
+    the table: an operator's question, never the worker's hot path)."""
     out: list[Waiter] = []
     prefix = PREFIX if workflow is None else f"{PREFIX}{workflow}#"
     kwargs: dict[str, Any] = {
         "TableName": table,
-        "FilterExpression": "begins_with(pk, :p) AND begins_with(sk, :q)",
-        "ExpressionAttributeValues": {":p": {"S": prefix}, ":q": {"S": WAITER}},
+        "FilterExpression": "begins_with(pk, :p) AND "
+        "(begins_with(sk, :q) OR sk = :o OR begins_with(sk, :r))",
+        "ExpressionAttributeValues": {
+            ":p": {"S": prefix},
+            ":q": {"S": WAITER},
+            ":o": {"S": OPEN},
+            ":r": {"S": READY},
+        },
     }
     while True:
         page = client.scan(**kwargs)

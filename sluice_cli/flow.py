@@ -1,5 +1,5 @@
 """`sluice flow waiting`: the events flow control holds back (docs/flow-control.md), read from
-the coordination table: for which workflow and key, at which priority, since when."""
+the coordination table: for which workflow, control and key, at which priority, since when."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def flow() -> None:
 @click.pass_obj
 @friendly_errors
 def waiting(aws: Aws, workflow: str | None, as_json: bool) -> None:
-    """The events a throttle holds back, by workflow, key and arrival."""
+    """The events a throttle or a debounce holds back, by workflow, key and arrival (for a
+    debounce: its latest event, since the first of its quiet period)."""
     table = naming.coordination_table(aws.env)
     found = held(aws.client("dynamodb"), table, workflow)
     now = time.time()
@@ -35,6 +36,7 @@ def waiting(aws: Aws, workflow: str | None, as_json: bool) -> None:
                 json.dumps(
                     {
                         "workflow": w.workflow,
+                        "control": w.control,
                         "key": w.key,
                         "event_id": w.event_id,
                         "priority": w.priority,
@@ -48,10 +50,13 @@ def waiting(aws: Aws, workflow: str | None, as_json: bool) -> None:
     if not found:
         click.echo(f"nothing waits in {table}" + (f" for {workflow}" if workflow else ""))
         return
-    click.echo(f"{'WORKFLOW':<20} {'KEY':<24} {'EVENT':<34} {'PRIO':>4}  {'SINCE':<24} WAITED")
+    click.echo(
+        f"{'WORKFLOW':<20} {'CONTROL':<9} {'KEY':<24} {'EVENT':<34} {'PRIO':>4}  "
+        f"{'SINCE':<24} WAITED"
+    )
     for w in found:
         click.echo(
-            f"{w.workflow:<20} {w.key:<24} {w.event_id:<34} {w.priority:>4}  "
+            f"{w.workflow:<20} {w.control:<9} {w.key:<24} {w.event_id:<34} {w.priority:>4}  "
             f"{_iso(w.arrival_ms):<24} {int(now - w.arrival_ms / 1000)} s"
         )
     click.echo(f"{len(found)} waiting")

@@ -3,7 +3,7 @@
 For a workflow that declares any (sluice.workflows.Flow), in this order: its idempotency key
 (a duplicate starts nothing), its rate limit (an event over it is skipped), then its throttle
 (an event over it waits in the coordination table and starts in a later window, by priority) or
-its debounce (one start per quiet period, with the last event). State lives in the coordination
+its debounce (one start per quiet period, with the latest event). State lives in the coordination
 table (adapters/flow.py); waiting events are released by wake-up messages the worker sends to
 its own events queue with a delay (`sluice/flow.wake`), which sqsd brings back to `wake`.
 
@@ -27,7 +27,7 @@ from sluice import envelope
 from sluice.catalog import FLOW_WAKE
 from sluice.envelope import Event
 from sluice.flowstate import Waiter, partition
-from sluice.workflows import SQS_MAX_DELAY_S, Flow, Priority, key_value
+from sluice.workflows import SQS_MAX_DELAY_S, Debounce, Flow, Priority, key_value
 
 log = logging.getLogger("sluice.worker")
 
@@ -69,6 +69,15 @@ def priority_of(doc: Mapping[str, Any], priority: Priority | None) -> int:
     except ValueError:
         return priority.default
     return min(max(value, 0), priority.max)
+
+
+def _debounce_due(debounce: Debounce, first_ms: int, last_ms: int) -> int:
+    """When a quiet period ends (epoch s): `quiet_s` after the last event, at the latest
+    `max_wait_s` after the first."""
+    due_ms = last_ms + debounce.quiet_s * 1000
+    if debounce.max_wait_s is not None:
+        due_ms = min(due_ms, first_ms + debounce.max_wait_s * 1000)
+    return math.ceil(due_ms / 1000)
 
 
 def rank(waiter: Waiter, now_ms: int, priority: Priority | None) -> tuple[int, int, str]:
@@ -136,8 +145,57 @@ class FlowControl:
                 return SKIPPED
         if flow.throttle is not None:
             return self._throttle(workflow, flow, event, doc, start)
+        if flow.debounce is not None:
+            return self._debounce(workflow, flow, event, doc)
         start(event)
         return START
+
+    # -- debounce --------------------------------------------------------------------------------
+
+    def _debounce(self, workflow: str, flow: Flow, event: Event, doc: Mapping[str, Any]) -> str:
+        """Note `event` as its key's latest and send a wake-up for when its quiet period ends
+        (or the first event's maximum wait, if sooner): that wake-up starts the latest event if
+        nothing arrived since (`woken`)."""
+        debounce = flow.debounce
+        assert debounce is not None
+        key = control_key(doc, debounce.key)
+        now_ms = int(self.clock() * 1000)
+        waiter = Waiter(
+            pk=_partition(workflow, "debounce", key),
+            workflow=workflow,
+            key=key,
+            event_id=event.id,
+            event=event.to_json(),
+            priority=0,
+            arrival_ms=now_ms,
+        )
+        first_ms = self.store.note(waiter, ts=event.ts, now_ms=now_ms)
+        if first_ms is not None:  # else a later event is there and has sent its own wake-up
+            self.send_wake(workflow, "debounce", key, _debounce_due(debounce, first_ms, now_ms))
+        log.info(
+            "debounced: event waits for a quiet period",
+            extra={"workflow": workflow, "event_id": event.id, "outcome": WAITING, "key": key},
+        )
+        return WAITING
+
+    def _debounce_woken(self, workflow: str, flow: Flow, key: str, start: Starter) -> int:
+        """Start the debounced event of `key` if its quiet period (or maximum wait) is over;
+        first finish any start a crash interrupted. The number started."""
+        debounce = flow.debounce
+        assert debounce is not None
+        pk = _partition(workflow, "debounce", key)
+        latest, ready = self.store.debounced(pk)
+        now_ms = int(self.clock() * 1000)
+        if latest is not None:
+            waiter, last_ms = latest
+            due = _debounce_due(debounce, waiter.arrival_ms, last_ms)
+            # Not due: a later event sent the wake-up for its own quiet period.
+            if now_ms >= due * 1000 and self.store.close(waiter, last_ms):
+                ready.append(waiter)
+        for waiter in ready:
+            start(envelope.event_from_dict(json.loads(waiter.event)))
+            self.store.started(waiter)
+        return len(ready)
 
     # -- throttle --------------------------------------------------------------------------------
 
@@ -266,8 +324,10 @@ class FlowControl:
     def woken(self, data: Mapping[str, Any], flows: Mapping[str, Flow], start: Starter) -> int:
         """Handle a wake-up (`sluice/flow.wake`): drain its key. The number started."""
         workflow, key = str(data.get("workflow", "")), str(data.get("key", ""))
-        flow = flows.get(workflow)
-        if flow is None or flow.throttle is None or data.get("control") != "throttle":
-            log.warning("wake-up for no declared throttle ignored", extra={"detail": dict(data)})
-            return 0
-        return len(self.drain(workflow, flow, key, start, woken_for=int(data.get("due", 0))))
+        flow, control = flows.get(workflow), data.get("control")
+        if flow is not None and flow.throttle is not None and control == "throttle":
+            return len(self.drain(workflow, flow, key, start, woken_for=int(data.get("due", 0))))
+        if flow is not None and flow.debounce is not None and control == "debounce":
+            return self._debounce_woken(workflow, flow, key, start)
+        log.warning("wake-up for no declared control ignored", extra={"detail": dict(data)})
+        return 0

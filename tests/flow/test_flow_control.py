@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from sluice.catalog import FLOW_WAKE
-from sluice.workflows import Flow, Idempotency, Priority, RateLimit, Throttle
+from sluice.envelope import Event
+from sluice.workflows import Debounce, Flow, Idempotency, Priority, RateLimit, Throttle
 from tests.flow.conftest import WORKFLOW, Pipeline, webhook
 from worker.flow import MAX_DELAY_S, rank
 
@@ -171,3 +172,61 @@ def test_a_wake_up_for_a_later_window_than_sqs_can_delay_is_sent_again(pipeline)
     pipeline.run_until(begin + 3601, step=1)
     assert pipeline.lam.started() == ["evt-1", "evt-2"]
     assert begin + 3600 <= pipeline.lam.starts[1][0] < begin + 3602  # SQS delays whole seconds
+
+
+# -- debounce -------------------------------------------------------------------------------------
+
+
+def test_a_debounce_starts_one_run_per_key_with_the_last_event_after_a_quiet_period(pipeline):
+    pipeline.flows[WORKFLOW] = Flow(debounce=Debounce(quiet_s=10, key="data.customer_id"))
+    begin = pipeline.clock.now = 1_800_000_000.0
+    for n in range(5):  # one every second
+        pipeline.run_until(begin + n)
+        pipeline.send(webhook(n))
+    pipeline.send(webhook("other", customer="c2"))
+    waiting = pipeline.store.waiting(WORKFLOW)
+    assert [(w.control, w.key, w.event_id) for w in waiting] == [
+        ("debounce", "c1", "evt-4"),
+        ("debounce", "c2", "evt-other"),
+    ]
+    assert waiting[0].arrival_ms == int(begin * 1000) + 1  # since the first of the period
+    pipeline.run_until(begin + 60)
+    # Quiet 10 s after the last event (at 4.004 s; SQS delays whole seconds): 15 s.
+    assert [(name, int(at - begin)) for at, name, _ in pipeline.lam.starts] == [
+        ("evt-4", 15),
+        ("evt-other", 15),
+    ]
+    payloads = {name: payload for _, name, payload in pipeline.lam.starts}
+    assert payloads["evt-4"] == json.loads(webhook(4).start_payload())
+    assert pipeline.count("FlowWaiting") == 6
+    assert pipeline.store.waiting() == []
+    # A later event starts a new quiet period and a new run.
+    pipeline.send(webhook(5))
+    pipeline.run_until(begin + 80)
+    assert pipeline.lam.started()[-1] == "evt-5"
+    assert len(pipeline.lam.starts) == 3
+
+
+def test_a_debounce_with_a_maximum_wait_runs_a_steady_stream(pipeline):
+    pipeline.flows[WORKFLOW] = Flow(debounce=Debounce(quiet_s=10, max_wait_s=30))
+    begin = pipeline.clock.now = 1_800_000_000.0
+    for second in range(0, 75, 3):  # never 10 s quiet for 75 s
+        pipeline.run_until(begin + second)
+        pipeline.send(webhook(second))
+    pipeline.run_until(begin + 120)
+    runs = [(name, round(at - begin)) for at, name, _ in pipeline.lam.starts]
+    # A run 30 s after each period's first event, with the latest event then; the last period
+    # ends quiet 10 s after the last event.
+    assert runs == [("evt-30", 31), ("evt-63", 64), ("evt-72", 83)]
+
+
+def test_a_debounced_event_redelivered_older_than_the_latest_does_not_replace_it(pipeline):
+    pipeline.flows[WORKFLOW] = Flow(debounce=Debounce(quiet_s=10))
+    begin = pipeline.clock.now = 1_800_000_000.0
+    older = webhook("old")
+    newer = Event(name=older.name, data=older.data, id="evt-new", ts="2026-12-02T08:00:01Z")
+    pipeline.send(older)
+    pipeline.send(newer)
+    pipeline.send(older)  # sqsd sends the older one again
+    pipeline.run_until(begin + 30)
+    assert pipeline.lam.started() == ["evt-new"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.workflows import Flow, Idempotency, Priority, Throttle
+from sluice.workflows import Debounce, Flow, Idempotency, Priority, Throttle
 from tests.flow.conftest import WORKFLOW, Fault, Pipeline, webhook
 
 LIMIT, PERIOD = 3, 10
@@ -121,3 +121,27 @@ def test_lambda_unavailable_while_draining_keeps_the_events_waiting(pipeline):
         "TooManyRequestsException"
     ] * 4
     assert_all_once_within_the_throttle(pipeline, begin)
+
+
+@pytest.mark.parametrize(
+    ("method", "nth", "after"),
+    [
+        ("note", 3, True),  # the latest event noted, its wake-up not sent
+        ("debounced", 2, False),  # killed reading at the wake-up
+        ("close", 1, True),  # the quiet period closed, the run not started
+        ("started", 1, False),  # the run started, its ready item not forgotten
+    ],
+)
+def test_a_debounce_killed_mid_update_runs_the_last_event_once(pipeline, method, nth, after):
+    pipeline.flows[WORKFLOW] = Flow(debounce=Debounce(quiet_s=10, key="data.customer_id"))
+    fault = Fault(method, nth, after)
+    pipeline.wrap_store = fault.wrap
+    begin = pipeline.clock.now = 1_800_000_000.0
+    for n in range(5):
+        pipeline.run_until(begin + n)
+        pipeline.send(webhook(n))
+        pipeline.send(webhook(f"c2-{n}", customer="c2"))
+    pipeline.run_until(begin + 60)
+    assert fault.fired == 1
+    assert sorted(pipeline.lam.started()) == ["evt-4", "evt-c2-4"]
+    assert pipeline.store.waiting() == []

@@ -58,6 +58,25 @@ def story(client: Any, table: str) -> list[Any]:
     out.append(store.read(pk))
     store.woken(pk, 1060)
     out.append(store.read(pk))
+    dpk = partition("wf", "debounce", "c1")
+    latest = Waiter(dpk, "wf", "c1", "d2", '{"id": "d2"}', 0, 1_800_000_001_000)
+    out.append(
+        store.note(
+            Waiter(dpk, "wf", "c1", "d1", "{}", 0, 1_800_000_000_000),
+            ts="2026-12-02T08:00:00Z",
+            now_ms=1_800_000_000_000,
+        )
+    )
+    out.append(store.note(latest, ts="2026-12-02T08:00:02Z", now_ms=1_800_000_001_000))
+    out.append(store.note(latest, ts="2026-12-02T08:00:01Z", now_ms=1_800_000_002_000))
+    found, _ = store.debounced(dpk)
+    out.append(found)
+    out.append(store.close(latest, 1))  # something arrived since: not closed
+    assert found is not None
+    out.append(store.close(found[0], found[1]))
+    out.append(store.debounced(dpk))
+    store.started(found[0])
+    out.append(store.debounced(dpk))
     try:
         client.update_item(
             TableName=table,
@@ -92,7 +111,17 @@ def test_the_lean_client_and_boto3_see_the_same_story(endpoint, monkeypatch):
     assert expected[9] is False  # an event waits: a newcomer does not pass it
     assert expected[10].waiting == 0
     assert expected[11].wake_due == 1060
-    assert expected[12] == "ConditionalCheckFailedException"
+    assert expected[12:15] == [1_800_000_000_000, 1_800_000_000_000, None]
+    found, last_ms = expected[15]
+    assert (found.event_id, found.arrival_ms, last_ms) == (
+        "d2",
+        1_800_000_000_000,
+        1_800_000_001_000,
+    )
+    assert expected[16:18] == [False, True]
+    assert expected[18][0] is None and [w.event_id for w in expected[18][1]] == ["d2"]
+    assert expected[19] == (None, [])
+    assert expected[20] == "ConditionalCheckFailedException"
 
 
 def test_the_lean_client_signs_as_botocore_does():
