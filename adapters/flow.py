@@ -11,23 +11,26 @@ One partition per control and key value (sluice.flowstate: `flow#<workflow>#<con
 - `wake`: when the last wake-up message for the partition was sent for (`due`);
 - `key`: an idempotency key's holder (`event_id`) until `until`;
 - `open`: a debounce's latest event (by its `ts`), since `arrival_ms` (the first of its quiet
-  period), last changed at `last_ms`; `ready#<event id>`: one being started.
+  period), last changed at `last_ms`; `ready#<event id>`: one being started;
+- `batch`: the open batch (`gen`: the id of its first event, `first_ms`, the member `ids`),
+  `m#<event id>`: each member, `done#<batch id>`: a closed batch (its `ids`) being started.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from adapters.errors import code
 from sluice import naming
-from sluice.flowstate import OPEN, READY, WAITER, Waiter, waiter_from_item, waiting
+from sluice.flowstate import MEMBER, OPEN, READY, WAITER, Waiter, waiter_from_item, waiting
 
-WINDOW, WAKE, KEY = "window", "wake", "key"
+WINDOW, WAKE, KEY, BATCH, DONE = "window", "wake", "key", "batch", "done#"
+JOINED, ALREADY, FULL = "joined", "already", "full"
 TTL_ATTRIBUTE = naming.TTL_ATTRIBUTE
 # Items outlive what they hold by this long before DynamoDB's TTL removes them.
 KEEP_S = 86_400
@@ -51,6 +54,28 @@ class Partition:
 
     def used(self, window_start: int) -> int:
         return len(self.admitted) if self.window_start == window_start else 0
+
+
+@dataclass
+class Batches:
+    """A batch partition: the open batch (gen, first_ms, ids), the closed ones being started
+    (gen, ids), and every member by event id."""
+
+    open: tuple[str, int, frozenset[str]] | None = None
+    done: list[tuple[str, frozenset[str]]] = field(default_factory=list)
+    members: dict[str, Waiter] = field(default_factory=dict)
+
+
+def _waiter_attributes(waiter: Waiter) -> dict[str, Any]:
+    return {
+        "workflow": {"S": waiter.workflow},
+        "key": {"S": waiter.key},
+        "event_id": {"S": waiter.event_id},
+        "event": {"S": waiter.event},
+        "priority": {"N": str(waiter.priority)},
+        "arrival_ms": {"N": str(waiter.arrival_ms)},
+        TTL_ATTRIBUTE: {"N": str(waiter.arrival_ms // 1000 + WAITER_TTL_S)},
+    }
 
 
 class FlowStore:
@@ -198,16 +223,7 @@ class FlowStore:
             {
                 "Put": {
                     "TableName": self.name,
-                    "Item": {
-                        **self._key(waiter.pk, waiter.sk),
-                        "workflow": {"S": waiter.workflow},
-                        "key": {"S": waiter.key},
-                        "event_id": {"S": waiter.event_id},
-                        "event": {"S": waiter.event},
-                        "priority": {"N": str(waiter.priority)},
-                        "arrival_ms": {"N": str(waiter.arrival_ms)},
-                        TTL_ATTRIBUTE: {"N": str(waiter.arrival_ms // 1000 + WAITER_TTL_S)},
-                    },
+                    "Item": {**self._key(waiter.pk, waiter.sk), **_waiter_attributes(waiter)},
                     "ConditionExpression": "attribute_not_exists(pk)",
                 }
             },
@@ -325,13 +341,7 @@ class FlowStore:
                             "TableName": self.name,
                             "Item": {
                                 **self._key(latest.pk, READY + latest.event_id),
-                                "workflow": {"S": latest.workflow},
-                                "key": {"S": latest.key},
-                                "event_id": {"S": latest.event_id},
-                                "event": {"S": latest.event},
-                                "priority": {"N": str(latest.priority)},
-                                "arrival_ms": {"N": str(latest.arrival_ms)},
-                                TTL_ATTRIBUTE: {"N": str(latest.arrival_ms // 1000 + WAITER_TTL_S)},
+                                **_waiter_attributes(latest),
                             },
                         }
                     },
@@ -347,6 +357,126 @@ class FlowStore:
         """Forget a debounced event that has started."""
         self.client.delete_item(
             TableName=self.name, Key=self._key(ready.pk, READY + ready.event_id)
+        )
+
+    # -- batch ----------------------------------------------------------------------------------
+
+    def join(self, member: Waiter, *, size: int) -> str:
+        """Add `member` to its partition's open batch (opening one if none is open), in one
+        transaction with its `m#` item: JOINED, ALREADY (a redelivery: it is a member), or FULL
+        (the open batch has `size` members: it is being closed)."""
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self.name,
+                            "Key": self._key(member.pk, BATCH),
+                            "UpdateExpression": "ADD ids :ids SET gen = if_not_exists(gen, :id), "
+                            "first_ms = if_not_exists(first_ms, :now), #ttl = :ttl",
+                            "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :n",
+                            "ExpressionAttributeNames": {"#ttl": TTL_ATTRIBUTE},
+                            "ExpressionAttributeValues": {
+                                ":ids": {"SS": [member.event_id]},
+                                ":id": {"S": member.event_id},
+                                ":now": {"N": str(member.arrival_ms)},
+                                ":n": {"N": str(size)},
+                                ":ttl": {"N": str(member.arrival_ms // 1000 + WAITER_TTL_S)},
+                            },
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self.name,
+                            "Item": {
+                                **self._key(member.pk, MEMBER + member.event_id),
+                                **_waiter_attributes(member),
+                            },
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                ]
+            )
+        except ClientError as exc:
+            if code(exc) != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                return ALREADY
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                return FULL
+            raise
+        return JOINED
+
+    def batches(self, pk: str) -> Batches:
+        """The open batch, the closed ones being started and every member (one query)."""
+        found = Batches()
+        for item in self._query(pk, None):
+            sk = item["sk"]["S"]
+            if sk == BATCH and "gen" in item:
+                found.open = (
+                    item["gen"]["S"],
+                    int(item["first_ms"]["N"]),
+                    frozenset(item.get("ids", {}).get("SS", [])),
+                )
+            elif sk.startswith(DONE):
+                found.done.append((sk[len(DONE) :], frozenset(item["ids"]["SS"])))
+            elif sk.startswith(MEMBER) and "event" in item:  # (not a started one's tombstone)
+                found.members[item["event_id"]["S"]] = waiter_from_item(item)
+        return found
+
+    def close_batch(self, pk: str, gen: str, ids: frozenset[str]) -> bool:
+        """Close open batch `gen` with these members (one transaction); whether it did."""
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Delete": {
+                            "TableName": self.name,
+                            "Key": self._key(pk, BATCH),
+                            "ConditionExpression": "gen = :gen",
+                            "ExpressionAttributeValues": {":gen": {"S": gen}},
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self.name,
+                            "Item": {
+                                **self._key(pk, DONE + gen),
+                                "ids": {"SS": sorted(ids)},
+                                TTL_ATTRIBUTE: {"N": str(int(self.clock()) + WAITER_TTL_S)},
+                            },
+                        }
+                    },
+                ]
+            )
+        except ClientError as exc:
+            if not _conditional(exc):
+                raise
+            return False
+        return True
+
+    def forget_batch(self, pk: str, gen: str, ids: frozenset[str]) -> None:
+        """A started batch: its record goes, and each member becomes a tombstone for a day (so
+        a member's message sent again joins no other batch), in one transaction."""
+        until = {"N": str(int(self.clock()) + KEEP_S)}
+        self.client.transact_write_items(
+            TransactItems=[
+                {"Delete": {"TableName": self.name, "Key": self._key(pk, DONE + gen)}},
+                *(
+                    {
+                        "Put": {
+                            "TableName": self.name,
+                            "Item": {
+                                **self._key(pk, MEMBER + i),
+                                "started_in": {"S": gen},
+                                TTL_ATTRIBUTE: until,
+                            },
+                        }
+                    }
+                    for i in sorted(ids)
+                ),
+            ]
         )
 
     def waiting(self, workflow: str | None = None) -> list[Waiter]:

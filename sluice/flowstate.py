@@ -6,7 +6,9 @@ each item with the event, its priority and since when (`arrival_ms`):
 
 - `q#<event id>`: an event a throttle holds back (since its arrival);
 - `open`: a debounce's latest event (since the first event of its quiet period);
-- `ready#<event id>`: a debounced event whose quiet period ended, its start under way.
+- `ready#<event id>`: a debounced event whose quiet period ended, its start under way;
+- `m#<event id>`: an event waiting in a batch (the batch itself is `batch`, and
+  `done#<batch id>` one whose run is being started).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ PREFIX = "flow#"
 WAITER = "q#"
 OPEN = "open"
 READY = "ready#"
+MEMBER = "m#"
 
 
 def partition(workflow: str, control: str, key: str) -> str:
@@ -43,7 +46,7 @@ class Waiter:
 
     @property
     def control(self) -> str:
-        """`throttle` or `debounce` (workflow names and controls hold no `#`)."""
+        """`throttle`, `debounce` or `batch` (workflow names and controls hold no `#`)."""
         return self.pk[len(PREFIX) :].split("#", 2)[1]
 
 
@@ -66,13 +69,14 @@ def waiting(client: Any, table: str, workflow: str | None = None) -> list[Waiter
     prefix = PREFIX if workflow is None else f"{PREFIX}{workflow}#"
     kwargs: dict[str, Any] = {
         "TableName": table,
-        "FilterExpression": "begins_with(pk, :p) AND "
-        "(begins_with(sk, :q) OR sk = :o OR begins_with(sk, :r))",
+        "FilterExpression": "begins_with(pk, :p) AND attribute_exists(event) AND "
+        "(begins_with(sk, :q) OR sk = :o OR begins_with(sk, :r) OR begins_with(sk, :m))",
         "ExpressionAttributeValues": {
             ":p": {"S": prefix},
             ":q": {"S": WAITER},
             ":o": {"S": OPEN},
             ":r": {"S": READY},
+            ":m": {"S": MEMBER},
         },
     }
     while True:

@@ -103,6 +103,8 @@ MAX_IDEMPOTENCY_WINDOW_S = 30 * 86_400
 MAX_PRIORITY = 100
 # SQS delays a message at most 15 minutes: a debounce's waits are wake-ups of one delay each.
 SQS_MAX_DELAY_S = 900
+# A batch's events are started in one payload and forgotten in one transaction (100 items).
+MAX_BATCH = 50
 
 
 class _Window(BaseModel):
@@ -171,7 +173,18 @@ class Debounce(BaseModel):
         return self
 
 
-FLOW_SETTINGS = ("idempotency", "rate_limit", "throttle", "priority", "debounce")
+class Batch(BaseModel):
+    """Up to `size` events, or those that arrived within `window_s` of the first, per key: one
+    run whose event carries them in `data.events` (in arrival order)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: int = Field(ge=1, le=MAX_BATCH, description="events per run at most")
+    window_s: int = Field(ge=1, le=SQS_MAX_DELAY_S, description="from the first event (s)")
+    key: DottedPath | None = Field(None, description="dotted path: one batch per value")
+
+
+FLOW_SETTINGS = ("idempotency", "rate_limit", "throttle", "priority", "debounce", "batch")
 
 
 class Flow(BaseModel):
@@ -185,13 +198,16 @@ class Flow(BaseModel):
     throttle: Throttle | None = Field(None, description="starts over the limit wait")
     priority: Priority | None = Field(None, description="the order of waiting starts")
     debounce: Debounce | None = Field(None, description="one start per quiet period")
+    batch: Batch | None = Field(None, description="one start per batch of events")
 
     @model_validator(mode="after")
     def _combinations(self) -> Flow:
         if self.priority is not None and self.throttle is None:
             raise ValueError("priority: needs throttle (it orders the starts a throttle holds)")
-        if self.debounce is not None and (self.throttle or self.rate_limit):
-            raise ValueError("debounce: cannot be combined with throttle or rate_limit")
+        if self.debounce is not None and (self.throttle or self.rate_limit or self.batch):
+            raise ValueError("debounce: cannot be combined with throttle, rate_limit or batch")
+        if self.batch is not None and (self.throttle or self.rate_limit):
+            raise ValueError("batch: cannot be combined with throttle or rate_limit")
         return self
 
     @property

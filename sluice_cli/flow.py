@@ -25,7 +25,7 @@ def flow() -> None:
 @click.pass_obj
 @friendly_errors
 def waiting(aws: Aws, workflow: str | None, as_json: bool) -> None:
-    """The events a throttle or a debounce holds back, by workflow, key and arrival (for a
+    """The events a throttle, a debounce or a batch holds back, by workflow, key and arrival (for a
     debounce: its latest event, since the first of its quiet period)."""
     table = naming.coordination_table(aws.env)
     found = held(aws.client("dynamodb"), table, workflow)

@@ -3,7 +3,8 @@
 For a workflow that declares any (sluice.workflows.Flow), in this order: its idempotency key
 (a duplicate starts nothing), its rate limit (an event over it is skipped), then its throttle
 (an event over it waits in the coordination table and starts in a later window, by priority) or
-its debounce (one start per quiet period, with the latest event). State lives in the coordination
+its debounce (one start per quiet period, with the latest event) or its batch (one start per
+batch of events). State lives in the coordination
 table (adapters/flow.py); waiting events are released by wake-up messages the worker sends to
 its own events queue with a delay (`sluice/flow.wake`), which sqsd brings back to `wake`.
 
@@ -22,10 +23,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from adapters.flow import FlowStore, Partition
+from adapters.flow import FULL, RACE_RETRIES, Batches, FlowStore, Partition
 from sluice import envelope
 from sluice.catalog import FLOW_WAKE
 from sluice.envelope import Event
+from sluice.errors import TransientError
 from sluice.flowstate import Waiter, partition
 from sluice.workflows import SQS_MAX_DELAY_S, Debounce, Flow, Priority, key_value
 
@@ -56,7 +58,7 @@ def control_key(doc: Mapping[str, Any], path: str | None) -> str:
 
 def _partition(workflow: str, control: str, key: str) -> str:
     if len(key) > _KEY_CHARS:
-        key = hashlib.sha256(key.encode()).hexdigest()
+        key = _digest(key)
     return partition(workflow, control, key)
 
 
@@ -78,6 +80,25 @@ def _debounce_due(debounce: Debounce, first_ms: int, last_ms: int) -> int:
     if debounce.max_wait_s is not None:
         due_ms = min(due_ms, first_ms + debounce.max_wait_s * 1000)
     return math.ceil(due_ms / 1000)
+
+
+def _batch_event(gen: str, events: list[dict[str, Any]]) -> Event:
+    """The event a batch's run starts with: its members, in arrival order, in `data.events`;
+    named after the batch (its first event's id), so a start repeated after a crash is the
+    same execution."""
+    first = events[0]
+    run_id = f"{gen}_batch" if len(gen) <= 122 else f"{gen[:80]}_batch_{_digest(gen)}"
+    return Event(
+        name=first["name"],
+        data={"events": events},
+        id=run_id,
+        ts=first["ts"],
+        correlation_id=first.get("correlation_id", ""),
+    )
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def rank(waiter: Waiter, now_ms: int, priority: Priority | None) -> tuple[int, int, str]:
@@ -114,9 +135,8 @@ class FlowControl:
         facts = {"workflow": workflow, "event_id": event.id}
         if flow.idempotency is not None:
             key = "|".join(key_value(doc, path) for path in flow.idempotency.key)
-            digest = hashlib.sha256(key.encode()).hexdigest()[:32]
             holder = self.store.claim(
-                partition(workflow, "idempotency", digest),
+                partition(workflow, "idempotency", _digest(key)),
                 event.id,
                 key=key,
                 window_s=flow.idempotency.window_s,
@@ -147,8 +167,82 @@ class FlowControl:
             return self._throttle(workflow, flow, event, doc, start)
         if flow.debounce is not None:
             return self._debounce(workflow, flow, event, doc)
+        if flow.batch is not None:
+            return self._batch(workflow, flow, event, doc, start)
         start(event)
         return START
+
+    # -- batch -----------------------------------------------------------------------------------
+
+    def _batch(
+        self, workflow: str, flow: Flow, event: Event, doc: Mapping[str, Any], start: Starter
+    ) -> str:
+        """Add `event` to its key's open batch; the first member sends the wake-up for the
+        batch's window, the member that fills it closes and starts it."""
+        batch = flow.batch
+        assert batch is not None
+        key = control_key(doc, batch.key)
+        pk = _partition(workflow, "batch", key)
+        member = Waiter(
+            pk=pk,
+            workflow=workflow,
+            key=key,
+            event_id=event.id,
+            event=event.to_json(),
+            priority=0,
+            arrival_ms=int(self.clock() * 1000),
+        )
+        for _ in range(RACE_RETRIES):
+            if self.store.join(member, size=batch.size) != FULL:
+                break
+            self._batches(workflow, flow, key, start)  # full: close it (its closer may be gone)
+        else:
+            raise TransientError(f"batch of {key!r} full and not closed", code="batch_full")
+        state = self.store.batches(pk)
+        if state.open is not None and state.open[0] == event.id:  # the first member
+            due = math.ceil((state.open[1] + batch.window_s * 1000) / 1000)
+            self.send_wake(workflow, "batch", key, due)
+        started = self._batches(workflow, flow, key, start, state=state)
+        outcome = START if event.id in started else WAITING
+        if outcome == WAITING:
+            log.info(
+                "batched: event waits for its batch",
+                extra={"workflow": workflow, "event_id": event.id, "outcome": WAITING, "key": key},
+            )
+        return outcome
+
+    def _batches(
+        self,
+        workflow: str,
+        flow: Flow,
+        key: str,
+        start: Starter,
+        *,
+        state: Batches | None = None,
+    ) -> set[str]:
+        """Close the open batch of `key` if it is full or its window is over, and start every
+        closed one (finishing any start a crash interrupted). The event ids started."""
+        batch = flow.batch
+        assert batch is not None
+        pk = _partition(workflow, "batch", key)
+        state = state or self.store.batches(pk)
+        done = list(state.done)
+        if state.open is not None:
+            gen, first_ms, ids = state.open
+            over = self.clock() * 1000 >= first_ms + batch.window_s * 1000
+            if (len(ids) >= batch.size or over) and self.store.close_batch(pk, gen, ids):
+                done.append((gen, ids))
+        started: set[str] = set()
+        for gen, ids in done:
+            members = sorted(
+                (state.members[i] for i in ids if i in state.members),
+                key=lambda m: (m.arrival_ms, m.event_id),
+            )
+            if members:
+                start(_batch_event(gen, [json.loads(m.event) for m in members]))
+                started.update(m.event_id for m in members)
+            self.store.forget_batch(pk, gen, ids)
+        return started
 
     # -- debounce --------------------------------------------------------------------------------
 
@@ -329,5 +423,7 @@ class FlowControl:
             return len(self.drain(workflow, flow, key, start, woken_for=int(data.get("due", 0))))
         if flow is not None and flow.debounce is not None and control == "debounce":
             return self._debounce_woken(workflow, flow, key, start)
+        if flow is not None and flow.batch is not None and control == "batch":
+            return len(self._batches(workflow, flow, key, start))
         log.warning("wake-up for no declared control ignored", extra={"detail": dict(data)})
         return 0

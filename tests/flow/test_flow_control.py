@@ -7,7 +7,7 @@ import json
 
 from sluice.catalog import FLOW_WAKE
 from sluice.envelope import Event
-from sluice.workflows import Debounce, Flow, Idempotency, Priority, RateLimit, Throttle
+from sluice.workflows import Batch, Debounce, Flow, Idempotency, Priority, RateLimit, Throttle
 from tests.flow.conftest import WORKFLOW, Pipeline, webhook
 from worker.flow import MAX_DELAY_S, rank
 
@@ -230,3 +230,63 @@ def test_a_debounced_event_redelivered_older_than_the_latest_does_not_replace_it
     pipeline.send(older)  # sqsd sends the older one again
     pipeline.run_until(begin + 30)
     assert pipeline.lam.started() == ["evt-new"]
+
+
+# -- batch ----------------------------------------------------------------------------------------
+
+
+def batch_runs(pipeline: Pipeline, begin: float) -> list[tuple[str, int, list[str]]]:
+    """(execution name, start second, the batch's event ids) of every run."""
+    return [
+        (name, int(at - begin), [e["id"] for e in payload["data"]["events"]])
+        for at, name, payload in pipeline.lam.starts
+    ]
+
+
+def test_a_batch_starts_one_run_per_full_batch_and_one_when_the_window_ends(pipeline):
+    pipeline.flows[WORKFLOW] = Flow(batch=Batch(size=3, window_s=60, key="data.customer_id"))
+    begin = pipeline.clock.now = 1_800_000_000.0
+    for n in range(7):
+        pipeline.send(webhook(n))
+    pipeline.send(webhook("other", customer="c2"))
+    assert batch_runs(pipeline, begin) == [
+        ("evt-0_batch", 0, ["evt-0", "evt-1", "evt-2"]),
+        ("evt-3_batch", 0, ["evt-3", "evt-4", "evt-5"]),
+    ]
+    assert [(w.control, w.key, w.event_id) for w in pipeline.store.waiting(WORKFLOW)] == [
+        ("batch", "c1", "evt-6"),
+        ("batch", "c2", "evt-other"),
+    ]
+    pipeline.run_until(begin + 120)
+    assert batch_runs(pipeline, begin)[2:] == [
+        ("evt-6_batch", 61, ["evt-6"]),
+        ("evt-other_batch", 61, ["evt-other"]),
+    ]
+    assert pipeline.store.waiting() == []
+    # The run's event: the members as sent, in arrival order, under the first one's name.
+    (_, _, payload) = pipeline.lam.starts[0]
+    assert payload["name"] == "webhook/requested"
+    assert payload["data"]["events"][1] == webhook(1).to_dict()
+    # A member's message sent again after its batch started joins no other batch.
+    pipeline.send(webhook(1))
+    pipeline.run_until(begin + 240)
+    assert len(pipeline.lam.starts) == 4
+
+
+def test_a_batch_takes_what_arrived_within_its_window(pipeline):
+    pipeline.flows[WORKFLOW] = Flow(batch=Batch(size=50, window_s=10))
+    begin = pipeline.clock.now = 1_800_000_000.0
+    for n in range(25):  # one event every second
+        pipeline.run_until(begin + n)
+        pipeline.send(webhook(n))
+    pipeline.run_until(begin + 60)
+    # A batch closes 10 s after its first event: here the event that arrives then (the
+    # window's last) closes it; the last batch is closed by its wake-up (SQS delays whole
+    # seconds).
+    assert [(start, ids[0], len(ids)) for _, start, ids in batch_runs(pipeline, begin)] == [
+        (10, "evt-0", 11),
+        (21, "evt-11", 11),
+        (33, "evt-22", 3),
+    ]
+    started = [i for _, _, ids in batch_runs(pipeline, begin) for i in ids]
+    assert started == [f"evt-{n}" for n in range(25)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.workflows import Debounce, Flow, Idempotency, Priority, Throttle
+from sluice.workflows import Batch, Debounce, Flow, Idempotency, Priority, Throttle
 from tests.flow.conftest import WORKFLOW, Fault, Pipeline, webhook
 
 LIMIT, PERIOD = 3, 10
@@ -144,4 +144,30 @@ def test_a_debounce_killed_mid_update_runs_the_last_event_once(pipeline, method,
     pipeline.run_until(begin + 60)
     assert fault.fired == 1
     assert sorted(pipeline.lam.started()) == ["evt-4", "evt-c2-4"]
+    assert pipeline.store.waiting() == []
+
+
+@pytest.mark.parametrize(
+    ("method", "nth", "after"),
+    [
+        ("join", 2, True),  # joined, nothing else done
+        ("join", 3, True),  # the member that fills the batch joined, the batch not closed
+        ("batches", 4, False),
+        ("close_batch", 1, True),  # closed, not started
+        ("forget_batch", 1, False),  # started, not forgotten
+        ("close_batch", 3, True),  # the window's batch closed by its wake-up, not started
+    ],
+)
+def test_a_batch_killed_mid_update_runs_each_event_once(pipeline, method, nth, after):
+    pipeline.flows[WORKFLOW] = Flow(batch=Batch(size=3, window_s=30, key="data.customer_id"))
+    fault = Fault(method, nth, after)
+    pipeline.wrap_store = fault.wrap
+    begin = pipeline.clock.now = 1_800_000_000.0
+    for n in range(8):
+        pipeline.send(webhook(n, customer=f"c{n % 2}"))
+    pipeline.run_until(begin + 90)
+    assert fault.fired == 1
+    runs = [[e["id"] for e in payload["data"]["events"]] for _, _, payload in pipeline.lam.starts]
+    assert sorted(i for run in runs for i in run) == [f"evt-{n}" for n in range(8)]
+    assert all(len(run) <= 3 for run in runs)
     assert pipeline.store.waiting() == []

@@ -77,6 +77,19 @@ def story(client: Any, table: str) -> list[Any]:
     out.append(store.debounced(dpk))
     store.started(found[0])
     out.append(store.debounced(dpk))
+    bpk = partition("wf", "batch", "c1")
+    members = [Waiter(bpk, "wf", "c1", f"b{n}", "{}", 0, 1_800_000_000_000 + n) for n in range(3)]
+    out.extend(store.join(m, size=2) for m in members)
+    out.append(store.join(members[0], size=2))
+    found = store.batches(bpk)
+    out.append((found.open, found.done, sorted(found.members)))
+    assert found.open is not None
+    out.append(store.close_batch(bpk, found.open[0], found.open[2]))
+    out.append(store.close_batch(bpk, found.open[0], found.open[2]))
+    store.forget_batch(bpk, found.open[0], found.open[2])
+    out.append(store.join(members[1], size=2))  # a started member joins no other batch
+    found = store.batches(bpk)
+    out.append((found.open, found.done, sorted(found.members)))
     try:
         client.update_item(
             TableName=table,
@@ -121,7 +134,15 @@ def test_the_lean_client_and_boto3_see_the_same_story(endpoint, monkeypatch):
     assert expected[16:18] == [False, True]
     assert expected[18][0] is None and [w.event_id for w in expected[18][1]] == ["d2"]
     assert expected[19] == (None, [])
-    assert expected[20] == "ConditionalCheckFailedException"
+    assert expected[20:24] == ["joined", "joined", "full", "already"]
+    assert expected[24] == (
+        ("b0", 1_800_000_000_000, frozenset({"b0", "b1"})),
+        [],
+        ["b0", "b1"],
+    )
+    assert expected[25:28] == [True, False, "already"]
+    assert expected[28] == (None, [], [])
+    assert expected[29] == "ConditionalCheckFailedException"
 
 
 def test_the_lean_client_signs_as_botocore_does():

@@ -215,8 +215,32 @@ def test_flow_control_as_declared_reaches_the_worker(tmp_path):
             "lambdas/workflows/x/workflow.toml: debounce: max_wait_s: must be >= quiet_s (60)",
         ),
         (
-            'events = ["media/uploaded"]\n[batch]\nsize = 10\n',
-            "lambdas/workflows/x/workflow.toml: batch: unknown setting",
+            'events = ["media/uploaded"]\n[batch]\nsize = 0\nwindow_s = 5\n',
+            "lambdas/workflows/x/workflow.toml: batch.size: must be >= 1, got 0",
+        ),
+        (
+            'events = ["media/uploaded"]\n[batch]\nsize = 51\nwindow_s = 5\n',
+            "lambdas/workflows/x/workflow.toml: batch.size: must be <= 50, got 51",
+        ),
+        (
+            'events = ["media/uploaded"]\n[batch]\nsize = 5\nwindow_s = 901\n',
+            "lambdas/workflows/x/workflow.toml: batch.window_s: must be <= 900, got 901",
+        ),
+        (
+            'events = ["media/uploaded"]\n[batch]\nsize = 5\nwindow_s = 9\n'
+            "[debounce]\nquiet_s = 5\n",
+            "lambdas/workflows/x/workflow.toml: debounce: cannot be combined with throttle, "
+            "rate_limit or batch",
+        ),
+        (
+            'events = ["media/uploaded"]\n[batch]\nsize = 5\nwindow_s = 9\n'
+            "[rate_limit]\nlimit = 5\nperiod_s = 9\n",
+            "lambdas/workflows/x/workflow.toml: batch: cannot be combined with throttle or "
+            "rate_limit",
+        ),
+        (
+            'events = ["media/uploaded"]\n[batching]\nsize = 10\n',
+            "lambdas/workflows/x/workflow.toml: batching: unknown setting",
         ),
     ],
 )
