@@ -183,12 +183,21 @@ class Dispatcher:
         if declared is None:
             self._start(workflow, event, started)
             return flow.START
+        self._alias(workflow)  # a workflow not deployed holds nothing
         try:
             return self._flow().admit(
                 workflow, declared, event, self._starter(workflow, started, current=event.id)
             )
         except (ClientError, BotoCoreError) as exc:
             raise TransientError(str(exc), code="flow_state") from None
+
+    def _alias(self, workflow: str) -> str:
+        alias_arn = self.settings.workflow_aliases.get(workflow)
+        if alias_arn is None:
+            # A routed workflow that is not deployed is a deployment fault, not the event's:
+            # retry it (the redrive policy dead-letters it if nobody fixes the deployment).
+            raise TransientError(f"workflow {workflow!r} has no alias configured", code="no_alias")
+        return alias_arn
 
     def _flow(self) -> FlowControl:
         if self.flow is None:
@@ -229,11 +238,7 @@ class Dispatcher:
         return Result(200, STARTED, "", {"Started": len(started)}, started)
 
     def _start(self, workflow: str, event: Event, started: list[dict[str, str]]) -> None:
-        alias_arn = self.settings.workflow_aliases.get(workflow)
-        if alias_arn is None:
-            # A routed workflow that is not deployed is a deployment fault, not the event's:
-            # retry it (the redrive policy dead-letters it if nobody fixes the deployment).
-            raise TransientError(f"workflow {workflow!r} has no alias configured", code="no_alias")
+        alias_arn = self._alias(workflow)
         name = event.execution_name
         try:
             answer = self.lambda_client.invoke(

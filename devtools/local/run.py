@@ -144,6 +144,9 @@ class Pipeline:
                     env=ENV,
                     events_dlq_url=self.res.urls["events-dlq"],
                     invoke_timeout_s=10,
+                    # Flow control (docs/flow-control.md): its state and its wake-ups.
+                    coordination_table=naming.coordination_table(ENV),
+                    events_queue_url=self.res.urls["events"],
                 ),
                 **naming.alias_variables({w: alias_arn(REGION, w) for w in WORKFLOWS}),
             },
