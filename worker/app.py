@@ -173,7 +173,8 @@ def create_app(
         publisher.start(settings.publish_metrics_s)
     metrics = Metrics(settings.metrics_namespace, dimensions, publisher=publisher)
     flow_control = None
-    if settings.coordination_table:
+    # Both or no flow control: its state, and the queue its wake-ups go to.
+    if settings.coordination_table and settings.events_queue_url:
         from worker.credentials import process_session
 
         # Flow control (docs/flow-control.md): its state through the lean DynamoDB client (as the
