@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 
-.PHONY: docs setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit chaos bench bench-heavy bench-scheduler clean local local-up
+.PHONY: docs setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit chaos bench bench-heavy bench-scheduler bench-flow clean local local-up
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -115,6 +115,12 @@ bench-heavy: $(VENV)/.dev
 bench-scheduler: $(VENV)/.dev
 	mkdir -p build
 	$(PY) bench/scheduler_bench.py --json build/bench-scheduler.json
+
+## make bench-flow: flow control's decision path (docs/flow-control.md): worker CPU per event and
+## state-store calls per event, a throttled event side by side with an uncontrolled one.
+bench-flow: $(VENV)/.dev
+	mkdir -p build
+	$(PY) bench/flow_bench.py --events 600 --json build/bench-flow.json
 
 ## make docs: regenerate the README's generated parts (the configuration table)
 docs: $(VENV)/.runtime

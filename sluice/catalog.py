@@ -35,16 +35,24 @@ WORKFLOWS_ROOT = Path(__file__).resolve().parent.parent / "lambdas" / "workflows
 ROUTES_FILE = Path(__file__).resolve().parent / "workflows.json"
 
 
-def _declared() -> tuple[tuple[str, ...], dict[str, tuple[str, ...]], workflows.Cancels]:
+def _declared() -> tuple[
+    tuple[str, ...], dict[str, tuple[str, ...]], workflows.Cancels, dict[str, workflows.Flow]
+]:
     if ROUTES_FILE.is_file():
-        return workflows.read_routes_document(ROUTES_FILE.read_text())
+        text = ROUTES_FILE.read_text()
+        return (*workflows.read_routes_document(text), workflows.read_flow_document(text))
     if WORKFLOWS_ROOT.is_dir():
         declared = workflows.load(WORKFLOWS_ROOT, known_events=EVENTS)
-        return tuple(declared), workflows.routes(declared), workflows.cancels(declared)
-    return (), {}, {}  # the CLI installed without the repository: no routes to check against
+        return (
+            tuple(declared),
+            workflows.routes(declared),
+            workflows.cancels(declared),
+            workflows.flows(declared),
+        )
+    return (), {}, {}, {}  # the CLI installed without the repository: no routes to check against
 
 
-_WORKFLOWS, _ROUTES, _CANCELS = _declared()
+_WORKFLOWS, _ROUTES, _CANCELS, _FLOWS = _declared()
 # False only where neither the declarations nor a staged routes document exist (`pip install .`
 # outside a checkout): the producer then checks event names against EVENTS instead.
 ROUTES_KNOWN = ROUTES_FILE.is_file() or WORKFLOWS_ROOT.is_dir()
@@ -53,6 +61,8 @@ WORKFLOWS: tuple[str, ...] = _WORKFLOWS
 ROUTES: Mapping[str, tuple[str, ...]] = MappingProxyType(_ROUTES)
 # Event name -> (workflow, path in the event) of the runs it cancels (declared `cancel_on`).
 CANCELS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType(_CANCELS)
+# Workflow -> its flow control (docs/flow-control.md), for those that declare any.
+FLOWS: Mapping[str, workflows.Flow] = MappingProxyType(_FLOWS)
 
 
 # Key prefixes of the media bucket: IAM policies (stacks), the lifecycle rule, the steps and the
@@ -126,12 +136,15 @@ MEDIA_FAILED = "media/failed"
 # Events Sluice emits for consumers outside it: valid on the events queue though no workflow
 # starts on them (the worker acknowledges them; a route added later starts one).
 NOTICES = frozenset({MEDIA_READY, MEDIA_FAILED})
+# The worker's own wake-up for events a throttle holds back (worker/flow.py): it sends it to the
+# events queue with a delay and handles it when sqsd brings it back; no workflow starts on it.
+FLOW_WAKE = "sluice/flow.wake"
 
 
 def is_known(event_name: str) -> bool:
     """Whether the events queue takes `event_name`: a declared workflow takes it (or, without the
     declarations at hand, it is a known event), or it is a notice Sluice emits."""
-    if event_name in NOTICES:
+    if event_name in NOTICES or event_name == FLOW_WAKE:
         return True
     if not ROUTES_KNOWN:
         return event_name in EVENTS

@@ -11,6 +11,11 @@ WORKER_COUNTS = (
     "DeadLettered",
     "TransientFailures",
     "Cancelled",
+    # Flow control (docs/flow-control.md): duplicates by idempotency key, events a rate limit
+    # skipped, events a throttle holds back.
+    "FlowDuplicates",
+    "FlowSkipped",
+    "FlowWaiting",
 )
 WORKER_LATENCY = "HandlingLatency"
 WORKER_METRICS = (*WORKER_COUNTS, WORKER_LATENCY)

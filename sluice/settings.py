@@ -35,6 +35,7 @@ def _var(name: str, description: str, default: Any = ..., **limits: Any) -> Any:
 
 # The coordination table's name, read by the Lambdas (slots, joins) and the scheduler (its ledger).
 _COORDINATION_TABLE = "SLUICE_COORDINATION_TABLE"
+_EVENTS_QUEUE_URL = "SLUICE_EVENTS_QUEUE_URL"
 _URL = r"^https?://\S+$"
 _ARN = r"^arn:aws[a-z-]*:\S+$"
 _PATH = r"^/\S*$"
@@ -120,8 +121,12 @@ class WebSettings(ProcessSettings):
         "SLUICE_CLAIM_CHECK_BUCKET", "bucket for dead letters too large for the DLQ", ""
     )
     role_arn: Arn | None = _var(naming.role_variable("web"), "the role this process assumes", None)
+    # Flow control's state and runs' cancel registrations (docs/flow-control.md, worker/cancels.py)
     coordination_table: str = _var(
-        _COORDINATION_TABLE, "where runs register with the events that cancel them", ""
+        _COORDINATION_TABLE, "flow control's state, cancel registrations (coordination table)", ""
+    )
+    events_queue_url: str = _var(
+        _EVENTS_QUEUE_URL, "the events queue (flow control's wake-ups)", ""
     )
     # Workflow -> its `live` alias ARN, one variable each (naming.alias_variable).
     workflow_aliases: Mapping[str, Arn] = Field(default_factory=dict, validation_alias="aliases")
@@ -206,7 +211,7 @@ class SchedulerSettings(ProcessSettings):
         None,
     )
     events_queue_url: Url | None = _var(
-        "SLUICE_EVENTS_QUEUE_URL", "where event tasks send their events", None
+        _EVENTS_QUEUE_URL, "where event tasks send their events", None
     )
     metrics_namespace: str | None = _var(
         "SLUICE_SCHEDULER_METRICS_NAMESPACE", "where the broker figures go", None
@@ -244,7 +249,7 @@ class LambdaSettings(ProcessSettings):
     jobs_table: str = _var("SLUICE_JOBS_TABLE", "the jobs table", "")
     coordination_table: str = _var(_COORDINATION_TABLE, "concurrency slots and fan-in joins", "")
     notifications_topic: str = _var("SLUICE_NOTIFICATIONS_TOPIC", "the job notifications topic", "")
-    events_queue_url: str = _var("SLUICE_EVENTS_QUEUE_URL", "the events queue", "")
+    events_queue_url: str = _var(_EVENTS_QUEUE_URL, "the events queue", "")
     tasks_queue_url: str = _var("SLUICE_TASKS_QUEUE_URL", "the tasks queue (heavy steps)", "")
     media_key_arn: str = _var("SLUICE_MEDIA_KEY_ARN", "the data key (Transcribe's output)", "")
     max_audio_seconds: int = _var(

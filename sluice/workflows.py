@@ -20,9 +20,10 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -59,8 +60,28 @@ def value_at(doc: Any, path: str) -> str | None:
     return doc if isinstance(doc, str) else json.dumps(doc, sort_keys=True)
 
 
+MISSING_KEY = "<missing>"
+
+
+def key_value(event: Mapping[str, Any], path: str) -> str:
+    """The value at dotted `path` of the event (`data.customer_id`); MISSING_KEY when absent
+    (events without the field share one key: they are limited together, never unlimited)."""
+    value = value_at(event, path)
+    return MISSING_KEY if value is None else value
+
+
 class DeclarationError(ValueError):
     """A declaration is invalid; the message names the file and the setting."""
+
+
+def _dotted(value: str | None) -> str | None:
+    if value is not None and not _KEY.fullmatch(value):
+        raise ValueError(f'must be a dotted path such as "data.customer_id", got {value!r}')
+    return value
+
+
+# A dotted path into the event (`data.customer_id`): what groups runs under a limit or a control.
+DottedPath = Annotated[str, AfterValidator(_dotted)]
 
 
 class Concurrency(BaseModel):
@@ -69,15 +90,10 @@ class Concurrency(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     limit: int | None = Field(None, ge=1, description="runs of the workflow executing at once")
-    key: str | None = Field(None, description='dotted path into the event, e.g. "data.customer_id"')
+    key: DottedPath | None = Field(
+        None, description='dotted path into the event, e.g. "data.customer_id"'
+    )
     key_limit: int | None = Field(None, ge=1, description="runs per key value at once (needs key)")
-
-    @field_validator("key")
-    @classmethod
-    def _dotted(cls, value: str | None) -> str | None:
-        if value is not None and not _KEY.fullmatch(value):
-            raise ValueError(f'must be a dotted path such as "data.customer_id", got {value!r}')
-        return value
 
     @model_validator(mode="after")
     def _key_and_limit(self) -> Concurrency:
@@ -122,7 +138,130 @@ class CancelOn(BaseModel):
         return self.on or self.match
 
 
-class Declaration(BaseModel):
+# Flow control (docs/flow-control.md): what bounds its windows and queues.
+MAX_PERIOD_S = 86_400  # a rate limit's or a throttle's period, a debounce's waits
+MAX_WINDOW_LIMIT = 1000  # events counted in one window: their ids are one DynamoDB item's set
+MAX_IDEMPOTENCY_WINDOW_S = 30 * 86_400
+MAX_PRIORITY = 100
+# SQS delays a message at most 15 minutes: a debounce's waits are wake-ups of one delay each.
+SQS_MAX_DELAY_S = 900
+# A batch's events are started in one payload and forgotten in one transaction (100 items).
+MAX_BATCH = 50
+
+
+class _Window(BaseModel):
+    """At most `limit` starts per `period_s` per key value (fixed windows aligned to the epoch)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: int = Field(ge=1, le=MAX_WINDOW_LIMIT, description="starts per period per key")
+    period_s: int = Field(ge=1, le=MAX_PERIOD_S, description="the window's length (s)")
+    key: DottedPath | None = Field(None, description="dotted path: one window per value")
+
+
+class RateLimit(_Window):
+    """Starts over the limit are skipped (counted and logged), not retried."""
+
+
+class Throttle(_Window):
+    """Starts over the limit wait in the coordination table and start in a later window."""
+
+
+class Idempotency(BaseModel):
+    """A second event with the same key within `window_s` starts nothing (a duplicate)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: tuple[DottedPath, ...] = Field(
+        min_length=1, max_length=8, description="dotted paths whose values, joined, are the key"
+    )
+    window_s: int = Field(ge=1, le=MAX_IDEMPOTENCY_WINDOW_S, description="how long a key holds")
+
+
+class Priority(BaseModel):
+    """The order of waiting starts: the integer at `key`, clamped to 0..max (else `default`),
+    plus one per `aging_s` waited; higher first, then arrival order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: DottedPath = Field(description="dotted path to an integer")
+    max: int = Field(9, ge=1, le=MAX_PRIORITY, description="the highest priority")
+    default: int = Field(0, ge=0, description="when the event has no integer there")
+    aging_s: int = Field(60, ge=1, le=MAX_PERIOD_S, description="waited seconds per +1")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Priority:
+        if self.default > self.max:
+            raise ValueError(f"default: must be <= max ({self.max}), got {self.default}")
+        return self
+
+
+class Debounce(BaseModel):
+    """One start per key after `quiet_s` without events, with the last one (at the latest
+    `max_wait_s` after the first)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quiet_s: int = Field(ge=1, le=SQS_MAX_DELAY_S, description="quiet period (s)")
+    max_wait_s: int | None = Field(None, ge=1, le=SQS_MAX_DELAY_S, description="at most (s)")
+    key: DottedPath | None = Field(None, description="dotted path: one debounce per value")
+
+    @model_validator(mode="after")
+    def _longer(self) -> Debounce:
+        if self.max_wait_s is not None and self.max_wait_s < self.quiet_s:
+            raise ValueError(
+                f"max_wait_s: must be >= quiet_s ({self.quiet_s}), got {self.max_wait_s}"
+            )
+        return self
+
+
+class Batch(BaseModel):
+    """Up to `size` events, or those that arrived within `window_s` of the first, per key: one
+    run whose event carries them in `data.events` (in arrival order)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: int = Field(ge=1, le=MAX_BATCH, description="events per run at most")
+    window_s: int = Field(ge=1, le=SQS_MAX_DELAY_S, description="from the first event (s)")
+    key: DottedPath | None = Field(None, description="dotted path: one batch per value")
+
+
+FLOW_SETTINGS = ("idempotency", "rate_limit", "throttle", "priority", "debounce", "batch")
+
+
+class Flow(BaseModel):
+    """A workflow's flow control: what the worker decides before it starts a run
+    (worker/flow.py, docs/flow-control.md). Every control is optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    idempotency: Idempotency | None = Field(None, description="duplicates start nothing")
+    rate_limit: RateLimit | None = Field(None, description="starts over the limit are skipped")
+    throttle: Throttle | None = Field(None, description="starts over the limit wait")
+    priority: Priority | None = Field(None, description="the order of waiting starts")
+    debounce: Debounce | None = Field(None, description="one start per quiet period")
+    batch: Batch | None = Field(None, description="one start per batch of events")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Flow:
+        if self.priority is not None and self.throttle is None:
+            raise ValueError("priority: needs throttle (it orders the starts a throttle holds)")
+        if self.debounce is not None and (self.throttle or self.rate_limit or self.batch):
+            raise ValueError("debounce: cannot be combined with throttle, rate_limit or batch")
+        if self.batch is not None and (self.throttle or self.rate_limit):
+            raise ValueError("batch: cannot be combined with throttle or rate_limit")
+        return self
+
+    @property
+    def controlled(self) -> bool:
+        return any(getattr(self, name) is not None for name in FLOW_SETTINGS)
+
+    def flow(self) -> Flow:
+        """Only the flow control (what the worker is given)."""
+        return Flow.model_validate(self.model_dump(include=set(FLOW_SETTINGS)))
+
+
+class Declaration(Flow):
     """One workflow, as its `workflow.toml` declares it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -326,7 +465,7 @@ def cancels(declarations: Mapping[str, Declaration]) -> Cancels:
 
 def routes_document(declarations: Mapping[str, Declaration]) -> str:
     """What the stacks stage into each bundle as `sluice/workflows.json`: the workflows, the
-    routes and the cancelling events (sluice.catalog reads it at run time)."""
+    routes, the cancelling events and the flow controls (sluice.catalog reads it at run time)."""
     return json.dumps(
         {
             "workflows": sorted(declarations),
@@ -334,6 +473,9 @@ def routes_document(declarations: Mapping[str, Declaration]) -> str:
             "cancels": {
                 event: [list(pair) for pair in pairs]
                 for event, pairs in cancels(declarations).items()
+            },
+            "flow": {
+                name: f.model_dump(exclude_none=True) for name, f in flows(declarations).items()
             },
         },
         indent=1,
@@ -351,6 +493,18 @@ def read_routes_document(
         {e: tuple(w) for e, w in doc["routes"].items()},
         {e: tuple((w, m) for w, m in pairs) for e, pairs in doc.get("cancels", {}).items()},
     )
+
+
+def flows(declarations: Mapping[str, Declaration]) -> dict[str, Flow]:
+    """Workflow -> its flow control, for the workflows that declare any."""
+    return {name: d.flow() for name, d in sorted(declarations.items()) if d.controlled}
+
+
+def read_flow_document(text: str) -> dict[str, Flow]:
+    """Workflow -> its flow control, from a `routes_document`."""
+    return {
+        name: Flow.model_validate(doc) for name, doc in json.loads(text).get("flow", {}).items()
+    }
 
 
 def failure_report(

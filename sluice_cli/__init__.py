@@ -1,5 +1,5 @@
 """`sluice`: the operator CLI (send events, follow a job, list/show/cancel/replay runs, work the
-DLQs, see the schedules).
+DLQs, see the schedules and what flow control holds back).
 
 It runs against an AWS account (`--profile`, `--region`) or the local pipeline's endpoints
 (`--endpoint-url` / SLUICE_ENDPOINT_URL). It is an operator tool installed with the dev
@@ -12,6 +12,7 @@ import click
 
 from sluice_cli.aws import Aws, default_endpoint
 from sluice_cli.dlq import dlq
+from sluice_cli.flow import flow
 from sluice_cli.jobs import jobs
 from sluice_cli.runs_cli import runs
 from sluice_cli.schedules import schedules
@@ -47,6 +48,7 @@ cli.add_command(jobs)
 cli.add_command(runs)
 cli.add_command(dlq)
 cli.add_command(schedules)
+cli.add_command(flow)
 
 
 def main() -> None:

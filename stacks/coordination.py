@@ -17,7 +17,7 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from sluice import naming
-from sluice.settings import LambdaSettings, WebSettings
+from sluice.settings import LambdaSettings
 from stacks import grants
 from stacks.config import EnvConfig
 from stacks.media_store import state_table
@@ -28,6 +28,17 @@ from stacks.workflows import EXECUTIONS_REASON, DurableWorkflow
 # (update); joins record and claim (update) and read (get).
 ACTIONS = (
     "dynamodb:GetItem",
+    "dynamodb:Query",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+)
+
+# What the worker's web process does on it: for flow control (adapters/flow.py, worker/flow.py)
+# read a partition (query), claim keys and hold events (put), admit into windows (update),
+# release held events (delete); to cancel runs (worker/cancels.py) record a cancellation
+# (update), read the registered runs (query), drop them (delete), record each run (put).
+WEB_ACTIONS = (
     "dynamodb:Query",
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
@@ -122,17 +133,6 @@ def grant(fn: DurableWorkflow, *, config: EnvConfig, key: kms.IKey | None) -> No
         fn.function.add_environment(name, value)
 
 
-# What the worker's web process does to cancel runs (worker/cancels.py, sluice/run_control.py):
-# record a cancellation (update), read the registered runs (query), drop them (delete) and record
-# each cancelled run (put).
-CANCEL_ACTIONS = (
-    "dynamodb:Query",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
-)
-
-
 def grant_canceller(
     scope: Construct,
     role: iam.IRole,
@@ -140,11 +140,11 @@ def grant_canceller(
     workflows: Mapping[str, DurableWorkflow],
     failure_handlers: Mapping[str, lambda_.IAlias],
     config: EnvConfig,
-    key: kms.IKey | None,
 ) -> None:
     """Let `role` (the worker's web process) cancel the runs of `workflows`, the ones a declared
-    `cancel_on` event may cancel: read and stop their executions, run their failure handlers,
-    and work the cancellation partitions of the coordination table."""
+    `cancel_on` event may cancel: read and stop their executions and run their failure
+    handlers. (Its items in the coordination table are `WEB_ACTIONS`, granted with the rest of
+    what the web process does.)"""
     policy = iam.ManagedPolicy(
         scope,
         "CancelPolicy",
@@ -164,20 +164,12 @@ def grant_canceller(
         sorted({a.function_arn for a in failure_handlers.values()}),
         sid="FailureHandlers",
     )
-    grants.allow(policy, list(CANCEL_ACTIONS), [table_arn(config)], sid="CancelKeys")
-    if key is not None:
-        grants.allow(policy, ["kms:Decrypt", "kms:GenerateDataKey"], [key.key_arn], sid="TableKey")
 
 
-def canceller_environment(
-    failure_handlers: Mapping[str, lambda_.IAlias], config: EnvConfig
-) -> dict[str, str]:
-    """What the worker's web process reads to cancel runs (sluice.settings.WebSettings): the
-    coordination table and the failure handler of each workflow an event may cancel."""
-    return {
-        **WebSettings.render(coordination_table=naming.coordination_table(config.name)),
-        **naming.alias_variables(
-            {name: alias.function_arn for name, alias in failure_handlers.items()},
-            prefix=naming.FAILURE_HANDLER_VARIABLE_PREFIX,
-        ),
-    }
+def canceller_environment(failure_handlers: Mapping[str, lambda_.IAlias]) -> dict[str, str]:
+    """What the worker's web process reads to cancel runs (sluice.settings.WebSettings) besides
+    the coordination table: the failure handler of each workflow an event may cancel."""
+    return naming.alias_variables(
+        {name: alias.function_arn for name, alias in failure_handlers.items()},
+        prefix=naming.FAILURE_HANDLER_VARIABLE_PREFIX,
+    )

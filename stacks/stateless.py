@@ -99,7 +99,7 @@ class StatelessStack(Stack):
         cancellable = {n: wf for n, wf in every_workflow.items() if declarations[n].cancel_on}
         handlers = {n: self.workflows.steps[declarations[n].on_failure].alias for n in cancellable}
         if cancellable:
-            worker_env |= coordination.canceller_environment(handlers, config)
+            worker_env |= coordination.canceller_environment(handlers)
         if stateful.broker is not None:
             worker_env |= stateful.broker.worker_environment()
             worker_env |= SchedulerSettings.render(
@@ -126,7 +126,6 @@ class StatelessStack(Stack):
                 workflows=cancellable,
                 failure_handlers=handlers,
                 config=config,
-                key=stateful.key,
             )
         self.monitoring.watch_worker(
             environment_name=self.worker.environment_name,

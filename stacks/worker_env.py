@@ -24,6 +24,7 @@ from constructs import Construct
 
 from sluice import catalog, naming
 from sluice.settings import WebSettings
+from stacks import coordination
 from stacks.bundling import ROOT, stage_bundle
 from stacks.compliance import GUARD
 from stacks.config import EnvConfig
@@ -181,7 +182,11 @@ class WorkerEnvironment(Construct):
             events=events,
         )
         self._grant_web(
-            events=events, workflow_aliases=workflow_aliases, media_bucket=media_bucket, key=key
+            config=config,
+            events=events,
+            workflow_aliases=workflow_aliases,
+            media_bucket=media_bucket,
+            key=key,
         )
         self.service_role = iam.Role(
             self,
@@ -336,6 +341,9 @@ class WorkerEnvironment(Construct):
                         metrics_namespace=self.metrics_namespace,
                         # Poison too large for an SQS message waits here, its pointer in the DLQ.
                         claim_check_bucket=media_bucket,
+                        # Flow control's state and wake-ups (docs/flow-control.md).
+                        coordination_table=naming.coordination_table(config.name),
+                        events_queue_url=events.queue.queue_url,
                     ),
                     **naming.alias_variables(
                         {name: alias.function_arn for name, alias in workflow_aliases.items()}
@@ -537,13 +545,16 @@ class WorkerEnvironment(Construct):
     def _grant_web(
         self,
         *,
+        config: EnvConfig,
         events: QueuePair,
         workflow_aliases: Mapping[str, lambda_.IAlias],
         media_bucket: str,
         key: kms.IKey | None,
     ) -> None:
         """What the web process calls: start the workflows, dead-letter poison (with the body in
-        the media bucket when it cannot fit the DLQ), publish its counts."""
+        the media bucket when it cannot fit the DLQ), publish its counts; for flow control
+        (docs/flow-control.md), its items in the coordination table and its wake-ups on the
+        events queue."""
         partition = Aws.PARTITION
         dead_letters = f"arn:{partition}:s3:::{media_bucket}/{catalog.DEAD_LETTER_PREFIX}*"
         statements = [
@@ -559,13 +570,21 @@ class WorkerEnvironment(Construct):
                 sid="DeadLetterBodies", actions=["s3:PutObject"], resources=[dead_letters]
             ),
             iam.PolicyStatement(
+                sid="FlowState",
+                actions=list(coordination.WEB_ACTIONS),
+                resources=[coordination.table_arn(config)],
+            ),
+            iam.PolicyStatement(
+                sid="FlowWakeUps", actions=["sqs:SendMessage"], resources=[events.queue.queue_arn]
+            ),
+            iam.PolicyStatement(
                 sid="Metrics",
                 actions=["cloudwatch:PutMetricData"],
                 resources=["*"],
                 conditions={"StringEquals": {"cloudwatch:namespace": self.metrics_namespace}},
             ),
         ]
-        if key is not None:  # the DLQ and the bucket are encrypted with the data key
+        if key is not None:  # the queues, the bucket and the tables are encrypted with the data key
             statements.append(
                 iam.PolicyStatement(
                     sid="DataKey",

@@ -34,6 +34,7 @@ FOLDER_KIND = {
     "adapters": "unit",
     "lambdas": "unit",
     "workflows": "unit",
+    "flow": "unit",
     "cli": "unit",
     "infra": "infra",
     "worker": "integration",

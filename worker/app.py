@@ -11,10 +11,12 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from adapters.flow import FlowStore
 from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
 from worker.cancels import Canceller
 from worker.dispatch import Delivery, Dispatcher
-from worker.invoke import LambdaInvoker
+from worker.flow import FlowControl
+from worker.invoke import DynamoDB, LambdaInvoker
 from worker.observability import (
     Metrics,
     MetricsPublisher,
@@ -133,6 +135,7 @@ def create_app(
     """Build the app from the environment; clients are created here unless injected (tests)."""
     settings = WebSettings.read(environ)
     configure_logging("sluice-worker")
+    session = None
     if lambda_client is None or sqs_client is None:
         import boto3
         from botocore.config import Config
@@ -182,12 +185,28 @@ def create_app(
             table=settings.coordination_table,
             failure_handlers=settings.failure_handlers,
         )
+    flow_control = None
+    # Both or no flow control: its state, and the queue its wake-ups go to.
+    if settings.coordination_table and settings.events_queue_url:
+        from worker.credentials import process_session
+
+        # Flow control (docs/flow-control.md): its state through the lean DynamoDB client (as the
+        # web process's role), its wake-ups on the events queue.
+        ddb = DynamoDB.from_environment(
+            timeout_s=settings.invoke_timeout_s, session=session or process_session("web", environ)
+        )
+        flow_control = FlowControl(
+            FlowStore(ddb, settings.coordination_table),
+            sqs=sqs_client,
+            queue_url=settings.events_queue_url,
+        )
     dispatcher = Dispatcher(
         settings=settings,
         lambda_client=lambda_client,
         sqs_client=sqs_client,
         s3_client=s3_client,
         metrics=metrics,
+        flow_control=flow_control,
         canceller=canceller,
     )
     app = App(settings, dispatcher)

@@ -26,12 +26,21 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from adapters import errors
 from sluice import envelope
-from sluice.catalog import DEAD_LETTER_PREFIX, cancels_for, is_known, workflows_for
+from sluice.catalog import (
+    DEAD_LETTER_PREFIX,
+    FLOW_WAKE,
+    FLOWS,
+    cancels_for,
+    is_known,
+    workflows_for,
+)
 from sluice.envelope import Event
 from sluice.errors import PoisonMessage, TransientError
 from sluice.run_control import FailureHandlerFailed
 from sluice.settings import SQS_MAX_MESSAGE_BYTES, WebSettings
+from worker import flow
 from worker.cancels import Canceller, first_received
+from worker.flow import FlowControl
 from worker.observability import Metrics, correlation_id
 
 log = logging.getLogger("sluice.worker")
@@ -98,6 +107,7 @@ class Dispatcher:
         sqs_client: Any,
         metrics: Metrics,
         s3_client: Any = None,
+        flow_control: FlowControl | None = None,
         canceller: Canceller | None = None,
     ):
         self.settings = settings
@@ -105,6 +115,7 @@ class Dispatcher:
         self.sqs = sqs_client
         self.s3 = s3_client  # for the claim check (settings.claim_check_bucket)
         self.metrics = metrics
+        self.flow = flow_control  # for the workflows that declare flow control (catalog.FLOWS)
         self.canceller = canceller  # for events a workflow declares in `cancel_on`
 
     def handle(self, body: bytes, delivery: Delivery) -> Result:
@@ -141,6 +152,8 @@ class Dispatcher:
                     )
         except PoisonMessage as poison:
             return self._dead_letter(body, delivery, poison)
+        if events and all(event.name == FLOW_WAKE for event in events):
+            return self._wake(events)
         if not events:  # S3's test event: nothing to start
             log.info("message carries no event", extra={"outcome": IGNORED})
             return Result(200, IGNORED)
@@ -160,10 +173,13 @@ class Dispatcher:
                 )
                 return Result(503, TRANSIENT, exc.code, {"TransientFailures": 1})
         started: list[dict[str, str]] = []
+        counts: dict[str, int] = {}
         for event in events:
             for workflow in workflows_for(event.name):
                 try:
-                    self._start(workflow, event, started)
+                    outcome = self._admit(workflow, event, started)
+                    if outcome in flow.COUNTS:
+                        counts[flow.COUNTS[outcome]] = counts.get(flow.COUNTS[outcome], 0) + 1
                 except PoisonMessage as poison:
                     return self._dead_letter(body, delivery, poison, event)
                 except TransientError as exc:
@@ -181,7 +197,7 @@ class Dispatcher:
         # Lambda answers a repeated name + payload with the existing execution, exactly like a
         # fresh start; a redelivered message (receive count > 1) is what tells them apart.
         duplicate = delivery.receive_count > 1
-        counts = {
+        counts |= {
             "Started": len(started),
             "Duplicates": len(started) if duplicate else 0,
             "Cancelled": len(cancelled),
@@ -204,12 +220,68 @@ class Dispatcher:
         except (ClientError, BotoCoreError, FailureHandlerFailed) as exc:
             raise TransientError(str(exc), code=errors.code(exc) or type(exc).__name__) from None
 
-    def _start(self, workflow: str, event: Event, started: list[dict[str, str]]) -> None:
+    def _admit(self, workflow: str, event: Event, started: list[dict[str, str]]) -> str:
+        """Start `workflow` for `event`, through its flow control when it declares any."""
+        declared = FLOWS.get(workflow)
+        if declared is None:
+            self._start(workflow, event, started)
+            return flow.START
+        self._alias(workflow)  # a workflow not deployed holds nothing
+        try:
+            return self._flow().admit(
+                workflow, declared, event, self._starter(workflow, started, current=event.id)
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise TransientError(str(exc), code="flow_state") from None
+
+    def _alias(self, workflow: str) -> str:
         alias_arn = self.settings.workflow_aliases.get(workflow)
         if alias_arn is None:
             # A routed workflow that is not deployed is a deployment fault, not the event's:
             # retry it (the redrive policy dead-letters it if nobody fixes the deployment).
             raise TransientError(f"workflow {workflow!r} has no alias configured", code="no_alias")
+        return alias_arn
+
+    def _flow(self) -> FlowControl:
+        if self.flow is None:
+            # Declared flow control without its table is a deployment fault: retry the message.
+            raise TransientError("flow control has no coordination table", code="no_flow_state")
+        return self.flow
+
+    def _starter(
+        self, workflow: str, started: list[dict[str, str]], *, current: str = ""
+    ) -> flow.Starter:
+        """How flow control starts `workflow`: the message's own event as any other; an event it
+        held back that Lambda refuses (poison) goes to the DLQ on its own, so it blocks no one."""
+
+        def start(event: Event) -> None:
+            try:
+                self._start(workflow, event, started)
+            except PoisonMessage as poison:
+                if event.id == current:
+                    raise
+                result = self._dead_letter(event.to_json().encode(), Delivery(), poison, event)
+                if result.status != 200:
+                    raise TransientError(result.reason, code=result.reason) from None
+
+        return start
+
+    def _wake(self, events: list[Event]) -> Result:
+        """Flow control's wake-ups (worker/flow.py): start what may start now."""
+        started: list[dict[str, str]] = []
+        try:
+            for event in events:
+                workflow = str(event.data.get("workflow", ""))
+                self._flow().woken(event.data, FLOWS, self._starter(workflow, started))
+        except TransientError as exc:
+            return Result(503, TRANSIENT, exc.code, {"TransientFailures": 1})
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("flow state unavailable, sqsd will retry", extra={"detail": str(exc)})
+            return Result(503, TRANSIENT, "flow_state", {"TransientFailures": 1})
+        return Result(200, STARTED, "", {"Started": len(started)}, started)
+
+    def _start(self, workflow: str, event: Event, started: list[dict[str, str]]) -> None:
+        alias_arn = self._alias(workflow)
         name = event.execution_name
         try:
             answer = self.lambda_client.invoke(

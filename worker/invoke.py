@@ -1,4 +1,5 @@
-"""A lean client for the one AWS call on the worker's hot path: Lambda Invoke with a durable name.
+"""Lean clients for the AWS calls on the worker's hot path: Lambda Invoke with a durable name, and
+DynamoDB's item calls for flow control (`DynamoDB`, docs/flow-control.md).
 
 botocore spends 1-3 ms of CPU per call (model validation, event hooks, signing, urllib3); at
 sqsd's rate that is most of an instance. This client makes exactly one request shape: SigV4
@@ -21,7 +22,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 from botocore.exceptions import (
@@ -44,8 +45,10 @@ def _hmac(key: bytes, msg: str) -> bytes:
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
-class LambdaInvoker:
-    """`invoke(FunctionName=, InvocationType=, DurableExecutionName=, Payload=)` like boto3's."""
+class SignedClient:
+    """SigV4-signed POSTs to one AWS service over one kept-alive connection per thread."""
+
+    service = SERVICE
 
     def __init__(
         self,
@@ -57,7 +60,7 @@ class LambdaInvoker:
     ) -> None:
         self.region = region
         self.credentials = credentials  # botocore Credentials (refreshable)
-        url = endpoint_url or f"https://lambda.{region}.amazonaws.com"
+        url = endpoint_url or f"https://{self.service}.{region}.amazonaws.com"
         parts = urlsplit(url)
         self.https = parts.scheme == "https"
         self.host = parts.hostname or ""
@@ -69,10 +72,10 @@ class LambdaInvoker:
         self._keys: dict[tuple[str, str], bytes] = {}
         self._paths: dict[str, str] = {}
         self._canonical: dict[str, str] = {}
-        self.scope_tail = f"{region}/{SERVICE}/aws4_request"
+        self.scope_tail = f"{region}/{self.service}/aws4_request"
 
     @classmethod
-    def from_environment(cls, *, timeout_s: float = 10.0, session: Any = None) -> LambdaInvoker:
+    def from_environment(cls, *, timeout_s: float = 10.0, session: Any = None) -> Self:
         """An invoker with `session`'s region and credentials (the process's, by default)."""
         if session is None:
             import botocore.session
@@ -86,7 +89,7 @@ class LambdaInvoker:
             # Resolved at the first call, not at boot: a slow instance metadata service must
             # not keep the web process from starting (a call without credentials is a 503).
             credentials=LazyCredentials(session),
-            endpoint_url=os.environ.get("AWS_ENDPOINT_URL_LAMBDA")
+            endpoint_url=os.environ.get(f"AWS_ENDPOINT_URL_{cls.service.upper()}")
             or os.environ.get("AWS_ENDPOINT_URL"),
             timeout_s=timeout_s,
         )
@@ -98,7 +101,7 @@ class LambdaInvoker:
         if key is None:
             k = _hmac(f"AWS4{secret}".encode(), day)
             k = _hmac(k, self.region)
-            k = _hmac(k, SERVICE)
+            k = _hmac(k, self.service)
             key = _hmac(k, "aws4_request")
             self._keys = {(secret, day): key}  # one day, one key: the cache never grows
         return key
@@ -164,6 +167,38 @@ class LambdaInvoker:
             conn.close()
         self._local.conn = None
 
+    def post(self, path: str, headers: dict[str, str], payload: bytes) -> tuple[int, dict, bytes]:
+        """(status, headers, body) of one signed POST."""
+        # A kept-alive connection the server has closed fails on first use: one fresh retry
+        # (safe: every call made through these clients is idempotent: Lambda starts a name once,
+        # flow control's writes are conditional on the event id).
+        for attempt in (1, 2):
+            signed = self.sign(
+                path, headers, payload, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            )
+            signed["Content-Length"] = str(len(payload))
+            _check_header_values(signed)
+            fresh = getattr(self._local, "conn", None) is None
+            try:
+                conn = self._connection()
+                status, answer_headers, body = conn.exchange(path, signed, payload)
+            except _StaleConnection as exc:
+                self._drop()
+                if attempt == 2 or fresh:
+                    raise EndpointConnectionError(endpoint_url=self.host, error=exc) from None
+                continue
+            except OSError as exc:  # refused, unreachable, timed out, reset mid-answer
+                self._drop()
+                raise EndpointConnectionError(endpoint_url=self.host, error=exc) from None
+            if answer_headers.get("connection", "").lower() == "close":
+                self._drop()
+            return status, answer_headers, body
+        raise AssertionError("unreachable")
+
+
+class LambdaInvoker(SignedClient):
+    """`invoke(FunctionName=, InvocationType=, DurableExecutionName=, Payload=)` like boto3's."""
+
     def invoke(
         self,
         *,
@@ -180,30 +215,8 @@ class LambdaInvoker:
             "X-Amz-Invocation-Type": InvocationType,
             "X-Amz-Durable-Execution-Name": DurableExecutionName,
         }
-        # A kept-alive connection the server has closed fails on first use: one fresh retry
-        # (safe: the request never reached Lambda, and a repeat is idempotent by name anyway).
-        for attempt in (1, 2):
-            signed = self.sign(
-                path, headers, Payload, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            )
-            signed["Content-Length"] = str(len(Payload))
-            _check_header_values(signed)
-            fresh = getattr(self._local, "conn", None) is None
-            try:
-                conn = self._connection()
-                status, answer_headers, body = conn.exchange(path, signed, Payload)
-            except _StaleConnection as exc:
-                self._drop()
-                if attempt == 2 or fresh:
-                    raise EndpointConnectionError(endpoint_url=self.host, error=exc) from None
-                continue
-            except OSError as exc:  # refused, unreachable, timed out, reset mid-answer
-                self._drop()
-                raise EndpointConnectionError(endpoint_url=self.host, error=exc) from None
-            if answer_headers.get("connection", "").lower() == "close":
-                self._drop()
-            return self._answer(status, answer_headers, body)
-        raise AssertionError("unreachable")
+        # Lambda starts a name once: a repeat (the transport's retry) is the same start.
+        return self._answer(*self.post(path, headers, Payload))
 
     def _answer(self, status: int, headers: dict[str, str], body: bytes) -> dict[str, Any]:
         meta = {"HTTPStatusCode": status, "RequestId": headers.get("x-amzn-requestid", "")}
@@ -294,3 +307,54 @@ class _Connection:
                 return b"".join(chunks)
             chunks.append(self.reader.read(size))
             self.reader.readline(65537)
+
+
+class DynamoDB(SignedClient):
+    """boto3's low-level DynamoDB client for the calls flow control makes (adapters/flow.py):
+    the same keyword arguments and answers (attribute values as DynamoDB writes them), the same
+    ClientError codes (with the item of a failed condition when asked for it). No retries of
+    its own: a failure is the message's 503, which sqsd retries."""
+
+    service = "dynamodb"
+    TARGET = "DynamoDB_20120810."
+
+    def _call(self, operation: str, request: dict[str, Any]) -> dict[str, Any]:
+        headers = {
+            "Content-Type": "application/x-amz-json-1.0",
+            "X-Amz-Target": self.TARGET + operation,
+        }
+        status, answer_headers, body = self.post("/", headers, json.dumps(request).encode())
+        try:
+            doc = json.loads(body) if body else {}
+        except ValueError:
+            doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        meta = {"HTTPStatusCode": status, "RequestId": answer_headers.get("x-amzn-requestid", "")}
+        if status < 300:
+            return {**doc, "ResponseMetadata": meta}
+        code = str(doc.get("__type", "")).rsplit("#", 1)[-1] or f"HTTP{status}"
+        message = doc.get("message") or doc.get("Message") or body[:200].decode("utf-8", "replace")
+        error: dict[str, Any] = {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": meta,
+        }
+        for key in ("Item", "CancellationReasons"):  # as botocore parses them
+            if key in doc:
+                error[key] = doc[key]
+        raise ClientError(error, operation)  # type: ignore[arg-type]
+
+    def query(self, **request: Any) -> dict[str, Any]:
+        return self._call("Query", request)
+
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        return self._call("PutItem", request)
+
+    def update_item(self, **request: Any) -> dict[str, Any]:
+        return self._call("UpdateItem", request)
+
+    def delete_item(self, **request: Any) -> dict[str, Any]:
+        return self._call("DeleteItem", request)
+
+    def transact_write_items(self, **request: Any) -> dict[str, Any]:
+        return self._call("TransactWriteItems", request)

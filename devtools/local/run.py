@@ -144,10 +144,14 @@ class Pipeline:
                     env=ENV,
                     events_dlq_url=self.res.urls["events-dlq"],
                     invoke_timeout_s=10,
+                    # Flow control's state and wake-ups (docs/flow-control.md), cancel
+                    # registrations (worker/cancels.py).
+                    coordination_table=naming.coordination_table(ENV),
+                    events_queue_url=self.res.urls["events"],
                 ),
                 **naming.alias_variables({w: alias_arn(REGION, w) for w in WORKFLOWS}),
-                # The runs a declared `cancel_on` event stops, as stacks/coordination.py sets it.
-                **WebSettings.render(coordination_table=naming.coordination_table(ENV)),
+                # The failure handlers of the runs a `cancel_on` event stops, as
+                # stacks/coordination.py sets them.
                 **naming.alias_variables(
                     {
                         w: alias_arn(REGION, DECLARATIONS[w].on_failure)

@@ -24,11 +24,10 @@ from botocore.exceptions import ClientError
 from adapters.errors import code
 from adapters.slots import IsRunning, Slots, scope
 from lambdas.common.runtime import clients, env
-from sluice import workflows
+from sluice.workflows import key_value
 
 FIRST_POLL_S = 2
 MAX_POLL_S = 30
-MISSING_KEY = "<missing>"
 # Execution states that keep a slot: it may still run steps (a paused run resumes).
 ALIVE = frozenset({"RUNNING", "PAUSING", "PAUSED"})
 
@@ -36,13 +35,6 @@ ALIVE = frozenset({"RUNNING", "PAUSING", "PAUSED"})
 def poll_delay_s(attempt: int) -> int:
     """The wait after poll `attempt` (1-based): 2 s doubling to 30 s."""
     return int(min(FIRST_POLL_S * 2 ** (attempt - 1), MAX_POLL_S))
-
-
-def key_value(event: Mapping[str, Any], path: str) -> str:
-    """The value at dotted `path` of the event (`data.customer_id`); MISSING_KEY when absent
-    (runs without the field share one key: they are limited together, never unlimited)."""
-    value = workflows.value_at(event, path)
-    return MISSING_KEY if value is None else value
 
 
 def execution_is_running(lambda_client: Any) -> IsRunning:

@@ -185,10 +185,11 @@ def test_broker_environments_give_the_worker_the_broker_and_events_queue(synth, 
         if o["Namespace"] == "aws:elasticbeanstalk:application:environment"
     }
     variables = SchedulerSettings.variables()
-    broker_vars = {
-        variables[f] for f in ("broker_endpoint", "broker_secret_arn", "events_queue_url")
-    }
+    broker_vars = {variables[f] for f in ("broker_endpoint", "broker_secret_arn")}
     if s.config.broker is None:
         assert not names & broker_vars
     else:
         assert broker_vars <= names
+    # The events queue's URL in every environment: the scheduler's events and the web process's
+    # flow control wake-ups (docs/flow-control.md).
+    assert variables["events_queue_url"] in names

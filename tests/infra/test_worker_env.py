@@ -9,7 +9,7 @@ import yaml
 
 from sluice import catalog, naming
 from sluice.settings import WebSettings
-from stacks import config
+from stacks import config, coordination
 from stacks.compliance import PACKS
 from stacks.worker_env import worker_bundle
 from tests.infra.conftest import resources
@@ -143,6 +143,26 @@ def test_the_web_process_starts_workflows_dead_letters_and_counts_in_its_namespa
         f"Sluice-{env}/Worker"
     )
     assert ("DataKey" in by_sid) == s.config.data_key
+
+
+def test_the_web_process_keeps_flow_control_in_the_coordination_table_and_wakes_itself(synth, env):
+    s = synth(env)
+    policies = resources(s.stateless, "AWS::IAM::ManagedPolicy")
+    (policy,) = [p for lid, p in policies.items() if lid.startswith("WorkerWebPolicy")]
+    by_sid = {st["Sid"]: st for st in policy["Properties"]["PolicyDocument"]["Statement"]}
+    state = by_sid["FlowState"]
+    assert sorted(_list(state["Action"])) == sorted(coordination.WEB_ACTIONS)
+    assert json.dumps(s.resolve(state["Resource"])).endswith(
+        f'table/{naming.coordination_table(env)}"'
+    )
+    wake_ups = by_sid["FlowWakeUps"]
+    assert wake_ups["Action"] == "sqs:SendMessage"
+    assert s.resolve(wake_ups["Resource"]) == s.stateful_value("EventsQueue", "Arn")
+    o = _options(s)
+    app_env = "aws:elasticbeanstalk:application:environment"
+    variables = WebSettings.variables()
+    assert o[(app_env, variables["coordination_table"])] == naming.coordination_table(env)
+    assert s.resolve(o[(app_env, variables["events_queue_url"])]) == s.stateful_value("EventsQueue")
 
 
 def _list(value) -> list:
@@ -482,7 +502,7 @@ def test_the_web_process_may_cancel_exactly_the_runs_a_declared_event_cancels(sy
     assert sorted(_list(statements["FailureHandlers"]["Resource"])) == sorted(
         set(web.failure_handlers.values())
     )
-    assert _list(statements["CancelKeys"]["Resource"]) == [
+    assert _list(statements["FlowState"]["Resource"]) == [
         f"arn:aws:dynamodb:{s.config.region}:{rendered.account}:table/"
         f"{naming.coordination_table(s.config.name)}"
     ]

@@ -7,13 +7,8 @@ import pytest
 from botocore.stub import Stubber
 
 from adapters.slots import scope
-from lambdas.common.concurrency import (
-    MISSING_KEY,
-    execution_is_running,
-    key_value,
-    plan,
-    poll_delay_s,
-)
+from lambdas.common.concurrency import execution_is_running, plan, poll_delay_s
+from sluice.workflows import MISSING_KEY, key_value
 
 ARN = "arn:aws:lambda:eu-west-1:123456789012:function:wf:1/durable-execution/run-1/abc"
 EVENT = {"id": "e1", "name": "media/x", "data": {"customer_id": 42, "empty": ""}}

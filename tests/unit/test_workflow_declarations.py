@@ -14,6 +14,10 @@ from sluice.workflows import (
     Concurrency,
     Declaration,
     DeclarationError,
+    Flow,
+    Idempotency,
+    Priority,
+    Throttle,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +90,27 @@ def test_concurrency_as_declared(tmp_path):
         '[concurrency]\nlimit = 10\nkey = "data.customer_id"\nkey_limit = 1\n',
     )
     assert decl.concurrency == Concurrency(limit=10, key="data.customer_id", key_limit=1)
+
+
+def test_flow_control_as_declared_reaches_the_worker(tmp_path):
+    root = declare(
+        tmp_path,
+        "x",
+        'events = ["webhook/requested"]\n'
+        '[idempotency]\nkey = ["data.customer_id", "data.checksum"]\nwindow_s = 600\n'
+        '[throttle]\nlimit = 10\nperiod_s = 60\nkey = "data.customer_id"\n'
+        '[priority]\nkey = "data.tier"\nmax = 3\naging_s = 120\n',
+    )
+    decl = workflows.load(root, known_events=catalog.EVENTS)
+    flow = decl["x"].flow()
+    assert flow == Flow(
+        idempotency=Idempotency(key=("data.customer_id", "data.checksum"), window_s=600),
+        throttle=Throttle(limit=10, period_s=60, key="data.customer_id"),
+        priority=Priority(key="data.tier", max=3, aging_s=120),
+    )
+    # The worker reads it from the routes document the stacks stage into its bundle.
+    assert workflows.read_flow_document(workflows.routes_document(decl)) == {"x": flow}
+    assert not load_one(tmp_path, 'events = ["media/uploaded"]\n', name="y").controlled
 
 
 @pytest.mark.parametrize(
@@ -167,6 +192,86 @@ def test_concurrency_as_declared(tmp_path):
         (
             'events = ["media/uploaded"]\n[[cancel_on]]\nevent = "media/deleted"\n',
             "lambdas/workflows/x/workflow.toml: cancel_on.match: required",
+        ),
+        # Flow control (docs/flow-control.md).
+        (
+            'events = ["media/uploaded"]\n[rate_limit]\nlimit = 0\nperiod_s = 60\n',
+            "lambdas/workflows/x/workflow.toml: rate_limit.limit: must be >= 1, got 0",
+        ),
+        (
+            'events = ["media/uploaded"]\n[throttle]\nlimit = 1001\nperiod_s = 60\n',
+            "lambdas/workflows/x/workflow.toml: throttle.limit: must be <= 1000, got 1001",
+        ),
+        (
+            'events = ["media/uploaded"]\n[throttle]\nlimit = 1\nperiod_s = 86401\n',
+            "lambdas/workflows/x/workflow.toml: throttle.period_s: must be <= 86400, got 86401",
+        ),
+        (
+            'events = ["media/uploaded"]\n[throttle]\nlimit = 1\nperiod_s = 9\nkey = "a b"\n',
+            "lambdas/workflows/x/workflow.toml: throttle.key: must be a dotted path",
+        ),
+        (
+            'events = ["media/uploaded"]\n[idempotency]\nkey = []\nwindow_s = 60\n',
+            "lambdas/workflows/x/workflow.toml: idempotency.key: ",
+        ),
+        (
+            'events = ["media/uploaded"]\n[idempotency]\nkey = ["data.k"]\nwindow_s = 2592001\n',
+            "lambdas/workflows/x/workflow.toml: idempotency.window_s: must be <= 2592000, got",
+        ),
+        (
+            'events = ["media/uploaded"]\n[priority]\nkey = "data.tier"\n',
+            "lambdas/workflows/x/workflow.toml: priority: needs throttle",
+        ),
+        (
+            'events = ["media/uploaded"]\n[throttle]\nlimit = 1\nperiod_s = 9\n'
+            '[priority]\nkey = "data.tier"\nmax = 3\ndefault = 4\n',
+            "lambdas/workflows/x/workflow.toml: priority: default: must be <= max (3), got 4",
+        ),
+        (
+            'events = ["media/uploaded"]\n[throttle]\nlimit = 1\nperiod_s = 9\n'
+            '[priority]\nkey = "data.tier"\nmax = 101\n',
+            "lambdas/workflows/x/workflow.toml: priority.max: must be <= 100, got 101",
+        ),
+        (
+            'events = ["media/uploaded"]\n[throttle]\nlimit = 1\nperiod_s = 9\n'
+            "[debounce]\nquiet_s = 5\n",
+            "lambdas/workflows/x/workflow.toml: debounce: cannot be combined with throttle",
+        ),
+        (
+            'events = ["media/uploaded"]\n[debounce]\nquiet_s = 901\n',
+            "lambdas/workflows/x/workflow.toml: debounce.quiet_s: must be <= 900, got 901",
+        ),
+        (
+            'events = ["media/uploaded"]\n[debounce]\nquiet_s = 60\nmax_wait_s = 30\n',
+            "lambdas/workflows/x/workflow.toml: debounce: max_wait_s: must be >= quiet_s (60)",
+        ),
+        (
+            'events = ["media/uploaded"]\n[batch]\nsize = 0\nwindow_s = 5\n',
+            "lambdas/workflows/x/workflow.toml: batch.size: must be >= 1, got 0",
+        ),
+        (
+            'events = ["media/uploaded"]\n[batch]\nsize = 51\nwindow_s = 5\n',
+            "lambdas/workflows/x/workflow.toml: batch.size: must be <= 50, got 51",
+        ),
+        (
+            'events = ["media/uploaded"]\n[batch]\nsize = 5\nwindow_s = 901\n',
+            "lambdas/workflows/x/workflow.toml: batch.window_s: must be <= 900, got 901",
+        ),
+        (
+            'events = ["media/uploaded"]\n[batch]\nsize = 5\nwindow_s = 9\n'
+            "[debounce]\nquiet_s = 5\n",
+            "lambdas/workflows/x/workflow.toml: debounce: cannot be combined with throttle, "
+            "rate_limit or batch",
+        ),
+        (
+            'events = ["media/uploaded"]\n[batch]\nsize = 5\nwindow_s = 9\n'
+            "[rate_limit]\nlimit = 5\nperiod_s = 9\n",
+            "lambdas/workflows/x/workflow.toml: batch: cannot be combined with throttle or "
+            "rate_limit",
+        ),
+        (
+            'events = ["media/uploaded"]\n[batching]\nsize = 10\n',
+            "lambdas/workflows/x/workflow.toml: batching: unknown setting",
         ),
     ],
 )

@@ -236,6 +236,9 @@ def test_every_log_line_of_a_message_carries_its_correlation_id(worker, lambda_f
         "DeadLettered",
         "TransientFailures",
         "Cancelled",
+        "FlowDuplicates",
+        "FlowSkipped",
+        "FlowWaiting",
         "HandlingLatency",
     }
     assert [x["execution_name"] for x in emf["executions"]] == [execution_name(ev.id)]
