@@ -27,13 +27,14 @@ if str(ROOT) not in sys.path:
 
 # Each test is of one kind (the markers in pyproject.toml), by its folder; a test marks another
 # kind itself where it differs from its folder's (the unit folder's test that installs a wheel into
-# a venv is an integration test). `make unit` runs the unit kind: in-process, no server processes,
-# no synth, under a minute.
+# a venv is an integration test). `make unit` runs the unit kind: in-process, no servers (not
+# even on loopback threads), no durable runner, no synth, under a minute. The workflows' tests
+# run real durable executions in the SDK's runner: integration.
 FOLDER_KIND = {
     "unit": "unit",
     "adapters": "unit",
     "lambdas": "unit",
-    "workflows": "unit",
+    "workflows": "integration",
     "flow": "unit",
     "cli": "unit",
     "infra": "infra",

@@ -32,6 +32,9 @@ from sluice.run_control import RunRecords
 from sluice_cli import cli
 from sluice_cli.runs import Runs, operations, replay_name
 
+# Real durable executions behind a loopback HTTP server, and moto's server: integration.
+pytestmark = pytest.mark.integration
+
 ENV = "runs-test"
 
 # The fragile step fails while this holds a cause; the operator "fixes" it by clearing it.
