@@ -69,18 +69,45 @@ def allow(
         conditions=dict(conditions) if conditions else None,
     )
     policy.add_statements(statement)
+    _acknowledge(policy, statement, reason)
+    return statement
+
+
+def policy(
+    scope: Construct,
+    construct_id: str,
+    *,
+    description: str,
+    roles: Sequence[iam.IRole],
+    statements: Sequence[iam.PolicyStatement],
+    reasons: Mapping[str, str] | None = None,
+) -> iam.ManagedPolicy:
+    """A customer-managed policy of `statements` for `roles`; a statement with a wildcard
+    resource needs its reason in `reasons`, under its Sid."""
+    made = iam.ManagedPolicy(scope, construct_id, description=description, roles=list(roles))
+    for statement in statements:
+        made.add_statements(statement)
+        _acknowledge(made, statement, (reasons or {}).get(statement.sid or ""))
+    return made
+
+
+def _acknowledge(
+    policy: iam.ManagedPolicy,
+    statement: iam.PolicyStatement,
+    reason: str | Mapping[str, str] | None,
+) -> None:
     # One acknowledgement per finding: a resource granted again for another reason gets both
     # (the last acknowledgement of an id is the one cdk-nag reads).
     given: dict[str, str] = policy.__dict__.setdefault("_sluice_reasons", {})
-    for resource in resources:
+    for resource in statement.resources:
         flat = nag_resource(policy, resource)
         if "*" not in flat:
             continue
         why = reason.get(resource) if isinstance(reason, Mapping) else reason
         if not why:
             raise ValueError(
-                f"{policy.node.path}: {', '.join(actions)} on {flat}: a wildcard resource "
-                "needs the reason it cannot be narrower"
+                f"{policy.node.path}: {', '.join(statement.actions)} on {flat}: a wildcard "
+                "resource needs the reason it cannot be narrower"
             )
         text = given.get(flat, "")
         text = f"{text} {why}".strip() if why not in text else text
@@ -88,4 +115,3 @@ def allow(
         Validations.of(policy).acknowledge(
             Acknowledgment(id=f"{IAM5}[Resource::{flat}]", reason=text)
         )
-    return statement

@@ -24,7 +24,7 @@ from constructs import Construct
 
 from sluice import catalog, naming
 from sluice.settings import WebSettings
-from stacks import coordination
+from stacks import coordination, grants
 from stacks.bundling import ROOT, stage_bundle
 from stacks.compliance import GUARD
 from stacks.config import EnvConfig
@@ -488,7 +488,7 @@ class WorkerEnvironment(Construct):
             ),
         ]
         # No resource-level permissions exist for these; the condition narrows metrics to ours.
-        resourceless = [
+        resourceless_statements = [
             iam.PolicyStatement(
                 sid="Metrics",
                 actions=["cloudwatch:PutMetricData"],
@@ -507,40 +507,34 @@ class WorkerEnvironment(Construct):
                 resources=["*"],
             ),
         ]
-        policy = iam.ManagedPolicy(
+        resourceless = (
+            "cloudwatch:PutMetricData and the X-Ray daemon's actions have no resource type (AWS "
+            "service authorization reference); metrics are limited to EB's namespace by "
+            "condition"
+        )
+        grants.policy(
             self,
             "InstancePolicy",
             description=f"{env_name} instances",
-            statements=[*named, *unnamed, *resourceless],
+            statements=[*named, *unnamed, *resourceless_statements],
             roles=[role],
+            reasons={
+                "Metrics": resourceless,
+                "Tracing": resourceless,
+                "CronLeaderTable": "the cron leader table is created and named by Elastic "
+                "Beanstalk (awseb-e-<id>-stack-…) after this template is deployed",
+                "EbStackMetadata": "cfn-init on the instance reads the environment's own stack, "
+                "which Elastic Beanstalk names at creation",
+                "EbLogs": "the log groups of this environment's log files (one per file), "
+                "created by EB's log streaming",
+                "EbLogPublication": "EB publishes rotated logs under this prefix of its regional "
+                "bucket, keyed by environment and instance id, which exist only after this "
+                "template is deployed",
+                "EbEnvironmentFiles": "EB's agents read the environment's manifest and "
+                "deployment files under resources/environments/<environment id>/, an id EB "
+                "assigns when it creates the environment",
+            },
         )
-        findings = {
-            "Resource::*": "cloudwatch:PutMetricData and the X-Ray daemon's actions have no "
-            "resource type (AWS service authorization reference); metrics are limited to EB's "
-            "namespace by condition",
-            "Resource::arn:<AWS::Partition>:dynamodb:<AWS::Region>:<AWS::AccountId>:table/"
-            "awseb-e-*-stack-AWSEBWorkerCronLeaderRegistry*": "the cron leader table is "
-            "created and named by Elastic Beanstalk (awseb-e-<id>-stack-…) after this "
-            "template is deployed",
-            "Resource::arn:<AWS::Partition>:cloudformation:<AWS::Region>:<AWS::AccountId>:"
-            "stack/awseb-e-*/*": "cfn-init on the instance reads the environment's own "
-            "stack, which Elastic Beanstalk names at creation",
-            f"Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:"
-            f"/aws/elasticbeanstalk/{env_name}/*": "the log groups of this environment's "
-            "log files (one per file), created by EB's log streaming",
-            "Resource::arn:<AWS::Partition>:s3:::elasticbeanstalk-<AWS::Region>-"
-            "<AWS::AccountId>/resources/environments/logs/*": "EB publishes rotated logs "
-            "under this prefix of its regional bucket, keyed by environment and instance id, "
-            "which exist only after this template is deployed",
-            "Resource::arn:<AWS::Partition>:s3:::elasticbeanstalk-<AWS::Region>-"
-            "<AWS::AccountId>/resources/environments/*": "EB's agents read the environment's "
-            "manifest and deployment files under resources/environments/<environment id>/, an "
-            "id EB assigns when it creates the environment",
-        }
-        for finding, reason in findings.items():
-            Validations.of(policy).acknowledge(
-                Acknowledgment(id=f"AwsSolutions-IAM5[{finding}]", reason=reason)
-            )
 
     def _grant_web(
         self,
@@ -592,25 +586,19 @@ class WorkerEnvironment(Construct):
                     resources=[key.key_arn],
                 )
             )
-        policy = iam.ManagedPolicy(
+        grants.policy(
             self,
             "WebPolicy",
             description=f"{self.environment_name}: the web process",
             statements=statements,
             roles=[self.process_roles["web"]],
+            reasons={
+                "Metrics": "cloudwatch:PutMetricData has no resource type; a condition limits "
+                "it to this environment's worker namespace",
+                "DeadLetterBodies": "Bodies of dead letters too large for the DLQ (claim "
+                "check), under dead-letters/ only, keyed by their hash",
+            },
         )
-        nag_bucket = (
-            f"arn:<AWS::Partition>:s3:::{media_bucket.replace(Aws.ACCOUNT_ID, '<AWS::AccountId>')}"
-        )
-        for finding, reason in {
-            "Resource::*": "cloudwatch:PutMetricData has no resource type; a condition limits "
-            "it to this environment's worker namespace",
-            f"Resource::{nag_bucket}/{catalog.DEAD_LETTER_PREFIX}*": "Bodies of dead letters "
-            "too large for the DLQ (claim check), under dead-letters/ only, keyed by their hash",
-        }.items():
-            Validations.of(policy).acknowledge(
-                Acknowledgment(id=f"AwsSolutions-IAM5[{finding}]", reason=reason)
-            )
 
     def _recommended_platform(self, config: EnvConfig, key: kms.IKey | None) -> str:
         """The ARN of the configured branch's recommended platform version, asked of EB when
@@ -653,20 +641,26 @@ class WorkerEnvironment(Construct):
                     "KmsKeyId is its ARN built around an SSM parameter, which the rule cannot follow.",
                 )
             )
-        policy = iam.ManagedPolicy(
+        policy = grants.policy(
             self,
             "PlatformLookupPolicy",
             description=f"{config.prefix}: list EB platform versions, write its own logs",
             roles=[role],
             statements=[
                 iam.PolicyStatement(
-                    actions=["elasticbeanstalk:ListPlatformVersions"], resources=["*"]
+                    sid="Platforms",
+                    actions=["elasticbeanstalk:ListPlatformVersions"],
+                    resources=["*"],
                 ),
                 iam.PolicyStatement(
                     actions=["logs:CreateLogStream", "logs:PutLogEvents"],
                     resources=[log_group.log_group_arn],
                 ),
             ],
+            reasons={
+                "Platforms": "elasticbeanstalk:ListPlatformVersions lists AWS's public platform "
+                "versions; nothing of the account is readable through it."
+            },
         )
         lookup = cr.AwsCustomResource(
             self,
@@ -680,13 +674,6 @@ class WorkerEnvironment(Construct):
             timeout=Duration.minutes(2),
         )
         lookup.node.add_dependency(policy)
-        Validations.of(policy).acknowledge(
-            Acknowledgment(
-                id="AwsSolutions-IAM5[Resource::*]",
-                reason="elasticbeanstalk:ListPlatformVersions lists AWS's public platform "
-                "versions; nothing of the account is readable through it.",
-            )
-        )
         # The provider is a singleton of the stack, its id the UUID without dashes.
         provider = Stack.of(self).node.find_child(
             "AWS" + cr.AwsCustomResource.PROVIDER_FUNCTION_UUID.replace("-", "")
