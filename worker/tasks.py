@@ -34,6 +34,7 @@ from adapters.errors import code as error_code
 from sluice.envelope import Task, parse_task
 from sluice.errors import BusinessError, PoisonMessage, SluiceError, TransientError
 from sluice.settings import TasksSettings
+from sluice.steps import CONTRACTS, check_input, check_output
 from worker.heavy.common import Limits, TaskContext, kill_children, sweep_scratch
 from worker.observability import configure_logging, correlation_id, message_id
 
@@ -258,7 +259,11 @@ class TaskRunner:
             err = BusinessError(f"no handler for task {task.name!r}", code="unknown_task")
             return None, err.to_dict()
         try:
+            if task.name in CONTRACTS:
+                check_input(task.name, task.data)
             result = handler(task.data, self.context())
+            if task.name in CONTRACTS:
+                check_output(task.name, result)
         except SluiceError as exc:
             return None, exc.to_dict()
         except Exception as exc:  # a bug or an unexpected failure: let the workflow retry it

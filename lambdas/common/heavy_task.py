@@ -29,6 +29,7 @@ from lambdas.common.runtime import clients, env, settings
 from lambdas.common.workflow import Failure, RetryPolicy, StepFailed, retry_durably
 from sluice.envelope import Task
 from sluice.errors import BusinessError
+from sluice.steps import check_input
 
 if TYPE_CHECKING:
     from lambdas.common.workflow import Run
@@ -112,6 +113,7 @@ def run_heavy_task(
     """
     cfg = settings or HeavyTaskSettings.from_env()
     queue_url = env("tasks_queue_url")
+    check_input(task, data)  # a task the worker would refuse is never sent (sluice/steps.py)
 
     def config(op: str) -> WaitForCallbackConfig:
         timeout = cfg.timeout_s if run is None else min(cfg.timeout_s, run.remaining_s(op))

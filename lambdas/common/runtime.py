@@ -21,6 +21,7 @@ from adapters import logs
 from adapters.errors import classify
 from sluice.errors import BusinessError
 from sluice.settings import LambdaSettings, SettingsError
+from sluice.steps import CONTRACTS, check_input, check_output
 
 SERVICE = "sluice"
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", SERVICE), **logs.OPTIONS)
@@ -80,8 +81,9 @@ Handler = Callable[[Mapping[str, Any], Any], dict[str, Any]]
 def step_handler(step: str) -> Callable[[Callable[[Mapping[str, Any]], dict[str, Any]]], Handler]:
     """Decorate a step's logic `fn(payload) -> result` into a Lambda handler.
 
-    The handler logs with the payload's correlation id, counts outcomes, and raises only
-    sluice.errors classes, so the workflow can tell a retry-worthy failure from a final one.
+    The handler checks the payload and the result against the step's contract (sluice/steps.py),
+    logs with the payload's correlation id, counts outcomes, and raises only sluice.errors
+    classes, so the workflow can tell a retry-worthy failure from a final one.
     """
 
     def decorate(fn: Callable[[Mapping[str, Any]], dict[str, Any]]) -> Handler:
@@ -92,7 +94,11 @@ def step_handler(step: str) -> Callable[[Callable[[Mapping[str, Any]], dict[str,
             metrics.add_dimension(name="step", value=step)
             set_correlation_id(event.get("correlation_id"), step=step)
             try:
+                if step in CONTRACTS:
+                    check_input(step, event)
                 result = fn(event)
+                if step in CONTRACTS:
+                    check_output(step, result)
             except Exception as exc:
                 error = classify(exc)
                 logger.warning(

@@ -53,6 +53,7 @@ WORKER_BUNDLE = [
     "sluice/scheduling/registry.py",
     "sluice/scheduling/schedule.py",
     "sluice/settings.py",
+    "sluice/steps.py",
     "sluice/workflows.json",
     "sluice/workflows.py",
     "worker/__init__.py",
