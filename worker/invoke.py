@@ -227,12 +227,7 @@ class LambdaInvoker(SignedClient):
                 answer["DurableExecutionArn"] = arn
             return answer
         code = headers.get("x-amzn-errortype", "").split(":", 1)[0]
-        try:
-            doc = json.loads(body) if body else {}
-        except ValueError:
-            doc = {}
-        if not isinstance(doc, dict):
-            doc = {}
+        doc = _json_object(body)
         message = doc.get("message") or doc.get("Message") or body[:200].decode("utf-8", "replace")
         code = code or str(doc.get("__type", "")) or f"HTTP{status}"
         raise ClientError(
@@ -324,12 +319,7 @@ class DynamoDB(SignedClient):
             "X-Amz-Target": self.TARGET + operation,
         }
         status, answer_headers, body = self.post("/", headers, json.dumps(request).encode())
-        try:
-            doc = json.loads(body) if body else {}
-        except ValueError:
-            doc = {}
-        if not isinstance(doc, dict):
-            doc = {}
+        doc = _json_object(body)
         meta = {"HTTPStatusCode": status, "RequestId": answer_headers.get("x-amzn-requestid", "")}
         if status < 300:
             return {**doc, "ResponseMetadata": meta}
@@ -358,3 +348,12 @@ class DynamoDB(SignedClient):
 
     def transact_write_items(self, **request: Any) -> dict[str, Any]:
         return self._call("TransactWriteItems", request)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """An answer's body as a JSON object; {} when it is empty or not one."""
+    try:
+        doc = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}

@@ -24,6 +24,7 @@ from typing import Any
 from devtools.local.processes import ROOT, Processes, procfile, wait_healthy
 from devtools.local.resources import CONFIG, ENV, REGION, Resources, create_resources
 from devtools.local.transcript import AUDIO_SECONDS, make_audio, with_emulated_transcript
+from devtools.moto_server import moto_server
 from devtools.ports import free_port
 from sluice import catalog, naming, workflows
 from sluice.settings import SchedulerSettings, TasksSettings, WebSettings
@@ -68,7 +69,6 @@ class Pipeline:
         }
 
     def up(self) -> None:
-        from moto.server import ThreadedMotoServer
 
         # moto's server logs every request at INFO through werkzeug: the live view is the log.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -91,11 +91,7 @@ class Pipeline:
         os.environ["HF_HUB_OFFLINE"] = "1"
 
         # 1. AWS on loopback
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-        moto.start()
-        self.stack.callback(moto.stop)
-        host, port = moto.get_host_and_port()
-        self.res = create_resources(f"http://{host}:{port}")
+        self.res = create_resources(self.stack.enter_context(moto_server()))
         # Step handlers and workflows run in this process: their boto3 clients go to moto.
         os.environ["AWS_ENDPOINT_URL"] = self.res.endpoint
         os.environ.update(self.res.lambda_env())

@@ -341,12 +341,7 @@ def forget_cancel_keys(run: Run, scopes: list[str]) -> None:
         for scope in scopes:
             keys.forget(scope, me)
 
-    try:
-        run.ctx.step(forget, name=FORGET_CANCEL_KEYS_OP)
-    except UnrecoverableError:
-        raise
-    except Exception as exc:
-        run.ctx.logger.warning("cancel keys not removed", extra={"error": str(exc)[:500]})
+    _best_effort(run, forget, FORGET_CANCEL_KEYS_OP, "cancel keys not removed")
 
 
 def _next_recorded(ctx: DurableContext) -> str | None:
@@ -392,12 +387,18 @@ def record_failed_run(run: Run, reason: Mapping[str, Any]) -> None:
             ended=datetime.fromtimestamp(clock(), UTC),
         )
 
+    _best_effort(run, record, RECORD_OP, "failed run not recorded")
+
+
+def _best_effort(run: Run, fn: Callable[[Any], None], name: str, failed: str) -> None:
+    """Run `fn` once as the durable step `name`; if it fails for good, log `failed` and go on
+    (what it does has a backstop: a TTL, a retry of the operator's)."""
     try:
-        run.ctx.step(record, name=RECORD_OP)
+        run.ctx.step(fn, name=name)
     except UnrecoverableError:
-        raise
+        raise  # the SDK's own: nothing more can run
     except Exception as exc:
-        run.ctx.logger.error("failed run not recorded", extra={"error": str(exc)[:500]})
+        run.ctx.logger.error(failed, extra={"error": str(exc)[:500]})
 
 
 def _started_at(ctx: DurableContext) -> float:

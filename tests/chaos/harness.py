@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from moto.server import ThreadedMotoServer
 
 from devtools import lambda_fake
+from devtools.moto_server import moto_server
 from devtools.sqsd import SqsdDriver
 from sluice import envelope
 from sluice.envelope import Event, Task
@@ -414,14 +414,8 @@ def run_tasks(m: int, seed: int, work: Path, *, kills: int, moto_url: str) -> Ta
 
 
 def run(n: int, m: int, seed: int, work: Path, *, kills: int) -> Table:
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    try:
-        url = f"http://127.0.0.1:{port}"
+    with moto_server() as url:
         events = run_events(n, seed, work, kills=kills, moto_url=url)
         tasks = run_tasks(m, seed, work, kills=kills, moto_url=url)
-    finally:
-        moto.stop()
     table = Table({**events.rows, **tasks.rows}, events.notes + tasks.notes)
     return table

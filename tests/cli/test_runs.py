@@ -20,11 +20,10 @@ from aws_durable_execution_sdk_python import DurableContext, durable_execution
 from aws_durable_execution_sdk_python.config import Duration, WaitForCallbackConfig
 from botocore.config import Config
 from click.testing import CliRunner
-from moto.server import ThreadedMotoServer
 
 from devtools.durable_lambda import DurableService, serve
 from devtools.local.resources import create_coordination_table
-from devtools.ports import free_port
+from devtools.moto_server import moto_server
 from sluice import naming
 from sluice.catalog import WORKFLOW_ALIAS
 from sluice.envelope import Event, execution_name
@@ -70,11 +69,8 @@ def waiting(event: Any, ctx: DurableContext) -> Any:
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture

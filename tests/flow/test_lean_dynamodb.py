@@ -13,10 +13,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from moto.server import ThreadedMotoServer
 
 from adapters.flow import FlowStore
-from devtools.ports import free_port
+from devtools.moto_server import moto_server
 from sluice.flowstate import Waiter, partition
 from tests.lambdas.conftest import REGION, create_coordination_table
 from worker.invoke import DynamoDB
@@ -26,11 +25,8 @@ CREDS = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 def story(client: Any, table: str) -> list[Any]:

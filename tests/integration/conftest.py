@@ -42,24 +42,20 @@ def ledger_env() -> Iterator[dict[str, str]]:
     a local run names it): the tick ledger several scheduler processes share. The environment a
     scheduler process needs to use it."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
     from devtools.local.resources import ENV, REGION, create_coordination_table
-    from devtools.ports import free_port
+    from devtools.moto_server import moto_server
     from sluice import naming
+    from sluice.settings import SchedulerSettings
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    table = naming.coordination_table(ENV)
-    create_coordination_table(
-        boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint), table
-    )
-    yield {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_REGION": REGION,
-        "AWS_DEFAULT_REGION": REGION,
-        "SLUICE_COORDINATION_TABLE": table,
-    }
-    server.stop()
+    with moto_server() as endpoint:
+        table = naming.coordination_table(ENV)
+        create_coordination_table(
+            boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint), table
+        )
+        yield {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            **SchedulerSettings.render(coordination_table=table),
+        }

@@ -37,7 +37,7 @@ def test_a_heavy_tasks_data_takes_an_object_or_a_uri_where_the_worker_does():
     output = {"bucket": "m", "prefix": "embeddings/j/"}
     check_input(catalog.EMBED_TASK, {"transcript": "s3://m/t.json", "output": output})
     check_input(catalog.EMBED_TASK, {"transcript": {"bucket": "m", "key": "t"}, "output": output})
-    with pytest.raises(ContractError, match="media/transcode input: output.prefix"):
+    with pytest.raises(ContractError, match=r"media/transcode input: output\.prefix"):
         check_input(
             catalog.TRANSCODE_TASK,
             {"source": {"bucket": "m", "key": "a.wav"}, "output": {"bucket": "m"}},

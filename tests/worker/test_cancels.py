@@ -15,11 +15,10 @@ from typing import Any
 import boto3
 import pytest
 from aws_durable_execution_sdk_python.config import Duration, WaitForCallbackConfig
-from moto.server import ThreadedMotoServer
 
 from devtools.durable_lambda import DurableService, serve
 from devtools.local.resources import create_coordination_table
-from devtools.ports import free_port
+from devtools.moto_server import moto_server
 from lambdas.common.workflow import Run, declared_workflow
 from sluice import naming
 from sluice.catalog import WORKFLOW_ALIAS
@@ -64,11 +63,8 @@ def on_failure(event: Any, _context: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture
