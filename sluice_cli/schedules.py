@@ -9,8 +9,9 @@ one, so the CLI never publishes tokens itself.
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import time
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,6 +72,51 @@ def token_counts(
     return counts
 
 
+@dataclass(frozen=True)
+class Status:
+    """A task's last outcome (event and tick) and the lateness of its last start, from its
+    status queue (the last few lifecycle events, read without consuming them)."""
+
+    outcome: str = "-"
+    due: float | None = None
+    lateness_ms: float | None = None
+
+    def describe(self) -> str:
+        when = f" {_iso(self.due)}" if self.due is not None else ""
+        late = f"{self.lateness_ms:.0f} ms" if self.lateness_ms is not None else "-"
+        return f"{self.outcome + when:<32} {late:>9}"
+
+
+def last_status(broker_url: str, tasks: list[str], names: Any = None) -> dict[str, Status]:
+    """Task -> its Status; a task whose status queue is not declared yet is left out."""
+    import pika
+
+    names = names or Names()
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    found: dict[str, Status] = {}
+    try:
+        for task in tasks:
+            channel = connection.channel()
+            try:
+                events = [json.loads(m[2]) for m in _take(channel, names.status(task), 100)]
+            except pika.exceptions.ChannelClosedByBroker:
+                continue  # not declared: the scheduler has not started
+            finally:
+                if channel.is_open:
+                    channel.close()  # unacknowledged: all go back
+            outcomes = [e for e in events if e.get("event") != "started"]
+            starts = [e for e in events if e.get("event") == "started" and "lateness_s" in e]
+            last = outcomes[-1] if outcomes else None
+            found[task] = Status(
+                last["event"] if last else "-",
+                last.get("due") if last else None,
+                starts[-1]["lateness_s"] * 1000 if starts else None,
+            )
+    finally:
+        connection.close()
+    return found
+
+
 def _redact(url: str) -> str:
     if "@" not in url:
         return url
@@ -92,9 +138,10 @@ def list_(broker_url: str | None, prefix: str | None) -> None:
     now = time.time()
     names = Names(prefix) if prefix else Names()
     counts = token_counts(broker_url, list(registry.names), names) if broker_url else {}
+    status = last_status(broker_url, list(registry.names), names) if broker_url else {}
     header = f"{'task':<24} {'schedule':<28} {'next due':<21} {'does':<36}"
     if counts:
-        header += " tokens (hatchery/processor)"
+        header += f" {'last outcome':<32} {'lateness':>9} tokens (hatchery/processor)"
     click.echo(header)
     for task in registry:
         action = getattr(task.action, "__name__", "its action")
@@ -104,6 +151,7 @@ def list_(broker_url: str | None, prefix: str | None) -> None:
             f"{_iso(task.schedule.first_after(now)):<21} {does:<36}"
         )
         if task.name in counts:
+            line += " " + status.get(task.name, Status()).describe()
             hatchery, processor = counts[task.name]
             if hatchery < 0:
                 line += " not declared (scheduler not started)"
@@ -161,8 +209,9 @@ def dlq() -> None:
     """Ticks dead-lettered by the scheduler (queue `sluice.sched.dead`): read them, run them again."""
 
 
-def _dead_letters(channel: Any, queue: str, limit: int) -> list[tuple[Any, Any, bytes]]:
-    """Up to `limit` dead letters, taken unacknowledged from `queue` on `channel`."""
+def _take(channel: Any, queue: str, limit: int) -> list[tuple[Any, Any, bytes]]:
+    """Up to `limit` messages, taken unacknowledged from `queue` on `channel` (closing the
+    channel gives them back)."""
     taken: list[tuple[Any, Any, bytes]] = []
     while len(taken) < limit:
         method, props, body = channel.basic_get(queue, auto_ack=False)
@@ -217,7 +266,7 @@ def peek(broker_url: str | None, limit: int, prefix: str | None) -> None:
     connection, channel = _dlq_channel(broker_url)
     try:
         # Taken unacknowledged, then given back by closing the channel: nothing is consumed.
-        taken = _dead_letters(channel, names.dead_queue, limit)
+        taken = _take(channel, names.dead_queue, limit)
         click.echo(f"{len(taken)} dead-lettered tick(s) in {names.dead_queue}")
         if taken:
             click.echo(_DEAD_HEADER)
@@ -240,7 +289,7 @@ def redrive(broker_url: str | None, limit: int, yes: bool, prefix: str | None) -
     registry = _registry()
     connection, channel = _dlq_channel(broker_url)
     try:
-        taken = _dead_letters(channel, names.dead_queue, limit)
+        taken = _take(channel, names.dead_queue, limit)
         if not taken:
             click.echo(f"no dead-lettered ticks in {names.dead_queue}")
             return
@@ -254,7 +303,7 @@ def redrive(broker_url: str | None, limit: int, yes: bool, prefix: str | None) -
         moved = kept = 0
         for method, _, body in taken:
             try:
-                token = dataclasses.replace(Token.decode(body), attempt=1, redrive=True)
+                token = replace(Token.decode(body), attempt=1, redrive=True)
             except ValueError:
                 token = None
             if token is None or token.task not in registry:

@@ -62,9 +62,11 @@ def test_a_failing_tick_is_retried_after_its_backoff_dead_lettered_peeked_and_re
     task = PeriodicTask("flaky", Every(2), action=rec, max_attempts=3)
     registry = Registry([task])
     settings = SchedulerSettings.of(retry_delay_s=FIRST_S, retry_backoff=FACTOR)
-    with build(registry, rabbit.url, settings, names=names):
+    with build(registry, rabbit.url, settings, names=names) as scheduler:
         # When its first tick has failed on every attempt
         dead = tap.wait_for("dead_lettered", "flaky", timeout=15)
+        time.sleep(0.05)  # the status queue has the event too
+        figures = {f.name: f.value for f in scheduler.lifecycle.drain()}
     due = dead["due"]
     attempts = [r.started for r in rec.runs if r.due == due]
     # Then it ran 3 times, each retry after its backoff and not much later
@@ -74,16 +76,28 @@ def test_a_failing_tick_is_retried_after_its_backoff_dead_lettered_peeked_and_re
     for gap, backoff in zip(gaps, (FIRST_S, FIRST_S * FACTOR), strict=True):
         assert backoff <= gap < backoff + SLACK_S, gaps
     failed = tap.of("failed", "flaky")
-    assert [e["retry_in_s"] for e in failed if e["due"] == due] == [FIRST_S, FIRST_S * FACTOR]
+    retry_in = [e.get("retry_in_s") for e in failed if e["due"] == due]
+    assert retry_in == [FIRST_S, FIRST_S * FACTOR, None]  # the last attempt is not retried
     # and it was dead-lettered with its reason, in the event and on the broker
     assert dead["attempts"] == 3 and dead["reason"] == "retry-limit"
     [(headers, _)] = [(h, b) for h, b in dead_letters(rabbit, names) if h.get("task") == "flaky"]
     assert headers["reason"] == "retry-limit" and headers["attempts"] == 3
     assert "upstream 503" in headers["error"]
 
-    # When an operator peeks at the dead-letter queue
+    # and its lifecycle events were counted for the metrics (per task)
+    assert figures["TicksStarted"] >= 3 and figures["TicksFailed"] >= 3
+    assert figures["TicksDeadLettered"] == 1 and figures["TickLatenessMs"] >= 0
+
+    # When an operator lists the tasks
     monkeypatch.setattr(cli_schedules, "_registry", lambda: registry)
     args = ["--broker-url", rabbit.url, "--prefix", names.prefix]
+    listed = cli("list", *args)
+    # Then the task's last outcome is the dead-lettered tick, with its last start's lateness
+    assert listed.exit_code == 0, listed.output
+    [line] = [x for x in listed.output.splitlines() if x.startswith("flaky")]
+    assert "dead_lettered" in line and " ms " in line, listed.output
+
+    # When an operator peeks at the dead-letter queue
     peeked = cli("dlq", "peek", *args)
     # Then the tick is shown with its reason, and nothing is consumed
     assert peeked.exit_code == 0, peeked.output

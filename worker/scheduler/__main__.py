@@ -107,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         import boto3
 
         figures = BrokerFigures(
-            url, REGISTRY, names, management=settings.management_url or management_url(url)
+            url,
+            REGISTRY,
+            names,
+            management=settings.management_url or management_url(url),
+            lifecycle=scheduler.lifecycle,
         )
         publish_every(60, figures, boto3.client("cloudwatch"), settings.metrics_namespace, {}, stop)
     stop.wait()

@@ -39,6 +39,7 @@ from sluice.scheduling.names import Names, expiration_ms, quiet_window_s
 from sluice.scheduling.registry import PeriodicTask, Registry, Tick, Token
 from sluice.scheduling.schedule import latest_due, next_due
 from sluice.settings import SchedulerSettings
+from worker.scheduler.broker_metrics import Lifecycle
 from worker.scheduler.ledger import Claim, Ledger, MemoryLedger
 from worker.scheduler.topology import declare
 
@@ -120,6 +121,7 @@ class _Base:
     def __init__(self, url: str, names: Names, clock: Clock, heartbeat_s: int) -> None:
         self.url, self.names, self.clock, self.heartbeat_s = url, names, clock, heartbeat_s
         self._ch: _Channels | None = None
+        self.lifecycle: Lifecycle | None = None  # counts the events for the metrics
 
     def _open(self, tasks: list[PeriodicTask]) -> _Channels:
         connection = _connect(self.url, self.heartbeat_s)
@@ -139,6 +141,8 @@ class _Base:
     def emit(self, task: str, event: str, **fields: Any) -> None:
         """A lifecycle event on the control exchange (routing key `<task>.<event>`)."""
         body = {"task": task, "event": event, "at": self.clock(), **fields}
+        if self.lifecycle is not None:
+            self.lifecycle.record(task, event, fields)
         assert self._ch is not None
         self._ch.control.basic_publish(
             self.names.control_exchange,
@@ -372,6 +376,14 @@ class TaskRunner(_Base):
             ch.basic_ack(method.delivery_tag)
             return
         else:
+            self.emit(
+                name,
+                "failed",
+                due=tick.due,
+                error_class="transient",
+                error=error,
+                attempt=tick.attempt,
+            )
             self._dead_letter(tick, error)
         self._schedule_after(tick.due)
         ch.basic_ack(method.delivery_tag)
@@ -441,6 +453,7 @@ class TaskRunner(_Base):
         elif outcome == "business":
             self.emit(name, "failed", due=tick.due, error_class="business", error=error)
         else:
+            self.emit(name, "failed", due=tick.due, error_class="transient", error=error)
             self._dead_letter(tick, error, reason="redrive-failed")
         ch.basic_ack(method.delivery_tag)
 
@@ -610,6 +623,10 @@ class Scheduler:
             heartbeat_s=heartbeat_s,
             ledger=self.ledger,
         )
+        # This process's lifecycle events, counted for the metrics (broker_metrics).
+        self.lifecycle = Lifecycle()
+        for part in (*self.runners, self.reconciler):
+            part.lifecycle = self.lifecycle
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
 
