@@ -311,13 +311,18 @@ def redrive(broker_url: str | None, limit: int, yes: bool, prefix: str | None) -
                 continue
             # Published (confirmed) before the dead letter is acked: a failure in between
             # leaves a copy in both places, never in neither.
-            channel.basic_publish(
-                names.processor_exchange,
-                token.task,
-                token.encode(),
-                pika.BasicProperties(delivery_mode=2, content_type="application/json"),
-                mandatory=True,
-            )
+            try:
+                channel.basic_publish(
+                    names.processor_exchange,
+                    token.task,
+                    token.encode(),
+                    pika.BasicProperties(delivery_mode=2, content_type="application/json"),
+                    mandatory=True,
+                )
+            except pika.exceptions.UnroutableError:
+                click.echo(f"{token.task}: no scheduler has declared its queue; left in the queue")
+                kept += 1
+                continue
             channel.basic_ack(method.delivery_tag)
             moved += 1
         click.echo(f"redriven: {moved}; left in the queue: {kept}")
