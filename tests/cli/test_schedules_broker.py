@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -97,7 +98,12 @@ def test_dlq_redrive_leaves_a_tick_whose_task_has_no_queue_yet(
         result = run(
             "schedules", "dlq", "redrive", "--yes", "--broker-url", rabbit.url, "--prefix", prefix
         )
-        depth = channel.queue_declare(names.dead_queue, passive=True).method.message_count
+        # (a message given back on the CLI's channel close is ready again a moment later)
+        deadline = time.monotonic() + 5
+        depth = 0
+        while depth != 1 and time.monotonic() < deadline:
+            depth = channel.queue_declare(names.dead_queue, passive=True).method.message_count
+            time.sleep(0.02)
     finally:
         connection.close()
     # Then it stays where it was, and the CLI says why

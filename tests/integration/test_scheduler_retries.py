@@ -28,19 +28,36 @@ FIRST_S, FACTOR = 0.3, 2.0  # retries after 0.3 s, then 0.6 s
 SLACK_S = 0.25
 
 
-def dead_letters(rabbit: RabbitNode, names: Names) -> list[tuple[dict, bytes]]:
-    """The dead queue's messages (headers, body), read and given back."""
+def dead_letters(rabbit: RabbitNode, names: Names, expect: int) -> list[tuple[dict, bytes]]:
+    """The dead queue's messages (headers, body), read and given back, once `expect` are ready
+    (a message given back on another channel's close is ready again a moment later)."""
+    deadline = time.monotonic() + 5
+    while True:
+        conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+        try:
+            ch = conn.channel()
+            found = []
+            while True:
+                method, props, body = ch.basic_get(names.dead_queue, auto_ack=False)
+                if method is None:
+                    break
+                found.append((dict(props.headers or {}), body))
+        finally:
+            conn.close()  # unacknowledged: all go back
+        if len(found) == expect or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    while ready(rabbit, names.dead_queue) != len(found) and time.monotonic() < deadline:
+        time.sleep(0.02)  # given back: ready for whatever reads next
+    return found
+
+
+def ready(rabbit: RabbitNode, queue: str) -> int:
     conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
     try:
-        ch = conn.channel()
-        found = []
-        while True:
-            method, props, body = ch.basic_get(names.dead_queue, auto_ack=False)
-            if method is None:
-                return found
-            found.append((dict(props.headers or {}), body))
+        return conn.channel().queue_declare(queue, passive=True).method.message_count
     finally:
-        conn.close()  # unacknowledged: all go back
+        conn.close()
 
 
 def cli(*args: str, input: str | None = None):
@@ -80,7 +97,7 @@ def test_a_failing_tick_is_retried_after_its_backoff_dead_lettered_peeked_and_re
     assert retry_in == [FIRST_S, FIRST_S * FACTOR, None]  # the last attempt is not retried
     # and it was dead-lettered with its reason, in the event and on the broker
     assert dead["attempts"] == 3 and dead["reason"] == "retry-limit"
-    [(headers, _)] = [(h, b) for h, b in dead_letters(rabbit, names) if h.get("task") == "flaky"]
+    [(headers, _)] = [(h, b) for h, b in dead_letters(rabbit, names, 1) if h.get("task") == "flaky"]
     assert headers["reason"] == "retry-limit" and headers["attempts"] == 3
     assert "upstream 503" in headers["error"]
 
@@ -103,12 +120,12 @@ def test_a_failing_tick_is_retried_after_its_backoff_dead_lettered_peeked_and_re
     assert peeked.exit_code == 0, peeked.output
     assert "1 dead-lettered tick(s)" in peeked.output
     assert "flaky" in peeked.output and "retry-limit" in peeked.output
-    assert len(dead_letters(rabbit, names)) == 1
+    assert len(dead_letters(rabbit, names, 1)) == 1
 
     # When the cause is fixed and the operator redrives it (answering no first, then yes)
     failing[0] = False
     refused = cli("dlq", "redrive", *args, input="n\n")
-    assert "nothing redriven" in refused.output and len(dead_letters(rabbit, names)) == 1
+    assert "nothing redriven" in refused.output and len(dead_letters(rabbit, names, 1)) == 1
     with build(registry, rabbit.url, settings, names=names):
         redriven = cli("dlq", "redrive", *args, input="y\n")
         assert redriven.exit_code == 0, redriven.output
@@ -119,4 +136,4 @@ def test_a_failing_tick_is_retried_after_its_backoff_dead_lettered_peeked_and_re
             assert time.monotonic() < deadline, "the redriven tick did not run"
             time.sleep(0.02)
     assert len([r for r in rec.runs if r.due == due]) == 4
-    assert dead_letters(rabbit, names) == []
+    assert dead_letters(rabbit, names, 0) == []
