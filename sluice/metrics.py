@@ -27,4 +27,29 @@ CONSUMERS = "Consumers"
 DEAD_TICKS = "DeadTicks"
 MEMORY_USED_PCT = "MemoryUsedPct"
 DISK_FREE_RATIO = "DiskFreeRatio"
-SCHEDULER_METRICS = (TOKENS_READY, CONSUMERS, DEAD_TICKS, MEMORY_USED_PCT, DISK_FREE_RATIO)
+# The scheduler's lifecycle events, counted per task (dimension Task) by each scheduler process
+# and published with the broker figures: alarms read their Sum over the processes.
+TICK_EVENTS = {
+    "scheduled": "TicksScheduled",
+    "started": "TicksStarted",
+    "succeeded": "TicksSucceeded",
+    "failed": "TicksFailed",  # every failed attempt, retried or not
+    "dead_lettered": "TicksDeadLettered",
+    "missed": "TicksMissed",  # ticks skipped (a `missed` event counts its `missed` ticks)
+    "reseeded": "TokensReseeded",
+    "abandoned": "TicksAbandoned",
+    "fenced": "TicksFenced",
+}
+TICKS_FAILED = TICK_EVENTS["failed"]
+TICKS_MISSED = TICK_EVENTS["missed"]
+# The latest start of a tick after its due time, per task and publication (Maximum).
+TICK_LATENESS = "TickLatenessMs"
+SCHEDULER_METRICS = (
+    TOKENS_READY,
+    CONSUMERS,
+    DEAD_TICKS,
+    MEMORY_USED_PCT,
+    DISK_FREE_RATIO,
+    *TICK_EVENTS.values(),
+    TICK_LATENESS,
+)

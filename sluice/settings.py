@@ -227,6 +227,18 @@ class SchedulerSettings(ProcessSettings):
         10.0,
         gt=0,
     )
+    retry_delay_s: float = _var(
+        "SLUICE_SCHEDULER_RETRY_DELAY_S",
+        "how long a tick that failed transiently waits before its first retry",
+        5.0,
+        gt=0,
+    )
+    retry_backoff: float = _var(
+        "SLUICE_SCHEDULER_RETRY_BACKOFF",
+        "each further retry waits this many times longer than the one before",
+        2.0,
+        ge=1,
+    )
     heartbeat_s: int = _var(
         "SLUICE_SCHEDULER_HEARTBEAT_S",
         "AMQP heartbeat (a frozen runner is evicted after ~2)",

@@ -9,14 +9,16 @@ one, so the CLI never publishes tokens itself.
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from sluice.scheduling.names import Names
-from sluice.scheduling.registry import REGISTRY, Registry
+from sluice.scheduling.registry import REGISTRY, Registry, Token
 
 BROKER_ENV = "SLUICE_BROKER_URL"
 
@@ -70,6 +72,51 @@ def token_counts(
     return counts
 
 
+@dataclass(frozen=True)
+class Status:
+    """A task's last outcome (event and tick) and the lateness of its last start, from its
+    status queue (the last few lifecycle events, read without consuming them)."""
+
+    outcome: str = "-"
+    due: float | None = None
+    lateness_ms: float | None = None
+
+    def describe(self) -> str:
+        when = f" {_iso(self.due)}" if self.due is not None else ""
+        late = f"{self.lateness_ms:.0f} ms" if self.lateness_ms is not None else "-"
+        return f"{self.outcome + when:<32} {late:>9}"
+
+
+def last_status(broker_url: str, tasks: list[str], names: Any = None) -> dict[str, Status]:
+    """Task -> its Status; a task whose status queue is not declared yet is left out."""
+    import pika
+
+    names = names or Names()
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    found: dict[str, Status] = {}
+    try:
+        for task in tasks:
+            channel = connection.channel()
+            try:
+                events = [json.loads(m[2]) for m in _take(channel, names.status(task), 100)]
+            except pika.exceptions.ChannelClosedByBroker:
+                continue  # not declared: the scheduler has not started
+            finally:
+                if channel.is_open:
+                    channel.close()  # unacknowledged: all go back
+            outcomes = [e for e in events if e.get("event") != "started"]
+            starts = [e for e in events if e.get("event") == "started" and "lateness_s" in e]
+            last = outcomes[-1] if outcomes else None
+            found[task] = Status(
+                last["event"] if last else "-",
+                last.get("due") if last else None,
+                starts[-1]["lateness_s"] * 1000 if starts else None,
+            )
+    finally:
+        connection.close()
+    return found
+
+
 def _redact(url: str) -> str:
     if "@" not in url:
         return url
@@ -91,9 +138,10 @@ def list_(broker_url: str | None, prefix: str | None) -> None:
     now = time.time()
     names = Names(prefix) if prefix else Names()
     counts = token_counts(broker_url, list(registry.names), names) if broker_url else {}
+    status = last_status(broker_url, list(registry.names), names) if broker_url else {}
     header = f"{'task':<24} {'schedule':<28} {'next due':<21} {'does':<36}"
     if counts:
-        header += " tokens (hatchery/processor)"
+        header += f" {'last outcome':<32} {'lateness':>9} tokens (hatchery/processor)"
     click.echo(header)
     for task in registry:
         action = getattr(task.action, "__name__", "its action")
@@ -103,6 +151,7 @@ def list_(broker_url: str | None, prefix: str | None) -> None:
             f"{_iso(task.schedule.first_after(now)):<21} {does:<36}"
         )
         if task.name in counts:
+            line += " " + status.get(task.name, Status()).describe()
             hatchery, processor = counts[task.name]
             if hatchery < 0:
                 line += " not declared (scheduler not started)"
@@ -153,6 +202,132 @@ def reseed(task: str | None, broker_url: str | None, prefix: str | None) -> None
         )
     else:
         click.echo("a scheduler is running and every task holds its one token: nothing to do")
+
+
+@schedules.group()
+def dlq() -> None:
+    """Ticks dead-lettered by the scheduler (queue `sluice.sched.dead`): read them, run them again."""
+
+
+def _take(channel: Any, queue: str, limit: int) -> list[tuple[Any, Any, bytes]]:
+    """Up to `limit` messages, taken unacknowledged from `queue` on `channel` (closing the
+    channel gives them back)."""
+    taken: list[tuple[Any, Any, bytes]] = []
+    while len(taken) < limit:
+        method, props, body = channel.basic_get(queue, auto_ack=False)
+        if method is None:
+            break
+        taken.append((method, props, body))
+    return taken
+
+
+def _describe_dead(props: Any, body: bytes) -> str:
+    headers = dict(props.headers or {})
+    try:
+        token = Token.decode(body)
+    except ValueError:
+        return f"(not a tick) {body[:80]!r}"
+    task, due = token.task, _iso(token.due)
+    # A token the broker dead-lettered by itself (its delivery limit) has no reason of ours.
+    reason = headers.get("reason") or (
+        "delivery-limit" if headers.get("x-death") or headers.get("x-first-death-reason") else "?"
+    )
+    attempts = headers.get("attempts", "?")
+    error = str(headers.get("error", ""))[:120]
+    return f"{task:<24} {due:<21} {reason!s:<16} {attempts!s:<8} {error}".rstrip()
+
+
+def _dlq_channel(broker_url: str | None) -> tuple[Any, Any]:
+    import pika
+
+    if not broker_url:
+        raise click.ClickException(
+            f"the dead-letter queue is on the broker: pass --broker-url or set {BROKER_ENV}"
+        )
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    except pika.exceptions.AMQPError as exc:
+        raise click.ClickException(
+            f"cannot connect to the broker at {_redact(broker_url)}: {exc!r}"
+        ) from None
+    return connection, connection.channel()
+
+
+_DEAD_HEADER = f"{'task':<24} {'due':<21} {'reason':<16} {'attempts':<8} error"
+
+
+@dlq.command()
+@click.option("--broker-url", envvar=BROKER_ENV, help="amqp(s):// URL of the scheduler's broker.")
+@click.option("--limit", default=50, show_default=True, help="Show at most this many.")
+@click.option("--prefix", hidden=True, help="Exchange/queue name prefix (tests).")
+def peek(broker_url: str | None, limit: int, prefix: str | None) -> None:
+    """Show dead-lettered ticks without consuming them."""
+    names = Names(prefix) if prefix else Names()
+    connection, channel = _dlq_channel(broker_url)
+    try:
+        # Taken unacknowledged, then given back by closing the channel: nothing is consumed.
+        taken = _take(channel, names.dead_queue, limit)
+        click.echo(f"{len(taken)} dead-lettered tick(s) in {names.dead_queue}")
+        if taken:
+            click.echo(_DEAD_HEADER)
+        for _, props, body in taken:
+            click.echo(_describe_dead(props, body))
+    finally:
+        connection.close()
+
+
+@dlq.command()
+@click.option("--broker-url", envvar=BROKER_ENV, help="amqp(s):// URL of the scheduler's broker.")
+@click.option("--limit", default=50, show_default=True, help="Redrive at most this many.")
+@click.option("--yes", is_flag=True, help="Do not ask first.")
+@click.option("--prefix", hidden=True, help="Exchange/queue name prefix (tests).")
+def redrive(broker_url: str | None, limit: int, yes: bool, prefix: str | None) -> None:
+    """Move dead-lettered ticks back to their tasks: each runs once more."""
+    import pika
+
+    names = Names(prefix) if prefix else Names()
+    registry = _registry()
+    connection, channel = _dlq_channel(broker_url)
+    try:
+        taken = _take(channel, names.dead_queue, limit)
+        if not taken:
+            click.echo(f"no dead-lettered ticks in {names.dead_queue}")
+            return
+        click.echo(_DEAD_HEADER)
+        for _, props, body in taken:
+            click.echo(_describe_dead(props, body))
+        if not yes and not click.confirm(f"run these {len(taken)} tick(s) again?"):
+            click.echo("nothing redriven")
+            return
+        channel.confirm_delivery()
+        moved = kept = 0
+        for method, _, body in taken:
+            try:
+                token = replace(Token.decode(body), attempt=1, redrive=True)
+            except ValueError:
+                token = None
+            if token is None or token.task not in registry:
+                kept += 1  # not a tick of a registered task: left where it is
+                continue
+            # Published (confirmed) before the dead letter is acked: a failure in between
+            # leaves a copy in both places, never in neither.
+            try:
+                channel.basic_publish(
+                    names.processor_exchange,
+                    token.task,
+                    token.encode(),
+                    pika.BasicProperties(delivery_mode=2, content_type="application/json"),
+                    mandatory=True,
+                )
+            except pika.exceptions.UnroutableError:
+                click.echo(f"{token.task}: no scheduler has declared its queue; left in the queue")
+                kept += 1
+                continue
+            channel.basic_ack(method.delivery_tag)
+            moved += 1
+        click.echo(f"redriven: {moved}; left in the queue: {kept}")
+    finally:
+        connection.close()
 
 
 def _leader_present(url: str, names: Any) -> bool:

@@ -39,6 +39,9 @@ AMQPS_PORT = 5671
 HTTPS_PORT = 443
 LT = cw.ComparisonOperator.LESS_THAN_THRESHOLD
 LTE = cw.ComparisonOperator.LESS_THAN_OR_EQUAL_TO_THRESHOLD
+# A task keeps failing or missing ticks: this many failed attempts and missed ticks in 5 minutes
+# (a tick failing on all 3 default attempts is one).
+FAILING_TICKS = 3
 
 
 def broker_name(config: EnvConfig) -> str:
@@ -385,6 +388,22 @@ class NamedBroker(Construct):
                 summary=f"Periodic task {task.name}: no scheduler process consumes its queue "
                 "(or none reports: a silent scheduler counts as none).",
                 missing=cw.TreatMissingData.BREACHING,
+            )
+            monitoring.alarm(
+                f"Broker-Failing-{task.name}",
+                metric=cw.MathExpression(
+                    expression="FILL(failed, 0) + FILL(missed, 0)",
+                    using_metrics={
+                        "failed": self._own(metrics.TICKS_FAILED, "Sum", Task=task.name),
+                        "missed": self._own(metrics.TICKS_MISSED, "Sum", Task=task.name),
+                    },
+                    label="failed attempts + missed ticks",
+                    period=Duration.minutes(5),
+                ),
+                threshold=FAILING_TICKS,
+                runbook="scheduler-task-failing-or-missing-ticks",
+                summary=f"Periodic task {task.name}: {FAILING_TICKS} or more failed attempts "
+                "or missed ticks in 5 minutes.",
             )
             monitoring.alarm(
                 f"Broker-Depth-{task.name}",

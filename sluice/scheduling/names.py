@@ -18,6 +18,12 @@ PREFIX = "sluice.sched"
 BROKER_DELIVERY_MARGIN = 2
 
 
+# The lifecycle events a task's status queue keeps (its last STATUS_LENGTH of them): a tick's
+# start (with its lateness) and its outcomes.
+STATUS_EVENTS = ("started", "succeeded", "failed", "dead_lettered", "missed")
+STATUS_LENGTH = 10
+
+
 @dataclass(frozen=True)
 class Names:
     """Every exchange and queue name, derived from one prefix (tests use their own)."""
@@ -58,6 +64,10 @@ class Names:
 
     def processor(self, task: str) -> str:
         return f"{self.prefix}.run.{task}"
+
+    def status(self, task: str) -> str:
+        """The task's last lifecycle events (STATUS_EVENTS), kept for `sluice schedules list`."""
+        return f"{self.prefix}.status.{task}"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,39 @@ class Tick:
         return datetime.fromtimestamp(self.due, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@dataclass(frozen=True)
+class Token:
+    """A task's token: the tick it stands for, the attempt it brings (a retry carries its count)
+    and whether an operator redrove it from the dead-letter queue."""
+
+    task: str
+    due: float
+    attempt: int = 1
+    redrive: bool = False
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"v": 1, "task": self.task, "due": self.due}
+        if self.attempt > 1:
+            body["attempt"] = self.attempt
+        if self.redrive:
+            body["redrive"] = True
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> Token:
+        """The token in `body`; ValueError when it is not one."""
+        try:
+            doc = json.loads(body)
+            return cls(
+                str(doc["task"]),
+                float(doc["due"]),
+                int(doc.get("attempt", 1)),
+                bool(doc.get("redrive", False)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a token: {body[:200]!r}") from exc
+
+
 Action = Callable[[Tick], None]
 
 
@@ -184,6 +217,7 @@ __all__ = [
     "PeriodicTask",
     "Registry",
     "Tick",
+    "Token",
     "cron_event",
     "cron_tick",
     "cron_yaml",

@@ -1,8 +1,9 @@
-"""`sluice schedules list|reseed` against a real RabbitMQ node (Debian's rabbitmq-server)."""
+"""`sluice schedules list|reseed|dlq` against a real RabbitMQ node (Debian's rabbitmq-server)."""
 
 from __future__ import annotations
 
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -12,8 +13,9 @@ import pytest
 import sluice_cli  # noqa: F401 - loads sluice_cli.schedules
 from devtools.rabbitmq import RabbitMQMissing, RabbitNode
 from sluice.scheduling.names import Names
-from sluice.scheduling.registry import PeriodicTask, Registry
+from sluice.scheduling.registry import PeriodicTask, Registry, Token
 from sluice.scheduling.schedule import Every
+from worker.scheduler.topology import declare
 
 # The module, not the click group `sluice_cli` exports under the same name.
 cli_schedules = sys.modules["sluice_cli.schedules"]
@@ -80,3 +82,32 @@ def test_reseed_leaves_it_to_a_running_scheduler(rabbit: RabbitNode, prefix: str
     assert "a scheduler is running: its reconciler (the leader) re-seeds fast" in result.output
     counts = cli_schedules.token_counts(rabbit.url, ["fast"], Names(prefix))
     assert counts == {"fast": (-1, -1)}
+
+
+def test_dlq_redrive_leaves_a_tick_whose_task_has_no_queue_yet(
+    rabbit: RabbitNode, prefix: str, run
+) -> None:
+    # Given a dead-lettered tick of a task no scheduler has declared (a new broker, say)
+    names = Names(prefix)
+    connection = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+    try:
+        channel = connection.channel()
+        declare(channel, names, [])
+        channel.basic_publish(names.dead_exchange, "fast", Token("fast", 1.0).encode())
+        # When an operator redrives it without being asked
+        result = run(
+            "schedules", "dlq", "redrive", "--yes", "--broker-url", rabbit.url, "--prefix", prefix
+        )
+        # (a message given back on the CLI's channel close is ready again a moment later)
+        deadline = time.monotonic() + 5
+        depth = 0
+        while depth != 1 and time.monotonic() < deadline:
+            depth = channel.queue_declare(names.dead_queue, passive=True).method.message_count
+            time.sleep(0.02)
+    finally:
+        connection.close()
+    # Then it stays where it was, and the CLI says why
+    assert result.exit_code == 0, result.output
+    assert "fast: no scheduler has declared its queue; left in the queue" in result.output
+    assert "redriven: 0; left in the queue: 1" in result.output
+    assert depth == 1

@@ -22,7 +22,7 @@ from sluice.scheduling.schedule import Every
 from tests.integration.fleet import Fleet, overlaps, stale, twice
 from tests.integration.scheduling import Recorder
 from worker.scheduler.ledger import TableLedger
-from worker.scheduler.runner import Scheduler, _encode_token
+from worker.scheduler.runner import Scheduler, Token
 
 PERIOD = 0.2
 
@@ -174,7 +174,7 @@ def test_spare_tokens_never_run_a_tick_twice(rabbit, names, ledger_env, tap):
         for i in range(30):
             now = Every(PERIOD).last_at_or_before(time.time())
             due = now + PERIOD * (0, -1, -20, 1)[i % 4]
-            ch.basic_publish(names.processor_exchange, "spares", _encode_token("spares", due))
+            ch.basic_publish(names.processor_exchange, "spares", Token("spares", due).encode())
             time.sleep(0.1)
         conn.close()
         time.sleep(1.0)

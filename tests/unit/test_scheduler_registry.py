@@ -11,11 +11,14 @@ from sluice.scheduling.registry import (
     PeriodicTask,
     Registry,
     Tick,
+    Token,
     cron_event,
     cron_yaml,
 )
 from sluice.scheduling.schedule import Cron, Every, ScheduleError, next_due
+from sluice.settings import SchedulerSettings
 from tests.conftest import ROOT
+from worker.scheduler.runner import Backoff
 
 
 def ts(text: str) -> float:
@@ -122,3 +125,19 @@ def test_task_names_are_unique():
         Registry(
             [PeriodicTask("a", Every(1), action=print), PeriodicTask("a", Every(2), action=print)]
         )
+
+
+def test_a_token_carries_its_retry_count_and_redrive_flag_through_the_broker() -> None:
+    first = Token("t", 1.5)
+    assert first.encode() == b'{"v":1,"task":"t","due":1.5}'  # what earlier versions publish
+    for token in (first, Token("t", 1.5, attempt=3), Token("t", 1.5, redrive=True)):
+        assert Token.decode(token.encode()) == token
+    for junk in (b"", b"[]", b'{"task":"t"}', b'{"task":"t","due":"x"}'):
+        with pytest.raises(ValueError, match="not a token"):
+            Token.decode(junk)
+
+
+def test_retries_back_off_from_the_settings() -> None:
+    backoff = Backoff.of(SchedulerSettings.of(retry_delay_s=2, retry_backoff=3))
+    assert [backoff.delay_s(n) for n in (2, 3, 4)] == [2, 6, 18]
+    assert Backoff().delay_s(2) == 5.0  # the default: the settings' default

@@ -21,7 +21,7 @@ from sluice.settings import SchedulerSettings
 from worker.observability import configure_logging
 from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
 from worker.scheduler.ledger import Ledger, MemoryLedger, TableLedger
-from worker.scheduler.runner import Scheduler, SendEvent, broker_url
+from worker.scheduler.runner import Backoff, Scheduler, SendEvent, broker_url
 
 
 def event_sender(settings: SchedulerSettings) -> SendEvent | None:
@@ -74,6 +74,7 @@ def build(
         ledger=ledger,
         lease_s=settings.lease_s,
         heartbeat_s=settings.heartbeat_s,
+        backoff=Backoff.of(settings),
     )
 
 
@@ -106,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         import boto3
 
         figures = BrokerFigures(
-            url, REGISTRY, names, management=settings.management_url or management_url(url)
+            url,
+            REGISTRY,
+            names,
+            management=settings.management_url or management_url(url),
+            lifecycle=scheduler.lifecycle,
         )
         publish_every(60, figures, boto3.client("cloudwatch"), settings.metrics_namespace, {}, stop)
     stop.wait()

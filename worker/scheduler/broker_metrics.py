@@ -8,8 +8,11 @@ two idle ones. The scheduler therefore measures, once a minute:
 - per node, from RabbitMQ's management API (`GET /api/nodes`, which Amazon MQ serves on the
   broker's HTTPS endpoint): memory used as % of the node's limit (`MemoryUsedPct`) and free disk
   as a multiple of its limit (`DiskFreeRatio`);
+- per task, the lifecycle events this process emitted since the last publication (`Lifecycle`:
+  `TicksStarted`, `TicksFailed`, `TicksMissed`, … and the worst lateness, `TickLatenessMs`);
 and publishes them to the environment's scheduler namespace. Every scheduler process publishes
-the same figures; the alarms read their Maximum (or Minimum), so the copies agree.
+the same broker figures, so the alarms read their Maximum (or Minimum); the lifecycle counts are
+each process's own, so the alarms read their Sum.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import json
 import logging
 import threading
 import urllib.request
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -32,6 +36,9 @@ from sluice.metrics import (
     DEAD_TICKS,
     DISK_FREE_RATIO,
     MEMORY_USED_PCT,
+    TICK_EVENTS,
+    TICK_LATENESS,
+    TICKS_MISSED,
     TOKENS_READY,
 )
 from sluice.scheduling.names import Names
@@ -55,7 +62,39 @@ class Figure:
         }
 
 
-_UNITS = {MEMORY_USED_PCT: "Percent", DISK_FREE_RATIO: "None"}
+_UNITS = {MEMORY_USED_PCT: "Percent", DISK_FREE_RATIO: "None", TICK_LATENESS: "Milliseconds"}
+
+
+class Lifecycle:
+    """Counts this process's lifecycle events per task (thread-safe; the runners record, the
+    publisher drains once a minute)."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._lateness_ms: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def record(self, task: str, event: str, fields: Mapping[str, Any]) -> None:
+        metric = TICK_EVENTS.get(event)
+        with self._lock:
+            if event == "missed":
+                self._counts[task, TICKS_MISSED] += int(fields.get("missed", 1))
+            elif metric is not None:
+                self._counts[task, metric] += 1
+            if event == "scheduled" and fields.get("missed"):  # slots a long run overran
+                self._counts[task, TICKS_MISSED] += int(fields["missed"])
+            if event == "started" and "lateness_s" in fields:
+                late = max(float(fields["lateness_s"]) * 1000, 0.0)
+                self._lateness_ms[task] = max(self._lateness_ms.get(task, 0.0), late)
+
+    def drain(self) -> list[Figure]:
+        """The counts since the last drain (and zeroes them)."""
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+            lateness, self._lateness_ms = self._lateness_ms, {}
+        figures = [Figure(m, n, (("Task", t),)) for (t, m), n in sorted(counts.items())]
+        figures += [Figure(TICK_LATENESS, round(v, 1), (("Task", t),)) for t, v in lateness.items()]
+        return figures
 
 
 def management_url(amqp_url: str) -> str:
@@ -69,9 +108,16 @@ class BrokerFigures:
     """Measures the figures above on the broker at `url` (credentials in the URL)."""
 
     def __init__(
-        self, url: str, registry: Registry, names: Names, *, management: str | None
+        self,
+        url: str,
+        registry: Registry,
+        names: Names,
+        *,
+        management: str | None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.url, self.registry, self.names, self.management = url, registry, names, management
+        self.lifecycle = lifecycle
 
     def queues(self) -> list[Figure]:
         connection = pika.BlockingConnection(pika.URLParameters(self.url))
@@ -121,6 +167,8 @@ class BrokerFigures:
                 figures += part()
             except Exception as exc:  # the broker may be restarting: measure again next time
                 log.warning("broker figures: %s failed: %s", part.__name__, exc)
+        if self.lifecycle is not None:
+            figures += self.lifecycle.drain()
         return figures
 
 

@@ -36,9 +36,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sluice.envelope import Event
 from sluice.errors import BusinessError, TransientError
 from sluice.scheduling.names import Names, expiration_ms, quiet_window_s
-from sluice.scheduling.registry import PeriodicTask, Registry, Tick
+from sluice.scheduling.registry import PeriodicTask, Registry, Tick, Token
 from sluice.scheduling.schedule import latest_due, next_due
 from sluice.settings import SchedulerSettings
+from worker.scheduler.broker_metrics import Lifecycle
 from worker.scheduler.ledger import Claim, Ledger, MemoryLedger
 from worker.scheduler.topology import declare
 
@@ -59,6 +60,21 @@ _LEDGER_DOWN: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
 _DEFAULTS = SchedulerSettings.model_fields
 DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
 DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long a tick that failed transiently waits before attempt `n` (n >= 2)."""
+
+    first_s: float = _DEFAULTS["retry_delay_s"].default
+    factor: float = _DEFAULTS["retry_backoff"].default
+
+    def delay_s(self, attempt: int) -> float:
+        return self.first_s * self.factor ** max(attempt - 2, 0)
+
+    @classmethod
+    def of(cls, settings: SchedulerSettings) -> Backoff:
+        return cls(settings.retry_delay_s, settings.retry_backoff)
 
 
 def broker_url(settings: SchedulerSettings, *, secrets: Any = None) -> str | None:
@@ -94,10 +110,6 @@ def _connect(url: str, heartbeat_s: int) -> pika.BlockingConnection:
     return pika.BlockingConnection(params)
 
 
-def _encode_token(task: str, due: float) -> bytes:
-    return json.dumps({"v": 1, "task": task, "due": due}, separators=(",", ":")).encode()
-
-
 @dataclass
 class _Channels:
     connection: pika.BlockingConnection
@@ -109,6 +121,7 @@ class _Base:
     def __init__(self, url: str, names: Names, clock: Clock, heartbeat_s: int) -> None:
         self.url, self.names, self.clock, self.heartbeat_s = url, names, clock, heartbeat_s
         self._ch: _Channels | None = None
+        self.lifecycle: Lifecycle | None = None  # counts the events for the metrics
 
     def _open(self, tasks: list[PeriodicTask]) -> _Channels:
         connection = _connect(self.url, self.heartbeat_s)
@@ -128,6 +141,8 @@ class _Base:
     def emit(self, task: str, event: str, **fields: Any) -> None:
         """A lifecycle event on the control exchange (routing key `<task>.<event>`)."""
         body = {"task": task, "event": event, "at": self.clock(), **fields}
+        if self.lifecycle is not None:
+            self.lifecycle.record(task, event, fields)
         assert self._ch is not None
         self._ch.control.basic_publish(
             self.names.control_exchange,
@@ -136,10 +151,12 @@ class _Base:
             pika.BasicProperties(content_type="application/json", delivery_mode=1),
         )
 
-    def publish_token(self, task: str, due: float) -> None:
-        """The task's token for tick `due`, confirmed by the broker before this returns."""
+    def publish_token(self, token: Token, delay: float | None = None) -> None:
+        """A task's token, through its hatchery for `delay` seconds (default: until its tick is
+        due), confirmed by the broker before this returns."""
         assert self._ch is not None
-        delay = due - self.clock()
+        if delay is None:
+            delay = token.due - self.clock()
         props = pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent,
             content_type="application/json",
@@ -147,7 +164,7 @@ class _Base:
         )
         # A tick already due skips the hatchery: waiting out a zero TTL adds only latency.
         exchange = self.names.scheduler_exchange if delay > 0 else self.names.processor_exchange
-        self._ch.work.basic_publish(exchange, task, _encode_token(task, due), props, mandatory=True)
+        self._ch.work.basic_publish(exchange, token.task, token.encode(), props, mandatory=True)
 
     def inventory(self, task: str) -> int:
         """Tokens of `task` waiting in its hatchery or ready in its processor queue."""
@@ -184,9 +201,11 @@ class TaskRunner(_Base):
         ledger: Ledger | None = None,
         lease_s: float = DEFAULT_LEASE_S,
         heartbeat_s: int = DEFAULT_HEARTBEAT_S,
+        backoff: Backoff = Backoff(),
     ) -> None:
         super().__init__(url, names, clock, heartbeat_s)
         self.task = task
+        self.backoff = backoff
         self.send = send
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self.lease_s = lease_s
@@ -241,10 +260,14 @@ class TaskRunner(_Base):
         ch = self._ch.work
         name = self.task.name
         try:
-            token_due = float(json.loads(body)["due"])
-        except (ValueError, KeyError, TypeError):
+            token = Token.decode(body)
+        except ValueError:
             log.error("runner %s: unreadable token %r dead-lettered", name, body[:200])
             ch.basic_reject(method.delivery_tag, requeue=False)
+            return
+        token_due = token.due
+        if token.redrive:
+            self._redrive(method, token)
             return
         inflight = self._inflight
         if inflight is not None and inflight.token_due == token_due:
@@ -279,7 +302,9 @@ class TaskRunner(_Base):
             self.emit(name, "missed", due=due, missed=missed)
         attempt = 1
         if due == token_due:
-            attempt = int((props.headers or {}).get("x-delivery-count", 0)) + 1
+            # The retry count the token carries, plus its redeliveries (runs that killed their
+            # consumer, or a crash before the retry was published).
+            attempt = token.attempt + int((props.headers or {}).get("x-delivery-count", 0))
         tick = Tick(name, due, attempt)
         self.emit(name, "started", due=due, lateness_s=now - due, attempt=attempt, fence=fence)
         future = self._pool.submit(self._act, tick)
@@ -332,12 +357,33 @@ class TaskRunner(_Base):
             log.warning("task %s tick %s failed (business): %s", name, tick.due_iso, error)
             self.emit(name, "failed", due=tick.due, error_class="business", error=error)
         elif retry:
+            # The same tick again after a backoff, through the task's hatchery: the retry is the
+            # task's one token meanwhile (the reconciler counts it), then claims its own tick.
+            # It waits at most half the time left to the next tick, which would supersede it.
+            now = self.clock()
+            following, _ = next_due(self.task.schedule, tick.due, now)
+            delay = min(self.backoff.delay_s(tick.attempt + 1), max(following - now, 0) / 2)
+            self.publish_token(Token(name, tick.due, tick.attempt + 1), delay)
             self.emit(
-                name, "failed", due=tick.due, error_class="transient", error=error, retry=True
+                name,
+                "failed",
+                due=tick.due,
+                error_class="transient",
+                error=error,
+                attempt=tick.attempt,
+                retry_in_s=delay,
             )
-            ch.basic_nack(method.delivery_tag, requeue=True)
+            ch.basic_ack(method.delivery_tag)
             return
         else:
+            self.emit(
+                name,
+                "failed",
+                due=tick.due,
+                error_class="transient",
+                error=error,
+                attempt=tick.attempt,
+            )
             self._dead_letter(tick, error)
         self._schedule_after(tick.due)
         ch.basic_ack(method.delivery_tag)
@@ -356,7 +402,10 @@ class TaskRunner(_Base):
             except FuturesTimeout:
                 if future.done():  # the action itself raised TimeoutError: transient
                     return "transient", repr(future.exception())
-                self._renew(inflight)
+                if inflight.fence:
+                    self._renew(inflight)
+                else:  # a redriven tick holds no claim: nothing to renew
+                    self._lease_end = time.monotonic() + self.lease_s
                 # Tells the reconciler the token is held, not lost, however long the run takes.
                 self._ch.connection.process_data_events(time_limit=0)
                 self.emit(self.task.name, "running", due=tick.due)
@@ -377,26 +426,69 @@ class TaskRunner(_Base):
         if renewed:
             self._lease_end = until
 
-    def _dead_letter(self, tick: Tick, error: str) -> None:
+    def _redrive(self, method: Any, token: Token) -> None:
+        """Run a tick an operator moved back from the dead-letter queue, once more (`sluice
+        schedules dlq redrive`). It is outside the task's token chain and the ledger's
+        once-per-tick record (the ledger gave the tick out already): the operator asked for
+        another run. It waits for a live claim's lease to end, so it never overlaps a claimed
+        run; a failure dead-letters it again, with its reason."""
+        assert self._ch is not None
+        ch, name = self._ch.work, self.task.name
+        last = self.ledger.read(name)
+        now = self.clock()
+        busy = self._inflight is not None and not self._settle(self._inflight)
+        if busy or (last is not None and last.live(round(now * 1000))):
+            wait = last.until_ms / 1000 - now if last is not None else 0.0
+            self.publish_token(token, max(wait, 0.1))
+            ch.basic_ack(method.delivery_tag)
+            return
+        tick = Tick(name, token.due, token.attempt)
+        self._lease_end = time.monotonic() + self.lease_s
+        self.emit(name, "started", due=tick.due, lateness_s=now - tick.due, redrive=True)
+        inflight = _Inflight(token.due, tick, 0, self._pool.submit(self._act, tick))
+        started = self.clock()
+        outcome, error = self._wait(inflight)
+        if outcome == "succeeded":
+            self.emit(name, "succeeded", due=tick.due, duration_s=self.clock() - started)
+        elif outcome == "business":
+            self.emit(name, "failed", due=tick.due, error_class="business", error=error)
+        else:
+            self.emit(name, "failed", due=tick.due, error_class="transient", error=error)
+            self._dead_letter(tick, error, reason="redrive-failed")
+        ch.basic_ack(method.delivery_tag)
+
+    def _dead_letter(self, tick: Tick, error: str, reason: str = "retry-limit") -> None:
         assert self._ch is not None
         log.error(
-            "task %s tick %s dead-lettered after %s attempts", tick.task, tick.due_iso, tick.attempt
+            "task %s tick %s dead-lettered after %s attempts (%s)",
+            tick.task,
+            tick.due_iso,
+            tick.attempt,
+            reason,
         )
+        headers = {"reason": reason, "task": tick.task, "attempts": tick.attempt}
         self._ch.work.basic_publish(
             self.names.dead_exchange,
             tick.task,
-            _encode_token(tick.task, tick.due),
+            Token(tick.task, tick.due).encode(),
             pika.BasicProperties(
                 delivery_mode=pika.DeliveryMode.Persistent,
                 content_type="application/json",
-                headers={"reason": "retry-limit", "attempts": tick.attempt, "error": error[:500]},
+                headers={**headers, "error": error[:500]},
             ),
         )
-        self.emit(tick.task, "dead_lettered", due=tick.due, attempts=tick.attempt, error=error)
+        self.emit(
+            tick.task,
+            "dead_lettered",
+            due=tick.due,
+            attempts=tick.attempt,
+            reason=reason,
+            error=error,
+        )
 
     def _schedule_after(self, due: float) -> None:
         following, missed = next_due(self.task.schedule, due, self.clock())
-        self.publish_token(self.task.name, following)
+        self.publish_token(Token(self.task.name, following))
         self.emit(self.task.name, "scheduled", due=following, missed=missed)
 
 
@@ -485,7 +577,7 @@ class Reconciler(_Base):
             log.info("task %s: first token, tick %s", task.name, following)
         else:
             log.warning("task %s: token lost; re-seeding tick %s", task.name, following)
-        self.publish_token(task.name, following)
+        self.publish_token(Token(task.name, following))
         self.emit(task.name, "seeded" if first else "reseeded", due=following)
         self._empty_since.pop(task.name, None)
 
@@ -504,6 +596,7 @@ class Scheduler:
         ledger: Ledger | None = None,
         lease_s: float = DEFAULT_LEASE_S,
         heartbeat_s: int = DEFAULT_HEARTBEAT_S,
+        backoff: Backoff = Backoff(),
     ) -> None:
         self.names = names or Names()
         # One ledger for the process (without a table: this process's memory).
@@ -518,6 +611,7 @@ class Scheduler:
                 ledger=self.ledger,
                 lease_s=lease_s,
                 heartbeat_s=heartbeat_s,
+                backoff=backoff,
             )
             for t in registry
         ]
@@ -529,6 +623,10 @@ class Scheduler:
             heartbeat_s=heartbeat_s,
             ledger=self.ledger,
         )
+        # This process's lifecycle events, counted for the metrics (broker_metrics).
+        self.lifecycle = Lifecycle()
+        for part in (*self.runners, self.reconciler):
+            part.lifecycle = self.lifecycle
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
 

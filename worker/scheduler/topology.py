@@ -3,14 +3,15 @@
 Per task: a hatchery queue where the task's single token waits out a per-message TTL, then is
 dead-lettered (at-least-once) into the processor exchange and on to the task's processor queue,
 which has one active consumer at a time. Everything is quorum and durable; the control exchange
-carries lifecycle events; the dead exchange/queue collects ticks beyond their retry limit.
-"""
+carries lifecycle events, and a task's status queue keeps its last few (bounded length, oldest
+dropped: information for `sluice schedules list`, not state); the dead exchange/queue collects
+ticks beyond their retry limit (and redriven ones that failed again)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sluice.scheduling.names import BROKER_DELIVERY_MARGIN, Names
+from sluice.scheduling.names import BROKER_DELIVERY_MARGIN, STATUS_EVENTS, STATUS_LENGTH, Names
 from sluice.scheduling.registry import PeriodicTask
 
 
@@ -58,3 +59,11 @@ def declare(channel: Any, names: Names, tasks: list[PeriodicTask]) -> None:
             ),
         )
         channel.queue_bind(processor, names.processor_exchange, routing_key=task.name)
+        status = names.status(task.name)
+        channel.queue_declare(
+            status,
+            durable=True,
+            arguments=_quorum(**{"x-max-length": STATUS_LENGTH, "x-overflow": "drop-head"}),
+        )
+        for event in STATUS_EVENTS:
+            channel.queue_bind(status, names.control_exchange, routing_key=f"{task.name}.{event}")
