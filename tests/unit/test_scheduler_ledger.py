@@ -136,7 +136,9 @@ def test_an_event_task_sends_nothing_once_its_lease_lapsed() -> None:
 
     sent = []
     task = PeriodicTask("reindex", Every(60), event="media/embedding.requested")
-    runner = TaskRunner(task, "amqp://x", names=Names(), send=sent.append, lease_s=5)
+    runner = TaskRunner(
+        task, "amqp://x", names=Names(), send=sent.append, lease_s=5, clock=lambda: 130.0
+    )
     tick = Tick("reindex", 120.0)
     # Within its lease the tick's event goes out
     runner._lease_end = time.monotonic() + 5
@@ -147,3 +149,20 @@ def test_an_event_task_sends_nothing_once_its_lease_lapsed() -> None:
     with pytest.raises(TransientError, match="lease"):
         runner._act(tick)
     assert len(sent) == 1
+
+
+def test_a_tick_superseded_before_its_action_starts_does_not_run() -> None:
+    # A process paused between its claim and the action (SIGSTOP, a long GC) wakes after the
+    # next tick fell due: only the latest due tick runs, so this one is given up (missed).
+    from sluice.scheduling.names import Names
+    from worker.scheduler.runner import TaskRunner
+
+    ran = []
+    now = [125.0]
+    task = PeriodicTask("reindex", Every(60), action=ran.append)
+    runner = TaskRunner(task, "amqp://x", names=Names(), lease_s=5, clock=lambda: now[0])
+    assert runner._act(Tick("reindex", 120.0)) is True and len(ran) == 1
+    now[0] = 181.0  # the tick of 180 fell due
+    assert runner._act(Tick("reindex", 120.0)) is False and len(ran) == 1
+    # an operator's redrive runs the old tick whatever its age
+    assert runner._act(Tick("reindex", 120.0), latest_only=False) is True and len(ran) == 2

@@ -183,7 +183,7 @@ class _Inflight:
     token_due: float
     tick: Tick
     fence: int
-    future: Future[None]
+    future: Future[bool]
 
 
 class TaskRunner(_Base):
@@ -216,10 +216,15 @@ class TaskRunner(_Base):
         # surely held: an event is sent only within it.
         self._lease_end = float("-inf")
 
-    def _act(self, tick: Tick) -> None:
+    def _act(self, tick: Tick, *, latest_only: bool = True) -> bool:
+        """Run the tick's action; False when a later tick fell due before it could start (the
+        process was paused between its claim and here): only the latest due tick runs (a
+        redriven tick, which an operator asked for, runs whatever its age)."""
+        if latest_only and self.task.schedule.last_at_or_before(self.clock()) > tick.due:
+            return False
         if self.task.action is not None:
             self.task.action(tick)
-            return
+            return True
         if self.send is None:
             raise BusinessError(f"task {self.task.name} sends events but no sender is configured")
         event = self.task.tick_event(tick)
@@ -227,6 +232,7 @@ class TaskRunner(_Base):
             # Frozen or cut off past its lease: another runner may own the tick by now.
             raise TransientError(f"lease on tick {tick.due_iso} lapsed before the send")
         self.send(event)
+        return True
 
     def serve(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, reconnecting whenever the broker goes away."""
@@ -295,6 +301,15 @@ class TaskRunner(_Base):
             return
         self._lease_end = time.monotonic() + self.lease_s
         fence, last = claimed.fence, claimed.previous
+        latest = self.task.schedule.last_at_or_before(self.clock())
+        if latest > due:
+            # The claim took so long (a slow ledger, a paused process) that a later tick fell
+            # due meanwhile: only the latest due tick runs, so this one is given up, not run late.
+            self.ledger.finish(name, fence, "done")
+            self.emit(name, "missed", due=due, missed=missed + 1)
+            self.publish_token(Token(name, latest))
+            ch.basic_ack(method.delivery_tag)
+            return
         if last is not None and last.state == "running" and last.tick < tick_ms:
             # Its runner died, froze or lost the ledger past its lease: never run again.
             self.emit(name, "abandoned", due=last.tick / 1000, holder=last.holder)
@@ -353,6 +368,8 @@ class TaskRunner(_Base):
             return
         if outcome == "succeeded":
             self.emit(name, "succeeded", due=tick.due, duration_s=took)
+        elif outcome == "missed":
+            self.emit(name, "missed", due=tick.due, missed=1)
         elif outcome == "business":
             log.warning("task %s tick %s failed (business): %s", name, tick.due_iso, error)
             self.emit(name, "failed", due=tick.due, error_class="business", error=error)
@@ -397,8 +414,7 @@ class TaskRunner(_Base):
             try:
                 # Wakes the moment the run ends; between beats pika is not serviced, which is
                 # fine: a beat is far inside the AMQP heartbeat timeout.
-                future.result(timeout=beat)
-                return "succeeded", ""
+                return ("succeeded" if future.result(timeout=beat) else "missed"), ""
             except FuturesTimeout:
                 if future.done():  # the action itself raised TimeoutError: transient
                     return "transient", repr(future.exception())
@@ -445,7 +461,8 @@ class TaskRunner(_Base):
         tick = Tick(name, token.due, token.attempt)
         self._lease_end = time.monotonic() + self.lease_s
         self.emit(name, "started", due=tick.due, lateness_s=now - tick.due, redrive=True)
-        inflight = _Inflight(token.due, tick, 0, self._pool.submit(self._act, tick))
+        run = self._pool.submit(self._act, tick, latest_only=False)
+        inflight = _Inflight(token.due, tick, 0, run)
         started = self.clock()
         outcome, error = self._wait(inflight)
         if outcome == "succeeded":
