@@ -21,6 +21,8 @@ from stacks.cost import (
     fixed_monthly,
     load_table,
     per_thousand_jobs,
+    replace_section,
+    section,
     standard_transitions,
     step_functions,
     total,
@@ -226,3 +228,18 @@ def test_durable_operations_per_job_are_counted_from_the_declarations():
     # transcribe_audio: start, claim, 5 invokes + 7 more checks, 8 waits, 2 wrapper = 24;
     # transcode and embed: start, callback + its submitter, 2 wrapper = 5 each. 34 a job.
     assert by_item(durable)["durable operations"] == 34_000.0
+
+
+@pytest.mark.parametrize("old", ["", "old table\n\nmore"])
+def test_writing_a_section_replaces_only_that_environments(old: str):
+    # Given a page with an empty or a filled dev section and a staging section
+    text = (
+        "intro\n<!-- cost:dev:begin -->\n" + (old + "\n" if old else "") + "<!-- cost:dev:end -->\n"
+        "<!-- cost:staging:begin -->\nkept\n<!-- cost:staging:end -->\n"
+    )
+    # When dev's tables are written
+    written = replace_section(text, "dev", "new table")
+    # Then dev holds them and nothing else changed
+    assert section(written, "dev") == "new table"
+    assert section(written, "staging") == "kept"
+    assert written.startswith("intro\n") and written.count("<!-- cost:") == 4
