@@ -4,6 +4,7 @@ code that runs the job."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -20,6 +21,7 @@ from stacks.cost import (
     express_runs,
     fixed_monthly,
     load_table,
+    main,
     per_thousand_jobs,
     replace_section,
     section,
@@ -243,3 +245,37 @@ def test_writing_a_section_replaces_only_that_environments(old: str):
     assert section(written, "dev") == "new table"
     assert section(written, "staging") == "kept"
     assert written.startswith("intro\n") and written.count("<!-- cost:") == 4
+
+
+def cloud_assembly(tmp_path, resources: dict) -> None:
+    """A minimal cloud assembly (what `cdk synth` writes): a manifest naming one template."""
+    template = {"Resources": resources}
+    (tmp_path / "Sluice-dev-stateless.template.json").write_text(json.dumps(template))
+    artifact = {
+        "type": "aws:cloudformation:stack",
+        "properties": {
+            "templateFile": "Sluice-dev-stateless.template.json",
+            "stackName": "Sluice-dev-stateless",
+        },
+    }
+    manifest = {"artifacts": {"Sluice-dev-stateless": artifact}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_make_cost_fails_on_an_unpriced_resource_type(tmp_path, capsys):
+    # Given a synthesized template holding a type the price table does not list
+    cloud_assembly(tmp_path, {"Db": {"Type": "AWS::RDS::DBCluster", "Properties": {}}})
+    # When `python -m stacks.cost` (make cost) reads it
+    status = main(["--env", "dev", str(tmp_path)])
+    # Then it fails, naming the type and where to price it
+    assert status == 1
+    assert "AWS::RDS::DBCluster" in capsys.readouterr().err
+
+
+def test_make_cost_prints_the_fixed_cost_of_the_templates(tmp_path, capsys):
+    # Given a template with one dashboard, priced at $3.00 a month in the table
+    cloud_assembly(tmp_path, {"Board": {"Type": "AWS::CloudWatch::Dashboard", "Properties": {}}})
+    assert main(["--env", "dev", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    expected = TABLE.prices["cloudwatch.dashboard"].usd
+    assert f"| **fixed a month** | | | **{expected:,.2f}** | |" in out
