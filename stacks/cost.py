@@ -102,6 +102,7 @@ class Job(_Data):
     s3_gets: int = Field(ge=0)
     dynamodb_writes: int = Field(ge=0)
     dynamodb_reads: int = Field(ge=0)
+    kms_requests: int = Field(ge=0)
     nat_mb_per_job: float = Field(ge=0)
     transfer_out_mb_per_job: float = Field(ge=0)
 
@@ -429,6 +430,8 @@ def per_thousand_jobs(
               f"{audio_mb:.0f} MB audio + {hls_mb:.0f} MB renditions a job"),
         _line(table, "DynamoDB writes", n * job.dynamodb_writes, "dynamodb.write"),
         _line(table, "DynamoDB reads", n * job.dynamodb_reads, "dynamodb.read"),
+        _line(table, "KMS requests", n * job.kms_requests if cfg.data_key else 0, "kms.request",
+              "under the environment's data key" if cfg.data_key else "no customer-managed key"),
         _line(table, "NAT data processed", n * job.nat_mb_per_job / 1024, "nat.gb",
               f"{job.nat_mb_per_job:g} MB of API calls a job"),
         _line(table, "data transfer out", n * job.transfer_out_mb_per_job / 1024, "transfer.out",

@@ -279,3 +279,12 @@ def test_make_cost_prints_the_fixed_cost_of_the_templates(tmp_path, capsys):
     out = capsys.readouterr().out
     expected = TABLE.prices["cloudwatch.dashboard"].usd
     assert f"| **fixed a month** | | | **{expected:,.2f}** | |" in out
+
+
+def test_kms_requests_are_paid_only_where_the_environment_has_a_data_key():
+    table = small_table(kms_request=0.001)
+    dev, _ = per_thousand_jobs(table, config.load("dev"), Pipeline.declared())
+    staging, _ = per_thousand_jobs(table, config.load("staging"), Pipeline.declared())
+    assert not config.load("dev").data_key and config.load("staging").data_key
+    assert by_item(dev)["KMS requests"] == 0
+    assert by_item(staging)["KMS requests"] == 1000 * TABLE.job.kms_requests * 0.001
