@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 
-.PHONY: docs setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit chaos bench bench-heavy bench-scheduler bench-flow clean local local-up
+.PHONY: docs cost cost-docs setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit chaos bench bench-heavy bench-scheduler bench-flow clean local local-up
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -62,6 +62,25 @@ synth: setup
 
 synth-all:
 	for e in dev staging prod; do $(MAKE) --no-print-directory synth ENV=$$e || exit 1; done
+
+## make cost [ENV=dev|staging|prod]: synthesize one environment and print what it costs: the
+## fixed monthly cost read from its templates, the marginal cost per 1,000 reference jobs and the
+## same pipeline on Step Functions (docs/cost.md; prices and assumptions: stacks/prices.toml).
+## COST_ARGS passes options, e.g. COST_ARGS="--audio-minutes 90 --log-gb 20".
+COST_ARGS ?=
+cost: setup
+	rm -rf cdk.out
+	npx cdk synth --no-notices --quiet -c env=$(ENV)
+	$(PY) -m stacks.cost --env $(ENV) cdk.out $(COST_ARGS)
+
+## make cost-docs: regenerate docs/cost.md's tables for every environment (synthesizes each;
+## tests/infra/test_cost.py keeps them equal to what the templates and prices give)
+cost-docs: setup
+	for e in dev staging prod; do \
+		rm -rf build/cdk.out-$$e; \
+		npx cdk synth --no-notices --quiet -c env=$$e -o build/cdk.out-$$e || exit 1; \
+		$(PY) -m stacks.cost --env $$e build/cdk.out-$$e --write docs/cost.md || exit 1; \
+	done
 
 ## make local: the whole pipeline on this machine (moto, worker, durable runner, tasks), no AWS
 ## account: uploads a generated sermon, shows the job live, exits 0 when every output is there.

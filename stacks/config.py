@@ -162,6 +162,11 @@ class NetworkConfig(_Settings):
     flow_log_retention_days: Annotated[
         int, _one_of(VALID_LOG_RETENTION_DAYS, "CloudWatch Logs accepts")
     ] = Field(30, description="VPC flow log retention")
+    # REJECT keeps the security signal (refused connections) at a fraction of ALL's log volume.
+    flow_log_traffic: Literal["ALL", "REJECT"] = Field(
+        "ALL",
+        description="traffic the VPC flow log records: ALL, or REJECT only (cheaper: docs/cost.md)",
+    )
 
     @model_validator(mode="after")
     def _a_nat_gateway_sits_in_a_zone(self) -> Self:
@@ -557,6 +562,7 @@ ENVIRONMENTS: Mapping[str, EnvConfig] = MappingProxyType(
         "dev": EnvConfig(
             name="dev",
             log_retention_days=14,
+            network=dict(flow_log_traffic="REJECT"),
             workflows=dict(retention_days=7, steps=_STEP_SIZES),
             alarms=dict(email="sluice-dev@example.com", queue_age_s=900),
         ),

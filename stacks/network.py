@@ -68,9 +68,11 @@ class Network(Construct):
                 ),
             },
             flow_logs={
+                # The id names the log, not its traffic (config.flow_log_traffic): renaming it
+                # would replace the flow log.
                 "All": ec2.FlowLogOptions(
                     destination=ec2.FlowLogDestination.to_cloud_watch_logs(self.flow_log_group),
-                    traffic_type=ec2.FlowLogTrafficType.ALL,
+                    traffic_type=ec2.FlowLogTrafficType[config.flow_log_traffic],
                 )
             },
         )

@@ -182,7 +182,7 @@ def test_the_vpc_has_private_subnets_nat_flow_logs_and_gateway_endpoints(synth, 
     t, net = s.stateful, s.config.network
     assert len(resources(t, "AWS::EC2::NatGateway")) == net.nat_gateways
     (flow_log,) = resources(t, "AWS::EC2::FlowLog").values()
-    assert flow_log["Properties"]["TrafficType"] == "ALL"
+    assert flow_log["Properties"]["TrafficType"] == net.flow_log_traffic
     groups = [
         g["Properties"]
         for lid, g in resources(t, "AWS::Logs::LogGroup").items()
