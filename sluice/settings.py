@@ -172,6 +172,23 @@ class TasksSettings(ProcessSettings):
     visibility_timeout_s: int = _var("SLUICE_TASKS_VISIBILITY_S", "message visibility", 900, ge=1)
     keepalive_s: float = _var("SLUICE_TASKS_KEEPALIVE_S", "heartbeat period", 60.0, gt=0)
     grace_s: float = _var("SLUICE_TASKS_GRACE_S", "drain time on SIGTERM", 60.0, ge=0)
+    stop_timeout_s: int | None = _var(
+        "SLUICE_TASKS_STOP_TIMEOUT_S",
+        "systemd's stop timeout for this process (the .platform hook sets it; > grace)",
+        None,
+        ge=1,
+    )
+    scale_in_protection: bool = _var(
+        "SLUICE_TASKS_SCALE_IN_PROTECTION",
+        "protect the instance from scale-in while a task runs (on EC2 in an Auto Scaling group)",
+        False,
+    )
+    protection_max_s: int = _var(
+        "SLUICE_TASKS_PROTECTION_MAX_S",
+        "longest a task keeps its instance protected (one attempt's longest run)",
+        2 * DEFAULT_MAX_AUDIO_SECONDS,
+        ge=1,
+    )
     receive_wait_s: int = _var("SLUICE_TASKS_RECEIVE_WAIT_S", "long poll", 20, ge=0, le=20)
     max_audio_bytes: int = _var("SLUICE_MAX_AUDIO_BYTES", "largest upload", 2 * 1024**3, ge=1)
     max_audio_seconds: int = _var(
@@ -185,6 +202,14 @@ class TasksSettings(ProcessSettings):
     role_arn: Arn | None = _var(
         naming.role_variable("tasks"), "the role this process assumes", None
     )
+
+    @field_validator("stop_timeout_s")
+    @classmethod
+    def _after_the_drain(cls, value: int | None, info: Any) -> int | None:
+        grace = info.data.get("grace_s")
+        if value is not None and grace is not None and value <= grace:
+            raise ValueError(f"must be above SLUICE_TASKS_GRACE_S ({grace} s)")
+        return value
 
     @field_validator("keepalive_s")
     @classmethod

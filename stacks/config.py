@@ -34,6 +34,14 @@ SQS_MAX_VISIBILITY_S = 43_200  # 12 hours
 SQS_MAX_RECEIVE_COUNT = 1000
 SQSD_MAX_INACTIVITY_S = 36_000
 SQSD_MAX_CONNECTIONS = 100
+# aws:elasticbeanstalk:command Timeout: 1-3600 s (EB's general options reference).
+EB_MAX_COMMAND_TIMEOUT_S = 3600
+# What a deploy needs beyond the tasks' drain: the tasks process's cleanup after it
+# (worker.tasks.CLEANUP_S), stopping the other processes and starting the new version.
+DRAIN_MARGIN_S = 120
+# Of which the tasks process's own stop after its drain: cleanup of the tasks it hands back
+# (worker.tasks.CLEANUP_S) and the hand-back calls. systemd kills it past drain_s plus this.
+TASKS_STOP_MARGIN_S = 30
 LAMBDA_MAX_TIMEOUT_S = 900
 # Lambda keeps this much of an account's concurrency unreserved, whatever functions reserve.
 LAMBDA_UNRESERVED_MIN = 100
@@ -51,6 +59,8 @@ EB_LOG_RETENTION_DAYS = (
 # fmt: on
 CompliancePack = Literal["AwsSolutions", "NIST80053R5", "HIPAASecurity"]
 COMPLIANCE_PACKS: tuple[CompliancePack, ...] = get_args(CompliancePack)
+# The EB deployment policies that keep capacity during a deploy (AllAtOnce and Rolling do not).
+DeploymentPolicy = Literal["RollingWithAdditionalBatch", "Immutable"]
 Weekday = Literal["MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"]
 
 
@@ -211,6 +221,34 @@ class WorkerConfig(_Settings):
         100, description="target events backlog per instance for scaling"
     )
     tasks_concurrency: Positive = Field(2, description="heavy tasks run at once per instance")
+    tasks_per_instance: Positive = Field(
+        2,
+        description="target tasks per instance for scaling: queued plus running on the tasks "
+        "queue, over in-service instances (>= tasks_concurrency: below it instances are added "
+        "that have no task to run)",
+    )
+    deployment_policy: DeploymentPolicy = Field(
+        "RollingWithAdditionalBatch",
+        description="EB deployment policy, both keep capacity: RollingWithAdditionalBatch "
+        "launches one extra instance, then deploys in place one instance at a time, each "
+        "draining its tasks first (dev: the cheapest that keeps capacity); Immutable deploys to "
+        "a full new set beside the old, which keep working until the new pass health checks, "
+        "and a failed deploy never touches them (staging, prod)",
+    )
+    drain_s: int = Field(
+        300,
+        ge=0,
+        le=EB_MAX_COMMAND_TIMEOUT_S - DRAIN_MARGIN_S,
+        description="on a deploy or scale-in, how long the tasks process lets running tasks "
+        "finish before handing them back to the queue (systemd's stop timeout is set above it)",
+    )
+    deploy_timeout_s: int = Field(
+        900,
+        ge=1,
+        le=EB_MAX_COMMAND_TIMEOUT_S,
+        description="EB's command Timeout: how long one instance may take to deploy (>= drain_s "
+        f"+ {DRAIN_MARGIN_S} s)",
+    )
     # 1 MiB is SQS's largest message.
     max_body_bytes: int = Field(
         256 * 1024,
@@ -219,6 +257,11 @@ class WorkerConfig(_Settings):
         description="largest message body the worker accepts (else DLQ, reason oversize)",
     )
 
+    @property
+    def tasks_stop_timeout_s(self) -> int:
+        """systemd's stop timeout for the tasks process: its drain, then its own cleanup."""
+        return self.drain_s + TASKS_STOP_MARGIN_S
+
     @model_validator(mode="after")
     def _scales_between_its_bounds(self) -> Self:
         if self.min_instances > self.max_instances:
@@ -226,6 +269,21 @@ class WorkerConfig(_Settings):
                 "min_instances",
                 f"must be between 1 and max_instances ({self.max_instances}), "
                 f"got {self.min_instances}",
+            )
+        if self.tasks_per_instance < self.tasks_concurrency:
+            _fail(
+                "tasks_per_instance",
+                f"({self.tasks_per_instance}) must be >= tasks_concurrency "
+                f"({self.tasks_concurrency}): below it, scaling adds instances that have no task "
+                "to run",
+            )
+        # An in-place deploy stops the tasks process within the instance's deploy: a drain
+        # longer than EB's command timeout fails the deploy instead of finishing the tasks.
+        if self.drain_s + DRAIN_MARGIN_S > self.deploy_timeout_s:
+            _fail(
+                "deploy_timeout_s",
+                f"({self.deploy_timeout_s} s) must be >= drain_s ({self.drain_s} s) + "
+                f"{DRAIN_MARGIN_S} s to stop the processes and start the new version",
             )
         return self
 
@@ -576,6 +634,7 @@ ENVIRONMENTS: Mapping[str, EnvConfig] = MappingProxyType(
             tasks_queue=dict(
                 visibility_timeout_s=900, max_receive_count=3, customer_managed_key=True
             ),
+            worker=dict(deployment_policy="Immutable"),
             workflows=dict(steps=_STEP_SIZES),
             broker=dict(instance_type="mq.m7g.medium", deployment_mode="SINGLE_INSTANCE"),
             alarms=dict(email="sluice-staging@example.com"),
@@ -591,7 +650,12 @@ ENVIRONMENTS: Mapping[str, EnvConfig] = MappingProxyType(
                 visibility_timeout_s=900, max_receive_count=3, customer_managed_key=True
             ),
             network=dict(max_azs=2, nat_gateways=2, flow_log_retention_days=365),
-            worker=dict(min_instances=2, max_instances=6, http_connections=20),
+            worker=dict(
+                min_instances=2,
+                max_instances=6,
+                http_connections=20,
+                deployment_policy="Immutable",
+            ),
             workflows=dict(retention_days=30, steps=_reserved(10)),
             broker=dict(instance_type="mq.m7g.large", deployment_mode="CLUSTER_MULTI_AZ"),
             alarms=dict(email="sluice-oncall@example.com", queue_age_s=300),

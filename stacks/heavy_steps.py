@@ -34,6 +34,12 @@ CALLBACK_ACTIONS = [
 ]
 
 
+def heavy_timeout_s(config: EnvConfig) -> int:
+    """The longest one attempt of a heavy step may run: as long as the longest audio allowed,
+    several times over."""
+    return max(3600, 2 * config.workflows.max_audio_seconds)
+
+
 def heartbeat_timeout_s(config: EnvConfig) -> int:
     return config.alarms.tasks_queue_age_s + 2 * config.tasks_queue.visibility_timeout_s
 
@@ -60,8 +66,7 @@ class HeavySteps(Construct):
             media_bucket=media.bucket_name,
             tasks_queue_url=tasks.queue.queue_url,
             heavy_heartbeat_timeout_s=heartbeat_timeout_s(config),
-            # One attempt may take as long as the longest audio allowed, several times over.
-            heavy_timeout_s=max(3600, 2 * config.workflows.max_audio_seconds),
+            heavy_timeout_s=heavy_timeout_s(config),
             # The fan-in join (lambdas/common/join.py): the item's job record, media/ready.
             jobs_table=media.table.table_name,
             events_queue_url=events.queue.queue_url,
@@ -86,6 +91,13 @@ class HeavySteps(Construct):
             visibility_timeout_s=config.tasks_queue.visibility_timeout_s,
             keepalive_s=KEEPALIVE_S,
             max_audio_seconds=config.workflows.max_audio_seconds,
+            # On a deploy or scale-in: how long running tasks may finish before they are handed
+            # back; systemd's stop timeout (set by the .platform hook) leaves it its cleanup after that.
+            grace_s=config.worker.drain_s,
+            stop_timeout_s=config.worker.tasks_stop_timeout_s,
+            # Scale-in protection while a task runs, never past one attempt's longest run.
+            scale_in_protection=True,
+            protection_max_s=heavy_timeout_s(config),
         )
 
     def grant_heavy_steps(self, role: iam.IRole) -> iam.ManagedPolicy:

@@ -2,8 +2,8 @@
 
 An alarm on a metric its service never publishes gets no data and, with missing data treated as
 not breaching, stays OK forever. The alarms choose their metrics from these tables, and a test
-checks every alarm of every environment against them (and against the metrics our own
-processes publish).
+checks every alarm and every scaling policy of every environment against them (and against the
+metrics our own processes publish).
 """
 
 from __future__ import annotations
@@ -75,6 +75,23 @@ ELASTIC_BEANSTALK = Published(
     frozenset({"EnvironmentHealth", "InstancesOk", "InstancesDegraded", "InstancesSevere"}),
     _dims(("EnvironmentName",)),
 )
+# Group metrics, published once the group's metrics collection names them (MetricsCollection).
+AUTO_SCALING = Published(
+    "https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-metrics.html",
+    frozenset(
+        {
+            "GroupMinSize",
+            "GroupMaxSize",
+            "GroupDesiredCapacity",
+            "GroupInServiceInstances",
+            "GroupPendingInstances",
+            "GroupStandbyInstances",
+            "GroupTerminatingInstances",
+            "GroupTotalInstances",
+        }
+    ),
+    _dims(("AutoScalingGroupName",)),
+)
 _MQ_DOC = (
     "https://docs.aws.amazon.com/amazon-mq/latest/developer-guide/rabbitmq-logging-monitoring.html"
 )
@@ -121,6 +138,7 @@ def aws(engine_version: str | None) -> dict[str, tuple[Published, ...]]:
         "AWS/SQS": (SQS,),
         "AWS/Lambda": (LAMBDA,),
         "AWS/ElasticBeanstalk": (ELASTIC_BEANSTALK,),
+        "AWS/AutoScaling": (AUTO_SCALING,),
     }
     if engine_version is not None:
         out["AWS/AmazonMQ"] = amazon_mq(engine_version)

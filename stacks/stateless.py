@@ -112,6 +112,7 @@ class StatelessStack(Stack):
             config=config,
             vpc=stateful.vpc,
             events=stateful.events,
+            tasks=stateful.tasks,
             workflow_aliases={**self.workflows.aliases, **self.heavy.aliases},
             media_bucket=stateful.media.bucket_name,
             key=stateful.key,

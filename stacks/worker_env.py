@@ -74,6 +74,24 @@ WORKER_TIER_COMPARISON = {
 
 
 PLATFORM_ARN = "PlatformSummaryList.0.PlatformArn"
+# How configuration changes that replace instances roll, for each deployment policy: one batch at
+# a time once healthy, or a full new set beside the old.
+ROLLING_UPDATE_TYPE = {"RollingWithAdditionalBatch": "Health", "Immutable": "Immutable"}
+# EB names the Auto Scaling groups of its environments' stacks awseb-e-<id>-… and tags each with
+# the environment's name.
+EB_GROUP_NAMES = "awseb-e-*"
+EB_ENVIRONMENT_TAG = "elasticbeanstalk:environment-name"
+
+
+def scaling_options(config: EnvConfig, *, events: QueuePair, tasks: QueuePair) -> dict[str, object]:
+    """The aws:elasticbeanstalk:customoption settings .ebextensions/scaling.config reads."""
+    worker = config.worker
+    return {
+        "EventsQueueName": events.queue.queue_name,
+        "BacklogPerInstance": worker.backlog_per_instance,
+        "TasksQueueName": tasks.queue.queue_name,
+        "TasksPerInstance": worker.tasks_per_instance,
+    }
 
 
 def platform_filters(branch: str) -> list[dict[str, object]]:
@@ -125,14 +143,16 @@ class WorkerEnvironment(Construct):
         config: EnvConfig,
         vpc: ec2.IVpc,
         events: QueuePair,
+        tasks: QueuePair,
         workflow_aliases: Mapping[str, lambda_.IAlias],
         media_bucket: str,
         key: kms.IKey | None = None,
         extra_environment: Mapping[str, str] | None = None,
         routes: Path | None = None,
     ) -> None:
-        """`media_bucket` keeps dead letters too large for the DLQ (claim check); `key` is the
-        environment's data key; `extra_environment`: the tasks and scheduler processes' settings."""
+        """`tasks` is the heavy steps' queue, which scaling follows with `events`; `media_bucket`
+        keeps dead letters too large for the DLQ (claim check); `key` is the environment's data
+        key; `extra_environment`: the tasks and scheduler processes' settings."""
         super().__init__(scope, construct_id)
         worker = config.worker
         app_name = f"{config.prefix}-worker"
@@ -181,6 +201,7 @@ class WorkerEnvironment(Construct):
             env_name=env_name,
             events=events,
         )
+        self._grant_scale_in_protection(env_name)
         self._grant_web(
             config=config,
             events=events,
@@ -319,12 +340,26 @@ class WorkerEnvironment(Construct):
             option("aws:autoscaling:trigger", "Unit", "Percent"),
             option("aws:autoscaling:trigger", "UpperThreshold", 85),
             option("aws:autoscaling:trigger", "LowerThreshold", 0),
-            option("aws:elasticbeanstalk:customoption", "EventsQueueName", events.queue.queue_name),
-            option(
-                "aws:elasticbeanstalk:customoption",
-                "BacklogPerInstance",
-                worker.backlog_per_instance,
+            # What the target tracking policies in .ebextensions/scaling.config read.
+            *(
+                option("aws:elasticbeanstalk:customoption", name, value)
+                for name, value in scaling_options(config, events=events, tasks=tasks).items()
             ),
+            # Deploys keep capacity and let running tasks finish (the README's "Deploys"):
+            # one instance at a time, each within EB's command timeout, which covers the tasks
+            # process's drain. Configuration changes that replace instances follow the same
+            # policy (rolling by health, or immutable).
+            option("aws:elasticbeanstalk:command", "DeploymentPolicy", worker.deployment_policy),
+            option("aws:elasticbeanstalk:command", "BatchSizeType", "Fixed"),
+            option("aws:elasticbeanstalk:command", "BatchSize", 1),
+            option("aws:elasticbeanstalk:command", "Timeout", worker.deploy_timeout_s),
+            option("aws:autoscaling:updatepolicy:rollingupdate", "RollingUpdateEnabled", "true"),
+            option(
+                "aws:autoscaling:updatepolicy:rollingupdate",
+                "RollingUpdateType",
+                ROLLING_UPDATE_TYPE[worker.deployment_policy],
+            ),
+            option("aws:autoscaling:updatepolicy:rollingupdate", "MaxBatchSize", 1),
             # What the web process reads (sluice.settings.WebSettings); the other processes'
             # settings come in `extra_environment`, rendered from their own models.
             *(
@@ -533,6 +568,45 @@ class WorkerEnvironment(Construct):
                 "EbEnvironmentFiles": "EB's agents read the environment's manifest and "
                 "deployment files under resources/environments/<environment id>/, an id EB "
                 "assigns when it creates the environment",
+            },
+        )
+
+    def _grant_scale_in_protection(self, env_name: str) -> None:
+        """The tasks process protects its instance from scale-in while it runs a task
+        (worker/protection.py): only in this environment's Auto Scaling group."""
+        region, account, partition = Aws.REGION, Aws.ACCOUNT_ID, Aws.PARTITION
+        groups = (
+            f"arn:{partition}:autoscaling:{region}:{account}:autoScalingGroup:*:"
+            f"autoScalingGroupName/{EB_GROUP_NAMES}"
+        )
+        grants.policy(
+            self,
+            "ScaleInProtectionPolicy",
+            description=f"{env_name}: the tasks process protects its instance while it works",
+            roles=[self.process_roles["tasks"]],
+            statements=[
+                iam.PolicyStatement(
+                    sid="ProtectOwnInstance",
+                    actions=["autoscaling:SetInstanceProtection"],
+                    resources=[groups],
+                    conditions={
+                        "StringEquals": {f"autoscaling:ResourceTag/{EB_ENVIRONMENT_TAG}": env_name}
+                    },
+                ),
+                iam.PolicyStatement(
+                    sid="FindOwnGroup",
+                    actions=["autoscaling:DescribeAutoScalingInstances"],
+                    resources=["*"],
+                ),
+            ],
+            reasons={
+                "ProtectOwnInstance": "EB creates and names the environment's Auto Scaling group "
+                "(awseb-e-<id>-stack-AWSEBAutoScalingGroup-<suffix>, and a temporary one during an "
+                "immutable deploy) after this template is deployed; the condition on EB's "
+                "environment-name tag keeps it to this environment's groups",
+                "FindOwnGroup": "autoscaling:DescribeAutoScalingInstances has no resource type "
+                "(AWS service authorization reference); it only reads which group an instance "
+                "is in",
             },
         )
 

@@ -8,8 +8,10 @@ visibility timeout; the callback's heartbeat timeout lets the workflow retry mea
 
 Failures are reported, not retried here: a business error fails the workflow's step for good, a
 transient one (ErrorType TransientError) makes the workflow send a fresh task after a backoff.
-On SIGTERM (deploy, scale-in) the loop stops receiving, lets running tasks finish within a grace
-period, and hands back (visibility 0) whatever is still running after it. Child processes
+While a task runs, the instance is protected from scale-in (worker/protection.py, bounded by a
+task's longest run). On SIGTERM (deploy, scale-in) the loop stops receiving, lets running tasks
+finish within a grace period (the configuration's drain), and hands back (visibility 0) whatever is
+still running after it. Child processes
 (ffmpeg) ignore that stop (systemd signals the whole unit) and die with this process
 (worker.heavy.common.child); at start the process sweeps the scratch directories of dead runs.
 """
@@ -37,6 +39,7 @@ from sluice.settings import TasksSettings
 from sluice.steps import CONTRACTS, check_input, check_output
 from worker.heavy.common import Limits, TaskContext, kill_children, sweep_scratch
 from worker.observability import configure_logging, correlation_id, message_id
+from worker.protection import ScaleInProtection, instance_id
 
 log = logging.getLogger("sluice.tasks")
 
@@ -94,6 +97,7 @@ class TaskRunner:
         keepalive_s: float = 60.0,
         receive_wait_s: int = 20,
         grace_s: float = 60.0,
+        protection: ScaleInProtection | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -107,6 +111,7 @@ class TaskRunner:
         self.keepalive_s = keepalive_s
         self.receive_wait_s = receive_wait_s
         self.grace_s = grace_s
+        self.protection = protection
         self.stopping = threading.Event()
         self._leases: dict[str, _Lease] = {}
         self._threads: set[threading.Thread] = set()
@@ -196,6 +201,8 @@ class TaskRunner:
             if lease.keepalive is not None:  # an extend still in flight would hide it again
                 lease.keepalive.join(timeout=CLEANUP_S)
             self._release(lease.receipt)
+        if self.protection is not None:  # nothing runs here any more, whatever is still stuck
+            self.protection.clear()
 
     def _wait_threads(self, deadline: float) -> None:
         with self._slots:
@@ -218,6 +225,16 @@ class TaskRunner:
         except PoisonMessage as exc:
             return self._poison(msg, exc)
         correlation_id.set(task.correlation_id)
+        if self.protection is None:
+            return self._handle(task, receipt)
+        # The instance is not scaled in under a running task (worker/protection.py).
+        self.protection.hold(receipt)
+        try:
+            return self._handle(task, receipt)
+        finally:
+            self.protection.release(receipt)
+
+    def _handle(self, task: Task, receipt: str) -> Outcome:
         lease = _Lease(receipt=receipt, task=task)
         self._leases[receipt] = lease
         # In this task's context: its lines carry the task's correlation id too.
@@ -294,6 +311,8 @@ class TaskRunner:
                     )
                 except (ClientError, BotoCoreError) as exc:
                     log.warning("could not extend visibility", extra={"error": str(exc)})
+                if self.protection is not None:  # a hung task's protection ends on time
+                    self.protection.refresh()
             try:
                 self.callbacks.send_durable_execution_callback_heartbeat(
                     CallbackId=lease.task.callback_id
@@ -387,6 +406,20 @@ def _name(task: Task | None) -> str:
     return task.name if task else "?"
 
 
+def scale_in_protection(settings: TasksSettings, autoscaling: Any) -> ScaleInProtection | None:
+    """The instance's protection, cleared: a process that died holding it starts here again."""
+    if not settings.scale_in_protection:
+        return None
+    try:
+        me = instance_id()
+    except OSError as exc:  # not on EC2 (a local run): nothing to protect
+        log.warning("no instance metadata: no scale-in protection", extra={"error": str(exc)})
+        return None
+    protection = ScaleInProtection(autoscaling, me, max_s=settings.protection_max_s)
+    protection.clear()
+    return protection
+
+
 def main() -> None:  # pragma: no cover - exercised by the subprocess tests
     import boto3
     from botocore.config import Config
@@ -402,6 +435,7 @@ def main() -> None:  # pragma: no cover - exercised by the subprocess tests
     cfg = Config(retries={"mode": "standard", "max_attempts": 5})
     s3 = boto3.client("s3", config=cfg)
     limits = Limits.of(settings)
+    protection = scale_in_protection(settings, boto3.client("autoscaling", config=cfg))
     runner = TaskRunner(
         sqs=boto3.client("sqs", config=cfg),
         callbacks=boto3.client("lambda", config=cfg),
@@ -412,6 +446,7 @@ def main() -> None:  # pragma: no cover - exercised by the subprocess tests
         keepalive_s=settings.keepalive_s,
         grace_s=settings.grace_s,
         receive_wait_s=settings.receive_wait_s,
+        protection=protection,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop())

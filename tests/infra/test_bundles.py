@@ -25,6 +25,8 @@ CLI = "sluice/cli/"
 # in the same change.
 WORKER_BUNDLE = [
     ".ebextensions/scaling.config",
+    ".platform/confighooks/postdeploy/10_tasks_stop_timeout.sh",
+    ".platform/hooks/postdeploy/10_tasks_stop_timeout.sh",
     ".platform/nginx/conf.d/sqsd.conf",
     "Procfile",
     "adapters/__init__.py",
@@ -70,6 +72,7 @@ WORKER_BUNDLE = [
     "worker/heavy/transcode.py",
     "worker/invoke.py",
     "worker/observability.py",
+    "worker/protection.py",
     "worker/routes.py",
     "worker/scheduler/__init__.py",
     "worker/scheduler/__main__.py",

@@ -233,3 +233,37 @@ def test_replace_validates_what_model_copy_would_not():
     with pytest.raises(ConfigError, match=r"^dev.log_retention_days: "):
         config.replace(dev, log_retention_days=42)
     assert config.replace(dev, worker={"min_instances": 2}).worker.min_instances == 2
+
+
+@pytest.mark.parametrize(
+    ("worker", "message"),
+    [
+        (
+            {"tasks_concurrency": 4, "tasks_per_instance": 2},
+            r"^dev.worker.tasks_per_instance: \(2\) must be >= tasks_concurrency \(4\)",
+        ),
+        (
+            {"drain_s": 900, "deploy_timeout_s": 900},
+            r"^dev.worker.deploy_timeout_s: \(900 s\) must be >= drain_s \(900 s\) \+ 120 s",
+        ),
+        (
+            {"deployment_policy": "AllAtOnce"},
+            r"^dev.worker.deployment_policy: must be 'RollingWithAdditionalBatch' or 'Immutable'",
+        ),
+        ({"deploy_timeout_s": 3601}, r"^dev.worker.deploy_timeout_s: must be between 1 and 3600"),
+    ],
+)
+def test_scaling_and_deploys_refuse_what_cannot_work(worker, message):
+    with pytest.raises(ConfigError, match=message):
+        EnvConfig(name="dev", worker=worker)
+
+
+def test_the_tasks_process_stops_after_its_drain_and_cleanup_within_a_deploy():
+    from stacks.config import DRAIN_MARGIN_S, TASKS_STOP_MARGIN_S
+    from worker.tasks import CLEANUP_S
+
+    # The cleanup after the drain fits in systemd's margin, which fits in the deploy's
+    assert CLEANUP_S < TASKS_STOP_MARGIN_S < DRAIN_MARGIN_S
+    for cfg in config.ENVIRONMENTS.values():
+        w = cfg.worker
+        assert w.drain_s < w.tasks_stop_timeout_s < w.deploy_timeout_s

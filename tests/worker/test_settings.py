@@ -44,3 +44,31 @@ def test_defaults_apply_when_optional_variables_are_absent():
 def test_a_bad_variable_is_refused_with_its_name(variable, value, message):
     with pytest.raises(SettingsError, match=message.replace("[", r"\[")):
         WebSettings.read({**GOOD, variable: value})
+
+
+def test_the_tasks_process_reads_its_drain_stop_timeout_and_protection():
+    from sluice.settings import TasksSettings
+
+    variables = TasksSettings.variables()
+    queue = {variables["queue_url"]: "https://sqs.eu-west-1.amazonaws.com/123456789012/tasks"}
+    s = TasksSettings.read(
+        {
+            **queue,
+            **TasksSettings.render(
+                grace_s=300, stop_timeout_s=330, scale_in_protection=True, protection_max_s=28800
+            ),
+        }
+    )
+    assert (s.grace_s, s.stop_timeout_s, s.scale_in_protection, s.protection_max_s) == (
+        300,
+        330,
+        True,
+        28800,
+    )
+    # Off unless the stack turns it on: a local run has no instance to protect
+    assert TasksSettings.read(queue).scale_in_protection is False
+    # systemd would kill the process before its drain ends
+    with pytest.raises(
+        SettingsError, match=r"SLUICE_TASKS_STOP_TIMEOUT_S: .*above SLUICE_TASKS_GRACE_S"
+    ):
+        TasksSettings.read({**queue, **TasksSettings.render(grace_s=300, stop_timeout_s=300)})
