@@ -41,7 +41,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -467,7 +469,7 @@ class Progress:
         for rendition, segments in chunk.segments.items():
             for s in segments:
                 path = out / rendition / s.name
-                self.storage.upload(path, self._at(f"{rendition}/{s.name}"), CONTENT_TYPES[".ts"])
+                self.storage.upload(path, self.at(f"{rendition}/{s.name}"), CONTENT_TYPES[".ts"])
                 path.unlink()
                 progress()
         where = S3Location(self.output.bucket, f"{self.prefix.key}chunk_{chunk.index:05d}.json")
@@ -477,7 +479,8 @@ class Progress:
         """Delete every manifest (this fingerprint's and any older one's)."""
         self.storage.delete(self.root, self.storage.keys(self.root))
 
-    def _at(self, relative: str) -> S3Location:
+    def at(self, relative: str) -> S3Location:
+        """An output: `relative` under the output prefix."""
         return S3Location(self.output.bucket, self.output.key + relative)
 
 
@@ -519,25 +522,51 @@ def run(data: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         storage.download(source, src, missing="missing_audio")
         ctx.progress()
         out = work / "hls"
-        try:
-            progress = Progress(
-                storage, output, fingerprint(source, head, RENDITIONS, ctx.transcode_chunk_s)
-            )
-            result = transcode_file(
-                src,
-                out,
-                limits=ctx.limits,
-                chunk_s=ctx.transcode_chunk_s,
-                done=progress.load(),
-                on_chunk=lambda chunk: progress.commit(chunk, out, ctx.progress),
-                progress=ctx.progress,
-            )
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise TransientError(f"ffmpeg did not run: {exc}", code="ffmpeg_unavailable") from exc
+        progress = Progress(
+            storage, output, fingerprint(source, head, RENDITIONS, ctx.transcode_chunk_s)
+        )
+        # One uploader thread stores chunk k while ffmpeg encodes chunk k + 1, in order; on the
+        # way out (an error, the drain) it finishes what was handed to it before the scratch
+        # directory goes.
+        with ThreadPoolExecutor(1, thread_name_prefix="transcode-upload") as uploader:
+            commits: list[Future[None]] = []
+            broken = threading.Event()  # after a failed commit, none later (no gap to skip)
+
+            def commit(chunk: Chunk) -> None:
+                if broken.is_set():
+                    return
+                try:
+                    progress.commit(chunk, out, ctx.progress)
+                except BaseException:
+                    broken.set()
+                    raise
+
+            def store(chunk: Chunk) -> None:
+                for done in commits:
+                    if done.done():
+                        done.result()  # an upload that failed stops the encoding
+                commits.append(uploader.submit(commit, chunk))
+
+            try:
+                result = transcode_file(
+                    src,
+                    out,
+                    limits=ctx.limits,
+                    chunk_s=ctx.transcode_chunk_s,
+                    done=progress.load(),
+                    on_chunk=store,
+                    progress=ctx.progress,
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise TransientError(
+                    f"ffmpeg did not run: {exc}", code="ffmpeg_unavailable"
+                ) from exc
+            for pending in commits:
+                pending.result()
         for r in RENDITIONS:
             playlist = f"{r.name}/index.m3u8"
-            storage.upload(out / playlist, progress._at(playlist), CONTENT_TYPES[".m3u8"])
-        storage.upload(out / MASTER, progress._at(MASTER), CONTENT_TYPES[".m3u8"])
+            storage.upload(out / playlist, progress.at(playlist), CONTENT_TYPES[".m3u8"])
+        storage.upload(out / MASTER, progress.at(MASTER), CONTENT_TYPES[".m3u8"])
         progress.clear()
     finally:
         shutil.rmtree(work, ignore_errors=True)
