@@ -216,7 +216,6 @@ def bench_transcode(seconds: int, work: Path, repeat: int, chunk_s: int) -> dict
         "runs": runs,
         "ratio_cpu_median": ratios[len(ratios) // 2],
         "ratio_wall_median": sorted(r["ratio_wall"] for r in runs)[len(runs) // 2],
-        "ffmpeg_peak_rss_mib": _mib(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss),
     }
 
 

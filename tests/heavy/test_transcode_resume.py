@@ -224,9 +224,11 @@ def test_a_transcode_crashed_at_any_point_resumes_to_the_uninterrupted_bytes(
     # Then it encoded only the chunks that were not stored, and stored each of their segments once
     assert encoded == list(range(durable_chunks, 4))
     redone = [k for k in again.written if k.endswith(".ts")]
-    segments_per_chunk = 2 * int(CHUNK_S // transcode.SEGMENT_S)
-    assert len(redone) == len(set(redone)) == segments_per_chunk * (4 - durable_chunks) - (
-        2 if durable_chunks < 4 else 0  # the last chunk holds one segment per rendition
+    per_chunk = 2 * int(CHUNK_S // transcode.SEGMENT_S)  # both renditions
+    last_chunk = 2  # four seconds: one segment per rendition
+    assert len(redone) == len(set(redone))
+    assert len(redone) == (
+        per_chunk * (3 - durable_chunks) + last_chunk if durable_chunks < 4 else 0
     )
     # And its outputs and its result are byte for byte the uninterrupted run's
     assert objects(aws.s3, aws.bucket, "hls/cut/") == expected

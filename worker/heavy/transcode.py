@@ -34,6 +34,8 @@ task up with nothing of the first's disk: everything it needs is in S3.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -264,13 +266,19 @@ def encode(
     with (
         tempfile.TemporaryFile() as errors,
         child(_decode_args(src, rate, channels), stdout=subprocess.PIPE, stderr=errors) as dec,
+        # The next chunk is decoded while this one is encoded (one chunk ahead, ~21 MB at 60 s).
+        ThreadPoolExecutor(1, thread_name_prefix="transcode-decode") as reader,
     ):
         assert dec.stdout is not None
+        _widen(dec.stdout)
         pcm = _Pcm(dec.stdout, progress)
         preroll = b""
         index = 0
+        ahead = reader.submit(pcm.take, frames * frame_bytes)
         while True:
-            data, final = pcm.take(frames * frame_bytes)
+            data, final = ahead.result()
+            if not final:
+                ahead = reader.submit(pcm.take, frames * frame_bytes)
             if final:  # the decoder's end: its exit says whether that is the audio's end
                 _decoded(dec, errors)
                 if index == 0 and not data:
@@ -296,6 +304,13 @@ def encode(
                 return chunks
             preroll = data[-PREROLL_FRAMES * frame_bytes :]
             index += 1
+
+
+def _widen(pipe: IO[bytes]) -> None:
+    """A 1 MiB pipe instead of 64 KiB: 16 times fewer wake-ups of ffmpeg and this process per
+    MiB of PCM (Linux F_SETPIPE_SZ; elsewhere, or above the system's limit, the default stays)."""
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _WRITE_BYTES)
 
 
 def _decoded(dec: subprocess.Popen[bytes], errors: IO[bytes]) -> None:
@@ -326,6 +341,7 @@ def _encode_chunk(
         child(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors) as proc,
     ):
         assert proc.stdin is not None
+        _widen(proc.stdin)
         try:
             for at in range(0, len(pcm), _WRITE_BYTES):
                 proc.stdin.write(pcm[at : at + _WRITE_BYTES])
