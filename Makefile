@@ -125,7 +125,8 @@ bench: $(VENV)/.dev
 	$(PY) bench/worker_bench.py --events 4000
 	$(PY) bench/worker_bench.py --events 4000 --floor
 
-## make bench-heavy: transcode speed (x real time) and embedding throughput (chunks/s), peak RSS
+## make bench-heavy: the transcode task next to the bare ffmpeg command on the same file (ratio of
+## CPU and wall, 3 runs), embedding throughput (chunks/s), peak RSS
 bench-heavy: $(VENV)/.dev
 	$(PY) -m bench.heavy_bench
 

@@ -110,6 +110,29 @@ class Storage:
                 str(path), where.bucket, where.key, ExtraArgs={"ContentType": content_type}
             )
 
+    def keys(self, prefix: S3Location) -> list[str]:
+        """Every key under `prefix.key` (ListObjectsV2, all pages)."""
+        with _classified(prefix, "missing_bucket"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=prefix.bucket, Prefix=prefix.key
+            )
+            return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    def delete(self, where: S3Location, keys: list[str]) -> None:
+        """Delete `keys` of `where.bucket` (DeleteObjects: at most 1,000 keys a request)."""
+        with _classified(where, "missing_bucket"):
+            for at in range(0, len(keys), 1000):
+                batch = [{"Key": k} for k in keys[at : at + 1000]]
+                answer = self.client.delete_objects(
+                    Bucket=where.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+                if answer.get("Errors"):
+                    first = answer["Errors"][0]
+                    raise ClientError(
+                        {"Error": {"Code": first.get("Code"), "Message": first.get("Message")}},
+                        "DeleteObjects",
+                    )
+
     def download(self, where: S3Location, path: Path, *, missing: str) -> None:
         extra = {"VersionId": where.version_id} if where.version_id else None
         with _classified(where, missing):

@@ -72,6 +72,9 @@ TRANSCRIPTS_PREFIX = "transcripts/"
 TMP_PREFIX = "tmp/"  # expires (lifecycle rule)
 TRANSCRIBE_OUTPUT_PREFIX = f"{TMP_PREFIX}transcribe/"  # Transcribe's raw output
 HLS_PREFIX = "hls/"
+# Under each transcode's output prefix: the manifests of its durable chunks while it runs
+# (worker/heavy/transcode.py), so a resumed transcode skips them; deleted when it completes.
+TRANSCODE_RESUME_DIR = ".resume/"
 EMBEDDINGS_PREFIX = "embeddings/"
 # Dead letters too large for the events DLQ: the worker keeps the body here and sends the DLQ a
 # pointer (claim check). The worker may only PutObject under it.

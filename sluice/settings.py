@@ -199,6 +199,12 @@ class TasksSettings(ProcessSettings):
     )
     max_chunks: int = _var("SLUICE_MAX_CHUNKS", "most chunks embedded", 20_000, ge=1)
     embed_threads: int = _var("SLUICE_EMBED_THREADS", "onnxruntime threads per task", 1, ge=1)
+    transcode_chunk_s: int = _var(
+        "SLUICE_TRANSCODE_CHUNK_S",
+        "audio per resumable transcode chunk: at most this is redone after an interruption",
+        60,
+        ge=6,
+    )
     role_arn: Arn | None = _var(
         naming.role_variable("tasks"), "the role this process assumes", None
     )

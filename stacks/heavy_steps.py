@@ -149,6 +149,23 @@ class HeavySteps(Construct):
             reason=writes,
             sid="WriteOutputs",
         )
+        # A resumable transcode reads back and finally deletes its chunk manifests, nothing else
+        # of hls/ (worker/heavy/transcode.py).
+        manifests = f"{catalog.HLS_PREFIX}*/{catalog.TRANSCODE_RESUME_DIR}"
+        grants.allow(
+            policy,
+            ["s3:GetObject", "s3:DeleteObject"],
+            [media_objects_arn(config, manifests)],
+            reason="Chunk manifests of resumable transcodes, one directory per output prefix.",
+            sid="ResumeTranscodes",
+        )
+        grants.allow(
+            policy,
+            ["s3:ListBucket"],
+            [bucket_arn],
+            sid="FindTranscodeChunks",
+            conditions={"StringLike": {"s3:prefix": [f"{manifests}*"]}},
+        )
         grants.allow(
             policy,
             CALLBACK_ACTIONS,

@@ -440,7 +440,9 @@ def main() -> None:  # pragma: no cover - exercised by the subprocess tests
         sqs=boto3.client("sqs", config=cfg),
         callbacks=boto3.client("lambda", config=cfg),
         queue_url=settings.queue_url,
-        context=lambda: TaskContext(s3=s3, limits=limits),
+        context=lambda: TaskContext(
+            s3=s3, limits=limits, transcode_chunk_s=settings.transcode_chunk_s
+        ),
         concurrency=settings.concurrency,
         visibility_timeout_s=settings.visibility_timeout_s,
         keepalive_s=settings.keepalive_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sluice import catalog
 from sluice.naming import alias_variable
 from sluice.settings import LambdaSettings
 from sluice.workflows import FAILURE_GRACE_S
@@ -107,6 +108,13 @@ def test_worker_role_gets_the_tasks_queue_media_prefixes_and_these_callbacks_onl
     writes = json.dumps(by_sid["WriteOutputs"]["Resource"])
     assert "/uploads/*" in reads and "/transcripts/*" in reads and "/hls/" not in reads
     assert "/hls/*" in writes and "/embeddings/*" in writes and "/uploads/" not in writes
+    # And reads back and deletes only its transcodes' chunk manifests under hls/
+    resume = by_sid["ResumeTranscodes"]
+    assert set(_list(resume["Action"])) == {"s3:GetObject", "s3:DeleteObject"}
+    manifests = f"{catalog.HLS_PREFIX}*/{catalog.TRANSCODE_RESUME_DIR}*"
+    assert json.dumps(resume["Resource"]).endswith(f'/{manifests}"]]}}')
+    listing = by_sid["FindTranscodeChunks"]["Condition"]["StringLike"]["s3:prefix"]
+    assert _list(listing) == [manifests]
     assert set(_list(by_sid["AnswerCallbacks"]["Action"])) == {
         "lambda:SendDurableExecutionCallbackSuccess",
         "lambda:SendDurableExecutionCallbackFailure",

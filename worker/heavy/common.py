@@ -54,6 +54,8 @@ class TaskContext:
     s3: Any
     limits: Limits = Limits()
     progress: Callable[[], None] = lambda: None
+    # Seconds of audio per transcode chunk, the work a resumed transcode may redo (transcode.py).
+    transcode_chunk_s: int = TasksSettings.model_fields["transcode_chunk_s"].default
 
     @property
     def storage(self) -> Storage:
