@@ -191,3 +191,37 @@ def test_a_write_that_raced_another_is_retried_on_the_newer_overrides(store: Ove
     # Then both changes are kept (no lost update)
     assert set(store.read().tasks) == {"beat", "sweep"}
     assert store.read().version == 2
+
+
+def test_a_scheduler_process_runs_only_its_groups_tasks_and_follows_the_runtime_registry():
+    from worker.scheduler.runner import Scheduler
+
+    # Given a light and a heavy declared task, and a process of each group (never started)
+    declared = Registry(
+        [
+            PeriodicTask("light", Every(1), action=_noop),
+            PeriodicTask("heavy", Every(1), action=_noop, group="tasks"),
+        ]
+    )
+    light = Scheduler(declared, "amqp://unused/", group="scheduler")
+    heavy = Scheduler(declared, "amqp://unused/", group="tasks")
+    assert [r.task.name for r in light.runners] == ["light"]
+    assert [r.task.name for r in heavy.runners] == ["heavy"]
+    # When the heavy task moves to group scheduler and light is paused
+    current = {
+        "heavy": change(declared, {}, "heavy", "set", group="scheduler"),
+        "light": change(declared, {}, "light", "pause"),
+    }
+    for process in (light, heavy):
+        process.apply(effective(declared, current))
+    # Then the scheduler process runs both (light paused), the tasks process none
+    assert {r.task.name: r.paused for r in light.runners} == {"light": True, "heavy": False}
+    assert next(r for r in light.runners if r.task.name == "heavy").gen == 1
+    assert heavy.runners == []
+
+
+def test_a_process_of_an_unknown_group_is_refused():
+    from worker.scheduler.runner import Scheduler
+
+    with pytest.raises(ValueError, match="group must be one of scheduler, tasks, got 'gpu'"):
+        Scheduler(DECLARED, "amqp://unused/", group="gpu")
