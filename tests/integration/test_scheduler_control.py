@@ -160,6 +160,7 @@ PERIOD = 0.2
 LIGHT = f"light:{PERIOD}:scheduler"
 
 
+@pytest.mark.slow
 def test_pause_resume_and_a_new_period_apply_across_processes_and_restarts(
     procs, cli, control, rabbit, tap
 ):
