@@ -7,13 +7,17 @@ through a scheduler restart and a broker restart, and no tick runs twice."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,6 +112,20 @@ def twice(runs: list[Run]) -> list[int]:
     return sorted(k for k, n in Counter(r.key for r in runs).items() if n > 1)
 
 
+def listeners(rabbit, names) -> int:
+    """Queues bound to the registry exchange (one per listening scheduler process)."""
+    exchange = urllib.parse.quote(names.registry_exchange, safe="")
+    request = urllib.request.Request(  # noqa: S310 - the test node's management API on loopback
+        f"{rabbit.management_url}/api/exchanges/%2F/{exchange}/bindings/source",
+        headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
+            return len(json.load(answer))
+    except OSError:
+        return 0
+
+
 def skipped(runs: list[Run], period: float) -> int:
     """Grid ticks between consecutive runs that did not run (each step must be whole periods)."""
     steps = [(b.key - a.key) / (period * 1000) for a, b in itertools.pairwise(runs)]
@@ -162,7 +180,7 @@ LIGHT = f"light:{PERIOD}:scheduler"
 
 @pytest.mark.slow
 def test_pause_resume_and_a_new_period_apply_across_processes_and_restarts(
-    procs, cli, control, rabbit, tap
+    procs, cli, control, rabbit, tap, names
 ):
     # Given two scheduler processes running task `light` every 200 ms
     procs.start("scheduler", LIGHT)
@@ -177,8 +195,18 @@ def test_pause_resume_and_a_new_period_apply_across_processes_and_restarts(
     procs.start("scheduler", LIGHT)
     procs.start("scheduler", LIGHT)
     print(f"broker restart: {rabbit.restart():.1f} s")
-    time.sleep(1.0)  # the new processes are connected again (a paused task's token goes round)
-    # Then no tick started while it was paused
+    up_at = time.time()
+    # Then, the processes connected again, the task's token goes round unrun
+    deadline = time.monotonic() + 20
+    while not [e for e in tap.of("paused", "light") if e["at"] > up_at + PERIOD]:
+        assert time.monotonic() < deadline, "no paused tick after the broker restart"
+        time.sleep(0.02)
+    # (and both listen for prompts again: a prompt the broker routes to nobody is lost, and the
+    # change it announces then waits for the next re-read)
+    while listeners(rabbit, names) < 2:
+        assert time.monotonic() < deadline, "the processes do not listen for prompts"
+        time.sleep(0.05)
+    # and no tick started while it was paused
     assert [r for r in procs.runs("light") if r.started > paused_at + APPLY_S] == []
     # When it is resumed
     assert "active" in cli("resume", "light")
@@ -197,7 +225,9 @@ def test_pause_resume_and_a_new_period_apply_across_processes_and_restarts(
     runs = procs.runs("light")
     # Then from the next tick on it runs on the 100 ms grid, every tick, without a burst
     new = [r for r in runs if r.started > set_at + APPLY_S]
-    assert 5 <= len(new) <= 12, [r.key for r in new]
+    # (on failure, what the runners said since the change)
+    told = [(round(e["at"] - set_at, 3), e["event"], e.get("due")) for e in list(tap.events)]
+    assert 5 <= len(new) <= 12, ([r.key for r in new], told)
     assert all(r.key % 100 == 0 for r in new)
     assert skipped(new, 0.1) <= reported_missed(tap, set_at + APPLY_S, new[-1].due)
     # and across all of it no tick ran twice, and `list` shows where the task came from

@@ -71,6 +71,7 @@ class Prompts:
 
     def serve(self, stop: threading.Event) -> None:
         last = time.monotonic()
+        backoff = 0.2
         while not stop.is_set():
             connection = None
             try:
@@ -85,6 +86,7 @@ class Prompts:
                 channel.queue_bind(queue, self.names.registry_exchange)
                 # Prompts sent while this process was cut off are lost: read what they announced.
                 self.live.refresh()
+                backoff = 0.2
                 for method, _, _ in channel.consume(queue, auto_ack=True, inactivity_timeout=0.1):
                     if stop.is_set():
                         break
@@ -96,7 +98,8 @@ class Prompts:
                 if time.monotonic() - last >= self.reread_s:
                     self.live.refresh()
                     last = time.monotonic()
-                stop.wait(1.0)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
             finally:
                 if connection is not None and connection.is_open:
                     with contextlib.suppress(pika.exceptions.AMQPError, OSError):
