@@ -1,7 +1,11 @@
-"""`sluice schedules list|reseed`: the declared periodic tasks (sluice.scheduling) and their tokens.
+"""`sluice schedules list|reseed|add|set|pause|resume|remove`: the periodic tasks and their tokens.
 
-`list` reads the declared registry; with a broker (`--broker-url` / SLUICE_BROKER_URL) it also
-shows how many tokens wait in each task's hatchery and processor queues (exactly one is healthy).
+`list` reads the declared registry; with a broker (`--broker-url` / SLUICE_BROKER_URL) it shows
+the effective one (the runtime overrides in the coordination table applied: where each task came
+from, paused or removed) and how many tokens wait in each task's hatchery and processor queues
+(exactly one is healthy). `add|set|pause|resume|remove` change tasks at run time through the
+Python API in sluice_cli/schedule_control.py; they need the broker scheduler (cron.yaml, the
+fallback without a broker, is fixed at deploy).
 `reseed` checks the tokens and whether a scheduler runs: a running scheduler's reconciler (the
 leader) restores a lost token within one period, and nothing but a running scheduler can consume
 one, so the CLI never publishes tokens itself.
@@ -16,11 +20,30 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+from botocore.exceptions import BotoCoreError, ClientError
 
+from sluice import naming
 from sluice.scheduling.names import Names
-from sluice.scheduling.registry import REGISTRY, Registry, Token
+from sluice.scheduling.overrides import (
+    Entry,
+    OverrideError,
+    OverrideStore,
+    effective,
+    parse_data,
+    parse_period,
+)
+from sluice.scheduling.registry import GROUPS, REGISTRY, Registry, Token
+from sluice_cli.aws import Aws, default_endpoint, friendly_errors
+from sluice_cli.schedule_control import ScheduleControl
 
 BROKER_ENV = "SLUICE_BROKER_URL"
+# What the cron.yaml fallback (no broker) cannot do, said by every runtime command and the docs.
+NO_BROKER_CHANGES = (
+    "runtime changes need the broker scheduler: without a broker, cron.yaml drives the tasks, and "
+    "EB reads it only at deploy, so tasks cannot be added, removed, paused, resumed or re-timed, "
+    "nor their payload changed, at run time; change sluice/scheduling/registry.py and deploy "
+    f"(pass --broker-url or set {BROKER_ENV} if the environment has a broker)"
+)
 
 
 def _registry() -> Registry:
@@ -137,18 +160,30 @@ def list_(broker_url: str | None, prefix: str | None) -> None:
     registry = _registry()
     now = time.time()
     names = Names(prefix) if prefix else Names()
-    counts = token_counts(broker_url, list(registry.names), names) if broker_url else {}
-    status = last_status(broker_url, list(registry.names), names) if broker_url else {}
-    header = f"{'task':<24} {'schedule':<28} {'next due':<21} {'does':<36}"
+    entries = effective(registry, {})
+    if broker_url:
+        try:
+            entries = _control(broker_url, names).entries()
+        except (BotoCoreError, ClientError) as exc:
+            click.echo(f"(runtime overrides not read: {exc}; showing the declared tasks)")
+    tasks = [e.task.name for e in entries]
+    counts = token_counts(broker_url, tasks, names) if broker_url else {}
+    status = last_status(broker_url, tasks, names) if broker_url else {}
+    header = (
+        f"{'task':<24} {'schedule':<28} {'next due':<21} {'does':<36} {'group':<10} "
+        f"{'from':<11} {'state':<18}"
+    )
     if counts:
         header += f" {'last outcome':<32} {'lateness':>9} tokens (hatchery/processor)"
     click.echo(header)
-    for task in registry:
+    for entry in entries:
+        task = entry.task
         action = getattr(task.action, "__name__", "its action")
         does = f"event {task.event}" if task.event else f"runs {action}()"
+        due = _iso(task.schedule.first_after(now)) if entry.active else "-"
         line = (
-            f"{task.name:<24} {describe(task.schedule):<28} "
-            f"{_iso(task.schedule.first_after(now)):<21} {does:<36}"
+            f"{task.name:<24} {describe(task.schedule):<28} {due:<21} {does:<36} "
+            f"{task.group:<10} {entry.origin:<11} {entry.state:<18}"
         )
         if task.name in counts:
             line += " " + status.get(task.name, Status()).describe()
@@ -350,3 +385,137 @@ def _echo_tokens(
     for task, counts in now.items():
         was = f"{sum(max(c, 0) for c in before[task])} -> " if before else ""
         click.echo(f"{task}: tokens {was}{sum(max(c, 0) for c in counts)}")
+
+
+# -- changes at run time --------------------------------------------------------------------------
+
+
+def _control(broker_url: str | None, names: Names) -> ScheduleControl:
+    """The runtime registry's API on the coordination table of --env (where --endpoint-url,
+    --profile and --region point) and the broker."""
+    if not broker_url:
+        raise click.ClickException(NO_BROKER_CHANGES)
+    ctx = click.get_current_context()
+    aws = ctx.find_object(Aws) or Aws(env="dev", endpoint_url=default_endpoint())
+    store = OverrideStore(aws.client("dynamodb"), naming.coordination_table(aws.env), names.prefix)
+    return ScheduleControl(_registry(), store, broker_url, names)
+
+
+def _echo_entry(entry: Entry, control: ScheduleControl) -> None:
+    task = entry.task
+    click.echo(
+        f"{task.name}: {describe(task.schedule)}, group {task.group}, {entry.origin}, {entry.state}"
+    )
+    if control.prompted:
+        click.echo("every running scheduler process applies it now")
+    else:
+        click.echo(
+            "stored; no scheduler process was told (none has started on this broker yet, or the "
+            "broker is unreachable): each applies it when it starts or within a few seconds"
+        )
+
+
+def _run(op: str, name: str, broker_url: str | None, prefix: str | None, **fields: Any) -> None:
+    control = _control(broker_url, Names(prefix) if prefix else Names())
+    try:
+        entry = getattr(control, op)(name, **fields)
+    except OverrideError as exc:
+        hint = {"every_s": "--every", "period": "--every", "cron": "--cron", "task": "NAME"}
+        field = hint.get(exc.field, f"--{exc.field}")
+        raise click.BadParameter(str(exc), param_hint=field) from None
+    _echo_entry(entry, control)
+
+
+def _period(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_period(value)
+    except OverrideError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _data(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        return parse_data(value)
+    except OverrideError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_broker = click.option(
+    "--broker-url", envvar=BROKER_ENV, help="amqp(s):// URL of the scheduler's broker."
+)
+_prefix = click.option("--prefix", hidden=True, help="Exchange/queue name prefix (tests).")
+_every = click.option(
+    "--every", "every_s", callback=_period, help="Period: 250ms, 30s, 5m, 1h, 1d (or seconds)."
+)
+_cron = click.option("--cron", help='5-field cron expression, UTC, e.g. "0 3 * * *".')
+_payload = click.option("--data", callback=_data, help="The event's data: a JSON object.")
+_group = click.option(
+    "--group", type=click.Choice(GROUPS), help="The consumer group (process) that runs it."
+)
+
+
+@schedules.command()
+@click.argument("name")
+@_every
+@_cron
+@click.option("--event", help="The event each tick sends (one a workflow takes).")
+@_payload
+@_group
+@_broker
+@_prefix
+@friendly_errors
+def add(name: str, broker_url: str | None, prefix: str | None, **fields: Any) -> None:
+    """Add task NAME at run time (it sends an event each tick), or bring back a removed
+    declared task."""
+    _run("add", name, broker_url, prefix, **fields)
+
+
+@schedules.command("set")
+@click.argument("name")
+@_every
+@_cron
+@_payload
+@_group
+@_broker
+@_prefix
+@friendly_errors
+def set_(name: str, broker_url: str | None, prefix: str | None, **fields: Any) -> None:
+    """Change task NAME's period or cron (from its next tick, on the new grid), payload or
+    group."""
+    _run("set", name, broker_url, prefix, **fields)
+
+
+@schedules.command()
+@click.argument("name")
+@_broker
+@_prefix
+@friendly_errors
+def pause(name: str, broker_url: str | None, prefix: str | None) -> None:
+    """Stop task NAME's ticks in every scheduler process until `resume` (a run already started
+    finishes)."""
+    _run("pause", name, broker_url, prefix)
+
+
+@schedules.command()
+@click.argument("name")
+@_broker
+@_prefix
+@friendly_errors
+def resume(name: str, broker_url: str | None, prefix: str | None) -> None:
+    """Run task NAME's ticks again, from its next tick (the paused ones are not made up)."""
+    _run("resume", name, broker_url, prefix)
+
+
+@schedules.command()
+@click.argument("name")
+@_broker
+@_prefix
+@friendly_errors
+def remove(name: str, broker_url: str | None, prefix: str | None) -> None:
+    """Remove task NAME: it runs no tick in any process. A declared task is disabled (its code
+    stays); `add NAME` brings either kind back."""
+    _run("remove", name, broker_url, prefix)

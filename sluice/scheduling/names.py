@@ -20,7 +20,7 @@ BROKER_DELIVERY_MARGIN = 2
 
 # The lifecycle events a task's status queue keeps (its last STATUS_LENGTH of them): a tick's
 # start (with its lateness) and its outcomes.
-STATUS_EVENTS = ("started", "succeeded", "failed", "dead_lettered", "missed")
+STATUS_EVENTS = ("started", "succeeded", "failed", "dead_lettered", "missed", "paused")
 STATUS_LENGTH = 10
 
 
@@ -41,6 +41,12 @@ class Names:
     @property
     def control_exchange(self) -> str:
         return f"{self.prefix}.control"
+
+    @property
+    def registry_exchange(self) -> str:
+        """Fanout: a prompt to every scheduler process to re-read the runtime overrides
+        (sluice/scheduling/overrides.py); the overrides themselves live in the table."""
+        return f"{self.prefix}.registry"
 
     @property
     def dead_exchange(self) -> str:

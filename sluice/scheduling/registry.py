@@ -20,6 +20,9 @@ from typing import Any
 from sluice.envelope import Event
 from sluice.scheduling.schedule import Cron, Every, Schedule, ScheduleError
 
+# The consumer groups (Procfile processes) whose scheduler runners may run a task's ticks: light
+# work on the `scheduler` process (the default), CPU-heavy work on the `tasks` process.
+GROUPS = ("scheduler", "tasks")
 _TASK_NAME = re.compile(r"[a-z][a-z0-9-]{0,47}")  # fullmatch: `$` passes a final newline
 CRON_URL_PREFIX = "/cron/"
 log = logging.getLogger("sluice.scheduler")
@@ -45,13 +48,15 @@ class Tick:
 
 @dataclass(frozen=True)
 class Token:
-    """A task's token: the tick it stands for, the attempt it brings (a retry carries its count)
-    and whether an operator redrove it from the dead-letter queue."""
+    """A task's token: the tick it stands for, the attempt it brings (a retry carries its count),
+    whether an operator redrove it from the dead-letter queue, and the generation of the task's
+    schedule it was made for (sluice/scheduling/overrides.py: a re-timed task drops older ones)."""
 
     task: str
     due: float
     attempt: int = 1
     redrive: bool = False
+    gen: int = 0
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"v": 1, "task": self.task, "due": self.due}
@@ -59,6 +64,8 @@ class Token:
             body["attempt"] = self.attempt
         if self.redrive:
             body["redrive"] = True
+        if self.gen:
+            body["gen"] = self.gen
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -71,6 +78,7 @@ class Token:
                 float(doc["due"]),
                 int(doc.get("attempt", 1)),
                 bool(doc.get("redrive", False)),
+                int(doc.get("gen", 0)),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a token: {body[:200]!r}") from exc
@@ -95,6 +103,8 @@ class PeriodicTask:
     # skipped and counted missed. Without one, the latest due tick runs however late (never
     # more than one period late: a later tick would be the latest due one by then).
     max_lateness_s: float | None = None
+    # The consumer group whose processes run the ticks (GROUPS); the others leave them alone.
+    group: str = GROUPS[0]
 
     def __post_init__(self) -> None:
         if not _TASK_NAME.fullmatch(self.name):
@@ -107,6 +117,10 @@ class PeriodicTask:
             raise ScheduleError(f"task {self.name}: max_attempts must be >= 1")
         if self.max_lateness_s is not None and not self.max_lateness_s > 0:
             raise ScheduleError(f"task {self.name}: max_lateness_s must be > 0")
+        if self.group not in GROUPS:
+            raise ScheduleError(
+                f"task {self.name}: group must be one of {', '.join(GROUPS)}, got {self.group!r}"
+            )
         if self.event is not None:
             self.tick_event(Tick(self.name, 0.0))  # validates the event name and data now
 
@@ -211,6 +225,7 @@ def cron_event(
 
 __all__ = [
     "CRON_URL_PREFIX",
+    "GROUPS",
     "REGISTRY",
     "Cron",
     "Every",

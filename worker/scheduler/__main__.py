@@ -16,7 +16,8 @@ from typing import Any
 
 from sluice.envelope import Event
 from sluice.scheduling.names import Names
-from sluice.scheduling.registry import REGISTRY, Registry, cron_yaml
+from sluice.scheduling.overrides import OverrideStore
+from sluice.scheduling.registry import GROUPS, REGISTRY, Registry, cron_yaml
 from sluice.settings import SchedulerSettings
 from worker.observability import configure_logging
 from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
@@ -49,21 +50,27 @@ def build(
     names: Names,
     send: SendEvent | None = None,
     dynamodb: Any = None,
+    group: str = GROUPS[0],
 ) -> Scheduler:
-    """The scheduler the settings describe. Its tick ledger is the coordination table; without
-    one it keeps the ledger in this process's memory and says so loudly: one scheduler process
-    keeps the guarantee, several may then run a tick twice (README: the scheduler)."""
+    """The scheduler the settings describe, running the tasks of consumer `group`. Its tick
+    ledger and the runtime overrides are in the coordination table; without one it keeps the
+    ledger in this process's memory and says so loudly: one scheduler process keeps the
+    guarantee, several may then run a tick twice, and tasks cannot be changed at run time
+    (README: the scheduler)."""
     ledger: Ledger
+    overrides: OverrideStore | None = None
     if settings.coordination_table:
         if dynamodb is None:
             import boto3
 
             dynamodb = boto3.client("dynamodb")
         ledger = TableLedger(dynamodb, settings.coordination_table, names.prefix)
+        overrides = OverrideStore(dynamodb, settings.coordination_table, names.prefix)
     else:
         logging.getLogger("sluice.scheduler").warning(
             "NO TICK LEDGER: SLUICE_COORDINATION_TABLE is not set, so ticks are recorded in "
-            "this process only. With more than one scheduler process a tick may run twice."
+            "this process only. With more than one scheduler process a tick may run twice; "
+            "runtime changes (sluice schedules add|pause|…) are not applied."
         )
         ledger = MemoryLedger()
     return Scheduler(
@@ -75,6 +82,8 @@ def build(
         lease_s=settings.lease_s,
         heartbeat_s=settings.heartbeat_s,
         backoff=Backoff.of(settings),
+        overrides=overrides,
+        group=group,
     )
 
 
@@ -82,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.scheduler")
     parser.add_argument("--cron-yaml", action="store_true", help="print cron.yaml and exit")
     parser.add_argument("--prefix", default=None, help="exchange/queue name prefix")
+    parser.add_argument(
+        "--group",
+        default=GROUPS[0],
+        choices=GROUPS,
+        help="run the ticks of the tasks declared for this consumer group",
+    )
     args = parser.parse_args(argv)
     if args.cron_yaml:
         sys.stdout.write(cron_yaml(REGISTRY))
@@ -101,8 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         stop.wait()
         return 0
     names = Names(args.prefix) if args.prefix else Names()
-    scheduler = build(REGISTRY, url, settings, names=names, send=event_sender(settings)).start()
-    log.info("scheduler started: %s", ", ".join(REGISTRY.names))
+    scheduler = build(
+        REGISTRY, url, settings, names=names, send=event_sender(settings), group=args.group
+    ).start()
+    log.info(
+        "scheduler (group %s) started: %s",
+        args.group,
+        ", ".join(r.task.name for r in scheduler.runners),
+    )
     if settings.metrics_namespace:  # the figures the alarms read (no per-queue AWS metrics)
         import boto3
 

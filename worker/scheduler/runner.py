@@ -36,10 +36,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sluice.envelope import Event
 from sluice.errors import BusinessError, TransientError
 from sluice.scheduling.names import Names, expiration_ms, quiet_window_s
-from sluice.scheduling.registry import PeriodicTask, Registry, Tick, Token
+from sluice.scheduling.overrides import Entry, OverrideStore
+from sluice.scheduling.registry import GROUPS, PeriodicTask, Registry, Tick, Token
 from sluice.scheduling.schedule import latest_due, next_due
 from sluice.settings import SchedulerSettings
 from worker.scheduler.broker_metrics import Lifecycle
+from worker.scheduler.control import LiveRegistry, Prompts
 from worker.scheduler.ledger import Claim, Ledger, MemoryLedger
 from worker.scheduler.topology import declare
 
@@ -215,6 +217,38 @@ class TaskRunner(_Base):
         # Until when (monotonic: it runs on while the process is frozen) this runner's lease is
         # surely held: an event is sent only within it.
         self._lease_end = float("-inf")
+        # The runtime registry's say (worker/scheduler/control.py): the schedule's generation,
+        # paused, removed; `refresh` re-reads it when a token of a newer generation arrives.
+        self.gen, self.paused, self.disabled = 0, False, False
+        self.refresh: Callable[[], object] | None = None
+
+    def apply(self, entry: Entry) -> None:
+        """Run the task as the runtime registry now has it (from its next token on)."""
+        self.task, self.gen = entry.task, entry.gen
+        self.paused, self.disabled = entry.paused, entry.disabled
+
+    def _held(self, method: Any, token: Token) -> bool:
+        """Keep a token from running when the runtime registry says so; True when it was handled
+        here. A removed task's token ends; a paused task's moves on to its next tick unrun (the
+        chain holds, so resuming runs the next tick, once, through the ledger as ever); a token of
+        an older schedule is dropped (replaced on the current schedule if no other token exists)."""
+        if token.gen > self.gen and self.refresh is not None:
+            self.refresh()  # this process has not read the change that made the token yet
+        if not (self.disabled or self.paused or token.gen != self.gen):
+            return False
+        assert self._ch is not None
+        name = self.task.name
+        if self.disabled:
+            self.emit(name, "removed", due=token.due)
+        elif token.gen != self.gen:
+            self.emit(name, "duplicate", due=token.due, gen=token.gen, current_gen=self.gen)
+            if self.inventory(name) == 0:
+                self._schedule_after(self.clock())
+        else:
+            self.emit(name, "paused", due=token.due)
+            self._schedule_after(token.due)
+        self._ch.work.basic_ack(method.delivery_tag)
+        return True
 
     def _act(self, tick: Tick, *, latest_only: bool = True) -> bool:
         """Run the tick's action; False when a later tick fell due before it could start (the
@@ -280,6 +314,8 @@ class TaskRunner(_Base):
             # The broker came back while this process ran the tick: wait for that run.
             self._complete(method, inflight, resumed=True)
             return
+        if self._held(method, token):
+            return
         if inflight is not None and not self._settle(inflight):
             # An older run of this process is still going (its token went elsewhere).
             self._drop(method, token_due, self.ledger.read(name))
@@ -307,7 +343,7 @@ class TaskRunner(_Base):
             # due meanwhile: only the latest due tick runs, so this one is given up, not run late.
             self.ledger.finish(name, fence, "done")
             self.emit(name, "missed", due=due, missed=missed + 1)
-            self.publish_token(Token(name, latest))
+            self.publish_token(Token(name, latest, gen=self.gen))
             ch.basic_ack(method.delivery_tag)
             return
         if last is not None and last.state == "running" and last.tick < tick_ms:
@@ -380,7 +416,7 @@ class TaskRunner(_Base):
             now = self.clock()
             following, _ = next_due(self.task.schedule, tick.due, now)
             delay = min(self.backoff.delay_s(tick.attempt + 1), max(following - now, 0) / 2)
-            self.publish_token(Token(name, tick.due, tick.attempt + 1), delay)
+            self.publish_token(Token(name, tick.due, tick.attempt + 1, gen=self.gen), delay)
             self.emit(
                 name,
                 "failed",
@@ -505,7 +541,7 @@ class TaskRunner(_Base):
 
     def _schedule_after(self, due: float) -> None:
         following, missed = next_due(self.task.schedule, due, self.clock())
-        self.publish_token(Token(self.task.name, following))
+        self.publish_token(Token(self.task.name, following, gen=self.gen))
         self.emit(self.task.name, "scheduled", due=following, missed=missed)
 
 
@@ -528,6 +564,19 @@ class Reconciler(_Base):
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self._activity: dict[str, float] = {}
         self._empty_since: dict[str, float] = {}
+        # The runtime registry (worker/scheduler/control.py): the tasks that hold a token (a
+        # removed one holds none), and the re-timed ones whose new schedule needs its token now.
+        self._tasks: list[PeriodicTask] = list(registry)
+        self._gens: dict[str, int] = {t.name: 0 for t in registry}
+        self._retimed: set[str] = set()
+        self._changed = threading.Event()
+
+    def apply(self, entries: list[Entry]) -> None:
+        gens = {e.task.name: e.gen for e in entries if not e.disabled}
+        self._retimed |= {n for n, g in gens.items() if n in self._gens and g > self._gens[n]}
+        self._tasks = [e.task for e in entries if not e.disabled]
+        self._gens = gens
+        self._changed.set()
 
     def _on_event(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
         task = method.routing_key.split(".", 1)[0]
@@ -535,11 +584,16 @@ class Reconciler(_Base):
 
     def serve(self, stop: threading.Event) -> None:
         backoff = 0.2
-        tasks = list(self.registry)
-        tick = min(quiet_window_s(t) for t in tasks) / 2 if tasks else 1.0
         while not stop.is_set():
             try:
+                self._changed.clear()
+                tasks = self._tasks
+                tick = self._interval(tasks)
                 ch = self._open(tasks)
+                # Only the leader publishes a re-timed task's token, for changes it applied
+                # while leading (a process that takes the lead later leaves an older token to
+                # be dropped on arrival and replaced).
+                self._retimed.clear()
                 if not self._lead(ch):
                     self._close()
                     stop.wait(max(tick, 0.5))
@@ -547,6 +601,12 @@ class Reconciler(_Base):
                 backoff = 0.2
                 self._empty_since.clear()
                 while not stop.is_set():
+                    if self._changed.is_set():
+                        self._changed.clear()
+                        tasks = self._tasks
+                        tick = self._interval(tasks)
+                        declare(ch.work, self.names, tasks)  # an added task's queues
+                        self._retime()
                     for task in tasks:
                         self._check(task)
                     ch.connection.process_data_events(time_limit=tick)
@@ -556,6 +616,22 @@ class Reconciler(_Base):
                 backoff = min(backoff * 2, 1.0)
             finally:
                 self._close()
+
+    @staticmethod
+    def _interval(tasks: list[PeriodicTask]) -> float:
+        return min(quiet_window_s(t) for t in tasks) / 2 if tasks else 1.0
+
+    def _retime(self) -> None:
+        """Give each re-timed task a token on its new schedule at once, rather than at the old
+        schedule's next tick (that token is then dropped: its generation is older)."""
+        for name in list(self._retimed):
+            self._retimed.discard(name)
+            task = next((t for t in self._tasks if t.name == name), None)
+            if task is None:
+                continue
+            following = task.schedule.first_after(self.clock())
+            self.publish_token(Token(name, following, gen=self._gens[name]))
+            self.emit(name, "rescheduled", due=following, gen=self._gens[name])
 
     def _lead(self, ch: _Channels) -> bool:
         """Hold the exclusive leader queue (it dies with this connection), or report not leading."""
@@ -594,13 +670,15 @@ class Reconciler(_Base):
             log.info("task %s: first token, tick %s", task.name, following)
         else:
             log.warning("task %s: token lost; re-seeding tick %s", task.name, following)
-        self.publish_token(Token(task.name, following))
+        self.publish_token(Token(task.name, following, gen=self._gens.get(task.name, 0)))
         self.emit(task.name, "seeded" if first else "reseeded", due=following)
         self._empty_since.pop(task.name, None)
 
 
 class Scheduler:
-    """Every runner and the reconciler of one process, each on its own thread and connection."""
+    """Every runner of this process's consumer group and the reconciler, each on its own thread
+    and connection; with an override store, the runtime registry too (worker/scheduler/control.py:
+    runners come and go as tasks are added, removed or moved to another group)."""
 
     def __init__(
         self,
@@ -614,24 +692,28 @@ class Scheduler:
         lease_s: float = DEFAULT_LEASE_S,
         heartbeat_s: int = DEFAULT_HEARTBEAT_S,
         backoff: Backoff = Backoff(),
+        overrides: OverrideStore | None = None,
+        group: str = GROUPS[0],
     ) -> None:
+        if group not in GROUPS:
+            raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {group!r}")
+        self.url, self.group = url, group
         self.names = names or Names()
         # One ledger for the process (without a table: this process's memory).
         self.ledger = ledger if ledger is not None else MemoryLedger()
-        self.runners = [
-            TaskRunner(
-                t,
-                url,
-                names=self.names,
-                send=send,
-                clock=clock,
-                ledger=self.ledger,
-                lease_s=lease_s,
-                heartbeat_s=heartbeat_s,
-                backoff=backoff,
-            )
-            for t in registry
-        ]
+        self._runner_args: dict[str, Any] = {
+            "names": self.names,
+            "send": send,
+            "clock": clock,
+            "ledger": self.ledger,
+            "lease_s": lease_s,
+            "heartbeat_s": heartbeat_s,
+            "backoff": backoff,
+        }
+        # This process's lifecycle events, counted for the metrics (broker_metrics).
+        self.lifecycle = Lifecycle()
+        self.runners: list[TaskRunner] = []
+        self._running: dict[str, tuple[TaskRunner, threading.Event]] = {}
         self.reconciler = Reconciler(
             registry,
             url,
@@ -640,26 +722,68 @@ class Scheduler:
             heartbeat_s=heartbeat_s,
             ledger=self.ledger,
         )
-        # This process's lifecycle events, counted for the metrics (broker_metrics).
-        self.lifecycle = Lifecycle()
-        for part in (*self.runners, self.reconciler):
-            part.lifecycle = self.lifecycle
+        self.reconciler.lifecycle = self.lifecycle
+        self.live = LiveRegistry(registry, overrides, self.apply)
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._stops: list[threading.Event] = []
+        self._lock = threading.Lock()
+        self._started = False
+        self.apply(self.live.entries)
+
+    def apply(self, entries: list[Entry]) -> None:
+        """Run `entries` from now on: a runner for each task of this group, none for the others
+        (a task moved to another group is left to that group's processes)."""
+        with self._lock:
+            mine = {e.task.name: e for e in entries if e.task.group == self.group}
+            for name, (runner, stop) in list(self._running.items()):
+                if name not in mine:
+                    stop.set()  # its consumer goes: the queue's next consumer takes over
+                    del self._running[name]
+                    self.runners.remove(runner)
+            for name, entry in mine.items():
+                if name in self._running:
+                    self._running[name][0].apply(entry)
+                    continue
+                runner = TaskRunner(entry.task, self.url, **self._runner_args)
+                runner.apply(entry)
+                runner.lifecycle = self.lifecycle
+                runner.refresh = self.live.refresh
+                self._running[name] = (runner, threading.Event())
+                self.runners.append(runner)
+                if self._started:
+                    self._spawn(name, runner.serve, self._running[name][1])
+            self.reconciler.apply(entries)
+
+    def _spawn(
+        self, name: str, target: Callable[[threading.Event], None], stop: threading.Event
+    ) -> None:
+        """A thread that serves until `stop` (set by stop(), or alone: its task left the group)."""
+        if self.stop_event.is_set():
+            return
+        self._stops.append(stop)
+        thread = threading.Thread(target=target, args=(stop,), name=f"sched-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def start(self) -> Scheduler:
-        for name, target in [(r.task.name, r.serve) for r in self.runners] + [
-            ("reconciler", self.reconciler.serve)
-        ]:
-            thread = threading.Thread(
-                target=target, args=(self.stop_event,), name=f"sched-{name}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        # The overrides first, so a paused or removed task runs no tick at start.
+        self.live.refresh()
+        with self._lock:
+            self._started = True
+            for name, (runner, stop) in self._running.items():
+                self._spawn(name, runner.serve, stop)
+        self._spawn("reconciler", self.reconciler.serve, threading.Event())
+        if self.live.store is not None:
+            prompts = Prompts(self.url, self.names, self.live, self.reconciler.heartbeat_s)
+            self._spawn("registry", prompts.serve, threading.Event())
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        self.stop_event.set()
+        with self._lock:
+            self.stop_event.set()
+            for stop in self._stops:
+                stop.set()
         for thread in self._threads:
             thread.join(timeout)
 

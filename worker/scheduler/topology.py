@@ -25,6 +25,7 @@ def declare(channel: Any, names: Names, tasks: list[PeriodicTask]) -> None:
     channel.exchange_declare(names.processor_exchange, "direct", durable=True)
     channel.exchange_declare(names.control_exchange, "topic", durable=True)
     channel.exchange_declare(names.dead_exchange, "fanout", durable=True)
+    channel.exchange_declare(names.registry_exchange, "fanout", durable=True)
     channel.queue_declare(names.dead_queue, durable=True, arguments=_quorum())
     channel.queue_bind(names.dead_queue, names.dead_exchange)
     for task in tasks:

@@ -1,0 +1,288 @@
+"""Tasks changed at run time and routed to their consumer group, against two (or more) real
+scheduler processes (tests/integration/control_proc.py) on the real rabbitmq-server, sharing the
+coordination table (moto's server): the overrides and the tick ledger.
+
+Changes go through `sluice schedules …` (the CLI) or its Python API; every process applies them,
+through a scheduler restart and a broker restart, and no tick runs twice."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from click.testing import CliRunner
+
+import sluice_cli
+from devtools.local.resources import ENV, REGION
+from sluice import catalog, naming
+from sluice.scheduling.overrides import OverrideStore
+from sluice_cli.schedule_control import ScheduleControl
+from tests.conftest import ROOT
+from tests.integration.control_proc import declared
+from tests.integration.scheduling import ControlTap
+
+FAST = {"SLUICE_SCHEDULER_LEASE_S": "1", "SLUICE_SCHEDULER_HEARTBEAT_S": "1"}
+# How long after a change returns a process may still act on the old state: the prompt's way
+# through the broker and one read of the table.
+APPLY_S = 0.15
+
+
+@dataclass
+class Run:
+    task: str
+    key: int
+    pid: int
+    started: float
+
+    @property
+    def due(self) -> float:
+        return self.key / 1000
+
+
+class Procs:
+    """Scheduler processes on one broker, table and run log."""
+
+    def __init__(self, url: str, prefix: str, log: Path, env: dict[str, str]) -> None:
+        self.url, self.prefix, self.log, self.env = url, prefix, log, env
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, group: str, *specs: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.control_proc", self.url, self.prefix,
+             group, str(self.log), *specs],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
+        )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def runs(self, task: str) -> list[Run]:
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text().splitlines():
+            kind, name, key, pid, at = line.split()
+            if kind == "start" and name == task:
+                out.append(Run(name, int(key), int(pid), float(at)))
+        return out
+
+    def wait_runs(self, task: str, count: int, timeout: float, after: float = 0.0) -> list[Run]:
+        deadline = time.monotonic() + timeout
+        while True:
+            runs = [r for r in self.runs(task) if r.started > after]
+            if len(runs) >= count:
+                return runs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(runs)} of {count} runs of {task} in {timeout} s")
+            time.sleep(0.01)
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            self.stop(proc)
+
+
+def twice(runs: list[Run]) -> list[int]:
+    return sorted(k for k, n in Counter(r.key for r in runs).items() if n > 1)
+
+
+def listeners(rabbit, names) -> int:
+    """Queues bound to the registry exchange (one per listening scheduler process)."""
+    exchange = urllib.parse.quote(names.registry_exchange, safe="")
+    request = urllib.request.Request(  # noqa: S310 - the test node's management API on loopback
+        f"{rabbit.management_url}/api/exchanges/%2F/{exchange}/bindings/source",
+        headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
+            return len(json.load(answer))
+    except OSError:
+        return 0
+
+
+def skipped(runs: list[Run], period: float) -> int:
+    """Grid ticks between consecutive runs that did not run (each step must be whole periods)."""
+    steps = [(b.key - a.key) / (period * 1000) for a, b in itertools.pairwise(runs)]
+    assert all(s >= 1 and abs(s - round(s)) < 1e-6 for s in steps), steps
+    return sum(round(s) - 1 for s in steps)
+
+
+def reported_missed(tap: ControlTap, since: float, until_due: float) -> int:
+    """Ticks the runners reported missed (a later tick was due when the token came)."""
+    return sum(
+        int(e.get("missed", 1))
+        for e in tap.of("missed", "light")
+        if e["at"] > since and e["due"] <= until_due
+    )
+
+
+@pytest.fixture
+def procs(rabbit, names, ledger_env, tmp_path) -> Iterator[Procs]:
+    with Procs(rabbit.url, names.prefix, tmp_path / "runs.log", {**ledger_env, **FAST}) as p:
+        yield p
+
+
+@pytest.fixture
+def control(rabbit, names, ledger_env) -> ScheduleControl:
+    """The Python API on the processes' table and broker (their declared tasks: `light`)."""
+    ddb = boto3.client("dynamodb", region_name=REGION, endpoint_url=ledger_env["AWS_ENDPOINT_URL"])
+    store = OverrideStore(ddb, naming.coordination_table(ENV), names.prefix)
+    return ScheduleControl(declared([f"light:{PERIOD}:scheduler"]), store, rabbit.url, names)
+
+
+@pytest.fixture
+def cli(rabbit, names, ledger_env, monkeypatch):
+    """`sluice schedules …` on the same table and broker, the tasks declared as in the processes."""
+    schedules = sys.modules["sluice_cli.schedules"]
+    monkeypatch.setattr(schedules, "_registry", lambda: declared([f"light:{PERIOD}:scheduler"]))
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(
+            sluice_cli.cli,
+            ["--env", ENV, "--region", REGION, "--endpoint-url", ledger_env["AWS_ENDPOINT_URL"],
+             "schedules", *args, "--broker-url", rabbit.url, "--prefix", names.prefix],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    return run
+
+
+PERIOD = 0.2
+LIGHT = f"light:{PERIOD}:scheduler"
+
+
+@pytest.mark.slow
+def test_pause_resume_and_a_new_period_apply_across_processes_and_restarts(
+    procs, cli, control, rabbit, tap, names
+):
+    # Given two scheduler processes running task `light` every 200 ms
+    procs.start("scheduler", LIGHT)
+    procs.start("scheduler", LIGHT)
+    procs.wait_runs("light", 3, 20)
+    # When an operator pauses it
+    assert "light: every 0.2 s, group scheduler, declared, paused" in cli("pause", "light")
+    paused_at = time.time()
+    # and both processes are replaced, and the broker restarts, while it is paused
+    for proc in list(procs.procs):
+        procs.stop(proc)
+    procs.start("scheduler", LIGHT)
+    procs.start("scheduler", LIGHT)
+    print(f"broker restart: {rabbit.restart():.1f} s")
+    up_at = time.time()
+    # Then, the processes connected again, the task's token goes round unrun
+    deadline = time.monotonic() + 20
+    while not [e for e in tap.of("paused", "light") if e["at"] > up_at + PERIOD]:
+        assert time.monotonic() < deadline, "no paused tick after the broker restart"
+        time.sleep(0.02)
+    # (and both listen for prompts again: a prompt the broker routes to nobody is lost, and the
+    # change it announces then waits for the next re-read)
+    while listeners(rabbit, names) < 2:
+        assert time.monotonic() < deadline, "the processes do not listen for prompts"
+        time.sleep(0.05)
+    # and no tick started while it was paused
+    assert [r for r in procs.runs("light") if r.started > paused_at + APPLY_S] == []
+    # When it is resumed
+    assert "active" in cli("resume", "light")
+    resumed_at = time.time()
+    after = procs.wait_runs("light", 5, 10, after=resumed_at)
+    # Then it runs from its next tick on, on its grid, every tick (a tick a loaded machine made
+    # late is reported missed, never run late or twice: ticks missed beyond the pause are those)
+    first = after[0]
+    assert first.due <= resumed_at + PERIOD + APPLY_S, (first.due, resumed_at)
+    assert skipped(after, PERIOD) <= reported_missed(tap, resumed_at, after[-1].due)
+    # When its period changes to 100 ms (through the Python API)
+    entry = control.set("light", every_s=0.1)
+    set_at = time.time()
+    assert entry.origin == "overridden" and control.prompted
+    time.sleep(1.2)
+    runs = procs.runs("light")
+    # Then from the next tick on it runs on the 100 ms grid, every tick, without a burst
+    new = [r for r in runs if r.started > set_at + APPLY_S]
+    # (on failure, what the runners said since the change)
+    told = [(round(e["at"] - set_at, 3), e["event"], e.get("due")) for e in list(tap.events)]
+    assert 5 <= len(new) <= 12, ([r.key for r in new], told)
+    assert all(r.key % 100 == 0 for r in new)
+    assert skipped(new, 0.1) <= reported_missed(tap, set_at + APPLY_S, new[-1].due)
+    # and across all of it no tick ran twice, and `list` shows where the task came from
+    assert twice(runs) == []
+    row = next(line for line in cli("list").splitlines() if line.startswith("light "))
+    assert "every 0.1 s" in row and "overridden" in row and "active" in row
+
+
+def test_a_task_added_at_run_time_runs_in_every_process_until_it_is_removed(procs, cli, control):
+    # Given two scheduler processes
+    a = procs.start("scheduler", LIGHT)
+    b = procs.start("scheduler", LIGHT)
+    procs.wait_runs("light", 2, 20)
+    # When an operator adds a task that sends an event every 100 ms
+    event = sorted(catalog.EVENTS)[0]
+    out = cli("add", "extra", "--every", "100ms", "--event", event, "--data", '{"n": 1}')
+    assert "extra: every 0.1 s, group scheduler, added, active" in out
+    runs = procs.wait_runs("extra", 5, 10)
+    # and the process running it stops (the other takes it over, from the table)
+    runner = procs.procs[[a.pid, b.pid].index(runs[-1].pid)]
+    procs.stop(runner)
+    stopped_at = time.time()
+    procs.wait_runs("extra", 3, 10, after=stopped_at + 0.5)
+    # When it is removed
+    cli("remove", "extra")
+    removed_at = time.time()
+    time.sleep(0.6)
+    runs = procs.runs("extra")
+    # Then it ran in the other process too, and no tick ran twice, and none after its removal
+    assert {r.pid for r in runs} == {a.pid, b.pid}
+    assert twice(runs) == []
+    assert [r for r in runs if r.started > removed_at + APPLY_S] == []
+    assert "removed (disabled)" in next(
+        line for line in cli("list").splitlines() if line.startswith("extra ")
+    )
+
+
+def test_a_task_runs_only_in_the_processes_of_its_consumer_group(procs):
+    # Given a process of group `scheduler` and one of group `tasks`, both declaring a light task
+    # (group scheduler) and a heavy one (group tasks)
+    specs = ("light:0.1:scheduler", "heavy:0.1:tasks")
+    light = procs.start("scheduler", *specs)
+    heavy = procs.start("tasks", *specs)
+    # When both have run for a while
+    procs.wait_runs("light", 8, 20)
+    procs.wait_runs("heavy", 8, 20)
+    # Then each task ran only in its group's process
+    assert {r.pid for r in procs.runs("light")} == {light.pid}
+    assert {r.pid for r in procs.runs("heavy")} == {heavy.pid}
+
+
+def test_without_a_broker_the_cli_says_what_cron_yaml_cannot_do():
+    result = CliRunner().invoke(
+        sluice_cli.cli, ["schedules", "pause", "heartbeat"], env={"SLUICE_BROKER_URL": ""}
+    )
+    assert result.exit_code == 1
+    assert "runtime changes need the broker scheduler" in result.output
+    assert "cannot be added, removed, paused, resumed or re-timed" in result.output
