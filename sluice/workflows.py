@@ -179,9 +179,8 @@ class Idempotency(BaseModel):
 
 
 class Priority(BaseModel):
-    """The order of waiting starts (a throttle's held events, the runs queued for concurrency
-    slots): the integer at `key`, clamped to 0..max (else `default`), plus one per `aging_s`
-    waited; higher first, then arrival order (`rank`)."""
+    """The order of waiting starts: the integer at `key`, clamped to 0..max (else `default`),
+    plus one per `aging_s` waited; higher first, then arrival order."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -195,30 +194,6 @@ class Priority(BaseModel):
         if self.default > self.max:
             raise ValueError(f"default: must be <= max ({self.max}), got {self.default}")
         return self
-
-    def of(self, doc: Mapping[str, Any]) -> int:
-        """The priority of an event's document: the integer at `key`, clamped to 0..max; the
-        default when there is none."""
-        try:
-            value = int(key_value(doc, self.key))
-        except ValueError:
-            return self.default
-        return min(max(value, 0), self.max)
-
-
-def rank(
-    priority: Priority | None, level: int, arrival_ms: int, now_ms: int, name: str
-) -> tuple[int, int, str]:
-    """The sort key of a waiting start (the one rule for a throttle's queue and the concurrency
-    slots' queue): its priority `level` aged by one per `aging_s` waited, up to the highest,
-    then arrival, then name. Any start reaches the highest priority after `max * aging_s`, and
-    then only the starts that arrived before it go first: none waits forever. Without a
-    declared priority: arrival order."""
-    effective = level
-    if priority is not None:
-        aged = (now_ms - arrival_ms) // (priority.aging_s * 1000)
-        effective = min(priority.max, level + max(0, aged))
-    return (-effective, arrival_ms, name)
 
 
 class Debounce(BaseModel):
@@ -269,6 +244,8 @@ class Flow(BaseModel):
 
     @model_validator(mode="after")
     def _combinations(self) -> Flow:
+        if self.priority is not None and self.throttle is None:
+            raise ValueError("priority: needs throttle (it orders the starts a throttle holds)")
         if self.debounce is not None and (self.throttle or self.rate_limit or self.batch):
             raise ValueError("debounce: cannot be combined with throttle, rate_limit or batch")
         if self.batch is not None and (self.throttle or self.rate_limit):
@@ -277,9 +254,7 @@ class Flow(BaseModel):
 
     @property
     def controlled(self) -> bool:
-        """Whether the worker decides anything before a start (a priority alone orders only
-        the concurrency slots' queue, which the run itself keeps)."""
-        return any(getattr(self, name) is not None for name in FLOW_SETTINGS if name != "priority")
+        return any(getattr(self, name) is not None for name in FLOW_SETTINGS)
 
     def flow(self) -> Flow:
         """Only the flow control (what the worker is given)."""
@@ -358,14 +333,6 @@ class Declaration(Flow):
         if len(set(value)) != len(value):
             raise ValueError("an event is named twice")
         return value
-
-    @model_validator(mode="after")
-    def _priority_orders(self) -> Declaration:
-        if self.priority is not None and self.throttle is None and self.concurrency is None:
-            raise ValueError(
-                "priority: needs throttle or concurrency (it orders the starts they hold)"
-            )
-        return self
 
     @model_validator(mode="after")
     def _handler_apart(self) -> Declaration:

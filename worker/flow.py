@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from adapters.flow import FULL, RACE_RETRIES, Batches, FlowStore, Partition
-from sluice import envelope, workflows
+from sluice import envelope
 from sluice.catalog import FLOW_WAKE
 from sluice.envelope import Event
 from sluice.errors import TransientError
@@ -63,8 +63,14 @@ def _partition(workflow: str, control: str, key: str) -> str:
 
 
 def priority_of(doc: Mapping[str, Any], priority: Priority | None) -> int:
-    """The event's priority (`Priority.of`); 0 without one."""
-    return 0 if priority is None else priority.of(doc)
+    """The integer at the priority's key, clamped to 0..max; its default when there is none."""
+    if priority is None:
+        return 0
+    try:
+        value = int(key_value(doc, priority.key))
+    except ValueError:
+        return priority.default
+    return min(max(value, 0), priority.max)
 
 
 def _debounce_due(debounce: Debounce, first_ms: int, last_ms: int) -> int:
@@ -96,8 +102,14 @@ def _digest(text: str) -> str:
 
 
 def rank(waiter: Waiter, now_ms: int, priority: Priority | None) -> tuple[int, int, str]:
-    """The sort key of a held event: `sluice.workflows.rank`, the one rule of every queue."""
-    return workflows.rank(priority, waiter.priority, waiter.arrival_ms, now_ms, waiter.event_id)
+    """The sort key of a waiting event: its priority aged by one per `aging_s` waited (up to the
+    highest), then arrival. Any event reaches the highest priority after `max * aging_s`, and
+    then only the events that arrived before it go first: none waits forever."""
+    effective = waiter.priority
+    if priority is not None:
+        aged = (now_ms - waiter.arrival_ms) // (priority.aging_s * 1000)
+        effective = min(priority.max, waiter.priority + max(0, aged))
+    return (-effective, waiter.arrival_ms, waiter.event_id)
 
 
 class FlowControl:
