@@ -79,9 +79,6 @@ def waiting(client: Any, table: str, workflow: str | None = None) -> list[Waiter
             ":m": {"S": MEMBER},
         },
     }
-    while True:
-        page = client.scan(**kwargs)
+    for page in client.get_paginator("scan").paginate(**kwargs):
         out.extend(waiter_from_item(item) for item in page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            return sorted(out, key=lambda w: (w.workflow, w.key, w.arrival_ms, w.event_id))
-        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return sorted(out, key=lambda w: (w.workflow, w.key, w.arrival_ms, w.event_id))

@@ -159,8 +159,7 @@ class RunRecords:
             args["FilterExpression"] = "#n = :name"
             args["ExpressionAttributeNames"] = {"#n": "name"}
             values[":name"] = {"S": name}
-        while True:
-            page = self.client.query(**args)
+        for page in self.client.get_paginator("query").paginate(**args):
             for item in page.get("Items", []):
                 yield RunRecord(
                     workflow=workflow,
@@ -172,10 +171,6 @@ class RunRecords:
                     event=json.loads(item["event"]["S"]),
                     reason=json.loads(item["reason"]["S"]),
                 )
-            last = page.get("LastEvaluatedKey")
-            if not last:
-                return
-            args["ExclusiveStartKey"] = last
 
 
 # -- declared cancellation ------------------------------------------------------------------------
@@ -249,23 +244,18 @@ class CancelKeys:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
-        found: list[Registered] = []
-        args: dict[str, Any] = {
-            "TableName": self.name,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :run)",
-            "ExpressionAttributeValues": {":pk": {"S": scope}, ":run": {"S": REGISTERED}},
-            "ConsistentRead": True,
-        }
-        while True:
-            page = self.client.query(**args)
-            found += [
-                Registered(i["workflow"]["S"], i["name"]["S"], i["arn"]["S"])
-                for i in page.get("Items", [])
-                if i["registered"]["S"] <= recorded
-            ]
-            if not page.get("LastEvaluatedKey"):
-                return found
-            args["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        pages = self.client.get_paginator("query").paginate(
+            TableName=self.name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :run)",
+            ExpressionAttributeValues={":pk": {"S": scope}, ":run": {"S": REGISTERED}},
+            ConsistentRead=True,
+        )
+        return [
+            Registered(i["workflow"]["S"], i["name"]["S"], i["arn"]["S"])
+            for page in pages
+            for i in page.get("Items", [])
+            if i["registered"]["S"] <= recorded
+        ]
 
     def forget(self, scope: str, run: Registered) -> None:
         """The run has ended: nothing will cancel it."""

@@ -156,16 +156,11 @@ def execution_arns(aws: Aws, job_id: str, record: dict[str, Any] | None) -> list
 
 
 def history(lam: Any, arn: str) -> Iterator[dict[str, Any]]:
-    marker: str | None = None
-    while True:
-        args: dict[str, Any] = {"DurableExecutionArn": arn, "IncludeExecutionData": False}
-        if marker:
-            args["Marker"] = marker
-        page = lam.get_durable_execution_history(**args)
+    pages = lam.get_paginator("get_durable_execution_history").paginate(
+        DurableExecutionArn=arn, IncludeExecutionData=False
+    )
+    for page in pages:
         yield from page.get("Events", [])
-        marker = page.get("NextMarker")
-        if not marker:
-            return
 
 
 def _when(value: Any) -> str:

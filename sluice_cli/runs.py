@@ -337,7 +337,7 @@ class Runs:
         args: dict[str, Any] = {
             "FunctionName": self.functions[workflow],
             "ReverseOrder": True,
-            "MaxItems": min(PAGE, limit),
+            "PaginationConfig": {"PageSize": min(PAGE, limit)},
         }
         if statuses:
             args["Statuses"] = list(statuses)
@@ -348,8 +348,7 @@ class Runs:
         if name:
             args["DurableExecutionName"] = name
         seen = 0
-        while True:
-            page = self.lam.list_durable_executions_by_function(**args)
+        for page in self.lam.get_paginator("list_durable_executions_by_function").paginate(**args):
             for item in page.get("DurableExecutions", []):
                 # Lambda filters on Statuses; checked again so that an endpoint that ignores
                 # the filter (the local runner reads another parameter) cannot widen a bulk act.
@@ -366,10 +365,6 @@ class Runs:
                 seen += 1
                 if seen >= limit:
                     return
-            marker = page.get("NextMarker")
-            if not marker:
-                return
-            args["Marker"] = marker
 
     def get(self, arn: str) -> Run:
         """The run with its input and, if it ended badly, its error."""
@@ -397,14 +392,11 @@ class Runs:
 
     def history(self, arn: str) -> Iterator[Mapping[str, Any]]:
         """Every event of the run's history, with its data, oldest first."""
-        args: dict[str, Any] = {"DurableExecutionArn": arn, "IncludeExecutionData": True}
-        while True:
-            page = self.lam.get_durable_execution_history(**args)
+        pages = self.lam.get_paginator("get_durable_execution_history").paginate(
+            DurableExecutionArn=arn, IncludeExecutionData=True
+        )
+        for page in pages:
             yield from page.get("Events", [])
-            marker = page.get("NextMarker")
-            if not marker:
-                return
-            args["Marker"] = marker
 
     def show(self, arn: str) -> RunDetail:
         """The run, each operation with its input, output or error, and the runs replaying it."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +85,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         else:
             group = item.path.relative_to(ROOT).as_posix()
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's server on loopback, one per test module."""
+    from devtools.moto_server import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def moto_ddb(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A DynamoDB client of moto's server, which every client the test makes also reaches (the
+    endpoint variable); the tables the test created are deleted after it."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", moto_url)
+    client = boto3.client("dynamodb", endpoint_url=moto_url)
+    before = set(client.list_tables()["TableNames"])
+    yield client
+    for table in set(client.list_tables()["TableNames"]) - before:
+        client.delete_table(TableName=table)

@@ -23,7 +23,6 @@ from click.testing import CliRunner
 
 from devtools.durable_lambda import DurableService, serve
 from devtools.local.resources import create_coordination_table
-from devtools.moto_server import moto_server
 from sluice import naming
 from sluice.catalog import WORKFLOW_ALIAS
 from sluice.envelope import Event, execution_name
@@ -67,28 +66,13 @@ def waiting(event: Any, ctx: DurableContext) -> Any:
     )
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
 @pytest.fixture
-def records(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunRecords]:
+def records(moto_ddb: Any, monkeypatch: pytest.MonkeyPatch) -> RunRecords:
     """The coordination table of environment ENV in moto's server, as the stack makes it."""
-    for name, value in {
-        "AWS_ENDPOINT_URL_DYNAMODB": moto_url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "SLUICE_ENV": ENV,
-    }.items():
-        monkeypatch.setenv(name, value)
-    ddb = boto3.client("dynamodb", endpoint_url=moto_url, region_name="eu-west-1")
+    monkeypatch.setenv("SLUICE_ENV", ENV)
     table = naming.coordination_table(ENV)
-    create_coordination_table(ddb, table)
-    yield RunRecords(ddb, table)
-    ddb.delete_table(TableName=table)
+    create_coordination_table(moto_ddb, table)
+    return RunRecords(moto_ddb, table)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from aws_durable_execution_sdk_python.config import Duration, WaitForCallbackCon
 
 from devtools.durable_lambda import DurableService, serve
 from devtools.local.resources import create_coordination_table
-from devtools.moto_server import moto_server
 from lambdas.common.workflow import Run, declared_workflow
 from sluice import naming
 from sluice.catalog import WORKFLOW_ALIAS
@@ -61,27 +60,12 @@ def on_failure(event: Any, _context: Any) -> dict[str, Any]:
     return {"status": "FAILED"}
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
 @pytest.fixture
-def ddb(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for name, value in {
-        "AWS_ENDPOINT_URL_DYNAMODB": moto_url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        # the workflow Lambda's settings, named by its model
-        LambdaSettings.variables()["coordination_table"]: TABLE,
-    }.items():
-        monkeypatch.setenv(name, value)
-    client = boto3.client("dynamodb", endpoint_url=moto_url, region_name=REGION)
-    create_coordination_table(client, TABLE)
-    yield client
-    client.delete_table(TableName=TABLE)
+def ddb(moto_ddb: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    # the workflow Lambda's settings, named by its model
+    monkeypatch.setenv(LambdaSettings.variables()["coordination_table"], TABLE)
+    create_coordination_table(moto_ddb, TABLE)
+    return moto_ddb
 
 
 @pytest.fixture
