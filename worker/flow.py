@@ -21,15 +21,17 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from adapters.flow import FULL, RACE_RETRIES, Batches, FlowStore, Partition
-from sluice import envelope
+from sluice import envelope, workflows
 from sluice.catalog import FLOW_WAKE
 from sluice.envelope import Event
 from sluice.errors import TransientError
 from sluice.flowstate import Waiter, partition
 from sluice.workflows import SQS_MAX_DELAY_S, Debounce, Flow, Priority, key_value
+from worker.cancels import Canceller
 
 log = logging.getLogger("sluice.worker")
 
@@ -45,6 +47,9 @@ _KEY_CHARS = 200  # longer key values are hashed into the partition key
 _SEEN_MAX = 10_000  # partitions whose window a worker process remembers
 
 Starter = Callable[[Event], None]
+# The held events a cancellation dropped while one message was handled (the dispatcher sets a
+# list per message and counts them as Cancelled).
+dropped: ContextVar[list[dict[str, str]] | None] = ContextVar("flow_dropped", default=None)
 
 
 def window_start(now: float, period_s: int) -> int:
@@ -63,14 +68,8 @@ def _partition(workflow: str, control: str, key: str) -> str:
 
 
 def priority_of(doc: Mapping[str, Any], priority: Priority | None) -> int:
-    """The integer at the priority's key, clamped to 0..max; its default when there is none."""
-    if priority is None:
-        return 0
-    try:
-        value = int(key_value(doc, priority.key))
-    except ValueError:
-        return priority.default
-    return min(max(value, 0), priority.max)
+    """The event's priority (`Priority.of`); 0 without one."""
+    return 0 if priority is None else priority.of(doc)
 
 
 def _debounce_due(debounce: Debounce, first_ms: int, last_ms: int) -> int:
@@ -102,14 +101,8 @@ def _digest(text: str) -> str:
 
 
 def rank(waiter: Waiter, now_ms: int, priority: Priority | None) -> tuple[int, int, str]:
-    """The sort key of a waiting event: its priority aged by one per `aging_s` waited (up to the
-    highest), then arrival. Any event reaches the highest priority after `max * aging_s`, and
-    then only the events that arrived before it go first: none waits forever."""
-    effective = waiter.priority
-    if priority is not None:
-        aged = (now_ms - waiter.arrival_ms) // (priority.aging_s * 1000)
-        effective = min(priority.max, waiter.priority + max(0, aged))
-    return (-effective, waiter.arrival_ms, waiter.event_id)
+    """The sort key of a held event: `sluice.workflows.rank`, the one rule of every queue."""
+    return workflows.rank(priority, waiter.priority, waiter.arrival_ms, now_ms, waiter.event_id)
 
 
 class FlowControl:
@@ -122,8 +115,11 @@ class FlowControl:
         sqs: Any,
         queue_url: str,
         clock: Callable[[], float] = time.time,
+        canceller: Canceller | None = None,
     ) -> None:
         self.store, self.sqs, self.queue_url, self.clock = store, sqs, queue_url, clock
+        # Asked before a held event starts: a `cancel_on` event may have cancelled it meanwhile.
+        self.canceller = canceller
         # The window each throttle partition was last seen in: only a hint of which write to try
         # first (the conditions decide), so a new window costs one call, not two.
         self._seen: dict[str, int] = {}
@@ -171,6 +167,33 @@ class FlowControl:
             return self._batch(workflow, flow, event, doc, start)
         start(event)
         return START
+
+    def _cancelled(
+        self,
+        workflow: str,
+        flow: Flow,
+        event: Event,
+        since_ms: int,
+        seen: dict[str, str | None],
+    ) -> bool:
+        """Whether a cancellation received since `event` was held names it (then it is recorded
+        as cancelled, its failure handler has run, and it must not start)."""
+        if not flow.cancel_on or self.canceller is None:
+            return False
+        by = self.canceller.held_cancelled(workflow, flow.cancel_on, event, since_ms, seen=seen)
+        if by is None:
+            return False
+        tally = dropped.get()
+        if tally is not None:
+            tally.append(
+                {
+                    "workflow": workflow,
+                    "event_id": event.id,
+                    "execution_name": event.execution_name,
+                    "cancelled_by": by,
+                }
+            )
+        return True
 
     # -- batch -----------------------------------------------------------------------------------
 
@@ -233,11 +256,22 @@ class FlowControl:
             if (len(ids) >= batch.size or over) and self.store.close_batch(pk, gen, ids):
                 done.append((gen, ids))
         started: set[str] = set()
+        seen: dict[str, str | None] = {}
         for gen, ids in done:
-            members = sorted(
-                (state.members[i] for i in ids if i in state.members),
-                key=lambda m: (m.arrival_ms, m.event_id),
-            )
+            members = [
+                m
+                for m in sorted(
+                    (state.members[i] for i in ids if i in state.members),
+                    key=lambda m: (m.arrival_ms, m.event_id),
+                )
+                if not self._cancelled(
+                    workflow,
+                    flow,
+                    envelope.event_from_dict(json.loads(m.event)),
+                    m.arrival_ms,
+                    seen,
+                )
+            ]
             if members:
                 start(_batch_event(gen, [json.loads(m.event) for m in members]))
                 started.update(m.event_id for m in members)
@@ -286,10 +320,15 @@ class FlowControl:
             # Not due: a later event sent the wake-up for its own quiet period.
             if now_ms >= due * 1000 and self.store.close(waiter, last_ms):
                 ready.append(waiter)
+        begun = 0
+        seen: dict[str, str | None] = {}
         for waiter in ready:
-            start(envelope.event_from_dict(json.loads(waiter.event)))
+            event = envelope.event_from_dict(json.loads(waiter.event))
+            if not self._cancelled(workflow, flow, event, waiter.arrival_ms, seen):
+                start(event)
+                begun += 1
             self.store.started(waiter)
-        return len(ready)
+        return begun
 
     # -- throttle --------------------------------------------------------------------------------
 
@@ -365,7 +404,16 @@ class FlowControl:
                 self.store.held(pk), key=lambda w: rank(w, int(now * 1000), flow.priority)
             )
         started: list[str] = []
-        for waiter in order[:free]:
+        dropped_here = 0
+        seen: dict[str, str | None] = {}
+        for waiter in order:
+            if len(started) >= free:
+                break
+            event = envelope.event_from_dict(json.loads(waiter.event))
+            if self._cancelled(workflow, flow, event, waiter.arrival_ms, seen):
+                self.store.release(waiter)  # no place taken: it never starts
+                dropped_here += 1
+                continue
             if not self.store.admit(
                 pk,
                 waiter.event_id,
@@ -375,10 +423,10 @@ class FlowControl:
                 fresh=state.window_start < begun and not started,
             ):
                 break  # a racing worker filled the window
-            start(envelope.event_from_dict(json.loads(waiter.event)))
+            start(event)
             self.store.release(waiter)
             started.append(waiter.event_id)
-        if (len(order) if read else state.waiting) > len(started):
+        if (len(order) if read else state.waiting) > len(started) + dropped_here:
             due = int(now) if len(started) == MAX_STARTS else begun + throttle.period_s
             self._wake(state, workflow, "throttle", key, due, woken_for=woken_for)
         return started
