@@ -62,6 +62,7 @@ class Batches:
     (gen, ids), and every member by event id."""
 
     open: tuple[str, int, frozenset[str]] | None = None
+    open_bytes: int = 0  # what the open batch's members add to its run's payload
     done: list[tuple[str, frozenset[str]]] = field(default_factory=list)
     members: dict[str, Waiter] = field(default_factory=dict)
 
@@ -361,10 +362,12 @@ class FlowStore:
 
     # -- batch ----------------------------------------------------------------------------------
 
-    def join(self, member: Waiter, *, size: int) -> str:
+    def join(self, member: Waiter, *, size: int, nbytes: int = 0, room: int | None = None) -> str:
         """Add `member` to its partition's open batch (opening one if none is open), in one
         transaction with its `m#` item: JOINED, ALREADY (a redelivery: it is a member), or FULL
-        (the open batch has `size` members: it is being closed)."""
+        (the open batch has `size` members, or its members' `bytes` and this member's `nbytes`
+        would pass `room`: it is being closed). A first member always joins."""
+        fits = "" if room is None else " AND (attribute_not_exists(#b) OR #b <= :room)"
         try:
             self.client.transact_write_items(
                 TransactItems=[
@@ -372,16 +375,20 @@ class FlowStore:
                         "Update": {
                             "TableName": self.name,
                             "Key": self._key(member.pk, BATCH),
-                            "UpdateExpression": "ADD ids :ids SET gen = if_not_exists(gen, :id), "
+                            "UpdateExpression": "ADD ids :ids, #b :nb "
+                            "SET gen = if_not_exists(gen, :id), "
                             "first_ms = if_not_exists(first_ms, :now), #ttl = :ttl",
-                            "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :n",
-                            "ExpressionAttributeNames": {"#ttl": TTL_ATTRIBUTE},
+                            "ConditionExpression": "attribute_not_exists(ids) OR "
+                            f"(size(ids) < :n{fits})",
+                            "ExpressionAttributeNames": {"#ttl": TTL_ATTRIBUTE, "#b": "bytes"},
                             "ExpressionAttributeValues": {
                                 ":ids": {"SS": [member.event_id]},
                                 ":id": {"S": member.event_id},
                                 ":now": {"N": str(member.arrival_ms)},
                                 ":n": {"N": str(size)},
+                                ":nb": {"N": str(nbytes)},
                                 ":ttl": {"N": str(member.arrival_ms // 1000 + WAITER_TTL_S)},
+                                **({} if room is None else {":room": {"N": str(room - nbytes)}}),
                             },
                         }
                     },
@@ -419,6 +426,7 @@ class FlowStore:
                     int(item["first_ms"]["N"]),
                     frozenset(item.get("ids", {}).get("SS", [])),
                 )
+                found.open_bytes = int(item.get("bytes", {}).get("N", "0"))
             elif sk.startswith(DONE):
                 found.done.append((sk[len(DONE) :], frozenset(item["ids"]["SS"])))
             elif sk.startswith(MEMBER) and "event" in item:  # (not a started one's tombstone)

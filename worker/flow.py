@@ -43,6 +43,9 @@ MAX_DELAY_S = SQS_MAX_DELAY_S
 # Starts per drain (one sqsd POST): more free places are filled by a wake-up sent at once.
 MAX_STARTS = 50
 ALL = "*"  # the key of a control declared without one
+# A batch's run must fit Lambda's asynchronous payload: its members and, around them, the run's
+# envelope (name, id, correlation id: bounded by the envelope's patterns; a margin).
+BATCH_PAYLOAD_BYTES = envelope.MAX_ASYNC_PAYLOAD_BYTES - 4096
 _KEY_CHARS = 200  # longer key values are hashed into the partition key
 _SEEN_MAX = 10_000  # partitions whose window a worker process remembers
 
@@ -94,6 +97,12 @@ def _batch_event(gen: str, events: list[dict[str, Any]]) -> Event:
         ts=first["ts"],
         correlation_id=first.get("correlation_id", ""),
     )
+
+
+def member_bytes(event: Event) -> int:
+    """What `event` adds to its batch's run payload: its document in `data.events`, as the
+    start payload writes it (compact, sorted), and a comma."""
+    return len(json.dumps(event.to_dict(), separators=(",", ":"), sort_keys=True).encode()) + 1
 
 
 def _digest(text: str) -> str:
@@ -215,10 +224,15 @@ class FlowControl:
             priority=0,
             arrival_ms=int(self.clock() * 1000),
         )
+        nbytes = member_bytes(event)
         for _ in range(RACE_RETRIES):
-            if self.store.join(member, size=batch.size) != FULL:
+            joined = self.store.join(
+                member, size=batch.size, nbytes=nbytes, room=BATCH_PAYLOAD_BYTES
+            )
+            if joined != FULL:
                 break
-            self._batches(workflow, flow, key, start)  # full: close it (its closer may be gone)
+            # Full, by count or by bytes: close it (its closer may be gone), then join the next.
+            self._batches(workflow, flow, key, start, incoming=nbytes)
         else:
             raise TransientError(f"batch of {key!r} full and not closed", code="batch_full")
         state = self.store.batches(pk)
@@ -242,9 +256,12 @@ class FlowControl:
         start: Starter,
         *,
         state: Batches | None = None,
+        incoming: int = 0,
     ) -> set[str]:
-        """Close the open batch of `key` if it is full or its window is over, and start every
-        closed one (finishing any start a crash interrupted). The event ids started."""
+        """Close the open batch of `key` if it is full (by count, or by bytes for an `incoming`
+        member that would push its run's payload past Lambda's limit) or its window is over,
+        and start every closed one (finishing any start a crash interrupted). The event ids
+        started."""
         batch = flow.batch
         assert batch is not None
         pk = _partition(workflow, "batch", key)
@@ -253,7 +270,8 @@ class FlowControl:
         if state.open is not None:
             gen, first_ms, ids = state.open
             over = self.clock() * 1000 >= first_ms + batch.window_s * 1000
-            if (len(ids) >= batch.size or over) and self.store.close_batch(pk, gen, ids):
+            heavy = incoming and state.open_bytes + incoming > BATCH_PAYLOAD_BYTES
+            if (len(ids) >= batch.size or over or heavy) and self.store.close_batch(pk, gen, ids):
                 done.append((gen, ids))
         started: set[str] = set()
         seen: dict[str, str | None] = {}

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 from sluice.catalog import FLOW_WAKE
-from sluice.envelope import Event
+from sluice.envelope import MAX_ASYNC_PAYLOAD_BYTES, Event
 from sluice.workflows import Batch, Debounce, Flow, Idempotency, Priority, RateLimit, Throttle
 from tests.flow.conftest import WORKFLOW, Pipeline, webhook
-from worker.flow import MAX_DELAY_S, rank
+from worker.flow import BATCH_PAYLOAD_BYTES, MAX_DELAY_S, member_bytes, rank
 
 
 def starts_per_window(p: Pipeline, period_s: int, begin: float) -> list[int]:
@@ -290,3 +290,29 @@ def test_a_batch_takes_what_arrived_within_its_window(pipeline):
     ]
     started = [i for _, _, ids in batch_runs(pipeline, begin) for i in ids]
     assert started == [f"evt-{n}" for n in range(25)]
+
+
+def test_a_batch_closes_early_when_the_next_event_would_pass_lambdas_payload_limit(pipeline):
+    # Events of ~200 KB (under SQS's 256 KiB): at most 4 fit one run's 1 MB asynchronous
+    # payload (sluice.envelope.MAX_ASYNC_PAYLOAD_BYTES), far fewer than the declared size.
+    pipeline.flows[WORKFLOW] = Flow(batch=Batch(size=50, window_s=60))
+    begin = pipeline.clock.now = 1_800_000_000.0
+    events = [webhook(n, body="x" * 200_000) for n in range(10)]
+    for event in events:
+        pipeline.send(event)
+    pipeline.run_until(begin + 120)
+    runs = batch_runs(pipeline, begin)
+    # Each event in exactly one run, in arrival order; full runs closed by bytes, the last by
+    # its window's end.
+    assert [i for _, _, ids in runs for i in ids] == [e.id for e in events]
+    assert [(start, len(ids)) for _, start, ids in runs] == [(0, 4), (0, 4), (61, 2)]
+    for _, _, payload in pipeline.lam.starts:
+        assert payload_bytes(payload) <= MAX_ASYNC_PAYLOAD_BYTES  # Lambda takes it
+    # and a batch is closed only when one more member would not have fitted
+    first_run = pipeline.lam.starts[0][2]
+    assert payload_bytes(first_run) + member_bytes(events[4]) > BATCH_PAYLOAD_BYTES
+
+
+def payload_bytes(payload: dict) -> int:
+    """The size of a run's input as the worker sends it (Event.start_payload: compact, sorted)."""
+    return len(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
