@@ -56,6 +56,19 @@ class Partition:
         return len(self.admitted) if self.window_start == window_start else 0
 
 
+def _partition_of(window: dict[str, Any] | None, wake: dict[str, Any] | None = None) -> Partition:
+    """A partition from its window item (and an older layout's `wake` item)."""
+    fields: dict[str, Any] = {}
+    if window is not None:
+        fields["window_start"] = int(window.get("start", {}).get("N", "-1"))
+        fields["admitted"] = frozenset(window.get("ids", {}).get("SS", []))
+        fields["waiting"] = int(window.get("waiting", {}).get("N", "0"))
+        fields["wake_due"] = int(window.get("wake_due", {}).get("N", "0"))
+    if wake is not None:
+        fields["wake_due"] = max(fields.get("wake_due", 0), int(wake["due"]["N"]))
+    return Partition(**fields)
+
+
 @dataclass
 class Batches:
     """A batch partition: the open batch (gen, first_ms, ids), the closed ones being started
@@ -128,12 +141,15 @@ class FlowStore:
         period_s: int,
         fresh: bool | None = False,
         unless_waiting: bool = False,
+        refused: list[Partition] | None = None,
     ) -> bool:
         """Count `event_id` in the window starting at `window_start` if it has room (or already
         counts it); whether it does now. `fresh`: whether the caller saw an older window (or
         none), so beginning the window is tried first; None: it saw this window begun, so only
         counting is tried. `unless_waiting`: only if no event waits in the partition (the
-        window's `waiting` count), so a newcomer never passes a held event."""
+        window's `waiting` count), so a newcomer never passes a held event. `refused` gets the
+        partition as the last refusing write saw it (DynamoDB returns it with the refusal: no
+        extra read)."""
         names = {"#s": "start", "#ttl": TTL_ATTRIBUTE}
         values: dict[str, Any] = {
             ":ids": {"SS": [event_id]},
@@ -167,12 +183,18 @@ class FlowStore:
                         TableName=self.name,
                         Key=self._key(pk, WINDOW),
                         ExpressionAttributeNames=names,
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
                         **request,
                     )
                     return True
                 except ClientError as exc:
                     if not _conditional(exc):
                         raise
+                    seen = _partition_of(exc.response.get("Item"))
+                    if refused is not None:
+                        refused[:] = [seen]
+                    if unless_waiting and seen.waiting > 0:
+                        return False  # events wait: the other write is refused as well
             if unless_waiting:
                 return False  # full, or events wait: the caller holds this one
             # The window is this one and full, or a racing worker has just begun it: read again.
@@ -182,15 +204,8 @@ class FlowStore:
 
     def read(self, pk: str) -> Partition:
         """The window and the last wake-up of partition `pk` (one small query, consistent)."""
-        fields: dict[str, Any] = {}
-        for item in self._query(pk, "w"):  # `wake` and `window`
-            if item["sk"]["S"] == WINDOW:
-                fields["window_start"] = int(item.get("start", {}).get("N", "-1"))
-                fields["admitted"] = frozenset(item.get("ids", {}).get("SS", []))
-                fields["waiting"] = int(item.get("waiting", {}).get("N", "0"))
-            elif item["sk"]["S"] == WAKE:
-                fields["wake_due"] = int(item["due"]["N"])
-        return Partition(**fields)
+        items = {item["sk"]["S"]: item for item in self._query(pk, "w")}  # `window` (`wake`)
+        return _partition_of(items.get(WINDOW), items.get(WAKE))
 
     def held(self, pk: str) -> list[Waiter]:
         """The events held in partition `pk` (consistent)."""
@@ -266,14 +281,14 @@ class FlowStore:
                 raise
 
     def woken(self, pk: str, due: int) -> None:
-        """Note that a wake-up message for `pk` was sent for `due`."""
-        self.client.put_item(
+        """Note that a wake-up message for `pk` was sent for `due`: on the window item, so the
+        refusal of a later arrival returns it (the `wake` item of an older layout is still
+        read)."""
+        self.client.update_item(
             TableName=self.name,
-            Item={
-                **self._key(pk, WAKE),
-                "due": {"N": str(due)},
-                TTL_ATTRIBUTE: {"N": str(due + KEEP_S)},
-            },
+            Key=self._key(pk, WINDOW),
+            UpdateExpression="SET wake_due = :due",
+            ExpressionAttributeValues={":due": {"N": str(due)}},
         )
 
     # -- debounce -------------------------------------------------------------------------------

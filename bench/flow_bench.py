@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=600, help="events of each kind")
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument(
+        "--profile", type=int, default=0, help="print the held path's N costliest functions"
+    )
     args = parser.parse_args()
 
     moto_port, lambda_port, ddb_port = free_port(), free_port(), free_port()
@@ -195,10 +198,19 @@ def run(args: argparse.Namespace, moto_url: str, ddb_url: str) -> dict[str, Any]
     }
     # Interleaved, so both see the same machine: started = each customer under its limit;
     # held = one customer far over it (every event past the first `limit` waits).
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
     for i in range(args.events):
         kinds["uncontrolled"].append(handle(uncontrolled(i, "run")))
         kinds["controlled_started"].append(handle(controlled(i, "run", customers=50)))
+        if args.profile:
+            profile.enable()
         kinds["controlled_held"].append(handle(controlled(i + limit, "hot", customers=1)))
+        profile.disable()
+    if args.profile:
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(args.profile)
 
     def summary(samples: list[tuple[float, dict[str, int]]]) -> dict[str, Any]:
         cpu = sorted(s[0] * 1000 for s in samples)

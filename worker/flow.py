@@ -132,6 +132,11 @@ class FlowControl:
         # The window each throttle partition was last seen in: only a hint of which write to try
         # first (the conditions decide), so a new window costs one call, not two.
         self._seen: dict[str, int] = {}
+        # The window each throttle partition was last seen full in, with a wake-up noted for its
+        # end. Within a window a full one stays full (its admitted ids only grow) and the
+        # wake-up chain is on its way, so an arrival there is held at once: no refused write,
+        # no drain.
+        self._full: dict[str, int] = {}
 
     def admit(self, workflow: str, flow: Flow, event: Event, start: Starter) -> str:
         """Apply `flow` to `event`: START (started through `start`), DUPLICATE, SKIPPED or
@@ -362,10 +367,12 @@ class FlowControl:
         seen = self._seen.get(pk)
         if len(self._seen) > _SEEN_MAX:
             self._seen.clear()
+            self._full.clear()
         self._seen[pk] = begun
         # Nothing waits and the window has room: start it now, in one conditional write (sqsd's
         # message is the record until the 200).
-        if self.store.admit(
+        refused: list[Partition] = []
+        if self._full.get(pk) != begun and self.store.admit(
             pk,
             event.id,
             limit=throttle.limit,
@@ -373,6 +380,7 @@ class FlowControl:
             period_s=throttle.period_s,
             fresh=None if seen == begun else True,
             unless_waiting=True,
+            refused=refused,
         ):
             start(event)
             return START
@@ -386,7 +394,15 @@ class FlowControl:
             arrival_ms=int(now * 1000),
         )
         self.store.hold(waiter)
-        started = self.drain(workflow, flow, key, start, woken_for=None)
+        # The refusal returned the window: if it is full and a wake-up for its end is on its
+        # way, a drain now would start nothing and send nothing (its read is saved).
+        full = bool(refused) and refused[0].used(begun) >= throttle.limit
+        if full and refused[0].wake_due == begun + throttle.period_s:
+            self._full[pk] = begun
+        if self._full.get(pk) == begun:
+            started: list[str] = []
+        else:
+            started = self.drain(workflow, flow, key, start, woken_for=None)
         if event.id in started:
             return START
         log.info(
