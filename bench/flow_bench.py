@@ -128,6 +128,7 @@ def run(args: argparse.Namespace, moto_url: str, ddb_url: str) -> dict[str, Any]
     from sluice.envelope import Event
     from sluice.settings import WebSettings
     from worker import dispatch
+    from worker.cancels import Canceller
     from worker.dispatch import Delivery, Dispatcher
     from worker.flow import FlowControl
     from worker.invoke import DynamoDB, LambdaInvoker
@@ -148,14 +149,26 @@ def run(args: argparse.Namespace, moto_url: str, ddb_url: str) -> dict[str, Any]
         for name in ("deliver_webhook", "transcribe_audio")
     }
     configure_logging("sluice-bench", stream=io.StringIO())
+    # As create_app: declared cancellation through boto3 (deliver_webhook declares cancel_on;
+    # flow control asks it before a held event starts).
+    canceller = Canceller(
+        lambda_client=boto3.client("lambda", config=config),
+        dynamodb_client=Counting(ddb, counts),
+        table=TABLE,
+        failure_handlers={},
+    )
     dispatcher = Dispatcher(
         settings=WebSettings.of(env="bench", workflow_aliases=aliases, events_dlq_url=dlq_url),
         lambda_client=LambdaInvoker.from_environment(timeout_s=10),
         sqs_client=Counting(sqs, counts),
         metrics=Metrics("Sluice/Bench", {"Environment": "bench"}, stream=io.StringIO()),
         flow_control=FlowControl(
-            FlowStore(Counting(lean, counts), TABLE), sqs=Counting(sqs, counts), queue_url=queue_url
+            FlowStore(Counting(lean, counts), TABLE),
+            sqs=Counting(sqs, counts),
+            queue_url=queue_url,
+            canceller=canceller,
         ),
+        canceller=canceller,
     )
     declared = catalog.FLOWS["deliver_webhook"]  # throttle + priority, as the repository declares
     assert declared.throttle is not None and dispatch.FLOWS is catalog.FLOWS
