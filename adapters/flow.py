@@ -56,12 +56,26 @@ class Partition:
         return len(self.admitted) if self.window_start == window_start else 0
 
 
+def _partition_of(window: dict[str, Any] | None, wake: dict[str, Any] | None = None) -> Partition:
+    """A partition from its window item (and an older layout's `wake` item)."""
+    fields: dict[str, Any] = {}
+    if window is not None:
+        fields["window_start"] = int(window.get("start", {}).get("N", "-1"))
+        fields["admitted"] = frozenset(window.get("ids", {}).get("SS", []))
+        fields["waiting"] = int(window.get("waiting", {}).get("N", "0"))
+        fields["wake_due"] = int(window.get("wake_due", {}).get("N", "0"))
+    if wake is not None:
+        fields["wake_due"] = max(fields.get("wake_due", 0), int(wake["due"]["N"]))
+    return Partition(**fields)
+
+
 @dataclass
 class Batches:
     """A batch partition: the open batch (gen, first_ms, ids), the closed ones being started
     (gen, ids), and every member by event id."""
 
     open: tuple[str, int, frozenset[str]] | None = None
+    open_bytes: int = 0  # what the open batch's members add to its run's payload
     done: list[tuple[str, frozenset[str]]] = field(default_factory=list)
     members: dict[str, Waiter] = field(default_factory=dict)
 
@@ -127,12 +141,15 @@ class FlowStore:
         period_s: int,
         fresh: bool | None = False,
         unless_waiting: bool = False,
+        refused: list[Partition] | None = None,
     ) -> bool:
         """Count `event_id` in the window starting at `window_start` if it has room (or already
         counts it); whether it does now. `fresh`: whether the caller saw an older window (or
         none), so beginning the window is tried first; None: it saw this window begun, so only
         counting is tried. `unless_waiting`: only if no event waits in the partition (the
-        window's `waiting` count), so a newcomer never passes a held event."""
+        window's `waiting` count), so a newcomer never passes a held event. `refused` gets the
+        partition as the last refusing write saw it (DynamoDB returns it with the refusal: no
+        extra read)."""
         names = {"#s": "start", "#ttl": TTL_ATTRIBUTE}
         values: dict[str, Any] = {
             ":ids": {"SS": [event_id]},
@@ -166,12 +183,18 @@ class FlowStore:
                         TableName=self.name,
                         Key=self._key(pk, WINDOW),
                         ExpressionAttributeNames=names,
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
                         **request,
                     )
                     return True
                 except ClientError as exc:
                     if not _conditional(exc):
                         raise
+                    seen = _partition_of(exc.response.get("Item"))
+                    if refused is not None:
+                        refused[:] = [seen]
+                    if unless_waiting and seen.waiting > 0:
+                        return False  # events wait: the other write is refused as well
             if unless_waiting:
                 return False  # full, or events wait: the caller holds this one
             # The window is this one and full, or a racing worker has just begun it: read again.
@@ -181,15 +204,8 @@ class FlowStore:
 
     def read(self, pk: str) -> Partition:
         """The window and the last wake-up of partition `pk` (one small query, consistent)."""
-        fields: dict[str, Any] = {}
-        for item in self._query(pk, "w"):  # `wake` and `window`
-            if item["sk"]["S"] == WINDOW:
-                fields["window_start"] = int(item.get("start", {}).get("N", "-1"))
-                fields["admitted"] = frozenset(item.get("ids", {}).get("SS", []))
-                fields["waiting"] = int(item.get("waiting", {}).get("N", "0"))
-            elif item["sk"]["S"] == WAKE:
-                fields["wake_due"] = int(item["due"]["N"])
-        return Partition(**fields)
+        items = {item["sk"]["S"]: item for item in self._query(pk, "w")}  # `window` (`wake`)
+        return _partition_of(items.get(WINDOW), items.get(WAKE))
 
     def held(self, pk: str) -> list[Waiter]:
         """The events held in partition `pk` (consistent)."""
@@ -265,14 +281,14 @@ class FlowStore:
                 raise
 
     def woken(self, pk: str, due: int) -> None:
-        """Note that a wake-up message for `pk` was sent for `due`."""
-        self.client.put_item(
+        """Note that a wake-up message for `pk` was sent for `due`: on the window item, so the
+        refusal of a later arrival returns it (the `wake` item of an older layout is still
+        read)."""
+        self.client.update_item(
             TableName=self.name,
-            Item={
-                **self._key(pk, WAKE),
-                "due": {"N": str(due)},
-                TTL_ATTRIBUTE: {"N": str(due + KEEP_S)},
-            },
+            Key=self._key(pk, WINDOW),
+            UpdateExpression="SET wake_due = :due",
+            ExpressionAttributeValues={":due": {"N": str(due)}},
         )
 
     # -- debounce -------------------------------------------------------------------------------
@@ -361,10 +377,12 @@ class FlowStore:
 
     # -- batch ----------------------------------------------------------------------------------
 
-    def join(self, member: Waiter, *, size: int) -> str:
+    def join(self, member: Waiter, *, size: int, nbytes: int = 0, room: int | None = None) -> str:
         """Add `member` to its partition's open batch (opening one if none is open), in one
         transaction with its `m#` item: JOINED, ALREADY (a redelivery: it is a member), or FULL
-        (the open batch has `size` members: it is being closed)."""
+        (the open batch has `size` members, or its members' `bytes` and this member's `nbytes`
+        would pass `room`: it is being closed). A first member always joins."""
+        fits = "" if room is None else " AND (attribute_not_exists(#b) OR #b <= :room)"
         try:
             self.client.transact_write_items(
                 TransactItems=[
@@ -372,16 +390,20 @@ class FlowStore:
                         "Update": {
                             "TableName": self.name,
                             "Key": self._key(member.pk, BATCH),
-                            "UpdateExpression": "ADD ids :ids SET gen = if_not_exists(gen, :id), "
+                            "UpdateExpression": "ADD ids :ids, #b :nb "
+                            "SET gen = if_not_exists(gen, :id), "
                             "first_ms = if_not_exists(first_ms, :now), #ttl = :ttl",
-                            "ConditionExpression": "attribute_not_exists(ids) OR size(ids) < :n",
-                            "ExpressionAttributeNames": {"#ttl": TTL_ATTRIBUTE},
+                            "ConditionExpression": "attribute_not_exists(ids) OR "
+                            f"(size(ids) < :n{fits})",
+                            "ExpressionAttributeNames": {"#ttl": TTL_ATTRIBUTE, "#b": "bytes"},
                             "ExpressionAttributeValues": {
                                 ":ids": {"SS": [member.event_id]},
                                 ":id": {"S": member.event_id},
                                 ":now": {"N": str(member.arrival_ms)},
                                 ":n": {"N": str(size)},
+                                ":nb": {"N": str(nbytes)},
                                 ":ttl": {"N": str(member.arrival_ms // 1000 + WAITER_TTL_S)},
+                                **({} if room is None else {":room": {"N": str(room - nbytes)}}),
                             },
                         }
                     },
@@ -419,6 +441,7 @@ class FlowStore:
                     int(item["first_ms"]["N"]),
                     frozenset(item.get("ids", {}).get("SS", [])),
                 )
+                found.open_bytes = int(item.get("bytes", {}).get("N", "0"))
             elif sk.startswith(DONE):
                 found.done.append((sk[len(DONE) :], frozenset(item["ids"]["SS"])))
             elif sk.startswith(MEMBER) and "event" in item:  # (not a started one's tombstone)

@@ -3,11 +3,12 @@
 One partition per limited scope (`slot#<workflow>` or `slot#<workflow>#key#<value>`):
 
 - the counter item (sk `counter`): `holders` = run -> {arn, until, since} and a `version`;
-- one waiter item per queued run (sk `w#<arrival ms, zero padded>#<run>`), so a query reads
-  the queue back in arrival order.
+- one waiter item per queued run (sk `w#<arrival ms, zero padded>#<run>`, with its priority),
+  so a query reads the queue back in arrival order.
 
 `try_acquire` takes a slot only when fewer than `limit` live holders exist and the run is among
-the first `limit - holders` waiters; it is one transaction (delete the waiter, replace the holder
+the first `limit - holders` waiters, ranked by the workflow's declared priority with aging
+(`sluice.workflows.rank`, the throttle's rule) or, without one, in arrival order; it is one transaction (delete the waiter, replace the holder
 map on the counter's version), so two racing runs cannot both take the last slot. Holders whose
 lease ran out, or whose durable execution `is_running` says is no longer running, are pruned
 (the slot of a killed run is reclaimed); so are waiters ahead that stopped polling and whose
@@ -25,6 +26,7 @@ from botocore.exceptions import ClientError
 
 from adapters.errors import code
 from sluice import naming
+from sluice.workflows import Priority, rank
 
 COUNTER = "counter"
 WAITER = "w#"
@@ -97,8 +99,11 @@ class Slots:
 
     # -- queue -----------------------------------------------------------------------------
 
-    def enqueue(self, scope: str, run: str, *, arn: str, arrival_ms: int) -> None:
-        """Queue `run` (idempotent: the same run and arrival is the same waiter item)."""
+    def enqueue(
+        self, scope: str, run: str, *, arn: str, arrival_ms: int, priority: int = 0
+    ) -> None:
+        """Queue `run` at `priority` (idempotent: the same run and arrival is the same waiter
+        item)."""
         now = int(self.clock())
         self.client.put_item(
             TableName=self.name,
@@ -108,12 +113,13 @@ class Slots:
                 "run": {"S": run},
                 "arn": {"S": arn},
                 "seen": {"N": str(now)},
+                "priority": {"N": str(priority)},
                 TTL_ATTRIBUTE: {"N": str(now + WAITER_TTL_S)},
             },
         )
 
     def waiters(self, scope: str, *, limit: int | None = None) -> list[dict[str, Any]]:
-        """The queue of `scope` in arrival order: [{sk, run, arn, seen}]."""
+        """The queue of `scope` in arrival order: [{sk, run, arn, seen, priority, arrival_ms}]."""
         out: list[dict[str, Any]] = []
         kwargs: dict[str, Any] = {
             "TableName": self.name,
@@ -132,6 +138,8 @@ class Slots:
                         "run": item["run"]["S"],
                         "arn": item.get("arn", {}).get("S", ""),
                         "seen": int(item.get("seen", {}).get("N", "0")),
+                        "priority": int(item.get("priority", {}).get("N", "0")),
+                        "arrival_ms": int(item["sk"]["S"][len(WAITER) :].split("#", 1)[0]),
                     }
                 )
             if "LastEvaluatedKey" not in page or (limit is not None and len(out) >= limit):
@@ -161,10 +169,14 @@ class Slots:
         limit: int,
         lease_s: int,
         is_running: IsRunning,
+        priority: int = 0,
+        order: Priority | None = None,
     ) -> bool:
-        """Take a slot of `scope` for `run` if one is free and its turn has come; True if it
-        holds one (also when it already did: a retried poll). A transaction lost to a racing run
-        is tried again at once, up to `RACE_RETRIES` times."""
+        """Take a slot of `scope` for `run` (queued at `priority`) if one is free and its turn
+        has come: it ranks among the first free places by `order`, the workflow's declared
+        priority (None: arrival order). True if it holds one (also when it already did: a
+        retried poll). A transaction lost to a racing run is tried again at once, up to
+        `RACE_RETRIES` times."""
         for _ in range(RACE_RETRIES):
             outcome = self._try_acquire(
                 scope,
@@ -174,6 +186,8 @@ class Slots:
                 limit=limit,
                 lease_s=lease_s,
                 is_running=is_running,
+                priority=priority,
+                order=order,
             )
             if outcome is not None:
                 return outcome
@@ -189,6 +203,8 @@ class Slots:
         limit: int,
         lease_s: int,
         is_running: IsRunning,
+        priority: int,
+        order: Priority | None,
     ) -> bool | None:
         now = int(self.clock())
         holders, version = self.holders(scope)
@@ -200,20 +216,22 @@ class Slots:
             if h.until > now and (now - h.since < self.check_after_s or is_running(h.arn))
         }
         free = limit - len(live)
-        if free <= 0:
-            self._seen(scope, run, arn=arn, arrival_ms=arrival_ms, now=now)
+
+        def wait() -> bool:  # not its turn: note that it still waits
+            self._seen(scope, run, arn=arn, arrival_ms=arrival_ms, priority=priority, now=now)
             return False
+
+        if free <= 0:
+            return wait()
         mine = waiter_sk(arrival_ms, run)
-        queue = self.waiters(scope, limit=free)
+        queue = self._first(scope, free, order)
         if mine not in {w["sk"] for w in queue}:
             ahead = self._dead_waiters_ahead(scope, queue, mine, now, is_running)
             if ahead is None:  # my turn has not come
-                self._seen(scope, run, arn=arn, arrival_ms=arrival_ms, now=now)
-                return False
-            queue = self.waiters(scope, limit=free)
+                return wait()
+            queue = self._first(scope, free, order)
             if mine not in {w["sk"] for w in queue}:
-                self._seen(scope, run, arn=arn, arrival_ms=arrival_ms, now=now)
-                return False
+                return wait()
         taken = {**live, run: Holder(arn=arn, until=now + lease_s, since=now)}
         counter_key = {"pk": {"S": scope}, "sk": {"S": COUNTER}}
         if version == 0:
@@ -252,6 +270,17 @@ class Slots:
             return None  # another run changed the counter first: read it again
         return True
 
+    def _first(self, scope: str, places: int, order: Priority | None) -> list[dict[str, Any]]:
+        """The `places` best-ranked waiters of `scope`. In arrival order only those are read;
+        by priority the whole queue is (aging changes the order as time passes)."""
+        if order is None:
+            return self.waiters(scope, limit=places)
+        now_ms = int(self.clock() * 1000)
+        return sorted(
+            self.waiters(scope),
+            key=lambda w: rank(order, w["priority"], w["arrival_ms"], now_ms, w["run"]),
+        )[:places]
+
     def _dead_waiters_ahead(
         self,
         scope: str,
@@ -264,7 +293,7 @@ class Slots:
         is gone; the removed runs, or None when every one of them is alive (wait your turn)."""
         removed = []
         for w in queue:
-            if w["sk"] >= mine:
+            if w["sk"] == mine:
                 break
             if now - w["seen"] >= self.stale_waiter_s and w["arn"] and not is_running(w["arn"]):
                 self.client.delete_item(
@@ -273,7 +302,9 @@ class Slots:
                 removed.append(w["run"])
         return removed or None
 
-    def _seen(self, scope: str, run: str, *, arn: str, arrival_ms: int, now: int) -> None:
+    def _seen(
+        self, scope: str, run: str, *, arn: str, arrival_ms: int, priority: int, now: int
+    ) -> None:
         """Note that `run` still waits (and queue it again if its waiter item is gone)."""
         try:
             self.client.update_item(
@@ -286,7 +317,7 @@ class Slots:
         except ClientError as exc:
             if code(exc) != "ConditionalCheckFailedException":
                 raise
-            self.enqueue(scope, run, arn=arn, arrival_ms=arrival_ms)
+            self.enqueue(scope, run, arn=arn, arrival_ms=arrival_ms, priority=priority)
 
     def release(self, scope: str, run: str, *, arrival_ms: int | None = None) -> bool:
         """Give back `run`'s slot of `scope` (idempotent) and leave the queue; True if it held

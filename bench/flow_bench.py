@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=600, help="events of each kind")
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument(
+        "--profile", type=int, default=0, help="print the held path's N costliest functions"
+    )
     args = parser.parse_args()
 
     moto_port, lambda_port, ddb_port = free_port(), free_port(), free_port()
@@ -125,6 +128,7 @@ def run(args: argparse.Namespace, moto_url: str, ddb_url: str) -> dict[str, Any]
     from sluice.envelope import Event
     from sluice.settings import WebSettings
     from worker import dispatch
+    from worker.cancels import Canceller
     from worker.dispatch import Delivery, Dispatcher
     from worker.flow import FlowControl
     from worker.invoke import DynamoDB, LambdaInvoker
@@ -145,14 +149,26 @@ def run(args: argparse.Namespace, moto_url: str, ddb_url: str) -> dict[str, Any]
         for name in ("deliver_webhook", "transcribe_audio")
     }
     configure_logging("sluice-bench", stream=io.StringIO())
+    # As create_app: declared cancellation through boto3 (deliver_webhook declares cancel_on;
+    # flow control asks it before a held event starts).
+    canceller = Canceller(
+        lambda_client=boto3.client("lambda", config=config),
+        dynamodb_client=Counting(ddb, counts),
+        table=TABLE,
+        failure_handlers={},
+    )
     dispatcher = Dispatcher(
         settings=WebSettings.of(env="bench", workflow_aliases=aliases, events_dlq_url=dlq_url),
         lambda_client=LambdaInvoker.from_environment(timeout_s=10),
         sqs_client=Counting(sqs, counts),
         metrics=Metrics("Sluice/Bench", {"Environment": "bench"}, stream=io.StringIO()),
         flow_control=FlowControl(
-            FlowStore(Counting(lean, counts), TABLE), sqs=Counting(sqs, counts), queue_url=queue_url
+            FlowStore(Counting(lean, counts), TABLE),
+            sqs=Counting(sqs, counts),
+            queue_url=queue_url,
+            canceller=canceller,
         ),
+        canceller=canceller,
     )
     declared = catalog.FLOWS["deliver_webhook"]  # throttle + priority, as the repository declares
     assert declared.throttle is not None and dispatch.FLOWS is catalog.FLOWS
@@ -195,10 +211,19 @@ def run(args: argparse.Namespace, moto_url: str, ddb_url: str) -> dict[str, Any]
     }
     # Interleaved, so both see the same machine: started = each customer under its limit;
     # held = one customer far over it (every event past the first `limit` waits).
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
     for i in range(args.events):
         kinds["uncontrolled"].append(handle(uncontrolled(i, "run")))
         kinds["controlled_started"].append(handle(controlled(i, "run", customers=50)))
+        if args.profile:
+            profile.enable()
         kinds["controlled_held"].append(handle(controlled(i + limit, "hot", customers=1)))
+        profile.disable()
+    if args.profile:
+        pstats.Stats(profile, stream=sys.stderr).sort_stats("tottime").print_stats(args.profile)
 
     def summary(samples: list[tuple[float, dict[str, int]]]) -> dict[str, Any]:
         cpu = sorted(s[0] * 1000 for s in samples)

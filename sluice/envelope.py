@@ -18,6 +18,12 @@ from sluice.errors import PoisonMessage
 VERSION = 1
 # SQS accepts up to 256 KiB by default; larger payloads travel by S3 reference.
 MAX_BODY_BYTES = 256 * 1024
+# The largest input Lambda accepts for an asynchronous invocation, which is how the worker starts
+# a durable execution (botocore's Lambda model, Invoke `Payload`: "The maximum payload size is
+# 6 MB for synchronous invocations and 1 MB for asynchronous invocations"; GetDurableExecution
+# `InputPayload`: "Asynchronous invocations support up to 1 MB"). Counted as 10^6 bytes, under
+# either megabyte.
+MAX_ASYNC_PAYLOAD_BYTES = 1_000_000
 # Always used with fullmatch: `$` also matches before a final "\n", and an id ending in a
 # newline would be written raw into the Invoke request's header (issue 12).
 _ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces

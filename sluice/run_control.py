@@ -80,6 +80,11 @@ def _iso(when: datetime) -> str:
     return when.astimezone(UTC).strftime(_FORMAT)
 
 
+def iso(when: datetime) -> str:
+    """`when` as the records and the cancellations write it (ISO-8601 UTC, microseconds)."""
+    return _iso(when)
+
+
 def _parse(text: str) -> datetime:
     return datetime.strptime(text, _FORMAT).replace(tzinfo=UTC)
 
@@ -256,6 +261,18 @@ class CancelKeys:
             for i in page.get("Items", [])
             if i["registered"]["S"] <= recorded
         ]
+
+    def cancelled_at(self, scope: str) -> str | None:
+        """When the latest cancellation of `scope` was received (ISO-8601 UTC, as `iso`), None
+        if none was. One consistent Query: what the worker asks before it starts an event flow
+        control held (worker/cancels.py)."""
+        items = self.client.query(
+            TableName=self.name,
+            KeyConditionExpression="pk = :pk AND sk = :sk",
+            ExpressionAttributeValues={":pk": {"S": scope}, ":sk": {"S": TOMBSTONE}},
+            ConsistentRead=True,
+        ).get("Items", [])
+        return str(items[0]["at"]["S"]) if items else None
 
     def forget(self, scope: str, run: Registered) -> None:
         """The run has ended: nothing will cancel it."""

@@ -179,8 +179,9 @@ class Idempotency(BaseModel):
 
 
 class Priority(BaseModel):
-    """The order of waiting starts: the integer at `key`, clamped to 0..max (else `default`),
-    plus one per `aging_s` waited; higher first, then arrival order."""
+    """The order of waiting starts (a throttle's held events, the runs queued for concurrency
+    slots): the integer at `key`, clamped to 0..max (else `default`), plus one per `aging_s`
+    waited; higher first, then arrival order (`rank`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -194,6 +195,30 @@ class Priority(BaseModel):
         if self.default > self.max:
             raise ValueError(f"default: must be <= max ({self.max}), got {self.default}")
         return self
+
+    def of(self, doc: Mapping[str, Any]) -> int:
+        """The priority of an event's document: the integer at `key`, clamped to 0..max; the
+        default when there is none."""
+        try:
+            value = int(key_value(doc, self.key))
+        except ValueError:
+            return self.default
+        return min(max(value, 0), self.max)
+
+
+def rank(
+    priority: Priority | None, level: int, arrival_ms: int, now_ms: int, name: str
+) -> tuple[int, int, str]:
+    """The sort key of a waiting start (the one rule for a throttle's queue and the concurrency
+    slots' queue): its priority `level` aged by one per `aging_s` waited, up to the highest,
+    then arrival, then name. Any start reaches the highest priority after `max * aging_s`, and
+    then only the starts that arrived before it go first: none waits forever. Without a
+    declared priority: arrival order."""
+    effective = level
+    if priority is not None:
+        aged = (now_ms - arrival_ms) // (priority.aging_s * 1000)
+        effective = min(priority.max, level + max(0, aged))
+    return (-effective, arrival_ms, name)
 
 
 class Debounce(BaseModel):
@@ -231,7 +256,9 @@ FLOW_SETTINGS = ("idempotency", "rate_limit", "throttle", "priority", "debounce"
 
 class Flow(BaseModel):
     """A workflow's flow control: what the worker decides before it starts a run
-    (worker/flow.py, docs/flow-control.md). Every control is optional."""
+    (worker/flow.py, docs/flow-control.md). Every control is optional. `cancel_on` is the
+    declaration's (Declaration): the worker also drops the events it holds that a cancellation
+    names."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -241,11 +268,12 @@ class Flow(BaseModel):
     priority: Priority | None = Field(None, description="the order of waiting starts")
     debounce: Debounce | None = Field(None, description="one start per quiet period")
     batch: Batch | None = Field(None, description="one start per batch of events")
+    cancel_on: tuple[CancelOn, ...] = Field(
+        (), description="events that cancel a running run whose event matches theirs"
+    )
 
     @model_validator(mode="after")
     def _combinations(self) -> Flow:
-        if self.priority is not None and self.throttle is None:
-            raise ValueError("priority: needs throttle (it orders the starts a throttle holds)")
         if self.debounce is not None and (self.throttle or self.rate_limit or self.batch):
             raise ValueError("debounce: cannot be combined with throttle, rate_limit or batch")
         if self.batch is not None and (self.throttle or self.rate_limit):
@@ -254,11 +282,13 @@ class Flow(BaseModel):
 
     @property
     def controlled(self) -> bool:
-        return any(getattr(self, name) is not None for name in FLOW_SETTINGS)
+        """Whether the worker decides anything before a start (a priority alone orders only
+        the concurrency slots' queue, which the run itself keeps)."""
+        return any(getattr(self, name) is not None for name in FLOW_SETTINGS if name != "priority")
 
     def flow(self) -> Flow:
         """Only the flow control (what the worker is given)."""
-        return Flow.model_validate(self.model_dump(include=set(FLOW_SETTINGS)))
+        return Flow.model_validate(self.model_dump(include={*FLOW_SETTINGS, "cancel_on"}))
 
 
 class Declaration(Flow):
@@ -333,6 +363,14 @@ class Declaration(Flow):
         if len(set(value)) != len(value):
             raise ValueError("an event is named twice")
         return value
+
+    @model_validator(mode="after")
+    def _priority_orders(self) -> Declaration:
+        if self.priority is not None and self.throttle is None and self.concurrency is None:
+            raise ValueError(
+                "priority: needs throttle or concurrency (it orders the starts they hold)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _handler_apart(self) -> Declaration:

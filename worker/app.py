@@ -199,6 +199,7 @@ def create_app(
             FlowStore(ddb, settings.coordination_table),
             sqs=sqs_client,
             queue_url=settings.events_queue_url,
+            canceller=canceller,
         )
     dispatcher = Dispatcher(
         settings=settings,

@@ -8,6 +8,12 @@ removes the registration. A failure part way is a transient error (sqsd re-deliv
 that redoes what is left: a run found STOPPED by this same event (its error names it) whose
 registration is still there had its stop done but maybe not its record or handler, which are
 done again.
+
+An event that flow control holds (a throttle's queue, a debounce, a batch: docs/flow-control.md)
+is not a run yet, so no registration names it. Before flow control starts a held event it asks
+`held_cancelled`: a cancellation of a matching value received at or after the event arrived (the
+same tombstone a run reads when it registers) drops it instead: it is recorded (STOPPED, reason
+cancelled) and its failure handler runs, as for a stopped run.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from sluice import run_control
 from sluice.catalog import CANCELS
 from sluice.envelope import Event, event_from_dict
 from sluice.run_control import CancelKeys, Registered, RunRecords, cancel_scope
-from sluice.workflows import value_at
+from sluice.workflows import CancelOn, value_at
 
 log = logging.getLogger("sluice.worker")
 
@@ -76,6 +82,57 @@ class Canceller:
                     )
                 self.keys.forget(scope, run)
         return stopped
+
+    def held_cancelled(
+        self,
+        workflow: str,
+        cancel_on: tuple[CancelOn, ...],
+        event: Event,
+        since_ms: int,
+        *,
+        seen: dict[str, str | None] | None = None,
+    ) -> str | None:
+        """If a cancellation declared in `cancel_on` names `event`, held by flow control since
+        `since_ms`, and was received at or after that: record the event as a cancelled run and
+        run its failure handler (safe to repeat); the cancelling event's name, else None.
+        `seen` keeps the tombstones read (scope -> when) across one drain's events."""
+        doc = event.to_dict()
+        since = datetime.fromtimestamp(since_ms / 1000, UTC)
+        seen = {} if seen is None else seen
+        for cancel in cancel_on:
+            value = value_at(doc, cancel.match)
+            if value is None:
+                continue
+            scope = cancel_scope(cancel.event, cancel.event_path, value)
+            if scope not in seen:
+                seen[scope] = self.keys.cancelled_at(scope)
+            at = seen[scope]
+            if at is None or at < run_control.iso(since):
+                continue
+            message = f"cancelled by {cancel.event} received {at}, while held by flow control"
+            run_control.after_stop(
+                self.lam,
+                workflow=workflow,
+                name=event.execution_name,
+                arn="",
+                event=event,
+                started=since,
+                message=message,
+                records=self.records,
+                failure_handler=self.failure_handlers.get(workflow),
+            )
+            log.info(
+                "held event cancelled: not started",
+                extra={
+                    "workflow": workflow,
+                    "event_id": event.id,
+                    "outcome": "cancelled",
+                    "cancelled_by": cancel.event,
+                    "reason": message,
+                },
+            )
+            return cancel.event
+        return None
 
     def _cancel(self, run: Registered, message: str) -> bool:
         doc = self.lam.get_durable_execution(DurableExecutionArn=run.arn, IncludeExecutionData=True)

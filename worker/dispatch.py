@@ -174,6 +174,8 @@ class Dispatcher:
                 return Result(503, TRANSIENT, exc.code, {"TransientFailures": 1})
         started: list[dict[str, str]] = []
         counts: dict[str, int] = {}
+        dropped: list[dict[str, str]] = []  # held events a cancellation named (worker/flow.py)
+        flow.dropped.set(dropped)
         for event in events:
             for workflow in workflows_for(event.name):
                 try:
@@ -197,6 +199,7 @@ class Dispatcher:
         # Lambda answers a repeated name + payload with the existing execution, exactly like a
         # fresh start; a redelivered message (receive count > 1) is what tells them apart.
         duplicate = delivery.receive_count > 1
+        cancelled += dropped
         counts |= {
             "Started": len(started),
             "Duplicates": len(started) if duplicate else 0,
@@ -269,6 +272,8 @@ class Dispatcher:
     def _wake(self, events: list[Event]) -> Result:
         """Flow control's wake-ups (worker/flow.py): start what may start now."""
         started: list[dict[str, str]] = []
+        dropped: list[dict[str, str]] = []  # held events a cancellation named: not started
+        flow.dropped.set(dropped)
         try:
             for event in events:
                 workflow = str(event.data.get("workflow", ""))
@@ -278,7 +283,8 @@ class Dispatcher:
         except (ClientError, BotoCoreError) as exc:
             log.warning("flow state unavailable, sqsd will retry", extra={"detail": str(exc)})
             return Result(503, TRANSIENT, "flow_state", {"TransientFailures": 1})
-        return Result(200, STARTED, "", {"Started": len(started)}, started)
+        counts = {"Started": len(started), "Cancelled": len(dropped)}
+        return Result(200, STARTED, "", counts, started + dropped)
 
     def _start(self, workflow: str, event: Event, started: list[dict[str, str]]) -> None:
         alias_arn = self._alias(workflow)

@@ -21,15 +21,17 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from adapters.flow import FULL, RACE_RETRIES, Batches, FlowStore, Partition
-from sluice import envelope
+from sluice import envelope, workflows
 from sluice.catalog import FLOW_WAKE
 from sluice.envelope import Event
 from sluice.errors import TransientError
 from sluice.flowstate import Waiter, partition
 from sluice.workflows import SQS_MAX_DELAY_S, Debounce, Flow, Priority, key_value
+from worker.cancels import Canceller
 
 log = logging.getLogger("sluice.worker")
 
@@ -41,10 +43,16 @@ MAX_DELAY_S = SQS_MAX_DELAY_S
 # Starts per drain (one sqsd POST): more free places are filled by a wake-up sent at once.
 MAX_STARTS = 50
 ALL = "*"  # the key of a control declared without one
+# A batch's run must fit Lambda's asynchronous payload: its members and, around them, the run's
+# envelope (name, id, correlation id: bounded by the envelope's patterns; a margin).
+BATCH_PAYLOAD_BYTES = envelope.MAX_ASYNC_PAYLOAD_BYTES - 4096
 _KEY_CHARS = 200  # longer key values are hashed into the partition key
 _SEEN_MAX = 10_000  # partitions whose window a worker process remembers
 
 Starter = Callable[[Event], None]
+# The held events a cancellation dropped while one message was handled (the dispatcher sets a
+# list per message and counts them as Cancelled).
+dropped: ContextVar[list[dict[str, str]] | None] = ContextVar("flow_dropped", default=None)
 
 
 def window_start(now: float, period_s: int) -> int:
@@ -63,14 +71,8 @@ def _partition(workflow: str, control: str, key: str) -> str:
 
 
 def priority_of(doc: Mapping[str, Any], priority: Priority | None) -> int:
-    """The integer at the priority's key, clamped to 0..max; its default when there is none."""
-    if priority is None:
-        return 0
-    try:
-        value = int(key_value(doc, priority.key))
-    except ValueError:
-        return priority.default
-    return min(max(value, 0), priority.max)
+    """The event's priority (`Priority.of`); 0 without one."""
+    return 0 if priority is None else priority.of(doc)
 
 
 def _debounce_due(debounce: Debounce, first_ms: int, last_ms: int) -> int:
@@ -97,19 +99,19 @@ def _batch_event(gen: str, events: list[dict[str, Any]]) -> Event:
     )
 
 
+def member_bytes(event: Event) -> int:
+    """What `event` adds to its batch's run payload: its document in `data.events`, as the
+    start payload writes it (compact, sorted), and a comma."""
+    return len(json.dumps(event.to_dict(), separators=(",", ":"), sort_keys=True).encode()) + 1
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def rank(waiter: Waiter, now_ms: int, priority: Priority | None) -> tuple[int, int, str]:
-    """The sort key of a waiting event: its priority aged by one per `aging_s` waited (up to the
-    highest), then arrival. Any event reaches the highest priority after `max * aging_s`, and
-    then only the events that arrived before it go first: none waits forever."""
-    effective = waiter.priority
-    if priority is not None:
-        aged = (now_ms - waiter.arrival_ms) // (priority.aging_s * 1000)
-        effective = min(priority.max, waiter.priority + max(0, aged))
-    return (-effective, waiter.arrival_ms, waiter.event_id)
+    """The sort key of a held event: `sluice.workflows.rank`, the one rule of every queue."""
+    return workflows.rank(priority, waiter.priority, waiter.arrival_ms, now_ms, waiter.event_id)
 
 
 class FlowControl:
@@ -122,11 +124,19 @@ class FlowControl:
         sqs: Any,
         queue_url: str,
         clock: Callable[[], float] = time.time,
+        canceller: Canceller | None = None,
     ) -> None:
         self.store, self.sqs, self.queue_url, self.clock = store, sqs, queue_url, clock
+        # Asked before a held event starts: a `cancel_on` event may have cancelled it meanwhile.
+        self.canceller = canceller
         # The window each throttle partition was last seen in: only a hint of which write to try
         # first (the conditions decide), so a new window costs one call, not two.
         self._seen: dict[str, int] = {}
+        # The window each throttle partition was last seen full in, with a wake-up noted for its
+        # end. Within a window a full one stays full (its admitted ids only grow) and the
+        # wake-up chain is on its way, so an arrival there is held at once: no refused write,
+        # no drain.
+        self._full: dict[str, int] = {}
 
     def admit(self, workflow: str, flow: Flow, event: Event, start: Starter) -> str:
         """Apply `flow` to `event`: START (started through `start`), DUPLICATE, SKIPPED or
@@ -172,6 +182,33 @@ class FlowControl:
         start(event)
         return START
 
+    def _cancelled(
+        self,
+        workflow: str,
+        flow: Flow,
+        event: Event,
+        since_ms: int,
+        seen: dict[str, str | None],
+    ) -> bool:
+        """Whether a cancellation received since `event` was held names it (then it is recorded
+        as cancelled, its failure handler has run, and it must not start)."""
+        if not flow.cancel_on or self.canceller is None:
+            return False
+        by = self.canceller.held_cancelled(workflow, flow.cancel_on, event, since_ms, seen=seen)
+        if by is None:
+            return False
+        tally = dropped.get()
+        if tally is not None:
+            tally.append(
+                {
+                    "workflow": workflow,
+                    "event_id": event.id,
+                    "execution_name": event.execution_name,
+                    "cancelled_by": by,
+                }
+            )
+        return True
+
     # -- batch -----------------------------------------------------------------------------------
 
     def _batch(
@@ -192,10 +229,15 @@ class FlowControl:
             priority=0,
             arrival_ms=int(self.clock() * 1000),
         )
+        nbytes = member_bytes(event)
         for _ in range(RACE_RETRIES):
-            if self.store.join(member, size=batch.size) != FULL:
+            joined = self.store.join(
+                member, size=batch.size, nbytes=nbytes, room=BATCH_PAYLOAD_BYTES
+            )
+            if joined != FULL:
                 break
-            self._batches(workflow, flow, key, start)  # full: close it (its closer may be gone)
+            # Full, by count or by bytes: close it (its closer may be gone), then join the next.
+            self._batches(workflow, flow, key, start, incoming=nbytes)
         else:
             raise TransientError(f"batch of {key!r} full and not closed", code="batch_full")
         state = self.store.batches(pk)
@@ -219,9 +261,12 @@ class FlowControl:
         start: Starter,
         *,
         state: Batches | None = None,
+        incoming: int = 0,
     ) -> set[str]:
-        """Close the open batch of `key` if it is full or its window is over, and start every
-        closed one (finishing any start a crash interrupted). The event ids started."""
+        """Close the open batch of `key` if it is full (by count, or by bytes for an `incoming`
+        member that would push its run's payload past Lambda's limit) or its window is over,
+        and start every closed one (finishing any start a crash interrupted). The event ids
+        started."""
         batch = flow.batch
         assert batch is not None
         pk = _partition(workflow, "batch", key)
@@ -230,14 +275,26 @@ class FlowControl:
         if state.open is not None:
             gen, first_ms, ids = state.open
             over = self.clock() * 1000 >= first_ms + batch.window_s * 1000
-            if (len(ids) >= batch.size or over) and self.store.close_batch(pk, gen, ids):
+            heavy = incoming and state.open_bytes + incoming > BATCH_PAYLOAD_BYTES
+            if (len(ids) >= batch.size or over or heavy) and self.store.close_batch(pk, gen, ids):
                 done.append((gen, ids))
         started: set[str] = set()
+        seen: dict[str, str | None] = {}
         for gen, ids in done:
-            members = sorted(
-                (state.members[i] for i in ids if i in state.members),
-                key=lambda m: (m.arrival_ms, m.event_id),
-            )
+            members = [
+                m
+                for m in sorted(
+                    (state.members[i] for i in ids if i in state.members),
+                    key=lambda m: (m.arrival_ms, m.event_id),
+                )
+                if not self._cancelled(
+                    workflow,
+                    flow,
+                    envelope.event_from_dict(json.loads(m.event)),
+                    m.arrival_ms,
+                    seen,
+                )
+            ]
             if members:
                 start(_batch_event(gen, [json.loads(m.event) for m in members]))
                 started.update(m.event_id for m in members)
@@ -286,10 +343,15 @@ class FlowControl:
             # Not due: a later event sent the wake-up for its own quiet period.
             if now_ms >= due * 1000 and self.store.close(waiter, last_ms):
                 ready.append(waiter)
+        begun = 0
+        seen: dict[str, str | None] = {}
         for waiter in ready:
-            start(envelope.event_from_dict(json.loads(waiter.event)))
+            event = envelope.event_from_dict(json.loads(waiter.event))
+            if not self._cancelled(workflow, flow, event, waiter.arrival_ms, seen):
+                start(event)
+                begun += 1
             self.store.started(waiter)
-        return len(ready)
+        return begun
 
     # -- throttle --------------------------------------------------------------------------------
 
@@ -305,10 +367,12 @@ class FlowControl:
         seen = self._seen.get(pk)
         if len(self._seen) > _SEEN_MAX:
             self._seen.clear()
+            self._full.clear()
         self._seen[pk] = begun
         # Nothing waits and the window has room: start it now, in one conditional write (sqsd's
         # message is the record until the 200).
-        if self.store.admit(
+        refused: list[Partition] = []
+        if self._full.get(pk) != begun and self.store.admit(
             pk,
             event.id,
             limit=throttle.limit,
@@ -316,6 +380,7 @@ class FlowControl:
             period_s=throttle.period_s,
             fresh=None if seen == begun else True,
             unless_waiting=True,
+            refused=refused,
         ):
             start(event)
             return START
@@ -329,7 +394,15 @@ class FlowControl:
             arrival_ms=int(now * 1000),
         )
         self.store.hold(waiter)
-        started = self.drain(workflow, flow, key, start, woken_for=None)
+        # The refusal returned the window: if it is full and a wake-up for its end is on its
+        # way, a drain now would start nothing and send nothing (its read is saved).
+        full = bool(refused) and refused[0].used(begun) >= throttle.limit
+        if full and refused[0].wake_due == begun + throttle.period_s:
+            self._full[pk] = begun
+        if self._full.get(pk) == begun:
+            started: list[str] = []
+        else:
+            started = self.drain(workflow, flow, key, start, woken_for=None)
         if event.id in started:
             return START
         log.info(
@@ -365,7 +438,16 @@ class FlowControl:
                 self.store.held(pk), key=lambda w: rank(w, int(now * 1000), flow.priority)
             )
         started: list[str] = []
-        for waiter in order[:free]:
+        dropped_here = 0
+        seen: dict[str, str | None] = {}
+        for waiter in order:
+            if len(started) >= free:
+                break
+            event = envelope.event_from_dict(json.loads(waiter.event))
+            if self._cancelled(workflow, flow, event, waiter.arrival_ms, seen):
+                self.store.release(waiter)  # no place taken: it never starts
+                dropped_here += 1
+                continue
             if not self.store.admit(
                 pk,
                 waiter.event_id,
@@ -375,10 +457,10 @@ class FlowControl:
                 fresh=state.window_start < begun and not started,
             ):
                 break  # a racing worker filled the window
-            start(envelope.event_from_dict(json.loads(waiter.event)))
+            start(event)
             self.store.release(waiter)
             started.append(waiter.event_id)
-        if (len(order) if read else state.waiting) > len(started):
+        if (len(order) if read else state.waiting) > len(started) + dropped_here:
             due = int(now) if len(started) == MAX_STARTS else begun + throttle.period_s
             self._wake(state, workflow, "throttle", key, due, woken_for=woken_for)
         return started

@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from adapters.errors import code
 from adapters.slots import IsRunning, Slots, scope
 from lambdas.common.runtime import clients, env
-from sluice.workflows import key_value
+from sluice.workflows import Priority, key_value
 
 FIRST_POLL_S = 2
 MAX_POLL_S = 30
@@ -92,6 +92,7 @@ def hold_slots(
     limit: int | None = None,
     key: str | None = None,
     key_limit: int | None = None,
+    priority: Priority | None = None,
     lease_s: int,
     slots: Callable[[], Slots] = default_slots,
     is_running: Callable[[], IsRunning] | None = None,
@@ -99,19 +100,21 @@ def hold_slots(
     """Wait, durably, until run `run` holds every slot its limits require; what it holds.
 
     A slot's lease is `lease_s`: the workflow's execution timeout (no execution outlives it, so
-    a lease never ends under a run that still works)."""
+    a lease never ends under a run that still works). With a declared `priority` the queue is
+    ranked by it (higher first, aging, then arrival: `sluice.workflows.rank`); else arrival."""
     scopes = plan(workflow, event, limit=limit, key=key, key_limit=key_limit)
     if not scopes:
         return Held(run=run, arrival_ms=0)
     arn = ctx.state.durable_execution_arn
     # Its own step, so a retried enqueue queues the run at the same place.
     arrival_ms: int = ctx.step(lambda _: int(time.time() * 1000), name="slots arrival")
+    level = 0 if priority is None else priority.of(event)
     alive = is_running or (lambda: execution_is_running(clients("lambda")))
 
     for scope_, n in scopes:
 
         def enqueue(_: StepContext, scope_: str = scope_) -> None:
-            slots().enqueue(scope_, run, arn=arn, arrival_ms=arrival_ms)
+            slots().enqueue(scope_, run, arn=arn, arrival_ms=arrival_ms, priority=level)
 
         ctx.step(enqueue, name=f"slot queue {scope_}")
 
@@ -127,6 +130,8 @@ def hold_slots(
                     limit=n,
                     lease_s=lease_s,
                     is_running=alive(),
+                    priority=level,
+                    order=priority,
                 )
             except Exception as exc:  # a failed poll is a poll to repeat, not a failed run
                 check_ctx.logger.warning(

@@ -355,8 +355,8 @@ def _next_recorded(ctx: DurableContext) -> str | None:
 
 
 def hold_slots(ctx: DurableContext, decl: workflows.Declaration, run: Run) -> concurrency.Held:
-    """Wait, durably and in arrival order, until the run holds the places `decl.concurrency`
-    asks for (lambdas/common/concurrency.py); a lease lasts the execution timeout."""
+    """Wait, durably, in the order of `decl.priority` (else of arrival), until the run holds the
+    places `decl.concurrency` asks for (lambdas/common/concurrency.py); a lease lasts the execution timeout."""
     limits = decl.concurrency
     return concurrency.hold_slots(
         ctx,
@@ -366,6 +366,7 @@ def hold_slots(ctx: DurableContext, decl: workflows.Declaration, run: Run) -> co
         limit=limits.limit if limits else None,
         key=limits.key if limits else None,
         key_limit=limits.key_limit if limits else None,
+        priority=decl.priority,
         lease_s=decl.execution_timeout_s,
     )
 

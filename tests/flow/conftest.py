@@ -20,6 +20,7 @@ from sluice.envelope import Event
 from sluice.settings import WebSettings
 from sluice.workflows import Flow
 from tests.lambdas.conftest import COORDINATION_TABLE, REGION, create_coordination_table
+from worker.cancels import Canceller
 from worker.dispatch import Delivery, Dispatcher, Result
 from worker.flow import FlowControl
 from worker.observability import Metrics
@@ -28,6 +29,7 @@ WORKFLOW = "deliver_webhook"  # webhook/requested starts it
 ALIAS = f"arn:aws:lambda:{REGION}:123456789012:function:deliver-webhook:live"
 EVENTS_URL = f"https://sqs.{REGION}.amazonaws.com/123456789012/Sluice-test-events"
 DLQ_URL = EVENTS_URL + "-dlq"
+FAILURE_HANDLER = "deliver_webhook_on_failure"
 
 
 class Clock:
@@ -46,8 +48,12 @@ class Lambda:
     starts: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     invokes: int = 0
     fail: Callable[[str], Exception | None] = lambda name: None
+    handled: list[dict[str, Any]] = field(default_factory=list)  # failure handlers' payloads
 
     def invoke(self, **request: Any) -> dict[str, Any]:
+        if request.get("InvocationType") == "RequestResponse":  # a failure handler, run once
+            self.handled.append(json.loads(request["Payload"]))
+            return {"StatusCode": 200}
         self.invokes += 1
         name = request["DurableExecutionName"]
         problem = self.fail(name)
@@ -98,11 +104,26 @@ class Pipeline:
     results: list[Result] = field(default_factory=list)
     wrap_store: Callable[[FlowStore], Any] = lambda store: store
 
+    def canceller(self) -> Canceller:
+        """The worker's declared cancellation (the catalog's `cancel_on`), on the same table."""
+        return Canceller(
+            lambda_client=self.lam,
+            dynamodb_client=self.ddb,
+            table=COORDINATION_TABLE,
+            failure_handlers={WORKFLOW: FAILURE_HANDLER},
+            clock=self.clock,
+        )
+
     def dispatcher(self) -> Dispatcher:
         """A fresh worker process: nothing in memory, the same table and queues."""
         metrics = Metrics("Sluice/Worker", {"Environment": "test"}, stream=self.log)
+        canceller = self.canceller()
         control = FlowControl(
-            self.wrap_store(self.store), sqs=self.queue, queue_url=EVENTS_URL, clock=self.clock
+            self.wrap_store(self.store),
+            sqs=self.queue,
+            queue_url=EVENTS_URL,
+            clock=self.clock,
+            canceller=canceller,
         )
         return Dispatcher(
             settings=WebSettings.of(
@@ -112,6 +133,7 @@ class Pipeline:
             sqs_client=self.queue,
             metrics=metrics,
             flow_control=control,
+            canceller=canceller,
         )
 
     def deliver(self, body: str, *, attempts: int = 10) -> Result:

@@ -4,12 +4,14 @@ with priority; the exact starts per period, their order, the skipped and duplica
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from sluice.catalog import FLOW_WAKE
-from sluice.envelope import Event
+from sluice.envelope import MAX_ASYNC_PAYLOAD_BYTES, Event
 from sluice.workflows import Batch, Debounce, Flow, Idempotency, Priority, RateLimit, Throttle
 from tests.flow.conftest import WORKFLOW, Pipeline, webhook
-from worker.flow import MAX_DELAY_S, rank
+from worker.dispatch import Delivery
+from worker.flow import BATCH_PAYLOAD_BYTES, MAX_DELAY_S, member_bytes, rank
 
 
 def starts_per_window(p: Pipeline, period_s: int, begin: float) -> list[int]:
@@ -106,6 +108,42 @@ def test_a_throttle_starts_at_most_n_per_period_in_arrival_order_and_drops_nothi
     assert payloads["evt-4"] == json.loads(webhook(4).start_payload())
     # One wake-up per window that had waiting events (not one per event).
     assert pipeline.queue.sent == 3
+
+
+def test_one_worker_holds_an_arrival_in_a_full_window_with_one_state_call(pipeline):
+    # Given one worker process (its per-process hints kept) and a throttle of 3 per 10 s
+    pipeline.flows[WORKFLOW] = Flow(throttle=Throttle(limit=3, period_s=10, key="data.customer_id"))
+    begin = pipeline.clock.now = 1_800_000_000.0
+    calls: list[str] = []
+
+    class Counted:
+        def __init__(self, store: Any) -> None:
+            self.store = store
+
+        def __getattr__(self, name: str) -> Any:
+            calls.append(name)
+            return getattr(self.store, name)
+
+    pipeline.wrap_store = Counted
+    worker = pipeline.dispatcher()
+    per_event = []
+    for n in range(10):
+        pipeline.clock.now += 0.001
+        before = len(calls)
+        assert worker.handle(webhook(n).to_json().encode(), Delivery()).status == 200
+        per_event.append(calls[before:])
+    # Then the first three start (one write each); the fourth finds the window full, drains
+    # and sends the window's wake-up; the fifth learns from the refused write that the window is
+    # full with its wake-up noted; from then on an arrival is one hold (one transaction)
+    assert per_event[:3] == [["admit"]] * 3
+    assert per_event[3] == ["admit", "hold", "read", "woken"]
+    assert per_event[4] == ["admit", "hold"]
+    assert per_event[5:] == [["hold"]] * 5
+    # and the starts per window are exact, in arrival order, none lost
+    pipeline.run_until(begin + 60)
+    assert pipeline.lam.started() == [f"evt-{n}" for n in range(10)]
+    assert starts_per_window(pipeline, 10, begin) == [3, 3, 3, 1]
+    assert pipeline.store.waiting() == []
 
 
 def test_waiting_events_start_by_priority_then_arrival(pipeline):
@@ -290,3 +328,29 @@ def test_a_batch_takes_what_arrived_within_its_window(pipeline):
     ]
     started = [i for _, _, ids in batch_runs(pipeline, begin) for i in ids]
     assert started == [f"evt-{n}" for n in range(25)]
+
+
+def test_a_batch_closes_early_when_the_next_event_would_pass_lambdas_payload_limit(pipeline):
+    # Events of ~200 KB (under SQS's 256 KiB): at most 4 fit one run's 1 MB asynchronous
+    # payload (sluice.envelope.MAX_ASYNC_PAYLOAD_BYTES), far fewer than the declared size.
+    pipeline.flows[WORKFLOW] = Flow(batch=Batch(size=50, window_s=60))
+    begin = pipeline.clock.now = 1_800_000_000.0
+    events = [webhook(n, body="x" * 200_000) for n in range(10)]
+    for event in events:
+        pipeline.send(event)
+    pipeline.run_until(begin + 120)
+    runs = batch_runs(pipeline, begin)
+    # Each event in exactly one run, in arrival order; full runs closed by bytes, the last by
+    # its window's end.
+    assert [i for _, _, ids in runs for i in ids] == [e.id for e in events]
+    assert [(start, len(ids)) for _, start, ids in runs] == [(0, 4), (0, 4), (61, 2)]
+    for _, _, payload in pipeline.lam.starts:
+        assert payload_bytes(payload) <= MAX_ASYNC_PAYLOAD_BYTES  # Lambda takes it
+    # and a batch is closed only when one more member would not have fitted
+    first_run = pipeline.lam.starts[0][2]
+    assert payload_bytes(first_run) + member_bytes(events[4]) > BATCH_PAYLOAD_BYTES
+
+
+def payload_bytes(payload: dict) -> int:
+    """The size of a run's input as the worker sends it (Event.start_payload: compact, sorted)."""
+    return len(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())

@@ -113,6 +113,19 @@ def test_flow_control_as_declared_reaches_the_worker(tmp_path):
     assert not load_one(tmp_path, 'events = ["media/uploaded"]\n', name="y").controlled
 
 
+def test_a_priority_with_concurrency_orders_the_slots_queue_and_costs_the_worker_nothing(tmp_path):
+    decl = load_one(
+        tmp_path,
+        'events = ["media/uploaded"]\n[concurrency]\nlimit = 2\n'
+        '[priority]\nkey = "data.tier"\nmax = 3\n',
+    )
+    assert decl.priority is not None
+    assert decl.priority == Priority(key="data.tier", max=3)
+    assert not decl.controlled  # the run keeps the slots' queue; the worker decides nothing
+    assert decl.priority.of({"data": {"tier": 7}}) == 3  # clamped to max
+    assert decl.priority.of({"data": {"tier": "gold"}}) == 0  # not an integer: the default
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -220,7 +233,7 @@ def test_flow_control_as_declared_reaches_the_worker(tmp_path):
         ),
         (
             'events = ["media/uploaded"]\n[priority]\nkey = "data.tier"\n',
-            "lambdas/workflows/x/workflow.toml: priority: needs throttle",
+            "lambdas/workflows/x/workflow.toml: priority: needs throttle or concurrency",
         ),
         (
             'events = ["media/uploaded"]\n[throttle]\nlimit = 1\nperiod_s = 9\n'

@@ -24,6 +24,7 @@ from aws_durable_execution_sdk_python_testing.runner import DurableFunctionTestR
 from adapters.slots import Slots, scope
 from lambdas.common.concurrency import slots_held
 from sluice.errors import BusinessError
+from sluice.workflows import Priority
 from tests.lambdas.conftest import Atomic
 
 RUNS = 50
@@ -227,3 +228,68 @@ def test_a_run_that_fails_gives_its_slot_back_and_the_next_run_goes_on(slots):
     assert sorted(r for r, _, _ in observed.starts) == ["run-00", "run-01"]
     assert slots().holders(scope("burst"))[0] == {}
     assert slots().waiters(scope("burst")) == []
+
+
+HOLDER_ARN = "arn:aws:lambda:eu-west-1:123456789012:function:burst:1/durable-execution/h/1"
+
+
+def start_queued_behind_a_holder(
+    table: Slots, priority: Priority, events: list[dict[str, Any]], *, gap_s: float = 0.0
+) -> list[str]:
+    """Runs of a workflow with a limit of 1 whose slot a holder keeps: `events` arrive one after
+    the other (each queued before the next is started, `gap_s` apart), then the holder leaves.
+    The runs in the order they started their work."""
+    table.enqueue(scope("burst"), "holder", arn=HOLDER_ARN, arrival_ms=1)
+    assert table.try_acquire(
+        scope("burst"),
+        "holder",
+        arn=HOLDER_ARN,
+        arrival_ms=1,
+        limit=1,
+        lease_s=LEASE_S,
+        is_running=everyone_alive,
+    )
+    observed = Observed()
+    handler = burst_workflow(observed, lambda: table, everyone_alive, limit=1, priority=priority)
+    with DurableFunctionTestRunner(handler=handler, skip_time=True) as runner:
+        arns = []
+        for i, event in enumerate(events):
+            if i:
+                time.sleep(gap_s)
+            arns.append(runner.run_async(input=json.dumps(event), execution_name=event["id"]))
+            deadline = time.monotonic() + 30
+            while len(table.waiters(scope("burst"))) < i + 1:  # queued: it has its arrival
+                assert time.monotonic() < deadline, f"{event['id']} never queued"
+                time.sleep(0.05)
+        assert observed.starts == []  # the holder keeps the only slot
+        table.release(scope("burst"), "holder", arrival_ms=1)
+        results = [runner.wait_for_result(arn, timeout=120) for arn in arns]
+    assert_all_completed(results, events)
+    return [run for run, _, _ in observed.starts]
+
+
+def prioritised(run: str, priority: int) -> dict[str, Any]:
+    return {"id": run, "data": {"priority": priority}}
+
+
+def test_a_higher_priority_run_waiting_for_a_slot_starts_first_then_arrival_order(slots):
+    # Given a limit of 1 held by a run, and low, low, high arriving in that order (no aging
+    # within the test: one step per hour)
+    order = Priority(key="data.priority", max=9, aging_s=3600)
+    events = [prioritised("low-1", 0), prioritised("low-2", 0), prioritised("high", 5)]
+    # When the holder gives its slot back
+    started = start_queued_behind_a_holder(slots(), order, events)
+    # Then the high one starts first, then the lows in the order they arrived
+    assert started == ["high", "low-1", "low-2"]
+    assert slots().waiters(scope("burst")) == []
+
+
+def test_aging_lets_a_low_priority_run_that_waited_go_before_a_newer_high_one(slots):
+    # Given a priority of at most 2 aging by one per second: a low run that waited 2 s ranks
+    # with the highest, and then arrival decides
+    order = Priority(key="data.priority", max=2, aging_s=1)
+    events = [prioritised("old-low", 0), prioritised("new-high", 2)]
+    # When the high one arrives after the low one waited past the aging bound (max * aging_s)
+    started = start_queued_behind_a_holder(slots(), order, events, gap_s=2.2)
+    # Then the low one, which arrived first, starts first: it cannot starve
+    assert started == ["old-low", "new-high"]
