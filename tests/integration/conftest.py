@@ -48,7 +48,9 @@ def ledger_env() -> Iterator[dict[str, str]]:
     from sluice import naming
     from sluice.settings import SchedulerSettings
 
-    with moto_server() as endpoint:
+    # Served one request at a time: racing claims of one item are decided as DynamoDB decides
+    # them (moto alone may let both pass their condition).
+    with moto_server(atomic=True) as endpoint:
         table = naming.coordination_table(ENV)
         create_coordination_table(
             boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint), table
