@@ -16,11 +16,13 @@ from typing import Any
 
 from sluice.envelope import Event
 from sluice.scheduling.names import Names
+from sluice.scheduling.oneoff_records import OneOffRecords
 from sluice.scheduling.registry import REGISTRY, Registry, cron_yaml
 from sluice.settings import SchedulerSettings
 from worker.observability import configure_logging
 from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
 from worker.scheduler.ledger import Ledger, MemoryLedger, TableLedger
+from worker.scheduler.oneoff import OneOffLedger, OneOffRunner
 from worker.scheduler.runner import Backoff, Scheduler, SendEvent, broker_url
 
 
@@ -54,18 +56,34 @@ def build(
     one it keeps the ledger in this process's memory and says so loudly: one scheduler process
     keeps the guarantee, several may then run a tick twice (README: the scheduler)."""
     ledger: Ledger
+    oneoff_ledger: Ledger | None = None
+    records: OneOffRecords | None = None
     if settings.coordination_table:
         if dynamodb is None:
             import boto3
 
             dynamodb = boto3.client("dynamodb")
         ledger = TableLedger(dynamodb, settings.coordination_table, names.prefix)
+        oneoff_ledger = OneOffLedger(dynamodb, settings.coordination_table, names.prefix)
+        records = OneOffRecords(dynamodb, settings.coordination_table, names.prefix)
     else:
         logging.getLogger("sluice.scheduler").warning(
             "NO TICK LEDGER: SLUICE_COORDINATION_TABLE is not set, so ticks are recorded in "
             "this process only. With more than one scheduler process a tick may run twice."
         )
         ledger = MemoryLedger()
+    oneoffs = OneOffRunner(
+        registry,
+        url,
+        names=names,
+        max_ttl_ms=settings.max_ttl_ms,
+        send=send,
+        ledger=oneoff_ledger or ledger,
+        records=records,
+        lease_s=settings.lease_s,
+        heartbeat_s=settings.heartbeat_s,
+        backoff=Backoff.of(settings),
+    )
     return Scheduler(
         registry,
         url,
@@ -75,6 +93,7 @@ def build(
         lease_s=settings.lease_s,
         heartbeat_s=settings.heartbeat_s,
         backoff=Backoff.of(settings),
+        oneoffs=oneoffs,
     )
 
 

@@ -614,6 +614,7 @@ class Scheduler:
         lease_s: float = DEFAULT_LEASE_S,
         heartbeat_s: int = DEFAULT_HEARTBEAT_S,
         backoff: Backoff = Backoff(),
+        oneoffs: _Base | None = None,
     ) -> None:
         self.names = names or Names()
         # One ledger for the process (without a table: this process's memory).
@@ -640,17 +641,21 @@ class Scheduler:
             heartbeat_s=heartbeat_s,
             ledger=self.ledger,
         )
+        # The one-off runner (worker/scheduler/oneoff.py), when the process runs one-offs.
+        self.oneoffs = oneoffs
         # This process's lifecycle events, counted for the metrics (broker_metrics).
         self.lifecycle = Lifecycle()
-        for part in (*self.runners, self.reconciler):
+        for part in (*self.runners, self.reconciler, *([oneoffs] if oneoffs else [])):
             part.lifecycle = self.lifecycle
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> Scheduler:
-        for name, target in [(r.task.name, r.serve) for r in self.runners] + [
-            ("reconciler", self.reconciler.serve)
-        ]:
+        parts = [(r.task.name, r.serve) for r in self.runners]
+        parts.append(("reconciler", self.reconciler.serve))
+        if self.oneoffs is not None:
+            parts.append(("oneoffs", self.oneoffs.serve))  # type: ignore[attr-defined]
+        for name, target in parts:
             thread = threading.Thread(
                 target=target, args=(self.stop_event,), name=f"sched-{name}", daemon=True
             )
