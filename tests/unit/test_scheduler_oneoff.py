@@ -1,17 +1,25 @@
-"""One-off tasks, in process: the message, the hop chain under a TTL ceiling, the time syntax."""
+"""One-off tasks, in process: the message, the hop chain under a TTL ceiling, the time syntax,
+and the record as the tick-ledger item that a start and a cancel race for."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import boto3
 import pytest
+from moto import mock_aws
 
+from devtools.local.resources import ENV, REGION, create_coordination_table
+from sluice import naming
 from sluice.scheduling import oneoff as spec
 from sluice.scheduling.oneoff import OneOff
+from sluice.scheduling.oneoff_records import OneOffRecords
 from sluice.scheduling.registry import PeriodicTask
 from sluice.scheduling.schedule import Every
 from sluice.settings import SchedulerSettings
 from sluice_cli.oneoff import OneOffError, parse_time
+from worker.scheduler.oneoff import OneOffLedger
 
 YEAR_MS = 365 * 86_400 * 1000
 
@@ -70,3 +78,43 @@ def test_times_are_iso_8601_in_utc_or_relative():
     assert parse_time("2027-03-03T09:00:00") == parse_time("2027-03-03T09:00:00+00:00")
     with pytest.raises(OneOffError, match="ISO 8601"):
         parse_time("tomorrow")
+
+
+@pytest.fixture
+def table() -> Iterator[tuple[OneOffRecords, OneOffLedger]]:
+    """The coordination table as the stack makes it (moto, in process): records and ledger."""
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name=REGION)
+        name = naming.coordination_table(ENV)
+        create_coordination_table(client, name)
+        yield OneOffRecords(client, name, "p"), OneOffLedger(client, name, "p")
+
+
+def test_a_oneoff_is_claimed_once_and_a_cancel_after_the_claim_is_refused(table) -> None:
+    records, ledger = table
+    job = OneOff("j1", "report", 100.0)
+    assert records.create(job, 0) and not records.create(job, 0)  # an id is taken once
+    claimed = ledger.claim("j1", job.key, 99_000, 10_000, "a")
+    assert claimed is not None
+    assert ledger.claim("j1", job.key, 99_001, 10_000, "b") is None  # a second copy
+    assert not records.cancel("j1")
+    assert ledger.finish("j1", claimed.fence, "done") and records.conclude(
+        "j1", claimed.fence, "succeeded"
+    )
+    assert ledger.claim("j1", job.key, 200_000, 10_000, "c") is None  # a late redelivery
+    [record] = records.all()
+    assert (record.state, record.ended_as, record.pending) == ("done", "succeeded", False)
+
+
+@pytest.mark.parametrize("retrying", [False, True])
+def test_a_cancelled_oneoff_is_never_claimed_pending_or_waiting_to_retry(table, retrying) -> None:
+    records, ledger = table
+    job = OneOff("j2", "report", 100.0, {"n": 1})
+    records.create(job, 0)
+    if retrying:  # its first attempt failed transiently: released as `retry`
+        claimed = ledger.claim("j2", job.key, 99_000, 10_000, "a")
+        assert claimed is not None and ledger.finish("j2", claimed.fence, "retry")
+    assert records.cancel("j2")
+    assert ledger.claim("j2", job.key, 100_000, 10_000, "b") is None
+    assert not records.cancel("j2")  # once
+    assert [(r.oneoff, r.state) for r in records.all()] == [(job, "cancelled")]
