@@ -3,6 +3,7 @@ over HTTP (other processes, or clients that must not be patched in-process)."""
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,10 @@ class _OneAtATime:
         self.app, self.lock = app, threading.Lock()
 
     def __call__(self, environ: Any, start_response: Any) -> Any:
+        # The body is read before the lock: a client stopped mid-request (SIGSTOP in the fault
+        # tests) must not hold up everyone else.
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(length) if length else b"")
         with self.lock:
             return list(self.app(environ, start_response))
 

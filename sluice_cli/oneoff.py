@@ -103,11 +103,25 @@ class OneOffs:
         if not self.records.create(oneoff, round(now * 1000)):
             raise OneOffError(f"a one-off with id {oneoff.id!r} exists already")
         try:
-            self._publish(oneoff)
+            self._publish_retrying(oneoff)
         except BaseException:
             self.records.delete(oneoff.id)
             raise
         return oneoff
+
+    def _publish_retrying(self, oneoff: OneOff, attempts: int = 3) -> None:
+        """Publish; a nack (a quorum queue just declared may refuse a publish until it is
+        ready) is tried again: a second copy would only be dropped by its claim."""
+        import pika
+
+        for attempt in range(1, attempts + 1):
+            try:
+                self._publish(oneoff)
+                return
+            except pika.exceptions.NackError:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.1 * attempt)
 
     def _publish(self, oneoff: OneOff) -> None:
         import pika

@@ -49,6 +49,8 @@ from worker.scheduler.runner import (
 )
 
 log = logging.getLogger("sluice.scheduler")
+# A publish the broker refused (a quorum queue not ready yet nacks it) or could not route.
+_REFUSED = (pika.exceptions.NackError, pika.exceptions.UnroutableError)
 LEDGER_PREFIX = "oneoff#"
 CHECK_CANCELLED_S = 60.0
 LAST_STRETCHES = 8  # one-offs in their last stretch at once, per process
@@ -63,11 +65,20 @@ class OneOffLedger(TableLedger):
 
 
 def publish(
-    channel: Any, names: Names, oneoff: OneOff, wait_ms: tuple[int, ...], now: float
+    channel: Any,
+    names: Names,
+    oneoff: OneOff,
+    wait_ms: tuple[int, ...],
+    now: float,
+    declared: set[int] | None = None,
 ) -> int | None:
     """Send `oneoff` on its next hop (the wait in ms), or to the run queue at once (None);
-    confirmed when the channel has confirms on."""
+    confirmed when the channel has confirms on. A wait queue is declared on its first use
+    (`declared`: those this connection declared), so a scheduler makes only those it needs."""
     hop = spec.next_hop((oneoff.at - now) * 1000, wait_ms)
+    if hop is not None and declared is not None and hop not in declared:
+        spec.declare(channel, names, (hop,))
+        declared.add(hop)
     channel.basic_publish(
         spec.exchange(names),
         spec.RUN_KEY if hop is None else spec.wait_key(hop),
@@ -105,6 +116,7 @@ class OneOffRunner(_Base):
         self.records = records
         self.lease_s = lease_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._declared: set[int] = set()  # wait queues this connection declared
         self._pool = ThreadPoolExecutor(max_workers=LAST_STRETCHES, thread_name_prefix="oneoff")
 
     def _ledger_key(self, oneoff: OneOff) -> str:
@@ -115,7 +127,8 @@ class OneOffRunner(_Base):
         while not stop.is_set():
             try:
                 ch = self._open([])
-                spec.declare(ch.work, self.names, self.waits)
+                spec.declare(ch.work, self.names)
+                self._declared = set()
                 ch.work.basic_qos(prefetch_count=PREFETCH)
                 backoff = 0.2
                 for method, _, body in ch.work.consume(
@@ -125,8 +138,10 @@ class OneOffRunner(_Base):
                         break
                     if method is not None:
                         self._handle(method, body)
-            except _BROKER_DOWN as exc:
-                log.warning("one-off runner: broker unavailable (%s); reconnecting", exc)
+            except (*_BROKER_DOWN, *_REFUSED) as exc:
+                # Unacked, the one-off comes back on the next connection (a copy it may have
+                # left on a hop is dropped by its claim).
+                log.warning("one-off runner: broker unavailable (%r); reconnecting", exc)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 1.0)
             except _LEDGER_DOWN as exc:
@@ -145,6 +160,11 @@ class OneOffRunner(_Base):
             log.error("one-off runner: unreadable message %r dropped", body[:200])
             ch.basic_reject(method.delivery_tag, requeue=False)
             return
+        if not self._declared:
+            # Every wait queue, on this connection's first one-off: a scheduler that never gets
+            # one makes none, and no hop of a due one-off waits for a queue's declaration.
+            spec.declare(ch, self.names, self.waits)
+            self._declared.update(self.waits)
         now = self.clock()
         if spec.next_hop((oneoff.at - now) * 1000, self.waits) is not None:
             # A long wait ahead: drop it now if it was cancelled (the claim would refuse it
@@ -154,7 +174,7 @@ class OneOffRunner(_Base):
             if record is not None and record.state == "cancelled":
                 self.emit(oneoff.task, "cancelled", due=oneoff.due, oneoff=oneoff.id)
             else:
-                publish(ch, self.names, oneoff, self.waits, now)
+                publish(ch, self.names, oneoff, self.waits, now, self._declared)
             ch.basic_ack(method.delivery_tag)
             return
         # The last stretch runs on the pool, so this thread goes on taking (and hopping) the
@@ -225,7 +245,7 @@ class OneOffRunner(_Base):
 
             def retry_then_ack() -> None:
                 if self._ch is chans:
-                    publish(chans.work, self.names, again, self.waits, self.clock())
+                    publish(chans.work, self.names, again, self.waits, self.clock(), self._declared)
                     chans.work.basic_ack(tag)
 
             self._emit(chans, name, "failed", due=oneoff.due, oneoff=oneoff.id,
