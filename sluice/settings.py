@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sluice import naming
+from sluice.scheduling.oneoff import MIN_WAIT_EXP, RABBITMQ_MAX_TTL_MS
 
 # The longest audio any step accepts; the configuration may lower it per environment.
 DEFAULT_MAX_AUDIO_SECONDS = 4 * 3600
@@ -269,6 +270,13 @@ class SchedulerSettings(ProcessSettings):
         "each further retry waits this many times longer than the one before",
         2.0,
         ge=1,
+    )
+    max_ttl_ms: int = _var(
+        "SLUICE_SCHEDULER_MAX_TTL_MS",
+        "the longest hop of a one-off task (RabbitMQ's TTL ceiling; tests shorten it)",
+        RABBITMQ_MAX_TTL_MS,
+        ge=2**MIN_WAIT_EXP,
+        le=RABBITMQ_MAX_TTL_MS,
     )
     heartbeat_s: int = _var(
         "SLUICE_SCHEDULER_HEARTBEAT_S",

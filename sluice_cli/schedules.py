@@ -519,3 +519,107 @@ def remove(name: str, broker_url: str | None, prefix: str | None) -> None:
     """Remove task NAME: it runs no tick in any process. A declared task is disabled (its code
     stays); `add NAME` brings either kind back."""
     _run("remove", name, broker_url, prefix)
+def _oneoffs(broker_url: str | None, table: str | None, prefix: str | None) -> Any:
+    """The one-off API on the broker and the coordination table the options name (the table
+    defaults to the `--env`'s, reached through the CLI's AWS target)."""
+    import boto3
+
+    from sluice import naming
+    from sluice_cli.aws import Aws
+    from sluice_cli.oneoff import OneOffs
+
+    if not broker_url:
+        raise click.ClickException(
+            f"one-off tasks wait on the broker: pass --broker-url or set {BROKER_ENV}"
+        )
+    aws = click.get_current_context().find_object(Aws)
+    if table is None:
+        if aws is None:
+            raise click.ClickException(
+                "one-off tasks are recorded in the coordination table: pass --table or set "
+                "SLUICE_COORDINATION_TABLE"
+            )
+        table = naming.coordination_table(aws.env)
+    dynamodb = aws.client("dynamodb") if aws is not None else boto3.client("dynamodb")
+    names = Names(prefix) if prefix else Names()
+    return OneOffs(broker_url, dynamodb, table, names=names, registry=_registry())
+
+
+_BROKER = click.option(
+    "--broker-url", envvar=BROKER_ENV, help="amqp(s):// URL of the scheduler's broker."
+)
+_TABLE = click.option(
+    "--table",
+    envvar="SLUICE_COORDINATION_TABLE",
+    help="Coordination table (default: Sluice-<env>-coordination).",
+)
+_PREFIX = click.option("--prefix", hidden=True, help="Exchange/queue name prefix (tests).")
+
+
+@schedules.command()
+@click.argument("when", metavar="TIME", required=False)
+@click.argument("task", required=False)
+@click.option("--payload", help="JSON object: an event task's data for this run.")
+@click.option("--id", "oneoff_id", help="The one-off's id (default: a new one).")
+@click.option("--list", "list_", is_flag=True, help="List the one-offs instead (pending first).")
+@click.option("--all", "all_", is_flag=True, help="With --list: finished and cancelled too.")
+@_BROKER
+@_TABLE
+@_PREFIX
+def at(
+    when: str | None,
+    task: str | None,
+    payload: str | None,
+    oneoff_id: str | None,
+    list_: bool,
+    all_: bool,
+    broker_url: str | None,
+    table: str | None,
+    prefix: str | None,
+) -> None:
+    """Run registered TASK once at TIME (ISO 8601, UTC unless it says; or +90s, +15m, +2h, +3d),
+    exactly once, up to a year ahead. `--list` shows the pending one-offs."""
+    from sluice_cli.oneoff import OneOffError, parse_time
+
+    oneoffs = _oneoffs(broker_url, table, prefix)
+    click.get_current_context().call_on_close(oneoffs.close)
+    if list_:
+        records = [r for r in oneoffs.list() if all_ or r.pending]
+        click.echo(f"{'id':<18} {'task':<24} {'due':<26} {'state':<10} payload")
+        for r in records:
+            state = r.ended_as or r.state
+            body = json.dumps(dict(r.oneoff.payload), separators=(",", ":"))
+            click.echo(
+                f"{r.oneoff.id:<18} {r.oneoff.task:<24} {r.oneoff.due_iso:<26} {state:<10} {body}"
+            )
+        if not records:
+            click.echo("(no pending one-off tasks)")
+        return
+    if when is None or task is None:
+        raise click.UsageError("give TIME and TASK (or --list)")
+    try:
+        data = json.loads(payload) if payload else {}
+        if not isinstance(data, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--payload")
+        job = oneoffs.at(parse_time(when), task, data, oneoff_id=oneoff_id)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    except OneOffError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{job.id} {job.task} at {job.due_iso}")
+
+
+@schedules.command()
+@click.argument("oneoff_id", metavar="ID")
+@_BROKER
+@_TABLE
+@_PREFIX
+def cancel(oneoff_id: str, broker_url: str | None, table: str | None, prefix: str | None) -> None:
+    """Cancel the one-off task ID before it starts."""
+    from sluice_cli.oneoff import OneOffError
+
+    try:
+        record = _oneoffs(broker_url, table, prefix).cancel(oneoff_id)
+    except OneOffError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"cancelled {record.oneoff.id} ({record.oneoff.task} at {record.oneoff.due_iso})")

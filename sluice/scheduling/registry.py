@@ -35,6 +35,8 @@ class Tick:
     task: str
     due: float
     attempt: int = 1
+    # A one-off's payload (sluice/scheduling/oneoff.py); a periodic tick has none.
+    data: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def key(self) -> int:

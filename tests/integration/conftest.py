@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
@@ -41,6 +42,17 @@ def ledger_env() -> Iterator[dict[str, str]]:
     """moto's server on loopback with the coordination table (as the stack makes it, named as
     a local run names it): the tick ledger several scheduler processes share. The environment a
     scheduler process needs to use it."""
+    yield from _ledger_env(atomic=False)
+
+
+@pytest.fixture(scope="session")
+def atomic_ledger_env() -> Iterator[dict[str, str]]:
+    """ledger_env served one request at a time, so claims of one item that race are decided as
+    DynamoDB decides them (moto alone may let both pass their condition)."""
+    yield from _ledger_env(atomic=True)
+
+
+def _ledger_env(*, atomic: bool) -> Iterator[dict[str, str]]:
     import boto3
 
     from devtools.local.resources import ENV, REGION, create_coordination_table
@@ -48,11 +60,13 @@ def ledger_env() -> Iterator[dict[str, str]]:
     from sluice import naming
     from sluice.settings import SchedulerSettings
 
-    with moto_server() as endpoint:
+    with moto_server(atomic=atomic) as endpoint:
         table = naming.coordination_table(ENV)
-        create_coordination_table(
-            boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint), table
-        )
+        client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+        # moto's servers in one process share their backends: the other fixture's server may
+        # have made the table already.
+        with contextlib.suppress(client.exceptions.ResourceInUseException):
+            create_coordination_table(client, table)
         yield {
             "AWS_ENDPOINT_URL": endpoint,
             "AWS_REGION": REGION,

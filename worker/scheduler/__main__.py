@@ -16,12 +16,14 @@ from typing import Any
 
 from sluice.envelope import Event
 from sluice.scheduling.names import Names
+from sluice.scheduling.oneoff_records import OneOffRecords
 from sluice.scheduling.overrides import OverrideStore
 from sluice.scheduling.registry import GROUPS, REGISTRY, Registry, cron_yaml
 from sluice.settings import SchedulerSettings
 from worker.observability import configure_logging
 from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
 from worker.scheduler.ledger import Ledger, MemoryLedger, TableLedger
+from worker.scheduler.oneoff import OneOffLedger, OneOffRunner
 from worker.scheduler.runner import Backoff, Scheduler, SendEvent, broker_url
 
 
@@ -59,6 +61,8 @@ def build(
     (README: the scheduler)."""
     ledger: Ledger
     overrides: OverrideStore | None = None
+    oneoff_ledger: Ledger | None = None
+    records: OneOffRecords | None = None
     if settings.coordination_table:
         if dynamodb is None:
             import boto3
@@ -66,6 +70,8 @@ def build(
             dynamodb = boto3.client("dynamodb")
         ledger = TableLedger(dynamodb, settings.coordination_table, names.prefix)
         overrides = OverrideStore(dynamodb, settings.coordination_table, names.prefix)
+        oneoff_ledger = OneOffLedger(dynamodb, settings.coordination_table, names.prefix)
+        records = OneOffRecords(dynamodb, settings.coordination_table, names.prefix)
     else:
         logging.getLogger("sluice.scheduler").warning(
             "NO TICK LEDGER: SLUICE_COORDINATION_TABLE is not set, so ticks are recorded in "
@@ -73,6 +79,18 @@ def build(
             "runtime changes (sluice schedules add|pause|…) are not applied."
         )
         ledger = MemoryLedger()
+    oneoffs = OneOffRunner(
+        registry,
+        url,
+        names=names,
+        max_ttl_ms=settings.max_ttl_ms,
+        send=send,
+        ledger=oneoff_ledger or ledger,
+        records=records,
+        lease_s=settings.lease_s,
+        heartbeat_s=settings.heartbeat_s,
+        backoff=Backoff.of(settings),
+    )
     return Scheduler(
         registry,
         url,
@@ -84,6 +102,8 @@ def build(
         backoff=Backoff.of(settings),
         overrides=overrides,
         group=group,
+        # One-off tasks run on the scheduler group's processes (README: one-off tasks).
+        oneoffs=oneoffs if group == GROUPS[0] else None,
     )
 
 

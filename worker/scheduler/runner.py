@@ -694,6 +694,7 @@ class Scheduler:
         backoff: Backoff = Backoff(),
         overrides: OverrideStore | None = None,
         group: str = GROUPS[0],
+        oneoffs: _Base | None = None,
     ) -> None:
         if group not in GROUPS:
             raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {group!r}")
@@ -724,6 +725,10 @@ class Scheduler:
         )
         self.reconciler.lifecycle = self.lifecycle
         self.live = LiveRegistry(registry, overrides, self.apply)
+        # The one-off runner (worker/scheduler/oneoff.py), when the process runs one-offs.
+        self.oneoffs = oneoffs
+        if oneoffs is not None:
+            oneoffs.lifecycle = self.lifecycle
         self.stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stops: list[threading.Event] = []
@@ -777,6 +782,8 @@ class Scheduler:
         if self.live.store is not None:
             prompts = Prompts(self.url, self.names, self.live, self.reconciler.heartbeat_s)
             self._spawn("registry", prompts.serve, threading.Event())
+        if self.oneoffs is not None:
+            self._spawn("oneoffs", self.oneoffs.serve, threading.Event())  # type: ignore[attr-defined]
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -1,0 +1,157 @@
+"""One-off records in the coordination table: what is scheduled, and the ledger item that runs it.
+
+One partition per scheduler prefix (`pk` = `sched#<prefix>#oneoff`, `sk` = the one-off's id), so
+one query lists them. The item is also the one-off's tick-ledger item (the attributes `tick`,
+`fence`, `until`, `state`, `holder` of worker/scheduler/ledger.py): it is created `pending` with
+tick 0, the runner's claim sets the due time as its tick (admitted once), and a cancel sets the
+due time as the tick with state `cancelled`, which no claim admits. So a cancel and a start race
+on one conditional write: exactly one of them wins.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from sluice import naming
+from sluice.scheduling.oneoff import OneOff
+
+# Records stay readable (`schedules list --all`) for this long after their due time.
+RECORD_TTL_S = 30 * 86_400
+PENDING = ("pending", "retry", "running")
+
+
+def partition(prefix: str) -> str:
+    return f"sched#{prefix}#oneoff"
+
+
+def key(prefix: str, oneoff_id: str) -> dict[str, Any]:
+    return {"pk": {"S": partition(prefix)}, "sk": {"S": oneoff_id}}
+
+
+@dataclass(frozen=True)
+class Record:
+    """A one-off as the table holds it: the one-off, its state and how it ended."""
+
+    oneoff: OneOff
+    state: str
+    ended_as: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.state in PENDING
+
+
+def _conditional(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+class OneOffRecords:
+    """Create, cancel and list one-off records (a DynamoDB client: boto3's or moto's)."""
+
+    def __init__(self, client: Any, table: str, prefix: str) -> None:
+        self.client, self.table, self.prefix = client, table, prefix
+
+    def create(self, oneoff: OneOff, now_ms: int) -> bool:
+        """Record a new one-off; False when its id is taken."""
+        try:
+            self.client.put_item(
+                TableName=self.table,
+                Item={
+                    **key(self.prefix, oneoff.id),
+                    "task": {"S": oneoff.task},
+                    "due": {"N": str(oneoff.key)},
+                    "payload": {"S": json.dumps(dict(oneoff.payload), separators=(",", ":"))},
+                    "created": {"N": str(now_ms)},
+                    "tick": {"N": "0"},
+                    "fence": {"N": "0"},
+                    "until": {"N": "0"},
+                    "state": {"S": "pending"},
+                    naming.TTL_ATTRIBUTE: {"N": str(oneoff.key // 1000 + RECORD_TTL_S)},
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if _conditional(exc):
+                return False
+            raise
+        return True
+
+    def delete(self, oneoff_id: str) -> None:
+        """Remove a record whose one-off was never published (the publish failed)."""
+        self.client.delete_item(TableName=self.table, Key=key(self.prefix, oneoff_id))
+
+    def cancel(self, oneoff_id: str) -> bool:
+        """Cancel a one-off that has not started (pending, or waiting to retry); False when it
+        is unknown, started, finished or cancelled already."""
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=key(self.prefix, oneoff_id),
+                UpdateExpression="SET tick = due, #state = :cancelled",
+                ConditionExpression="#state IN (:pending, :retry)",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={
+                    ":cancelled": {"S": "cancelled"},
+                    ":pending": {"S": "pending"},
+                    ":retry": {"S": "retry"},
+                },
+            )
+        except ClientError as exc:
+            if _conditional(exc):
+                return False
+            raise
+        return True
+
+    def conclude(self, oneoff_id: str, fence: int, ended_as: str) -> bool:
+        """Record how a claimed run ended (`succeeded`, `failed`), on its fence."""
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=key(self.prefix, oneoff_id),
+                UpdateExpression="SET ended_as = :ended",
+                ConditionExpression="fence = :fence",
+                ExpressionAttributeValues={":ended": {"S": ended_as}, ":fence": {"N": str(fence)}},
+            )
+        except ClientError as exc:
+            if _conditional(exc):
+                return False
+            raise
+        return True
+
+    def read(self, oneoff_id: str) -> Record | None:
+        item = self.client.get_item(
+            TableName=self.table, Key=key(self.prefix, oneoff_id), ConsistentRead=True
+        ).get("Item")
+        return None if item is None else _record(item)
+
+    def all(self) -> list[Record]:
+        """Every record of this prefix, by due time."""
+        records: list[Record] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": partition(self.prefix)}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.client.query(**kwargs)
+            records += [_record(item) for item in page.get("Items", [])]
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted(records, key=lambda r: r.oneoff.due)
+
+
+def _record(item: dict[str, Any]) -> Record:
+    oneoff = OneOff(
+        item["sk"]["S"],
+        item["task"]["S"],
+        int(item["due"]["N"]) / 1000,
+        json.loads(item.get("payload", {}).get("S", "{}")),
+    )
+    ended = item.get("ended_as", {}).get("S")
+    return Record(oneoff, item["state"]["S"], ended)

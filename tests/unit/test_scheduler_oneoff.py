@@ -1,0 +1,120 @@
+"""One-off tasks, in process: the message, the hop chain under a TTL ceiling, the time syntax,
+and the record as the tick-ledger item that a start and a cancel race for."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from devtools.local.resources import ENV, REGION, create_coordination_table
+from sluice import naming
+from sluice.scheduling import oneoff as spec
+from sluice.scheduling.oneoff import OneOff
+from sluice.scheduling.oneoff_records import OneOffRecords
+from sluice.scheduling.registry import PeriodicTask
+from sluice.scheduling.schedule import Every
+from sluice.settings import SchedulerSettings
+from sluice_cli.oneoff import OneOffError, parse_time
+from worker.scheduler.oneoff import OneOffLedger
+
+YEAR_MS = 365 * 86_400 * 1000
+
+
+def test_a_oneoff_message_decodes_as_it_was_encoded():
+    job = OneOff("abc", "report", 1.5, {"k": [1, 2]}, attempt=2, retry_at=3.25)
+    assert OneOff.decode(job.encode()) == job
+    assert job.at == 3.25 and job.key == 1500  # a retry is the same tick, run later
+
+
+def test_waits_are_powers_of_two_up_to_the_ceiling_and_never_above_rabbitmqs():
+    assert spec.waits(300) == (16, 32, 64, 128, 256)
+    assert spec.waits(2**40)[-1] == 2**31 <= spec.RABBITMQ_MAX_TTL_MS
+    with pytest.raises(ValueError, match="at least 16"):
+        spec.waits(10)
+
+
+@pytest.mark.parametrize(
+    ("ceiling", "ahead_ms"),
+    [(300, ms) for ms in (5, 25, 999, 60_000)]
+    + [(spec.RABBITMQ_MAX_TTL_MS, ms) for ms in (5, 999, 60_000, 50 * 86_400_000, YEAR_MS)],
+)
+def test_the_hop_chain_ends_within_the_last_wait_before_the_due_time(ceiling, ahead_ms):
+    waits = spec.waits(ceiling)
+    remaining, hops = float(ahead_ms), 0
+    while (hop := spec.next_hop(remaining, waits)) is not None:
+        assert hop <= ceiling and hop <= remaining - spec.HOP_SLACK_MS  # never overshoots
+        remaining -= hop
+        hops += 1
+    # what is left is waited out in the scheduler: under the shortest wait plus the slack
+    assert 0 <= remaining < waits[0] + spec.HOP_SLACK_MS
+    assert hops == spec.hops(ahead_ms, waits)
+    if ahead_ms > spec.RABBITMQ_MAX_TTL_MS:
+        assert hops > 1  # past RabbitMQ's ceiling only a chain gets there
+
+
+def test_the_ceiling_setting_is_bounded_by_rabbitmqs():
+    assert SchedulerSettings.of().max_ttl_ms == spec.RABBITMQ_MAX_TTL_MS
+    with pytest.raises(ValueError, match="MAX_TTL_MS"):
+        SchedulerSettings.of(max_ttl_ms=spec.RABBITMQ_MAX_TTL_MS + 1)
+
+
+def test_an_event_tasks_oneoff_sends_the_payload_over_the_tasks_data_with_its_own_id():
+    task = PeriodicTask("reindex", Every(3600), event="media/uploaded", data={"scope": "x"})
+    job = OneOff("j1", "reindex", 1_800_000_000.0, {"scope": "all", "n": 1})
+    event = job.event(task)
+    assert event.id == "at-j1" and event.name == "media/uploaded"
+    assert event.data == {"scope": "all", "n": 1, "task": "reindex", "scheduled_at": job.due_iso}
+    assert job.event(task) == event  # every send of it is the same event
+
+
+def test_times_are_iso_8601_in_utc_or_relative():
+    now = 1_000.0
+    assert parse_time("+90s", now) == 1090 and parse_time("+2h", now) == now + 7200
+    assert parse_time("2027-03-03T09:00:00Z") == datetime(2027, 3, 3, 9, tzinfo=UTC).timestamp()
+    assert parse_time("2027-03-03T09:00:00") == parse_time("2027-03-03T09:00:00+00:00")
+    with pytest.raises(OneOffError, match="ISO 8601"):
+        parse_time("tomorrow")
+
+
+@pytest.fixture
+def table() -> Iterator[tuple[OneOffRecords, OneOffLedger]]:
+    """The coordination table as the stack makes it (moto, in process): records and ledger."""
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name=REGION)
+        name = naming.coordination_table(ENV)
+        create_coordination_table(client, name)
+        yield OneOffRecords(client, name, "p"), OneOffLedger(client, name, "p")
+
+
+def test_a_oneoff_is_claimed_once_and_a_cancel_after_the_claim_is_refused(table) -> None:
+    records, ledger = table
+    job = OneOff("j1", "report", 100.0)
+    assert records.create(job, 0) and not records.create(job, 0)  # an id is taken once
+    claimed = ledger.claim("j1", job.key, 99_000, 10_000, "a")
+    assert claimed is not None
+    assert ledger.claim("j1", job.key, 99_001, 10_000, "b") is None  # a second copy
+    assert not records.cancel("j1")
+    assert ledger.finish("j1", claimed.fence, "done") and records.conclude(
+        "j1", claimed.fence, "succeeded"
+    )
+    assert ledger.claim("j1", job.key, 200_000, 10_000, "c") is None  # a late redelivery
+    [record] = records.all()
+    assert (record.state, record.ended_as, record.pending) == ("done", "succeeded", False)
+
+
+@pytest.mark.parametrize("retrying", [False, True])
+def test_a_cancelled_oneoff_is_never_claimed_pending_or_waiting_to_retry(table, retrying) -> None:
+    records, ledger = table
+    job = OneOff("j2", "report", 100.0, {"n": 1})
+    records.create(job, 0)
+    if retrying:  # its first attempt failed transiently: released as `retry`
+        claimed = ledger.claim("j2", job.key, 99_000, 10_000, "a")
+        assert claimed is not None and ledger.finish("j2", claimed.fence, "retry")
+    assert records.cancel("j2")
+    assert ledger.claim("j2", job.key, 100_000, 10_000, "b") is None
+    assert not records.cancel("j2")  # once
+    assert [(r.oneoff, r.state) for r in records.all()] == [(job, "cancelled")]
