@@ -58,6 +58,8 @@ _BROKER_DOWN: tuple[type[BaseException], ...] = (
 # Errors of the tick ledger (DynamoDB): no tick runs unclaimed, so the runner waits them out.
 _LEDGER_DOWN: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
 _DEFAULTS = SchedulerSettings.model_fields
+# The lifecycle events that announce a task's next token (and carry when it falls due).
+_TOKEN_EVENTS = frozenset({"scheduled", "seeded", "reseeded", "failed"})
 DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
 DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
 
@@ -526,12 +528,23 @@ class Reconciler(_Base):
         self.registry = registry
         # Tells a new task's first token from a lost one (a task never claimed has none to lose).
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        self.monotonic: Clock = time.monotonic
         self._activity: dict[str, float] = {}
         self._empty_since: dict[str, float] = {}
+        # When (monotonic) each task's token falls due, from the events that announce a token.
+        self._due: dict[str, float] = {}
 
     def _on_event(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
-        task = method.routing_key.split(".", 1)[0]
-        self._activity[task] = time.monotonic()
+        task, _, event = method.routing_key.partition(".")
+        now = self._activity[task] = self.monotonic()
+        if event in _TOKEN_EVENTS:
+            try:
+                fields = json.loads(body)
+                # A retry waits `retry_in_s` in the hatchery; any other token, until `due`.
+                wait = fields["retry_in_s"] if event == "failed" else fields["due"] - self.clock()
+            except (ValueError, KeyError, TypeError):
+                return  # a failure with no retry announces no token
+            self._due[task] = now + float(wait)
 
     def serve(self, stop: threading.Event) -> None:
         backoff = 0.2
@@ -574,7 +587,16 @@ class Reconciler(_Base):
         return True
 
     def _check(self, task: PeriodicTask) -> None:
-        now = time.monotonic()
+        now = self.monotonic()
+        window = quiet_window_s(task)
+        due = self._due.get(task.name, float("inf"))
+        if due <= now < max(due, self._activity.get(task.name, float("-inf"))) + window:
+            # Its token fell due: its runner holds it (delivered, not yet acknowledged, so the
+            # broker's count leaves it out) until it reports the tick. Counting the quiet window
+            # from the due time, not from when the queues were first seen empty, keeps a runner
+            # that starts a tick a little late under load from looking like a lost token.
+            self._empty_since.pop(task.name, None)
+            return
         if self.inventory(task.name) > 0:
             self._empty_since.pop(task.name, None)
             return
@@ -583,7 +605,7 @@ class Reconciler(_Base):
             # A runner holds the token (it reported in): start the quiet window again.
             self._empty_since[task.name] = now
             return
-        if now - since < quiet_window_s(task):
+        if now - since < window:
             return
         following = task.schedule.first_after(self.clock())
         try:
