@@ -62,6 +62,10 @@ _DEFAULTS = SchedulerSettings.model_fields
 _TOKEN_EVENTS = frozenset({"scheduled", "seeded", "reseeded", "failed"})
 DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
 DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
+# How often an idle runner wakes to see whether it should stop (a delivery wakes it at once, and
+# pika keeps the heartbeats while it waits). Every runner is a thread: at 20 wakes a second, a
+# thousand idle runners spent more than a core (bench/scheduler_bench.py, many tasks).
+IDLE_WAKE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,10 @@ class _Base:
         if self.lifecycle is not None:
             self.lifecycle.record(task, event, fields)
         assert self._ch is not None
-        self._ch.control.basic_publish(
+        # Queued on the connection, not flushed: it leaves with the process's next write (the
+        # token's publish, the ack, or the flush before waiting for a run). A flush per event
+        # was a round of pika's I/O loop each, most of a tick's CPU (bench-scheduler, many).
+        self._ch.control._impl.basic_publish(
             self.names.control_exchange,
             f"{task}.{event}",
             json.dumps(body, separators=(",", ":")).encode(),
@@ -245,7 +252,7 @@ class TaskRunner(_Base):
                 ch.work.basic_qos(prefetch_count=1)
                 backoff = 0.2
                 for method, props, body in ch.work.consume(
-                    self.names.processor(self.task.name), inactivity_timeout=0.05
+                    self.names.processor(self.task.name), inactivity_timeout=IDLE_WAKE_S
                 ):
                     if stop.is_set():
                         break
@@ -412,6 +419,7 @@ class TaskRunner(_Base):
         assert self._ch is not None
         tick, future = inflight.tick, inflight.future
         beat = min(quiet_window_s(self.task) / 2, self.lease_s / 3)
+        self._ch.connection.process_data_events(time_limit=0)  # sends `started` (or `resumed`)
         while True:
             try:
                 # Wakes the moment the run ends; between beats pika is not serviced, which is
@@ -425,8 +433,8 @@ class TaskRunner(_Base):
                 else:  # a redriven tick holds no claim: nothing to renew
                     self._lease_end = time.monotonic() + self.lease_s
                 # Tells the reconciler the token is held, not lost, however long the run takes.
-                self._ch.connection.process_data_events(time_limit=0)
                 self.emit(self.task.name, "running", due=tick.due)
+                self._ch.connection.process_data_events(time_limit=0)
             except BusinessError as exc:
                 return "business", repr(exc)
             except Exception as exc:  # unclassified failures count as transient
