@@ -32,6 +32,7 @@ from urllib.parse import quote
 import pika
 import pika.exceptions
 from botocore.exceptions import BotoCoreError, ClientError
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from sluice.envelope import Event
 from sluice.errors import BusinessError, TransientError
@@ -50,6 +51,8 @@ SendEvent = Callable[[Event], Any]
 # Connection errors that mean "the broker went away": reconnect, never crash the process.
 _BROKER_DOWN: tuple[type[BaseException], ...] = (
     pika.exceptions.AMQPConnectionError,
+    # A handshake that timed out (a broker too busy to answer): pika's connector raises its own.
+    AMQPConnectorException,
     pika.exceptions.AMQPChannelError,
     pika.exceptions.StreamLostError,
     ConnectionError,
