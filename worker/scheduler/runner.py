@@ -116,7 +116,16 @@ def _connect(url: str, heartbeat_s: int) -> pika.BlockingConnection:
     params.heartbeat = heartbeat_s
     params.blocked_connection_timeout = 30
     params.socket_timeout = 5
-    return pika.BlockingConnection(params)
+    try:
+        return pika.BlockingConnection(params)
+    except ValueError as exc:  # pika: the socket closed while the connection was being set up
+        raise pika.exceptions.AMQPConnectionError(repr(exc)) from exc
+
+
+# Connections this process opens (and declares on) at once. Every runner has its own: a thousand
+# starting together, or reconnecting after a broker restart, timed the broker's handshakes out
+# (bench/scheduler_bench.py, many tasks); in turns, each is quick.
+_OPENING = threading.BoundedSemaphore(8)
 
 
 @dataclass
@@ -133,11 +142,12 @@ class _Base:
         self.lifecycle: Lifecycle | None = None  # counts the events for the metrics
 
     def _open(self, tasks: list[PeriodicTask]) -> _Channels:
-        connection = _connect(self.url, self.heartbeat_s)
-        work = connection.channel()
-        declare(work, self.names, tasks)
-        work.confirm_delivery()
-        self._ch = _Channels(connection, work, connection.channel())
+        with _OPENING:
+            connection = _connect(self.url, self.heartbeat_s)
+            work = connection.channel()
+            declare(work, self.names, tasks)
+            work.confirm_delivery()
+            self._ch = _Channels(connection, work, connection.channel())
         return self._ch
 
     def _close(self) -> None:
