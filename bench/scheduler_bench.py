@@ -9,6 +9,11 @@ Phase 1 (fidelity): period P, each run takes `work` (default 60 % of P), N cycle
 ticks/s per consumer, lateness p50/p99 against the ideal grid (first tick + n*P) and the drift
 after N cycles ((start_N - start_0) - N*P).
 Phase 2 (rate): a 1 ms period with no work for a few seconds: the most ticks/s one consumer gets.
+Phase 3 (many): N tasks at period P on one consumer (one scheduler process; the naive cycle on
+one connection), their ticks all due at once or spread over the period (`--many 1000x1,1000x1s`),
+each side in its own process: ticks/s, lateness p50/p99 against each tick's slot, CPU per tick
+(the process's user + system time over the window), spare tokens seeded; `--ledger-run` once
+more with the DynamoDB ledger (TableLedger) on moto's server, so the claim's cost shows.
 
     make bench-scheduler      # or: .venv/bin/python bench/scheduler_bench.py --cycles 200
 """
@@ -21,6 +26,7 @@ import json
 import multiprocessing
 import os
 import resource
+import signal
 import sys
 import tempfile
 import threading
@@ -335,7 +341,7 @@ def many_side_by_side(
     procs, queues = {}, {}
     for name, (target, args) in jobs.items():
         queues[name] = ctx.Queue()
-        procs[name] = ctx.Process(target=_child, args=(target, args, queues[name]))
+        procs[name] = ctx.Process(target=_child, args=(target, args, queues[name]), daemon=True)
         procs[name].start()
     results = {name: queues[name].get() for name in jobs}
     for proc in procs.values():
@@ -376,6 +382,8 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    # A `timeout` or Ctrl-C still stops the private node (the finally below) and the children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     phases = set(args.phases.split(","))
     work = args.period * args.work_pct / 100
     report: dict[str, Any] = {"broker": "rabbitmq-server (Debian), private node on loopback"}
