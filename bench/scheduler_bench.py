@@ -335,7 +335,9 @@ def many_side_by_side(
     """Sluice and (optionally) the naive cycle, each `tasks` tasks at `period` on one consumer,
     at the same time, each in its own process (CPU per tick is that process's alone)."""
     ctx = multiprocessing.get_context("spawn")
-    jobs = {"sluice": (many_sluice, (url, tasks, period, seconds, warmup, ledger_url, spread))}
+    jobs: dict[str, tuple[Any, tuple[Any, ...]]] = {
+        "sluice": (many_sluice, (url, tasks, period, seconds, warmup, ledger_url, spread))
+    }
     if naive:
         jobs["naive"] = (many_naive, (url, tasks, period, seconds, warmup))
     procs, queues = {}, {}
@@ -412,6 +414,7 @@ def main() -> int:
                     report["many"].append(
                         {"tasks": tasks, "period_s": period, "spread": spread, **run}
                     )
+                    _print({"many": report["many"][-1:]})  # each run as it ends
                 if args.ledger_run:
                     from devtools.moto_server import moto_server
 
@@ -436,9 +439,10 @@ def main() -> int:
                             **run,
                         }
                     )
+                    _print({"many": report["many"][-1:]})
         finally:
             node.stop()
-    _print(report)
+    _print({k: v for k, v in report.items() if k != "many"})
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
@@ -472,7 +476,7 @@ def _print(report: dict[str, Any]) -> None:
         ledger = f", ledger {run['ledger']}" if "ledger" in run else ", ledger in memory"
         ticks = "spread over the period" if run["spread"] else "all due at once"
         print(
-            f"\nmany: {run['tasks']} tasks at {run['period_s']} s ({ticks}) on one consumer{ledger}"
+            f"many: {run['tasks']} tasks at {run['period_s']} s ({ticks}) on one consumer{ledger}"
             f" (load average {run['load_average']})"
         )
         print(
