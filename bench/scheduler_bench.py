@@ -9,6 +9,11 @@ Phase 1 (fidelity): period P, each run takes `work` (default 60 % of P), N cycle
 ticks/s per consumer, lateness p50/p99 against the ideal grid (first tick + n*P) and the drift
 after N cycles ((start_N - start_0) - N*P).
 Phase 2 (rate): a 1 ms period with no work for a few seconds: the most ticks/s one consumer gets.
+Phase 3 (many): N tasks at period P on one consumer (one scheduler process; the naive cycle on
+one connection), their ticks all due at once or spread over the period (`--many 1000x1,1000x1s`),
+each side in its own process: ticks/s, lateness p50/p99 against each tick's slot, CPU per tick
+(the process's user + system time over the window), spare tokens seeded; `--ledger-run` once
+more with the DynamoDB ledger (TableLedger) on moto's server, so the claim's cost shows.
 
     make bench-scheduler      # or: .venv/bin/python bench/scheduler_bench.py --cycles 200
 """
@@ -16,12 +21,19 @@ Phase 2 (rate): a 1 ms period with no work for a few seconds: the most ticks/s o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
+import os
+import resource
+import signal
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,6 +45,7 @@ from devtools.stats import percentile  # noqa: E402
 from sluice.scheduling.names import Names, expiration_ms  # noqa: E402
 from sluice.scheduling.registry import PeriodicTask, Registry, Tick  # noqa: E402
 from sluice.scheduling.schedule import Every  # noqa: E402
+from worker.scheduler.broker_metrics import Lifecycle  # noqa: E402
 from worker.scheduler.runner import Scheduler  # noqa: E402
 
 
@@ -127,50 +140,361 @@ def side_by_side(url: str, period: float, work: float, cycles: int) -> dict[str,
     return {name: summarize(starts, period) for name, starts in results.items()}
 
 
+# --- Phase 3 (many tasks on one consumer) ------------------------------------------------------
+# Each side runs in its own process, so its CPU time (user + system, all threads) is its own.
+
+
+class _Counting(Lifecycle):
+    """Lifecycle counts plus a tally of every event (reseeded, duplicate, …) for the report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: Counter[str] = Counter()
+
+    def record(self, task: str, event: str, fields: Any) -> None:
+        super().record(task, event, fields)
+        self.events[event] += 1
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _window(
+    runs: list[tuple[str, float, float]], start: float, end: float, cpu_s: float
+) -> dict[str, Any]:
+    """Ticks that started in [start, end): rate, lateness against their slot, CPU per tick."""
+    inside = [(task, slot, at) for task, slot, at in runs if start <= at < end]
+    late = [(at - slot) * 1000 for _, slot, at in inside]
+    keys = [(task, round(slot * 1000)) for task, slot, _ in runs]
+    n = len(inside)
+    return {
+        "ticks": n,
+        "ticks_per_s": round(n / (end - start), 1),
+        "lateness_p50_ms": round(percentile(late, 50), 2) if late else None,
+        "lateness_p99_ms": round(percentile(late, 99), 2) if late else None,
+        "cpu_ms_per_tick": round(cpu_s * 1000 / n, 3) if n else None,
+        "cpu_pct": round(cpu_s / (end - start) * 100, 1),
+        "run_twice": len(keys) - len(set(keys)),
+    }
+
+
+def _offset(i: int, tasks: int, period: float, spread: bool) -> float:
+    """Task i's place in the period: all at 0 (aligned: every task's tick falls due at the same
+    instant, a burst) or spread evenly over the period."""
+    return round(period * i / tasks, 6) if spread else 0.0
+
+
+def many_sluice(
+    url: str,
+    tasks: int,
+    period: float,
+    seconds: float,
+    warmup: float,
+    ledger_url: str | None,
+    spread: bool,
+) -> dict[str, Any]:
+    runs: list[tuple[str, float, float]] = []
+
+    def action(tick: Tick) -> None:
+        runs.append((tick.task, tick.due, time.time()))
+
+    names = Names(f"bench-many-{time.time_ns()}")
+    registry = Registry(
+        [
+            PeriodicTask(
+                f"t{i:05d}", Every(period, _offset(i, tasks, period, spread)), action=action
+            )
+            for i in range(tasks)
+        ]
+    )
+    ledger = None
+    if ledger_url:
+        ledger = _table_ledger(ledger_url, names.prefix)
+    scheduler = Scheduler(registry, url, names=names, ledger=ledger)
+    counting = _Counting()
+    for part in (*scheduler.runners, scheduler.reconciler):
+        part.lifecycle = counting
+    began = time.monotonic()
+    with scheduler:
+        # Until every task ticked once (its first token seeded), then the warm-up.
+        while len({task for task, _, _ in runs}) < tasks and time.monotonic() - began < 600:
+            time.sleep(0.2)
+        ready = time.monotonic() - began
+        time.sleep(warmup)
+        seeded = dict(counting.events)
+        start, cpu0 = time.time(), _cpu_s()
+        time.sleep(seconds)
+        end, cpu1 = time.time(), _cpu_s()
+        during = counting.events.copy()
+        during.subtract(seeded)
+    result = _window(list(runs), start, end, cpu1 - cpu0)
+    result["startup_s"] = round(ready, 1)
+    result["events"] = {k: v for k, v in during.items() if v}
+    result["reseeded"] = during["reseeded"]
+    return result
+
+
+def _table_ledger(endpoint: str, prefix: str) -> Any:
+    """The DynamoDB ledger (TableLedger) in the coordination table on moto's server at
+    `endpoint`, as a local run names it (each run's items apart by their prefix)."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    from devtools.local.resources import ENV, REGION, create_coordination_table
+    from sluice import naming
+    from worker.scheduler.ledger import TableLedger
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(var, "moto")  # moto takes any; never real credentials
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+    table = naming.coordination_table(ENV)
+    with contextlib.suppress(ClientError):  # made by an earlier run on the same server
+        create_coordination_table(client, table)
+    return TableLedger(client, table, prefix)
+
+
+def many_naive(url: str, tasks: int, period: float, seconds: float, warmup: float) -> dict:
+    """The classic cycle for `tasks` tasks on one consumer: each token waits `period` in its own
+    TTL queue, then the consumer runs it and publishes the next one (confirmed), then acks."""
+    prefix = f"bench-naive-many-{time.time_ns()}"
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.exchange_declare(f"{prefix}.processor", "direct", durable=True)
+    quorum = {"x-queue-type": "quorum"}
+    props = pika.BasicProperties(delivery_mode=2, expiration=expiration_ms(period))
+    runs: list[tuple[str, float, float]] = []
+    first: dict[str, float] = {}
+    count: Counter[str] = Counter()
+    for i in range(tasks):
+        task = f"t{i:05d}"
+        ch.queue_declare(
+            f"{prefix}.hatchery.{task}",
+            durable=True,
+            arguments={
+                **quorum,
+                "x-dead-letter-exchange": f"{prefix}.processor",
+                "x-dead-letter-routing-key": task,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+        ch.queue_declare(f"{prefix}.run.{task}", durable=True, arguments=quorum)
+        ch.queue_bind(f"{prefix}.run.{task}", f"{prefix}.processor", task)
+    ch.confirm_delivery()
+    ch.basic_qos(prefetch_count=1)
+
+    def on_token(channel: Any, method: Any, _props: Any, body: bytes) -> None:
+        task = body.decode()
+        now = time.time()
+        # The naive cycle has no schedule of its own: its ideal is first tick + n * period.
+        slot = first.setdefault(task, now) + count[task] * period
+        count[task] += 1
+        runs.append((task, slot, now))
+        # The next tick counts from the end of this run.
+        channel.basic_publish("", f"{prefix}.hatchery.{task}", body, props)
+        channel.basic_ack(method.delivery_tag)
+
+    for i in range(tasks):
+        task = f"t{i:05d}"
+        ch.basic_publish("", f"{prefix}.hatchery.{task}", task.encode(), props)
+        ch.basic_consume(f"{prefix}.run.{task}", on_message_callback=on_token)
+    began = time.monotonic()
+    while len(first) < tasks and time.monotonic() - began < 600:
+        conn.process_data_events(time_limit=0.2)
+    deadline = time.monotonic() + warmup
+    while time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.2)
+    start, cpu0 = time.time(), _cpu_s()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.2)
+    end, cpu1 = time.time(), _cpu_s()
+    conn.close()
+    return _window(runs, start, end, cpu1 - cpu0)
+
+
+def _child(target: Any, args: tuple[Any, ...], out: Any) -> None:
+    try:
+        out.put(target(*args))
+    except Exception as exc:  # the report says which side failed, the other still counts
+        out.put({"error": repr(exc)})
+
+
+def many_side_by_side(
+    url: str,
+    tasks: int,
+    period: float,
+    seconds: float,
+    warmup: float,
+    ledger_url: str | None = None,
+    naive: bool = True,
+    spread: bool = False,
+) -> dict[str, Any]:
+    """Sluice and (optionally) the naive cycle, each `tasks` tasks at `period` on one consumer,
+    at the same time, each in its own process (CPU per tick is that process's alone)."""
+    ctx = multiprocessing.get_context("spawn")
+    jobs: dict[str, tuple[Any, tuple[Any, ...]]] = {
+        "sluice": (many_sluice, (url, tasks, period, seconds, warmup, ledger_url, spread))
+    }
+    if naive:
+        jobs["naive"] = (many_naive, (url, tasks, period, seconds, warmup))
+    procs, queues = {}, {}
+    for name, (target, args) in jobs.items():
+        queues[name] = ctx.Queue()
+        procs[name] = ctx.Process(target=_child, args=(target, args, queues[name]), daemon=True)
+        procs[name].start()
+    results = {name: queues[name].get() for name in jobs}
+    for proc in procs.values():
+        proc.join()
+    results["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return results
+
+
+def _many_spec(spec: str) -> tuple[int, float, bool]:
+    """TASKSxPERIOD, with a trailing `s`: the tasks' ticks spread over the period (offsets)."""
+    spread = spec.endswith("s")
+    tasks, _, period = spec.rstrip("s").partition("x")
+    return int(tasks), float(period), spread
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--period", type=float, default=0.1)
     parser.add_argument("--work-pct", type=float, default=60.0)
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--rate-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--phases", default="fidelity,rate,many", help="which phases: fidelity, rate, many"
+    )
+    parser.add_argument(
+        "--many",
+        default="1000x1,1000x1s,2000x1s",
+        help="many-task runs, TASKSxPERIOD_S[s], comma-separated, each side by side with the "
+        "naive cycle; a trailing s spreads the tasks' ticks over the period (else all at once)",
+    )
+    parser.add_argument("--many-seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument(
+        "--ledger-run",
+        default="1000x1s",
+        help="one more many-task run with the DynamoDB ledger (TableLedger) on moto's server; "
+        "empty: none",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    # A `timeout` or Ctrl-C still stops the private node (the finally below) and the children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    phases = set(args.phases.split(","))
+    work = args.period * args.work_pct / 100
+    report: dict[str, Any] = {"broker": "rabbitmq-server (Debian), private node on loopback"}
     with tempfile.TemporaryDirectory(prefix="sched-bench-") as tmp:
         node = RabbitNode(Path(tmp)).start()
         try:
-            work = args.period * args.work_pct / 100
-            fidelity = side_by_side(node.url, args.period, work, args.cycles)
-            rate_cycles = int(args.rate_seconds / 0.001)
-            rate = side_by_side(node.url, 0.001, 0.0, rate_cycles)
+            if "fidelity" in phases:
+                fidelity = side_by_side(node.url, args.period, work, args.cycles)
+                report["fidelity"] = {
+                    "period_s": args.period,
+                    "work_s": work,
+                    "cycles": args.cycles,
+                    **fidelity,
+                }
+            if "rate" in phases:
+                rate_cycles = int(args.rate_seconds / 0.001)
+                rate = side_by_side(node.url, 0.001, 0.0, rate_cycles)
+                report["rate"] = {"period_s": 0.001, "work_s": 0.0, **rate}
+            if "many" in phases:
+                report["many"] = []
+                for spec in filter(None, args.many.split(",")):
+                    tasks, period, spread = _many_spec(spec)
+                    run = many_side_by_side(
+                        node.url, tasks, period, args.many_seconds, args.warmup, spread=spread
+                    )
+                    report["many"].append(
+                        {"tasks": tasks, "period_s": period, "spread": spread, **run}
+                    )
+                    _print({"many": report["many"][-1:]})  # each run as it ends
+                if args.ledger_run:
+                    from devtools.moto_server import moto_server
+
+                    tasks, period, spread = _many_spec(args.ledger_run)
+                    with moto_server() as endpoint:
+                        run = many_side_by_side(
+                            node.url,
+                            tasks,
+                            period,
+                            args.many_seconds,
+                            args.warmup,
+                            ledger_url=endpoint,
+                            naive=False,
+                            spread=spread,
+                        )
+                    report["many"].append(
+                        {
+                            "tasks": tasks,
+                            "period_s": period,
+                            "spread": spread,
+                            "ledger": "moto",
+                            **run,
+                        }
+                    )
+                    _print({"many": report["many"][-1:]})
         finally:
             node.stop()
-    report = {
-        "broker": "rabbitmq-server (Debian), private node on loopback",
-        "fidelity": {"period_s": args.period, "work_s": work, "cycles": args.cycles, **fidelity},
-        "rate": {"period_s": 0.001, "work_s": 0.0, **rate},
-    }
-    print(
-        f"\nfidelity: period {args.period * 1000:.0f} ms, work {work * 1000:.0f} ms, "
-        f"{args.cycles} cycles"
-    )
-    print(
-        f"{'':8} {'ticks/s':>9} {'p50 late ms':>12} {'p99 late ms':>12} {'drift ms':>10} "
-        f"{'missed':>7} {'twice':>6}"
-    )
-    for name in ("sluice", "naive"):
-        r = fidelity[name]
-        print(
-            f"{name:8} {r.get('ticks_per_s_per_consumer', 0):>9} {r.get('lateness_p50_ms', 0):>12}"
-            f" {r.get('lateness_p99_ms', 0):>12} {r.get('drift_after_n_ms', 0):>10}"
-            f" {r.get('missed_slots', 0):>7} {r.get('run_twice', 0):>6}"
-        )
-    print("rate (1 ms period, no work): ticks/s per consumer, slots run twice")
-    for name in ("sluice", "naive"):
-        r = rate[name]
-        print(f"{name:8} {r.get('ticks_per_s_per_consumer', 0):>9} {r.get('run_twice', 0):>6}")
+    _print({k: v for k, v in report.items() if k != "many"})
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
+
+
+def _print(report: dict[str, Any]) -> None:
+    if "fidelity" in report:
+        f = report["fidelity"]
+        print(
+            f"\nfidelity: period {f['period_s'] * 1000:.0f} ms, work {f['work_s'] * 1000:.0f} ms, "
+            f"{f['cycles']} cycles"
+        )
+        print(
+            f"{'':8} {'ticks/s':>9} {'p50 late ms':>12} {'p99 late ms':>12} {'drift ms':>10} "
+            f"{'missed':>7} {'twice':>6}"
+        )
+        for name in ("sluice", "naive"):
+            r = f[name]
+            print(
+                f"{name:8} {r.get('ticks_per_s_per_consumer', 0):>9}"
+                f" {r.get('lateness_p50_ms', 0):>12} {r.get('lateness_p99_ms', 0):>12}"
+                f" {r.get('drift_after_n_ms', 0):>10} {r.get('missed_slots', 0):>7}"
+                f" {r.get('run_twice', 0):>6}"
+            )
+    if "rate" in report:
+        print("rate (1 ms period, no work): ticks/s per consumer, slots run twice")
+        for name in ("sluice", "naive"):
+            r = report["rate"][name]
+            print(f"{name:8} {r.get('ticks_per_s_per_consumer', 0):>9} {r.get('run_twice', 0):>6}")
+    for run in report.get("many", []):
+        ledger = f", ledger {run['ledger']}" if "ledger" in run else ", ledger in memory"
+        ticks = "spread over the period" if run["spread"] else "all due at once"
+        print(
+            f"many: {run['tasks']} tasks at {run['period_s']} s ({ticks}) on one consumer{ledger}"
+            f" (load average {run['load_average']})"
+        )
+        print(
+            f"{'':8} {'ticks/s':>9} {'p50 late ms':>12} {'p99 late ms':>12} {'CPU ms/tick':>12}"
+            f" {'CPU %':>6} {'twice':>6} {'reseeded':>9}"
+        )
+        for name in ("sluice", "naive"):
+            r = run.get(name)
+            if r is None:
+                continue
+            if "error" in r:
+                print(f"{name:8} failed: {r['error']}")
+                continue
+            print(
+                f"{name:8} {r['ticks_per_s']:>9} {r['lateness_p50_ms']!s:>12}"
+                f" {r['lateness_p99_ms']!s:>12} {r['cpu_ms_per_tick']!s:>12} {r['cpu_pct']:>6}"
+                f" {r['run_twice']:>6} {r.get('reseeded', '-')!s:>9}"
+            )
 
 
 if __name__ == "__main__":

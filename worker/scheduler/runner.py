@@ -32,6 +32,7 @@ from urllib.parse import quote
 import pika
 import pika.exceptions
 from botocore.exceptions import BotoCoreError, ClientError
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from sluice.envelope import Event
 from sluice.errors import BusinessError, TransientError
@@ -52,6 +53,8 @@ SendEvent = Callable[[Event], Any]
 # Connection errors that mean "the broker went away": reconnect, never crash the process.
 _BROKER_DOWN: tuple[type[BaseException], ...] = (
     pika.exceptions.AMQPConnectionError,
+    # A handshake that timed out (a broker too busy to answer): pika's connector raises its own.
+    AMQPConnectorException,
     pika.exceptions.AMQPChannelError,
     pika.exceptions.StreamLostError,
     ConnectionError,
@@ -60,8 +63,14 @@ _BROKER_DOWN: tuple[type[BaseException], ...] = (
 # Errors of the tick ledger (DynamoDB): no tick runs unclaimed, so the runner waits them out.
 _LEDGER_DOWN: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
 _DEFAULTS = SchedulerSettings.model_fields
+# The lifecycle events that announce a task's next token (and carry when it falls due).
+_TOKEN_EVENTS = frozenset({"scheduled", "seeded", "reseeded", "rescheduled", "failed"})
 DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
 DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
+# How often an idle runner wakes to see whether it should stop (a delivery wakes it at once, and
+# pika keeps the heartbeats while it waits). Every runner is a thread: at 20 wakes a second, a
+# thousand idle runners spent more than a core (bench/scheduler_bench.py, many tasks).
+IDLE_WAKE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,16 @@ def _connect(url: str, heartbeat_s: int) -> pika.BlockingConnection:
     params.heartbeat = heartbeat_s
     params.blocked_connection_timeout = 30
     params.socket_timeout = 5
-    return pika.BlockingConnection(params)
+    try:
+        return pika.BlockingConnection(params)
+    except ValueError as exc:  # pika: the socket closed while the connection was being set up
+        raise pika.exceptions.AMQPConnectionError(repr(exc)) from exc
+
+
+# Connections this process opens (and declares on) at once. Every runner has its own: a thousand
+# starting together, or reconnecting after a broker restart, timed the broker's handshakes out
+# (bench/scheduler_bench.py, many tasks); in turns, each is quick.
+_OPENING = threading.BoundedSemaphore(8)
 
 
 @dataclass
@@ -126,11 +144,12 @@ class _Base:
         self.lifecycle: Lifecycle | None = None  # counts the events for the metrics
 
     def _open(self, tasks: list[PeriodicTask]) -> _Channels:
-        connection = _connect(self.url, self.heartbeat_s)
-        work = connection.channel()
-        declare(work, self.names, tasks)
-        work.confirm_delivery()
-        self._ch = _Channels(connection, work, connection.channel())
+        with _OPENING:
+            connection = _connect(self.url, self.heartbeat_s)
+            work = connection.channel()
+            declare(work, self.names, tasks)
+            work.confirm_delivery()
+            self._ch = _Channels(connection, work, connection.channel())
         return self._ch
 
     def _close(self) -> None:
@@ -146,7 +165,10 @@ class _Base:
         if self.lifecycle is not None:
             self.lifecycle.record(task, event, fields)
         assert self._ch is not None
-        self._ch.control.basic_publish(
+        # Queued on the connection, not flushed: it leaves with the process's next write (the
+        # token's publish, the ack, or the flush before waiting for a run). A flush per event
+        # was a round of pika's I/O loop each, most of a tick's CPU (bench-scheduler, many).
+        self._ch.control._impl.basic_publish(
             self.names.control_exchange,
             f"{task}.{event}",
             json.dumps(body, separators=(",", ":")).encode(),
@@ -277,7 +299,7 @@ class TaskRunner(_Base):
                 ch.work.basic_qos(prefetch_count=1)
                 backoff = 0.2
                 for method, props, body in ch.work.consume(
-                    self.names.processor(self.task.name), inactivity_timeout=0.05
+                    self.names.processor(self.task.name), inactivity_timeout=IDLE_WAKE_S
                 ):
                     if stop.is_set():
                         break
@@ -446,6 +468,7 @@ class TaskRunner(_Base):
         assert self._ch is not None
         tick, future = inflight.tick, inflight.future
         beat = min(quiet_window_s(self.task) / 2, self.lease_s / 3)
+        self._ch.connection.process_data_events(time_limit=0)  # sends `started` (or `resumed`)
         while True:
             try:
                 # Wakes the moment the run ends; between beats pika is not serviced, which is
@@ -459,8 +482,8 @@ class TaskRunner(_Base):
                 else:  # a redriven tick holds no claim: nothing to renew
                     self._lease_end = time.monotonic() + self.lease_s
                 # Tells the reconciler the token is held, not lost, however long the run takes.
-                self._ch.connection.process_data_events(time_limit=0)
                 self.emit(self.task.name, "running", due=tick.due)
+                self._ch.connection.process_data_events(time_limit=0)
             except BusinessError as exc:
                 return "business", repr(exc)
             except Exception as exc:  # unclassified failures count as transient
@@ -562,6 +585,7 @@ class Reconciler(_Base):
         self.registry = registry
         # Tells a new task's first token from a lost one (a task never claimed has none to lose).
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
+        self.monotonic: Clock = time.monotonic
         self._activity: dict[str, float] = {}
         self._empty_since: dict[str, float] = {}
         # The runtime registry (worker/scheduler/control.py): the tasks that hold a token (a
@@ -570,6 +594,8 @@ class Reconciler(_Base):
         self._gens: dict[str, int] = {t.name: 0 for t in registry}
         self._retimed: set[str] = set()
         self._changed = threading.Event()
+        # When (monotonic) each task's token falls due, from the events that announce a token.
+        self._due: dict[str, float] = {}
 
     def apply(self, entries: list[Entry]) -> None:
         gens = {e.task.name: e.gen for e in entries if not e.disabled}
@@ -579,8 +605,16 @@ class Reconciler(_Base):
         self._changed.set()
 
     def _on_event(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
-        task = method.routing_key.split(".", 1)[0]
-        self._activity[task] = time.monotonic()
+        task, _, event = method.routing_key.partition(".")
+        now = self._activity[task] = self.monotonic()
+        if event in _TOKEN_EVENTS:
+            try:
+                fields = json.loads(body)
+                # A retry waits `retry_in_s` in the hatchery; any other token, until `due`.
+                wait = fields["retry_in_s"] if event == "failed" else fields["due"] - self.clock()
+            except (ValueError, KeyError, TypeError):
+                return  # a failure with no retry announces no token
+            self._due[task] = now + float(wait)
 
     def serve(self, stop: threading.Event) -> None:
         backoff = 0.2
@@ -650,7 +684,16 @@ class Reconciler(_Base):
         return True
 
     def _check(self, task: PeriodicTask) -> None:
-        now = time.monotonic()
+        now = self.monotonic()
+        window = quiet_window_s(task)
+        due = self._due.get(task.name, float("inf"))
+        if due <= now < max(due, self._activity.get(task.name, float("-inf"))) + window:
+            # Its token fell due: its runner holds it (delivered, not yet acknowledged, so the
+            # broker's count leaves it out) until it reports the tick. Counting the quiet window
+            # from the due time, not from when the queues were first seen empty, keeps a runner
+            # that starts a tick a little late under load from looking like a lost token.
+            self._empty_since.pop(task.name, None)
+            return
         if self.inventory(task.name) > 0:
             self._empty_since.pop(task.name, None)
             return
@@ -659,7 +702,7 @@ class Reconciler(_Base):
             # A runner holds the token (it reported in): start the quiet window again.
             self._empty_since[task.name] = now
             return
-        if now - since < quiet_window_s(task):
+        if now - since < window:
             return
         following = task.schedule.first_after(self.clock())
         try:
