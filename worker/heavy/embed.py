@@ -39,9 +39,14 @@ DIM = 384
 MAX_TOKENS = 256
 CHUNK_WORDS = 120
 OVERLAP_SEGMENTS = 1
-# Measured here (bench/heavy_bench.py): batches of 8 run as fast as 32 and need half the memory
-# (onnxruntime's arena keeps the largest batch's activations).
-BATCH = 8
+# One chunk per session run, so nothing is padded. Measured with bench/embed_bench.py (125
+# sermon-shaped chunks of 68-181 tokens, chunks per CPU-second, 1 thread / 2 threads, median of
+# runs at load average 10-60 on 2 vCPUs): eight in chunk order pad 14.5% of the positions and
+# run 14.2 / 12.0; eight sorted by token count pad 1.8% and run 17.2 / 13.9; one at a time runs
+# 18.1 / 17.4 and peaks at ~296 MiB instead of ~420 (onnxruntime's arena keeps the largest
+# batch's activations). Batches of 16 and 32, even sorted, ran slower still (15.4, 14.2): the
+# per-layer activations of a one-chunk batch stay in the CPU's cache, a batch's do not.
+BATCH = 1
 VOCAB = Path(__file__).with_name("minilm-vocab.txt")
 VECTORS = "vectors.npy"
 CHUNKS = "chunks.json"
@@ -176,7 +181,9 @@ class Embedder:
         """One row per text, float32, unit length."""
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         for start in range(0, len(texts), BATCH):
-            batch = self.tokenizer.encode_batch(list(texts[start : start + BATCH]))
+            # encode, not encode_batch: a batch of one gains nothing from the tokenizer's thread
+            # pool and would wait for a pool thread to wake on a busy machine.
+            batch = [self.tokenizer.encode(text) for text in texts[start : start + BATCH]]
             inputs = feeds(batch)
             (hidden,) = self.session.run(["last_hidden_state"], inputs)
             weights = inputs["attention_mask"][..., None].astype(np.float32)
