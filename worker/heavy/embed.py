@@ -40,10 +40,10 @@ MAX_TOKENS = 256
 CHUNK_WORDS = 120
 OVERLAP_SEGMENTS = 1
 # One chunk per session run, so nothing is padded. Measured with bench/embed_bench.py (125
-# sermon-shaped chunks of 78-204 tokens, 2 shared vCPUs at load average 9-70, so per CPU-second):
-# eight in chunk order pad 14.5% of the model's positions and ran 12.7-14.2 chunks per CPU-second
+# sermon-shaped chunks of 78-204 tokens, 2 shared vCPUs at load average 5-70, so per CPU-second):
+# eight in chunk order pad 14.5% of the model's positions and ran 12.7-15.0 chunks per CPU-second
 # on 1 thread, peaking at ~430 MiB; eight sorted by token count pad 1.8% and ran 17.0-17.3; one at
-# a time ran 17.2-18.4 and peaked at ~300 MiB (onnxruntime's arena keeps the largest batch's
+# a time ran 17.2-19.5 and peaked at ~300 MiB (onnxruntime's arena keeps the largest batch's
 # activations). Sorted batches of 16 and 32 ran slower (15.2-15.6, 13.9-14.5), so batching buys
 # nothing on this CPU; sorting was not kept, as one at a time needs neither it nor the re-ordering.
 BATCH = 1
