@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 
-.PHONY: docs cost cost-docs setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit chaos bench bench-heavy bench-scheduler bench-flow clean local local-up
+.PHONY: docs cost cost-docs setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit chaos bench bench-heavy bench-embed bench-scheduler bench-flow clean local local-up
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -129,6 +129,13 @@ bench: $(VENV)/.dev
 ## CPU and wall, 3 runs), embedding throughput (chunks/s), peak RSS
 bench-heavy: $(VENV)/.dev
 	$(PY) -m bench.heavy_bench
+	$(MAKE) --no-print-directory bench-embed
+
+## make bench-embed: the embedding step next to a bare onnxruntime session on the same model and
+## token batches, in one run (CPU-seconds, wall, chunks/s, peak RSS, and their ratios)
+bench-embed: $(VENV)/.dev
+	mkdir -p build
+	$(PY) -m bench.embed_bench --json build/bench-embed.json
 
 ## make bench-scheduler: the broker scheduler vs the naive hatchery cycle, side by side on one
 ## private rabbitmq-server (ticks/s per consumer, lateness p50/p99, drift after N cycles; many

@@ -519,6 +519,8 @@ def remove(name: str, broker_url: str | None, prefix: str | None) -> None:
     """Remove task NAME: it runs no tick in any process. A declared task is disabled (its code
     stays); `add NAME` brings either kind back."""
     _run("remove", name, broker_url, prefix)
+
+
 def _oneoffs(broker_url: str | None, table: str | None, prefix: str | None) -> Any:
     """The one-off API on the broker and the coordination table the options name (the table
     defaults to the `--env`'s, reached through the CLI's AWS target)."""

@@ -79,6 +79,50 @@ def test_vectors_are_unit_length_and_similar_sentences_score_higher(model) -> No
     assert v[0] @ v[1] > v[0] @ v[2] + 0.1
 
 
+def _embed_eight_in_order(model: embed.Embedder, texts: list[str]) -> np.ndarray:
+    """The reference: the step's first loop, kept here as the oracle for its faster ones. Eight
+    texts at a time in their order, padded by the tokenizer itself to the batch's longest, mean
+    pooled over the attention mask, L2-normalised."""
+    tokenizer = embed.tokenizer()
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    rows = []
+    for start in range(0, len(texts), 8):
+        batch = tokenizer.encode_batch(texts[start : start + 8])
+        mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
+        (hidden,) = model.session.run(
+            ["last_hidden_state"],
+            {
+                "input_ids": np.array([e.ids for e in batch], dtype=np.int64),
+                "attention_mask": mask,
+                "token_type_ids": np.array([e.type_ids for e in batch], dtype=np.int64),
+            },
+        )
+        pooled = (hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+        rows.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
+    return np.concatenate(rows).astype(np.float32)
+
+
+def test_vectors_equal_the_plain_eight_at_a_time_loop_in_chunk_order(model) -> None:
+    # Given a transcript whose chunks run from a few words to past the model's 256 tokens,
+    # long and short interleaved (so any batching that pads, sorts or splits shows)
+    sentences = [t for _, topic in sermon.TOPICS for t in topic]
+    lengths = [2, 150, 9, 40, 1, 230, 17, 3, 90, 5, 60, 12, 300, 4, 33, 7, 120, 2, 25, 70, 6]
+    segs = []
+    for i, n in enumerate(lengths):
+        words = " ".join(sentences[(i + j) % len(sentences)] for j in range(n)).split()[:n]
+        segs.append({"start": 4.0 * i, "end": 4.0 * i + 3.5, "text": " ".join(words)})
+    texts = [c.text for c in embed.chunk(segs, max_words=30, overlap=0)]
+    tokens = [len(e.ids) for e in embed.tokenizer().encode_batch(texts)]
+    assert len(texts) % 8 and max(tokens) == embed.MAX_TOKENS and min(tokens) < 12
+    # When the step embeds them
+    got = model.embed(texts)
+    # Then each row equals the plain loop's row for the same chunk, in the chunks' order
+    want = _embed_eight_in_order(model, texts)
+    assert got.shape == want.shape == (len(texts), embed.DIM)
+    assert np.allclose(got, want, rtol=0, atol=1e-6)
+    assert len({tuple(np.round(row, 4)) for row in got}) == len(texts)
+
+
 def test_the_task_writes_vectors_chunk_text_and_timestamps_to_the_bucket(aws: Aws) -> None:
     # Given a transcript in the media bucket
     uri = _put_transcript(aws)

