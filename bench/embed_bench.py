@@ -47,6 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.heavy_bench import WORDS  # noqa: E402
 from worker.heavy import embed  # noqa: E402
 
 VARIANTS = ("step", "bare", "bare-batch8")
@@ -75,40 +76,7 @@ COMMON = [
     "not",
     "be",
     "are",
-    "grace",
-    "faith",
-    "hope",
-    "love",
-    "mercy",
-    "church",
-    "prayer",
-    "forgiveness",
-    "kingdom",
-    "neighbour",
-    "shepherd",
-    "light",
-    "river",
-    "bread",
-    "covenant",
-    "promise",
-    "spirit",
-    "gospel",
-    "story",
-    "parable",
-    "servant",
-    "peace",
-    "joy",
-    "patience",
-    "kindness",
-    "family",
-    "morning",
-    "service",
-    "community",
-    "harvest",
-    "journey",
-    "wilderness",
-    "mountain",
-    "garden",
+    *WORDS,  # the transcode bench's sermon words
     "said",
     "people",
     "know",
