@@ -47,9 +47,10 @@ class RabbitNode:
 
     def __init__(self, base: Path, name: str = "sluice-test", *, management: bool = False) -> None:
         self.base = base
-        self.port = free_port()
-        self.dist_port = free_port()
-        self.management_port = free_port() if management else None
+        # Stable ports: the node restarts on them (tests restart the broker).
+        self.port = free_port(stable=True)
+        self.dist_port = free_port(stable=True)
+        self.management_port = free_port(stable=True) if management else None
         self.nodename = f"{name}-{os.getpid()}-{self.port}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
         self._proc: subprocess.Popen[bytes] | None = None
