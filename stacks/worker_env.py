@@ -37,6 +37,8 @@ SLUICE_DIR = ROOT / "sluice"
 ADAPTERS_DIR = ROOT / "adapters"
 # What Elastic Beanstalk reads at the application bundle's root.
 EB_ROOT_FILES = ("Procfile", "requirements.txt", "cron.yaml", ".ebextensions", ".platform")
+TASKS_STOP_HOOK = ".platform/hooks/postdeploy/10_tasks_stop_timeout.sh"
+CONFIG_HOOK = TASKS_STOP_HOOK.replace("/hooks/", "/confighooks/")
 # EB service-role policies AWS maintains in step with the platform (enhanced health and managed
 # platform updates act on resources EB creates and names itself at environment creation), by
 # their path in AWS's list of managed policies: the two live under different paths, and a wrong
@@ -116,6 +118,9 @@ def worker_bundle(routes: Path | None = None) -> Path:
         "worker",
         {
             **{name: WORKER_DIR / name for name in EB_ROOT_FILES},
+            # EB runs .platform/hooks after a deploy and .platform/confighooks after a
+            # configuration-only one: the same hook serves both, kept once in the repository.
+            CONFIG_HOOK: WORKER_DIR / TASKS_STOP_HOOK,
             "worker": WORKER_DIR,
             "adapters": ADAPTERS_DIR,
             "sluice": SLUICE_DIR,

@@ -5,7 +5,7 @@
 # unit's stop timeout to SLUICE_TASKS_STOP_TIMEOUT_S (the stack renders both from the
 # configuration, sluice.settings.TasksSettings) in a drop-in, which a daemon-reload applies to the
 # running unit. EB names its units itself: the one whose command runs `worker.tasks` is taken.
-# The same file runs after configuration-only deploys (.platform/confighooks/postdeploy).
+# The bundle runs the same file after configuration-only deploys (.platform/confighooks/postdeploy).
 set -euo pipefail
 
 get_config="${SLUICE_GET_CONFIG:-/opt/elasticbeanstalk/bin/get-config}"
