@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,10 @@ class Synth:
     def template_files(self) -> list[Path]:
         return sorted(self.outdir.rglob("*.template.json"))
 
-    @property
+    @cached_property
     def rendered(self) -> Environment:
-        """Every stack of the environment with its intrinsics resolved (tests/infra/render.py)."""
+        """Every stack of the environment with its intrinsics resolved (tests/infra/render.py);
+        parsed once per synth (each `resolve` reads it: per call it cost seconds a test)."""
         return Environment(
             region=self.config.region,
             templates=templates(self.outdir),
