@@ -85,7 +85,7 @@ def listed(stub: Stubber, of: Tick, *statuses: str) -> None:
                 for i, status in enumerate(statuses)
             ]
         },
-        {"FunctionName": WORKFLOW, "DurableExecutionName": name},
+        {"FunctionName": WORKFLOW, "Qualifier": "live", "DurableExecutionName": name},
     )
 
 
@@ -176,9 +176,30 @@ def test_the_record_never_moves_back(last_runs) -> None:
     assert last is not None and last.tick == tick(2).key
 
 
-def test_every_workflow_the_event_starts_is_asked_with_the_functions_name(lam) -> None:
+def test_the_workflow_is_asked_through_its_alias_and_only_the_exact_name_counts(lam) -> None:
     client, stub = lam
-    listed(stub, tick(0), "SUCCEEDED")
+    # Given Lambda answering with the tick's run and one whose name only contains it
+    name = execution_name(tick_event_id(tick(0)))
+    other = Tick(f"x-{TASK.name}", tick(0).due)  # tick-x-reindex-<ms> contains tick-reindex-<ms>
+    stub.add_response(
+        "list_durable_executions_by_function",
+        {
+            "DurableExecutions": [
+                {
+                    "DurableExecutionArn": f"{ALIAS}/durable-execution/{n}/1",
+                    "DurableExecutionName": n,
+                    "FunctionArn": ALIAS,
+                    "Status": status,
+                    "StartTimestamp": datetime.fromtimestamp(NOW, UTC),
+                }
+                for n, status in (
+                    (execution_name(tick_event_id(other)), "RUNNING"),
+                    (name, "SUCCEEDED"),
+                )
+            ]
+        },
+        {"FunctionName": WORKFLOW, "Qualifier": "live", "DurableExecutionName": name},
+    )
     runs = LambdaRuns(client, {WORKFLOW: ALIAS})
     assert runs.statuses(EVENT, tick_event_id(tick(0))) == {WORKFLOW: ["SUCCEEDED"]}
 

@@ -140,10 +140,12 @@ class TableLastRuns:
                 raise
 
 
-def _function_name(alias_arn: str) -> str:
-    """`arn:…:function:NAME:live` -> NAME (ListDurableExecutionsByFunction lists every version's
-    executions of the function by its name; the executions are not recorded under the alias)."""
-    return alias_arn.split(":function:", 1)[-1].split(":", 1)[0]
+def _function_and_qualifier(alias_arn: str) -> tuple[str, str]:
+    """`arn:…:function:NAME:live` -> (NAME, live). ListDurableExecutionsByFunction lists the
+    executions of one version or alias (without a qualifier, $LATEST's only: Lambda API
+    reference), and the worker starts every run through the `live` alias."""
+    function, _, qualifier = alias_arn.split(":function:", 1)[-1].partition(":")
+    return function, qualifier
 
 
 class LambdaRuns:
@@ -161,13 +163,21 @@ class LambdaRuns:
             alias = self.aliases.get(workflow)
             if alias is None:
                 raise RunsUnreadable(f"workflow {workflow} has no alias configured")
+            function, qualifier = _function_and_qualifier(alias)
+            args = {"FunctionName": function, "DurableExecutionName": name}
+            if qualifier:
+                args["Qualifier"] = qualifier
             try:
-                page = self.client.list_durable_executions_by_function(
-                    FunctionName=_function_name(alias), DurableExecutionName=name
-                )
+                page = self.client.list_durable_executions_by_function(**args)
             except (BotoCoreError, ClientError) as exc:
                 raise RunsUnreadable(f"{workflow}: {exc}") from exc
-            found[workflow] = [str(e.get("Status", "")) for e in page.get("DurableExecutions", [])]
+            # The name filter matches names that contain it (boto3's documentation of the
+            # parameter): only this name's runs count.
+            found[workflow] = [
+                str(e.get("Status", ""))
+                for e in page.get("DurableExecutions", [])
+                if e.get("DurableExecutionName") == name
+            ]
         return found
 
 
