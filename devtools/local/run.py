@@ -223,6 +223,9 @@ class Pipeline:
                     events_queue_url=self.res.urls["events"],
                     coordination_table=naming.coordination_table(ENV),  # the tick ledger
                 ),
+                # Where an event task's previous run is looked up (no overlap), as on EB, where
+                # every Procfile process has the environment's variables.
+                **naming.alias_variables({w: alias_arn(REGION, w) for w in WORKFLOWS}),
             },
         )
 
