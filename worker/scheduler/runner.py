@@ -44,7 +44,7 @@ from sluice.settings import SchedulerSettings
 from worker.scheduler.broker_metrics import Lifecycle
 from worker.scheduler.control import LiveRegistry, Prompts
 from worker.scheduler.ledger import Claim, Ledger, MemoryLedger
-from worker.scheduler.overlap import OverlapGuard, Overlapping
+from worker.scheduler.overlap import UNKNOWN, OverlapGuard, Overlapping
 from worker.scheduler.topology import declare
 
 log = logging.getLogger("sluice.scheduler")
@@ -556,7 +556,9 @@ class TaskRunner(_Base):
         assert isinstance(exc, Overlapping)
         verdict = exc.verdict
         previous = verdict.previous_s
-        log.info(
+        # Unknown is Lambda or the table not answering: a cause to fix if it lasts.
+        log.log(
+            logging.WARNING if verdict.reason == UNKNOWN else logging.INFO,
             "task %s tick %s skipped: the run of tick %s is %s",
             tick.task,
             tick.due_iso,
