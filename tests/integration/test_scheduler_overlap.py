@@ -26,10 +26,11 @@ from aws_durable_execution_sdk_python import DurableContext, durable_execution
 from devtools.durable_lambda import DurableService, alias_arn, serve
 from sluice import metrics, naming
 from sluice.envelope import Event
-from sluice.scheduling.names import Names
+from sluice.scheduling.names import STATUS_EVENTS, Names
 from sluice.scheduling.registry import PeriodicTask, Registry
 from sluice.scheduling.schedule import Every
 from sluice.settings import SchedulerSettings, WebSettings
+from sluice_cli.schedules import last_status
 from tests.integration.scheduling import ControlTap
 from worker.dispatch import Delivery, Dispatcher
 from worker.observability import Metrics
@@ -185,3 +186,9 @@ def test_an_event_task_never_starts_a_run_while_its_previous_run_runs(
         assert event["reason"] in ("running", "pending")
     # and the lifecycle metric counts them
     assert sum(f.value for f in figures if f.name == metrics.TICK_EVENTS["skipped"]) == len(skipped)
+    # and `sluice schedules list` shows the task's last outcome, a skip included
+    outcomes = [e for e in list(tap.events) if e["task"] == task.name]
+    outcomes = [e for e in outcomes if e["event"] in STATUS_EVENTS and e["event"] != "started"]
+    shown = last_status(rabbit.url, [task.name], names)[task.name]
+    print(f"schedules list: {shown.describe()}")
+    assert (shown.outcome, shown.due) == (outcomes[-1]["event"], outcomes[-1]["due"])
