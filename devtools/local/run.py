@@ -199,6 +199,7 @@ class Pipeline:
     def start_scheduler(self, child_env: dict[str, str]) -> None:
         """The Procfile `scheduler` process on a private RabbitMQ node, when rabbitmq-server is
         installed (`apt-get install rabbitmq-server`); otherwise the run says it did not run."""
+        from devtools.durable_lambda import alias_arn
         from devtools.rabbitmq import RabbitMQMissing, RabbitNode
 
         command = procfile("scheduler")
