@@ -6,12 +6,16 @@ tick's event handed to the worker's dispatcher, which starts the workflow as a d
 in AWS's local durable runner (devtools/durable_lambda.py), served over loopback to the runners'
 boto3 Lambda client. The workflow's one step takes longer than the period and counts how many
 runs are inside it at once. Half way, the process whose runner holds the task stops (a restart)
-and the other takes over.
+and the other takes over. Then the same with scheduler processes (tests/integration/overlap_proc.py),
+the one that started a run SIGKILLed right after its send.
 """
 
 from __future__ import annotations
 
-import io
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -29,19 +33,20 @@ from sluice.envelope import Event
 from sluice.scheduling.names import STATUS_EVENTS, Names
 from sluice.scheduling.registry import PeriodicTask, Registry
 from sluice.scheduling.schedule import Every
-from sluice.settings import SchedulerSettings, WebSettings
+from sluice.settings import SchedulerSettings
 from sluice_cli.schedules import last_status
+from tests.conftest import ROOT
+from tests.integration import overlap_proc
 from tests.integration.scheduling import ControlTap
-from worker.dispatch import Delivery, Dispatcher
-from worker.observability import Metrics
+from worker.dispatch import Delivery
 from worker.scheduler.__main__ import build
 
 REGION = "eu-west-1"
 PERIOD_S = 0.25
 WORK_S = 1.0  # each run's step: four periods
 RUN_FOR_S = 4.0
-EVENT = "media/embedding.requested"  # starts embed_transcript (sluice.catalog.ROUTES)
-WORKFLOW = "embed_transcript"
+EVENT, WORKFLOW = overlap_proc.EVENT, overlap_proc.WORKFLOW
+ALIASES = {naming.alias_variable(WORKFLOW): alias_arn(REGION, WORKFLOW)}
 
 
 @dataclass
@@ -95,18 +100,7 @@ def lambda_service() -> Iterator[tuple[DurableService, Any, Inside]]:
 
 def worker_send(lam: Any) -> Any:
     """The worker's dispatcher, as sqsd would give it the event: it starts the workflow."""
-    dispatcher = Dispatcher(
-        settings=WebSettings.read(
-            {
-                "SLUICE_ENV": "test",
-                "SLUICE_EVENTS_DLQ_URL": "https://sqs.eu-west-1.amazonaws.com/1/dlq",
-                naming.alias_variable(WORKFLOW): alias_arn(REGION, WORKFLOW),
-            }
-        ),
-        lambda_client=lam,
-        sqs_client=None,
-        metrics=Metrics("Sluice-test/Worker", {"Environment": "test"}, stream=io.StringIO()),
-    )
+    dispatcher = overlap_proc.dispatcher(lam, ALIASES)
 
     def send(event: Event) -> None:
         result = dispatcher.handle(event.to_json().encode(), Delivery(message_id=event.id))
@@ -120,13 +114,13 @@ def test_an_event_task_never_starts_a_run_while_its_previous_run_runs(
 ):
     service, lam, inside = lambda_service
     monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", str(lam.meta.endpoint_url))
-    task = PeriodicTask("overlap-probe", Every(PERIOD_S), event=EVENT, data={"key": "k"})
+    task = PeriodicTask(overlap_proc.TASK, Every(PERIOD_S), event=EVENT, data={"key": "k"})
     registry = Registry([task])
     settings = SchedulerSettings.read(
         {
             **ledger_env,
             "SLUICE_BROKER_URL": rabbit.url,
-            naming.alias_variable(WORKFLOW): alias_arn(REGION, WORKFLOW),
+            **ALIASES,
         }
     )
     ddb = boto3.client(
@@ -192,3 +186,77 @@ def test_an_event_task_never_starts_a_run_while_its_previous_run_runs(
     shown = last_status(rabbit.url, [task.name], names)[task.name]
     print(f"schedules list: {shown.describe()}")
     assert (shown.outcome, shown.due) == (outcomes[-1]["event"], outcomes[-1]["due"])
+
+
+def test_a_scheduler_process_killed_right_after_starting_a_run_leaves_no_overlap(
+    rabbit, names: Names, tap: ControlTap, ledger_env, lambda_service, tmp_path
+):
+    service, lam, inside = lambda_service
+    log = tmp_path / "sends.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        **ledger_env,
+        **ALIASES,
+        "AWS_ENDPOINT_URL_LAMBDA": str(lam.meta.endpoint_url),
+        # A dead runner's claim is taken over after 0.3 s (not the default 10 s), well before
+        # the run it started ends: then only the overlap check holds the next tick back
+        "SLUICE_SCHEDULER_LEASE_S": "0.3",
+    }
+
+    def start(**extra: str) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "tests.integration.overlap_proc", rabbit.url]
+        command += [names.prefix, str(PERIOD_S), str(log)]
+        return subprocess.Popen(command, cwd=ROOT, env={**env, **extra})
+
+    def sends() -> list[list[str]]:
+        return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+    # Given a scheduler process that kills itself right after its second send (its run going on)
+    first = start(SCHED_KILL_AFTER_SENDS="2")
+    second = None
+    try:
+        until(lambda: len(sends()) >= 1, "the first process's first send")
+        # and a second process, which takes the task over when the first dies
+        second = start()
+        assert first.wait(timeout=30) == -signal.SIGKILL
+        killed_at = time.time()
+        # When the second one runs the task for a while after the kill
+        until(lambda: any(line[2] != str(first.pid) for line in sends()), "the second's send", 30)
+        time.sleep(1.0)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=15)
+    until(lambda: not any(_running(lam, arn) for _, _, arn in service.executions()), "runs' end")
+
+    # Then no two runs were ever inside the workflow at once, the killed process's last one too
+    sent = sends()
+    by_pid = Counter(line[2] for line in sent)
+    skipped = tap.of("skipped", overlap_proc.TASK)
+    print(f"sends per process {dict(by_pid)}, skipped {len(skipped)}, runs {inside.ticks}")
+    assert by_pid[str(first.pid)] == 2 and len(by_pid) == 2
+    assert inside.most == 1, f"{inside.most} runs at once"
+    # every send started one run, once
+    assert sorted(name for _, name, _ in service.executions()) == sorted(line[1] for line in sent)
+    # and the second process's first send waited for the killed one's run: skips naming it
+    killed_run = [line for line in sent if line[2] == str(first.pid)][-1][1]
+    named = {
+        f"tick-{overlap_proc.TASK}-{round(e['running'] * 1000)}"
+        for e in skipped
+        if e["at"] >= killed_at
+    }
+    assert killed_run in named
+    assert named <= {line[1] for line in sent}  # a skip names a tick that did start a run
+
+
+def until(check: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+        time.sleep(0.05)
+
+
+def _running(lam: Any, arn: str) -> bool:
+    return lam.get_durable_execution(DurableExecutionArn=arn)["Status"] == "RUNNING"
