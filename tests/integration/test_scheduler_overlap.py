@@ -99,12 +99,16 @@ def lambda_service() -> Iterator[tuple[DurableService, Any, Inside]]:
 
 
 def worker_send(lam: Any) -> Any:
-    """The worker's dispatcher, as sqsd would give it the event: it starts the workflow."""
+    """The worker's dispatcher, as sqsd would give it the event (twice): it starts the workflow."""
     dispatcher = overlap_proc.dispatcher(lam, ALIASES)
 
     def send(event: Event) -> None:
-        result = dispatcher.handle(event.to_json().encode(), Delivery(message_id=event.id))
-        assert result.status == 200, result
+        # Every event twice, the second as sqsd's redelivery (a worker that retries the start):
+        # Lambda's idempotent start makes it the same run
+        for receive_count in (1, 2):
+            delivery = Delivery(message_id=event.id, receive_count=receive_count)
+            result = dispatcher.handle(event.to_json().encode(), delivery)
+            assert result.status == 200, result
 
     return send
 
