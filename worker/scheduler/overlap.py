@@ -40,6 +40,7 @@ from sluice.catalog import workflows_for
 from sluice.envelope import execution_name
 from sluice.run_control import ENDED
 from sluice.scheduling.registry import PeriodicTask, Tick, tick_event_id
+from worker.scheduler.ledger import task_partition
 
 LAST_RUN_SK = "last-run"
 # Rewritten on every sent tick; the TTL only removes those of tasks long gone.
@@ -111,7 +112,7 @@ class TableLastRuns:
         self.client, self.table, self.prefix = client, table, prefix
 
     def _key(self, task: str) -> dict[str, Any]:
-        return {"pk": {"S": f"sched#{self.prefix}#{task}"}, "sk": {"S": LAST_RUN_SK}}
+        return {"pk": task_partition(self.prefix, task), "sk": {"S": LAST_RUN_SK}}
 
     def read(self, task: str) -> LastRun | None:
         item = self.client.get_item(
