@@ -1,12 +1,12 @@
 """A scheduler process for the overlap test: one event task whose ticks go through the worker's
 dispatcher to the durable runner the test serves (AWS_ENDPOINT_URL_LAMBDA). Each send is logged
-as `sent <key> <pid> <time>` to a shared file.
+as `sent <event id> <pid> <time>` to a shared file, and the start as `ready - <pid> <time>`.
 
 python -m tests.integration.overlap_proc URL PREFIX PERIOD_S LOGFILE
 
 Settings (tick ledger, lease, workflow aliases) come from the environment, as in the Procfile
-process. SCHED_KILL_AFTER_SENDS=n: the process kills itself (SIGKILL) right after its n-th send,
-while the run it started goes on and before its runner finishes the tick.
+process. SCHED_KILL_WHEN=path: the process kills itself (SIGKILL) right after its first send once
+that file exists, while the run it started goes on and before its runner finishes the tick.
 """
 
 from __future__ import annotations
@@ -55,22 +55,22 @@ def dispatcher(lambda_client: Any = None, aliases: Mapping[str, str] | None = No
 
 def main() -> None:
     url, prefix, period, logfile = sys.argv[1:5]
-    kill_after = int(os.environ.get("SCHED_KILL_AFTER_SENDS") or 0)
+    kill_when = os.environ.get("SCHED_KILL_WHEN")
     worker = dispatcher()
-    sends = 0
+
+    def record(kind: str, what: str) -> None:
+        fd = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{kind} {what} {os.getpid()} {time.time():.6f}\n".encode())
+        finally:
+            os.close(fd)
 
     def send(event: Event) -> None:
-        nonlocal sends
         result = worker.handle(event.to_json().encode(), Delivery(message_id=event.id))
         if result.status != 200:
             raise RuntimeError(f"the worker answered {result.status}: {result.reason}")
-        fd = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"sent {event.id} {os.getpid()} {time.time():.6f}\n".encode())
-        finally:
-            os.close(fd)
-        sends += 1
-        if sends == kill_after:
+        record("sent", event.id)
+        if kill_when and os.path.exists(kill_when):
             os.kill(os.getpid(), signal.SIGKILL)
 
     task = PeriodicTask(TASK, Every(float(period)), event=EVENT, data={"key": "k"})
@@ -78,6 +78,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     settings = SchedulerSettings.read()
     with build(Registry([task]), url, settings, names=Names(prefix), send=send):
+        record("ready", "-")
         stop.wait()
 
 
