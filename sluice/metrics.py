@@ -39,6 +39,8 @@ TICK_EVENTS = {
     "reseeded": "TokensReseeded",
     "abandoned": "TicksAbandoned",
     "fenced": "TicksFenced",
+    # an event task's ticks skipped while its previous tick's run still ran (overlap = skip)
+    "skipped": "TicksSkipped",
 }
 TICKS_FAILED = TICK_EVENTS["failed"]
 TICKS_MISSED = TICK_EVENTS["missed"]

@@ -287,6 +287,20 @@ class SchedulerSettings(ProcessSettings):
     role_arn: Arn | None = _var(
         naming.role_variable("scheduler"), "the role this process assumes", None
     )
+    overlap_pending_s: float = _var(
+        "SLUICE_SCHEDULER_OVERLAP_PENDING_S",
+        "how long a sent tick whose run has not started yet keeps the next ticks of its task "
+        "skipped (overlap = skip)",
+        900.0,
+        gt=0,
+    )
+    # Workflow -> its `live` alias ARN (naming.alias_variable): where an event task's previous
+    # run is looked up (worker/scheduler/overlap.py).
+    workflow_aliases: Mapping[str, Arn] = Field(default_factory=dict, validation_alias="aliases")
+
+    @classmethod
+    def _extra(cls, env: Mapping[str, str]) -> dict[str, Any]:
+        return {"aliases": naming.aliases_from(env)}
 
     @property
     def broker_configured(self) -> bool:

@@ -37,12 +37,12 @@ class ScheduleControl:
         return effective(self.declared, self.store.read().tasks)
 
     def add(self, name: str, **fields: Any) -> Entry:
-        """A new task (`every_s` or `cron`, `event`, optional `data`, `group`); a declared task
+        """A new task (`every_s` or `cron`, `event`, optional `data`, `group`, `overlap`); a declared task
         the operator removed comes back (as declared, with any of these changes)."""
         return self._change(name, "add", **fields)
 
     def set(self, name: str, **fields: Any) -> Entry:
-        """Change a task's period (`every_s`) or `cron`, payload (`data`) or `group`."""
+        """Change a task's period (`every_s`) or `cron`, payload (`data`), `group` or `overlap`."""
         return self._change(name, "set", **fields)
 
     def pause(self, name: str) -> Entry:

@@ -32,7 +32,7 @@ from sluice.scheduling.overrides import (
     parse_data,
     parse_period,
 )
-from sluice.scheduling.registry import GROUPS, REGISTRY, Registry, Token
+from sluice.scheduling.registry import GROUPS, OVERLAP, REGISTRY, Registry, Token
 from sluice_cli.aws import Aws, default_endpoint, friendly_errors
 from sluice_cli.schedule_control import ScheduleControl
 
@@ -456,6 +456,11 @@ _payload = click.option("--data", callback=_data, help="The event's data: a JSON
 _group = click.option(
     "--group", type=click.Choice(GROUPS), help="The consumer group (process) that runs it."
 )
+_overlap = click.option(
+    "--overlap",
+    type=click.Choice(OVERLAP),
+    help="While the last tick's run still runs: skip the tick (the default) or allow a second run.",
+)
 
 
 @schedules.command()
@@ -465,6 +470,7 @@ _group = click.option(
 @click.option("--event", help="The event each tick sends (one a workflow takes).")
 @_payload
 @_group
+@_overlap
 @_broker
 @_prefix
 @friendly_errors
@@ -480,12 +486,13 @@ def add(name: str, broker_url: str | None, prefix: str | None, **fields: Any) ->
 @_cron
 @_payload
 @_group
+@_overlap
 @_broker
 @_prefix
 @friendly_errors
 def set_(name: str, broker_url: str | None, prefix: str | None, **fields: Any) -> None:
-    """Change task NAME's period or cron (from its next tick, on the new grid), payload or
-    group."""
+    """Change task NAME's period or cron (from its next tick, on the new grid), payload, group
+    or overlap."""
     _run("set", name, broker_url, prefix, **fields)
 
 

@@ -12,7 +12,7 @@ from constructs import Construct
 
 from sluice import catalog, naming
 from sluice.settings import SchedulerSettings
-from stacks import coordination
+from stacks import coordination, grants
 from stacks.broker_user import BrokerUser
 from stacks.config import EnvConfig
 from stacks.declarations import WORKFLOWS_ROOT
@@ -135,11 +135,23 @@ class StatelessStack(Stack):
         # The broker scheduler (issue 7): only the worker reaches the broker; broker alarms.
         if stateful.broker is not None:
             stateful.broker.allow_from(self.worker.security_group)
-            stateful.broker.grant_connect(
+            access = stateful.broker.grant_connect(
                 self,
                 self.worker.process_roles["scheduler"],
                 events_queue=stateful.events.queue,
                 ledger=coordination.ledger_statements(config, stateful.key),
+            )
+            # An event task's tick first asks whether its previous tick's runs still run
+            # (worker/scheduler/overlap.py): any workflow's, through its live alias.
+            grants.allow(
+                access,
+                ["lambda:ListDurableExecutionsByFunction"],
+                [
+                    arn
+                    for _, wf in sorted(every_workflow.items())
+                    for arn in (wf.function.function_arn, wf.alias.function_arn)
+                ],
+                sid="TickRuns",
             )
             stateful.broker.watch(self.monitoring)
             # The scheduler connects as its own, non-admin user (issue 11), made at deploy: the

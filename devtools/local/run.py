@@ -199,6 +199,7 @@ class Pipeline:
     def start_scheduler(self, child_env: dict[str, str]) -> None:
         """The Procfile `scheduler` process on a private RabbitMQ node, when rabbitmq-server is
         installed (`apt-get install rabbitmq-server`); otherwise the run says it did not run."""
+        from devtools.durable_lambda import alias_arn
         from devtools.rabbitmq import RabbitMQMissing, RabbitNode
 
         command = procfile("scheduler")
@@ -223,6 +224,9 @@ class Pipeline:
                     events_queue_url=self.res.urls["events"],
                     coordination_table=naming.coordination_table(ENV),  # the tick ledger
                 ),
+                # Where an event task's previous run is looked up (no overlap), as on EB, where
+                # every Procfile process has the environment's variables.
+                **naming.alias_variables({w: alias_arn(REGION, w) for w in WORKFLOWS}),
             },
         )
 

@@ -20,7 +20,15 @@ BROKER_DELIVERY_MARGIN = 2
 
 # The lifecycle events a task's status queue keeps (its last STATUS_LENGTH of them): a tick's
 # start (with its lateness) and its outcomes.
-STATUS_EVENTS = ("started", "succeeded", "failed", "dead_lettered", "missed", "paused")
+STATUS_EVENTS = (
+    "started",
+    "succeeded",
+    "failed",
+    "dead_lettered",
+    "missed",
+    "paused",
+    "skipped",
+)
 STATUS_LENGTH = 10
 
 

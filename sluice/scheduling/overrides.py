@@ -25,7 +25,7 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError
 
 from sluice import catalog
-from sluice.scheduling.registry import GROUPS, PeriodicTask, Registry
+from sluice.scheduling.registry import GROUPS, OVERLAP, PeriodicTask, Registry
 from sluice.scheduling.schedule import Cron, Every, Schedule, ScheduleError
 
 Origin = Literal["declared", "added", "overridden"]
@@ -79,6 +79,8 @@ class Override:
     paused: bool = False
     removed: bool = False
     gen: int = 0
+    # skip or allow a tick while the previous tick's run still runs (registry.OVERLAP)
+    overlap: str | None = None
 
     def to_doc(self) -> dict[str, Any]:
         doc = {k: v for k, v in self.__dict__.items() if v not in (None, False, 0)}
@@ -128,6 +130,8 @@ def _task(name: str, declared: PeriodicTask | None, o: Override) -> PeriodicTask
         raise OverrideError("group", f"{o.group!r} is not a consumer group ({', '.join(GROUPS)})")
     if o.event is not None and not catalog.is_known(o.event):
         raise OverrideError("event", f"{o.event!r} is not an event any workflow takes")
+    if o.overlap is not None and o.overlap not in OVERLAP:
+        raise OverrideError("overlap", f"{o.overlap!r} is not one of {', '.join(OVERLAP)}")
     if declared is None:
         if schedule is None:
             raise OverrideError("period", f"new task {name} needs a period or a cron schedule")
@@ -140,9 +144,10 @@ def _task(name: str, declared: PeriodicTask | None, o: Override) -> PeriodicTask
                 event=o.event,
                 data=MappingProxyType(dict(o.data or {})),
                 group=o.group or GROUPS[0],
+                overlap=o.overlap or OVERLAP[0],
             )
         except ScheduleError as exc:
-            raise OverrideError("task", str(exc)) from None
+            raise OverrideError(_field_of(exc, "task"), str(exc)) from None
     if o.data is not None and declared.action is not None:
         raise OverrideError("data", f"task {name} runs {declared.action.__name__}(): no payload")
     if o.event is not None and declared.action is not None:
@@ -156,10 +161,17 @@ def _task(name: str, declared: PeriodicTask | None, o: Override) -> PeriodicTask
         changes["event"] = o.event
     if o.group is not None:
         changes["group"] = o.group
+    if o.overlap is not None:
+        changes["overlap"] = o.overlap
     try:
         return replace(declared, **changes)
     except ScheduleError as exc:
-        raise OverrideError("data", str(exc)) from None
+        raise OverrideError(_field_of(exc, "data"), str(exc)) from None
+
+
+def _field_of(exc: ScheduleError, default: str) -> str:
+    """The field a task's own check refused: `overlap` when its message names it."""
+    return "overlap" if "overlap" in str(exc) else default
 
 
 def effective(declared: Registry, overrides: Mapping[str, Override]) -> list[Entry]:
@@ -269,7 +281,9 @@ def change(
         raise OverrideError("task", f"unknown task {name!r}; tasks: {', '.join(names)}")
     elif op == "set":
         if not fields:
-            raise OverrideError("task", "nothing to change: give a period, cron, data or group")
+            raise OverrideError(
+                "task", "nothing to change: give a period, cron, data, group or overlap"
+            )
         new = replace(old, **fields)
         if "every_s" in fields:
             new = replace(new, cron=None)

@@ -17,12 +17,16 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from sluice.catalog import FLOWS, workflows_for
 from sluice.envelope import Event
 from sluice.scheduling.schedule import Cron, Every, Schedule, ScheduleError
 
 # The consumer groups (Procfile processes) whose scheduler runners may run a task's ticks: light
 # work on the `scheduler` process (the default), CPU-heavy work on the `tasks` process.
 GROUPS = ("scheduler", "tasks")
+# What an event task's tick does while the run its previous tick started still runs
+# (worker/scheduler/overlap.py): `skip` it (counted, logged) or `allow` a second run beside it.
+OVERLAP = ("skip", "allow")
 _TASK_NAME = re.compile(r"[a-z][a-z0-9-]{0,47}")  # fullmatch: `$` passes a final newline
 CRON_URL_PREFIX = "/cron/"
 log = logging.getLogger("sluice.scheduler")
@@ -107,6 +111,9 @@ class PeriodicTask:
     max_lateness_s: float | None = None
     # The consumer group whose processes run the ticks (GROUPS); the others leave them alone.
     group: str = GROUPS[0]
+    # An event task's tick is skipped while the run of the last tick it started still runs
+    # (OVERLAP); a function task's runs never overlap (the tick ledger), so it takes the default.
+    overlap: str = OVERLAP[0]
 
     def __post_init__(self) -> None:
         if not _TASK_NAME.fullmatch(self.name):
@@ -123,8 +130,20 @@ class PeriodicTask:
             raise ScheduleError(
                 f"task {self.name}: group must be one of {', '.join(GROUPS)}, got {self.group!r}"
             )
+        if self.overlap not in OVERLAP:
+            raise ScheduleError(
+                f"task {self.name}: overlap must be one of {', '.join(OVERLAP)}, "
+                f"got {self.overlap!r}"
+            )
+        if self.event is None and self.overlap != OVERLAP[0]:
+            raise ScheduleError(
+                f"task {self.name}: overlap={self.overlap!r} applies to event tasks only; a "
+                "function task's runs never overlap (the tick ledger admits one claim at a time)"
+            )
         if self.event is not None:
             self.tick_event(Tick(self.name, 0.0))  # validates the event name and data now
+            if self.overlap == OVERLAP[0]:
+                _check_overlap_skip(self.name, self.event)
 
     @property
     def period_s(self) -> float:
@@ -137,7 +156,27 @@ class PeriodicTask:
         if self.event is None:
             raise ScheduleError(f"task {self.name} runs a function and sends no event")
         data = {**self.data, "task": self.name, "scheduled_at": tick.due_iso}
-        return Event(name=self.event, data=data, id=f"tick-{self.name}-{tick.key}", ts=tick.due_iso)
+        return Event(name=self.event, data=data, id=tick_event_id(tick), ts=tick.due_iso)
+
+
+def tick_event_id(tick: Tick) -> str:
+    """The id of the event a tick sends (its runs' durable execution name is derived from it)."""
+    return f"tick-{tick.task}-{tick.key}"
+
+
+def _check_overlap_skip(name: str, event: str) -> None:
+    """`overlap = "skip"` finds the previous tick's runs by the execution name its event id
+    gives; a workflow that starts runs under other names (a debounce or a batch runs with a
+    later event) would never be found running, so that combination is refused."""
+    for workflow in workflows_for(event):
+        flow = FLOWS.get(workflow)
+        for setting in ("debounce", "batch"):
+            if flow is not None and getattr(flow, setting) is not None:
+                raise ScheduleError(
+                    f"task {name}: overlap='skip' cannot see the runs of {workflow}, which "
+                    f"declares {setting} (its runs are not named after the tick's event); "
+                    "set overlap='allow' or send an event of another workflow"
+                )
 
 
 class Registry:
@@ -228,6 +267,7 @@ def cron_event(
 __all__ = [
     "CRON_URL_PREFIX",
     "GROUPS",
+    "OVERLAP",
     "REGISTRY",
     "Cron",
     "Every",
@@ -238,4 +278,5 @@ __all__ = [
     "cron_event",
     "cron_tick",
     "cron_yaml",
+    "tick_event_id",
 ]

@@ -38,3 +38,12 @@ def test_list_with_an_unreachable_broker_names_the_setting(run) -> None:
     assert result.exit_code == 1
     assert "cannot connect to the broker at amqp://***@127.0.0.1:1/%2F" in result.output
     assert "secret" not in result.output
+
+
+def test_add_and_set_take_overlap_skip_or_allow_and_refuse_anything_else(run) -> None:
+    # An unknown choice is refused before anything is read or written, naming the option
+    for op in ("add", "set"):
+        result = run("schedules", op, "nightly", "--overlap", "queue")
+        assert result.exit_code == 2, result.output
+        assert "Invalid value for '--overlap'" in result.output
+        assert "'queue' is not one of 'skip', 'allow'" in result.output

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from sluice import naming
+from sluice import catalog, naming
 from sluice.scheduling.names import (
     SCHEDULER_PERMISSIONS,
     SCHEDULER_TAGS,
@@ -156,6 +156,13 @@ def test_scheduler_role_reads_only_its_own_secret_sends_events_and_its_figures(s
             "kms:Decrypt",
             "kms:GenerateDataKey",
         ]
+    # No overlap (worker/scheduler/overlap.py): it lists a tick's runs, by name, of any workflow
+    # through its live alias (the unqualified function too), and may do nothing else in Lambda
+    runs = by_sid["TickRuns"]
+    assert runs["Action"] == "lambda:ListDurableExecutionsByFunction"
+    listed = set(s.resolve(runs["Resource"]))
+    aliases = {_worker_setting(s.rendered, naming.alias_variable(w)) for w in catalog.WORKFLOWS}
+    assert listed == aliases | {a.removesuffix(f":{catalog.WORKFLOW_ALIAS}") for a in aliases}
     assert set(by_sid) <= {
         "SchedulerSendsEvents",
         "SchedulerSecret",
@@ -163,6 +170,7 @@ def test_scheduler_role_reads_only_its_own_secret_sends_events_and_its_figures(s
         "SchedulerSecretKey",
         "SchedulerTickLedger",
         "SchedulerTickLedgerKey",
+        "TickRuns",
     }
 
 

@@ -118,6 +118,8 @@ def test_an_added_task_removed_and_added_again_gets_a_newer_generation():
         ("sweep", "set", {"group": "gpu"}, "group", "'gpu' is not a consumer group"),
         ("sweep", "set", {"every_s": -1.0}, "period", "positive"),
         ("sweep", "set", {}, "task", "nothing to change"),
+        ("sweep", "set", {"overlap": "queue"}, "overlap", "'queue' is not one of skip, allow"),
+        ("beat", "set", {"overlap": "allow"}, "overlap", "applies to event tasks only"),
     ],
 )
 def test_a_bad_change_is_refused_naming_the_field(name, op, fields, field, message):
@@ -225,3 +227,17 @@ def test_a_process_of_an_unknown_group_is_refused():
 
     with pytest.raises(ValueError, match="group must be one of scheduler, tasks, got 'gpu'"):
         Scheduler(DECLARED, "amqp://unused/", group="gpu")
+
+
+def test_overlap_is_set_at_run_time_for_an_added_or_a_declared_event_task():
+    # Given an added task that allows overlapping runs, and the declared event task set to allow
+    current = apply({}, "extra", "add", every_s=1.0, event=EVENT, overlap="allow")
+    current = apply(current, "sweep", "set", overlap="allow")
+    # Then both run so, and the stored document keeps it
+    assert by_name(current)["extra"].task.overlap == "allow"
+    assert by_name(current)["sweep"].task.overlap == "allow"
+    assert Override.from_doc(current["sweep"].to_doc()).overlap == "allow"
+    # and without the setting an added task skips overlapping ticks (the default)
+    assert by_name(apply({}, "plain", "add", every_s=1.0, event=EVENT))["plain"].task.overlap == (
+        "skip"
+    )

@@ -24,6 +24,13 @@ from worker.observability import configure_logging
 from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
 from worker.scheduler.ledger import Ledger, MemoryLedger, TableLedger
 from worker.scheduler.oneoff import OneOffLedger, OneOffRunner
+from worker.scheduler.overlap import (
+    LambdaRuns,
+    LastRuns,
+    MemoryLastRuns,
+    OverlapGuard,
+    TableLastRuns,
+)
 from worker.scheduler.runner import Backoff, Scheduler, SendEvent, broker_url
 
 
@@ -44,6 +51,25 @@ def event_sender(settings: SchedulerSettings) -> SendEvent | None:
     return send
 
 
+def overlap_guard(
+    settings: SchedulerSettings, last_runs: LastRuns, *, lambda_client: Any = None
+) -> OverlapGuard | None:
+    """What keeps an event task's runs from overlapping (worker/scheduler/overlap.py): None, said
+    loudly, when no workflow alias is configured (outside the stacks, which always set them)."""
+    if not settings.workflow_aliases:
+        logging.getLogger("sluice.scheduler").warning(
+            "NO OVERLAP CHECK: no SLUICE_ALIAS_* is set, so an event task's tick cannot see "
+            "whether its previous run still runs; runs of one task may overlap."
+        )
+        return None
+    if lambda_client is None:
+        import boto3
+
+        lambda_client = boto3.client("lambda")
+    runs = LambdaRuns(lambda_client, settings.workflow_aliases)
+    return OverlapGuard(last_runs, runs, pending_s=settings.overlap_pending_s)
+
+
 def build(
     registry: Registry,
     url: str,
@@ -53,6 +79,7 @@ def build(
     send: SendEvent | None = None,
     dynamodb: Any = None,
     group: str = GROUPS[0],
+    lambda_client: Any = None,
 ) -> Scheduler:
     """The scheduler the settings describe, running the tasks of consumer `group`. Its tick
     ledger and the runtime overrides are in the coordination table; without one it keeps the
@@ -63,6 +90,7 @@ def build(
     overrides: OverrideStore | None = None
     oneoff_ledger: Ledger | None = None
     records: OneOffRecords | None = None
+    last_runs: LastRuns = MemoryLastRuns()
     if settings.coordination_table:
         if dynamodb is None:
             import boto3
@@ -72,6 +100,7 @@ def build(
         overrides = OverrideStore(dynamodb, settings.coordination_table, names.prefix)
         oneoff_ledger = OneOffLedger(dynamodb, settings.coordination_table, names.prefix)
         records = OneOffRecords(dynamodb, settings.coordination_table, names.prefix)
+        last_runs = TableLastRuns(dynamodb, settings.coordination_table, names.prefix)
     else:
         logging.getLogger("sluice.scheduler").warning(
             "NO TICK LEDGER: SLUICE_COORDINATION_TABLE is not set, so ticks are recorded in "
@@ -104,6 +133,7 @@ def build(
         group=group,
         # One-off tasks run on the scheduler group's processes (README: one-off tasks).
         oneoffs=oneoffs if group == GROUPS[0] else None,
+        overlap=overlap_guard(settings, last_runs, lambda_client=lambda_client),
     )
 
 

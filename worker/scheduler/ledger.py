@@ -36,6 +36,12 @@ LEDGER_SK = "ledger"
 LEDGER_TTL_S = 400 * 86_400
 
 
+def task_partition(prefix: str, task: str) -> dict[str, Any]:
+    """The coordination table's partition of one task's scheduler items (its ledger item, and
+    its last sent tick: worker/scheduler/overlap.py)."""
+    return {"S": f"sched#{prefix}#{task}"}
+
+
 @dataclass(frozen=True)
 class Claim:
     """A task's last claim: its tick (ms), fence, lease end (epoch ms), state and holder."""
@@ -131,7 +137,7 @@ class TableLedger:
         self.client, self.table, self.prefix = client, table, prefix
 
     def _key(self, task: str) -> dict[str, Any]:
-        return {"pk": {"S": f"sched#{self.prefix}#{task}"}, "sk": {"S": LEDGER_SK}}
+        return {"pk": task_partition(self.prefix, task), "sk": {"S": LEDGER_SK}}
 
     def read(self, task: str) -> Claim | None:
         item = self.client.get_item(

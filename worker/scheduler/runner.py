@@ -38,12 +38,13 @@ from sluice.envelope import Event
 from sluice.errors import BusinessError, TransientError
 from sluice.scheduling.names import Names, expiration_ms, quiet_window_s
 from sluice.scheduling.overrides import Entry, OverrideStore
-from sluice.scheduling.registry import GROUPS, PeriodicTask, Registry, Tick, Token
+from sluice.scheduling.registry import GROUPS, OVERLAP, PeriodicTask, Registry, Tick, Token
 from sluice.scheduling.schedule import latest_due, next_due
 from sluice.settings import SchedulerSettings
 from worker.scheduler.broker_metrics import Lifecycle
 from worker.scheduler.control import LiveRegistry, Prompts
 from worker.scheduler.ledger import Claim, Ledger, MemoryLedger
+from worker.scheduler.overlap import UNKNOWN, OverlapGuard, Overlapping
 from worker.scheduler.topology import declare
 
 log = logging.getLogger("sluice.scheduler")
@@ -226,9 +227,12 @@ class TaskRunner(_Base):
         lease_s: float = DEFAULT_LEASE_S,
         heartbeat_s: int = DEFAULT_HEARTBEAT_S,
         backoff: Backoff = Backoff(),
+        overlap: OverlapGuard | None = None,
     ) -> None:
         super().__init__(url, names, clock, heartbeat_s)
         self.task = task
+        # Skips an event task's tick while its previous tick's run still runs (overlap.py).
+        self.overlap = overlap
         self.backoff = backoff
         self.send = send
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
@@ -284,9 +288,16 @@ class TaskRunner(_Base):
         if self.send is None:
             raise BusinessError(f"task {self.task.name} sends events but no sender is configured")
         event = self.task.tick_event(tick)
+        guard = self.overlap if self.task.overlap == OVERLAP[0] else None
+        if guard is not None:
+            verdict = guard.admit(self.task, tick)
+            if not verdict.run:
+                raise Overlapping(verdict)
         if time.monotonic() > self._lease_end:
             # Frozen or cut off past its lease: another runner may own the tick by now.
             raise TransientError(f"lease on tick {tick.due_iso} lapsed before the send")
+        if guard is not None:
+            guard.sent(self.task, tick)
         self.send(event)
         return True
 
@@ -428,6 +439,8 @@ class TaskRunner(_Base):
             self.emit(name, "succeeded", due=tick.due, duration_s=took)
         elif outcome == "missed":
             self.emit(name, "missed", due=tick.due, missed=1)
+        elif outcome == "skipped":
+            self._skipped(tick, inflight.future)
         elif outcome == "business":
             log.warning("task %s tick %s failed (business): %s", name, tick.due_iso, error)
             self.emit(name, "failed", due=tick.due, error_class="business", error=error)
@@ -486,6 +499,8 @@ class TaskRunner(_Base):
                 self._ch.connection.process_data_events(time_limit=0)
             except BusinessError as exc:
                 return "business", repr(exc)
+            except Overlapping as exc:
+                return "skipped", str(exc)
             except Exception as exc:  # unclassified failures count as transient
                 return "transient", repr(exc)
 
@@ -526,12 +541,31 @@ class TaskRunner(_Base):
         outcome, error = self._wait(inflight)
         if outcome == "succeeded":
             self.emit(name, "succeeded", due=tick.due, duration_s=self.clock() - started)
+        elif outcome == "skipped":
+            self._skipped(tick, inflight.future)
         elif outcome == "business":
             self.emit(name, "failed", due=tick.due, error_class="business", error=error)
         else:
             self.emit(name, "failed", due=tick.due, error_class="transient", error=error)
             self._dead_letter(tick, error, reason="redrive-failed")
         ch.basic_ack(method.delivery_tag)
+
+    def _skipped(self, tick: Tick, run: Future[bool]) -> None:
+        """Report a tick skipped because its task's previous run still runs (overlap.py)."""
+        exc = run.exception()
+        assert isinstance(exc, Overlapping)
+        verdict = exc.verdict
+        previous = verdict.previous_s
+        # Unknown is Lambda or the table not answering: a cause to fix if it lasts.
+        log.log(
+            logging.WARNING if verdict.reason == UNKNOWN else logging.INFO,
+            "task %s tick %s skipped: the run of tick %s is %s",
+            tick.task,
+            tick.due_iso,
+            "?" if previous is None else Tick(tick.task, previous).due_iso,
+            verdict.reason,
+        )
+        self.emit(tick.task, "skipped", due=tick.due, running=previous, reason=verdict.reason)
 
     def _dead_letter(self, tick: Tick, error: str, reason: str = "retry-limit") -> None:
         assert self._ch is not None
@@ -738,6 +772,7 @@ class Scheduler:
         overrides: OverrideStore | None = None,
         group: str = GROUPS[0],
         oneoffs: _Base | None = None,
+        overlap: OverlapGuard | None = None,
     ) -> None:
         if group not in GROUPS:
             raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {group!r}")
@@ -753,6 +788,7 @@ class Scheduler:
             "lease_s": lease_s,
             "heartbeat_s": heartbeat_s,
             "backoff": backoff,
+            "overlap": overlap,
         }
         # This process's lifecycle events, counted for the metrics (broker_metrics).
         self.lifecycle = Lifecycle()
