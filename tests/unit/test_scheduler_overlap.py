@@ -85,7 +85,7 @@ def listed(stub: Stubber, of: Tick, *statuses: str) -> None:
                 for i, status in enumerate(statuses)
             ]
         },
-        {"FunctionName": WORKFLOW, "Qualifier": "live", "DurableExecutionName": name},
+        {"FunctionName": WORKFLOW, "DurableExecutionName": name},
     )
 
 
@@ -198,7 +198,7 @@ def test_the_workflow_is_asked_through_its_alias_and_only_the_exact_name_counts(
                 )
             ]
         },
-        {"FunctionName": WORKFLOW, "Qualifier": "live", "DurableExecutionName": name},
+        {"FunctionName": WORKFLOW, "DurableExecutionName": name},
     )
     runs = LambdaRuns(client, {WORKFLOW: ALIAS})
     assert runs.statuses(EVENT, tick_event_id(tick(0))) == {WORKFLOW: ["SUCCEEDED"]}

@@ -141,12 +141,12 @@ class TableLastRuns:
                 raise
 
 
-def _function_and_qualifier(alias_arn: str) -> tuple[str, str]:
-    """`arn:…:function:NAME:live` -> (NAME, live). ListDurableExecutionsByFunction lists the
-    executions of one version or alias (without a qualifier, $LATEST's only: Lambda API
-    reference), and the worker starts every run through the `live` alias."""
-    function, _, qualifier = alias_arn.split(":function:", 1)[-1].partition(":")
-    return function, qualifier
+def _function_name(alias_arn: str) -> str:
+    """`arn:…:function:NAME:live` -> NAME. ListDurableExecutionsByFunction without a qualifier
+    lists the executions of every version (botocore's Lambda model, 1.44: "If you don't specify a
+    qualifier, this operation returns executions across all versions of the Lambda function"):
+    a run that started on the version `live` pointed to before a deploy still counts."""
+    return alias_arn.split(":function:", 1)[-1].partition(":")[0]
 
 
 class LambdaRuns:
@@ -164,10 +164,7 @@ class LambdaRuns:
             alias = self.aliases.get(workflow)
             if alias is None:
                 raise RunsUnreadable(f"workflow {workflow} has no alias configured")
-            function, qualifier = _function_and_qualifier(alias)
-            args = {"FunctionName": function, "DurableExecutionName": name}
-            if qualifier:
-                args["Qualifier"] = qualifier
+            args = {"FunctionName": _function_name(alias), "DurableExecutionName": name}
             try:
                 page = self.client.list_durable_executions_by_function(**args)
             except (BotoCoreError, ClientError) as exc:
