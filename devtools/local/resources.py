@@ -7,10 +7,13 @@ Names come from `sluice.naming` (environment `local`), settings from the stacks'
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from devtools.durable_lambda import ACCOUNT
+from devtools.moto_server import moto_server
 from sluice import catalog, naming
 from sluice.settings import LambdaSettings
 from stacks import config as stack_config
@@ -28,6 +31,17 @@ REGION = CONFIG.region
 BUCKET = naming.media_bucket(ENV, ACCOUNT, REGION)
 TABLE = naming.jobs_table(ENV)
 TOPIC = naming.notifications_topic(ENV)
+
+
+@contextmanager
+def local_aws() -> Iterator[str]:
+    """moto's server as a local run serves AWS: its URL while the block runs. One DynamoDB
+    request at a time, as DynamoDB applies each atomically: the runs racing for concurrency
+    slots and the worker's flow control decide by conditional writes and transactions, which
+    moto otherwise interleaves (a slot given back during another run's transaction came back to
+    its finished holder, and a local burst stalled for good: tests/e2e/test_local_resources.py)."""
+    with moto_server(atomic=True) as url:
+        yield url
 
 
 @dataclass

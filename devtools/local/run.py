@@ -22,9 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from devtools.local.processes import ROOT, Processes, procfile, wait_healthy
-from devtools.local.resources import CONFIG, ENV, REGION, Resources, create_resources
+from devtools.local.resources import (
+    CONFIG,
+    ENV,
+    REGION,
+    Resources,
+    create_resources,
+    local_aws,
+)
 from devtools.local.transcript import AUDIO_SECONDS, make_audio, with_emulated_transcript
-from devtools.moto_server import moto_server
 from devtools.ports import free_port
 from sluice import catalog, naming, workflows
 from sluice.settings import SchedulerSettings, TasksSettings, WebSettings
@@ -91,7 +97,7 @@ class Pipeline:
         os.environ["HF_HUB_OFFLINE"] = "1"
 
         # 1. AWS on loopback
-        self.res = create_resources(self.stack.enter_context(moto_server()))
+        self.res = create_resources(self.stack.enter_context(local_aws()))
         # Step handlers and workflows run in this process: their boto3 clients go to moto.
         os.environ["AWS_ENDPOINT_URL"] = self.res.endpoint
         os.environ.update(self.res.lambda_env())
