@@ -16,6 +16,7 @@ from devtools.durable_lambda import ACCOUNT
 from devtools.moto_server import moto_server
 from sluice import catalog, naming
 from sluice.settings import LambdaSettings
+from sluice.workflows import Throttle
 from stacks import config as stack_config
 
 _DEV = stack_config.load("dev")
@@ -26,6 +27,14 @@ CONFIG = stack_config.replace(
     name="local",
     worker={**_DEV.worker.model_dump(), "error_visibility_timeout_s": 2, "http_connections": 4},
 )
+# Throttles a local run applies in place of the declared ones (the worker's SLUICE_THROTTLES):
+# deliver_webhook's 60 a minute per customer would hold an event only after 60 of one customer,
+# for up to a minute. Locally it holds a customer's fourth delivery within 5 s and starts it in
+# the next window; the key stays the declared one (tests/e2e/test_local_cli.py imports this).
+THROTTLES: dict[str, Throttle] = {}
+_webhooks = catalog.FLOWS["deliver_webhook"].throttle
+if _webhooks is not None:
+    THROTTLES["deliver_webhook"] = _webhooks.model_copy(update={"limit": 3, "period_s": 5})
 ENV = CONFIG.name
 REGION = CONFIG.region
 BUCKET = naming.media_bucket(ENV, ACCOUNT, REGION)

@@ -26,6 +26,7 @@ from devtools.local.resources import (
     CONFIG,
     ENV,
     REGION,
+    THROTTLES,
     Resources,
     create_resources,
     local_aws,
@@ -150,6 +151,8 @@ class Pipeline:
                     # registrations (worker/cancels.py).
                     coordination_table=naming.coordination_table(ENV),
                     events_queue_url=self.res.urls["events"],
+                    # Short throttle windows, so that held events show in seconds.
+                    throttles=json.dumps({w: t.model_dump() for w, t in THROTTLES.items()}),
                 ),
                 **naming.alias_variables({w: alias_arn(REGION, w) for w in WORKFLOWS}),
                 # The failure handlers of the runs a `cancel_on` event stops, as
