@@ -109,6 +109,10 @@ class Pipeline:
         server = serve(self.durable)
         self.stack.callback(server.shutdown)
         self.durable_url = f"http://127.0.0.1:{server.server_address[1]}"
+        # The workflows' own Lambda calls (a waiting run asking GetDurableExecution whether a
+        # slot's holder still runs) go to it too, not to moto, which does not implement them:
+        # a holder stopped while it held a slot was never reclaimed.
+        os.environ["AWS_ENDPOINT_URL_LAMBDA"] = self.durable_url
         for noisy in (
             "aws_durable_execution_sdk_python_testing",
             "aws_durable_execution_sdk_python",

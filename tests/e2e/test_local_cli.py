@@ -21,6 +21,7 @@ import boto3
 import pytest
 from click.testing import CliRunner
 
+from adapters.slots import CHECK_AFTER_S
 from devtools.local.resources import BUCKET, THROTTLES
 from lambdas.workflows.deliver_webhook.handler import WORKFLOW
 from sluice import catalog, naming, workflows
@@ -416,6 +417,42 @@ def test_a_cancel_on_event_stops_exactly_the_matching_runs(local_up, monkeypatch
     finally:
         endpoint.release.set()  # type: ignore[attr-defined]
         endpoint.shutdown()
+
+
+def test_the_slot_of_a_run_stopped_while_it_held_it_is_reclaimed(local_up, monkeypatch):
+    # Given a delivery stopped by the operator while it held its customer's slot (its endpoint
+    # holds it), and the customer's next delivery queued behind it
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), _Holding)
+    endpoint.daemon_threads = True
+    endpoint.arrived, endpoint.release = [], threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
+    exports = local_up.exports
+    try:
+        for n in range(2):
+            data = {"url": url, "customer_id": "stuck", "payload": {"n": n, "customer": "stuck"}}
+            sluice(
+                exports,
+                monkeypatch,
+                *("send", "webhook/requested", "--data", json.dumps(data), "--id", f"sx-{n}"),
+            )
+        deadline = time.monotonic() + 60
+        while endpoint.arrived != [0] and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.2)
+        assert endpoint.arrived == [0]  # type: ignore[attr-defined]
+        held_since = time.monotonic()
+        sluice(exports, monkeypatch, "runs", "cancel", "sx-0", "--yes")
+        endpoint.release.set()  # type: ignore[attr-defined]
+        # When the waiting run polls past the age at which a holder is asked about (Lambda's
+        # GetDurableExecution: the local durable service's answer, STOPPED)
+        deadline = held_since + CHECK_AFTER_S + 60
+        while 1 not in endpoint.arrived and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.5)
+    finally:
+        endpoint.release.set()  # type: ignore[attr-defined]
+        endpoint.shutdown()
+    # Then the stopped run's slot was reclaimed and the next delivery went through
+    assert endpoint.arrived == [0, 1]  # type: ignore[attr-defined]
 
 
 class _Refusing(BaseHTTPRequestHandler):
