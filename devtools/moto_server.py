@@ -15,15 +15,20 @@ from devtools.ports import free_port
 
 
 class _OneAtATime:
-    """A WSGI app answering one request at a time. moto's backends take no locks, so two
+    """A WSGI app answering one DynamoDB request at a time. moto's backends take no locks, so two
     concurrent conditional writes to one DynamoDB item can both pass their condition; DynamoDB
     applies each conditional write atomically ("conditional writes are ... idempotent" and
-    checked against the item's latest state: DynamoDB developer guide, "Condition expressions")."""
+    checked against the item's latest state: DynamoDB developer guide, "Condition expressions").
+    Other services' requests go through as they come: an SQS long poll holds its request for
+    its whole wait, and would hold every DynamoDB call behind it."""
 
     def __init__(self, app: Any) -> None:
         self.app, self.lock = app, threading.Lock()
 
     def __call__(self, environ: Any, start_response: Any) -> Any:
+        # DynamoDB's JSON protocol names the operation in X-Amz-Target: DynamoDB_20120810.<Op>.
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            return self.app(environ, start_response)
         # The body is read before the lock: a client stopped mid-request (SIGSTOP in the fault
         # tests) must not hold up everyone else.
         length = int(environ.get("CONTENT_LENGTH") or 0)

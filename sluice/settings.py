@@ -9,6 +9,7 @@ start with the variable named, instead of failing its first job.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Self
@@ -18,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sluice import naming
 from sluice.scheduling.oneoff import MIN_WAIT_EXP, RABBITMQ_MAX_TTL_MS
+from sluice.workflows import Throttle, with_throttles
 
 # The longest audio any step accepts; the configuration may lower it per environment.
 DEFAULT_MAX_AUDIO_SECONDS = 4 * 3600
@@ -129,6 +131,13 @@ class WebSettings(ProcessSettings):
     events_queue_url: str = _var(
         _EVENTS_QUEUE_URL, "the events queue (flow control's wake-ups)", ""
     )
+    # Workflow -> a throttle replacing its declared one (JSON): a local run's short windows
+    # (devtools/local/resources.py `THROTTLES`); the stacks never set it.
+    throttles: Mapping[str, Throttle] = Field(
+        default_factory=dict,
+        validation_alias="SLUICE_THROTTLES",
+        description="throttles replacing declared ones, JSON {workflow: {limit, period_s, key}}",
+    )
     # Workflow -> its `live` alias ARN, one variable each (naming.alias_variable).
     workflow_aliases: Mapping[str, Arn] = Field(default_factory=dict, validation_alias="aliases")
     # Workflow -> its failure handler's `live` alias ARN, for the workflows an event may cancel.
@@ -144,6 +153,20 @@ class WebSettings(ProcessSettings):
                 env, prefix=naming.FAILURE_HANDLER_VARIABLE_PREFIX
             ),
         }
+
+    @field_validator("throttles", mode="before")
+    @classmethod
+    def _throttles_json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("throttles")
+    @classmethod
+    def _throttles_declared(cls, value: Mapping[str, Throttle]) -> Mapping[str, Throttle]:
+        # Imported here: the declarations are read only by a process told to replace a throttle.
+        from sluice.catalog import FLOWS
+
+        with_throttles(FLOWS, value)  # raises, naming the workflows that declare none
+        return value
 
     @field_validator("http_path")
     @classmethod

@@ -538,6 +538,22 @@ def flows(declarations: Mapping[str, Declaration]) -> dict[str, Flow]:
     return {name: d.flow() for name, d in sorted(declarations.items()) if d.controlled}
 
 
+def with_throttles(
+    declared: Mapping[str, Flow], throttles: Mapping[str, Throttle]
+) -> Mapping[str, Flow]:
+    """`declared` with the throttles of `throttles` in place of those workflows' own (a local
+    run's short windows, devtools/local). Only a declared throttle can be replaced."""
+    if not throttles:
+        return declared
+    unknown = sorted(w for w in throttles if getattr(declared.get(w), "throttle", None) is None)
+    if unknown:
+        raise ValueError(f"no declared throttle to replace: {', '.join(unknown)}")
+    return {
+        name: flow.model_copy(update={"throttle": throttles[name]}) if name in throttles else flow
+        for name, flow in declared.items()
+    }
+
+
 def read_flow_document(text: str) -> dict[str, Flow]:
     """Workflow -> its flow control, from a `routes_document`."""
     return {

@@ -25,7 +25,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from adapters import errors
-from sluice import envelope
+from sluice import envelope, workflows
 from sluice.catalog import (
     DEAD_LETTER_PREFIX,
     FLOW_WAKE,
@@ -225,7 +225,7 @@ class Dispatcher:
 
     def _admit(self, workflow: str, event: Event, started: list[dict[str, str]]) -> str:
         """Start `workflow` for `event`, through its flow control when it declares any."""
-        declared = FLOWS.get(workflow)
+        declared = self._flows().get(workflow)
         if declared is None:
             self._start(workflow, event, started)
             return flow.START
@@ -244,6 +244,10 @@ class Dispatcher:
             # retry it (the redrive policy dead-letters it if nobody fixes the deployment).
             raise TransientError(f"workflow {workflow!r} has no alias configured", code="no_alias")
         return alias_arn
+
+    def _flows(self) -> Mapping[str, workflows.Flow]:
+        """The declared flow controls, with the throttles the settings replace (a local run's)."""
+        return workflows.with_throttles(FLOWS, self.settings.throttles)
 
     def _flow(self) -> FlowControl:
         if self.flow is None:
@@ -277,7 +281,7 @@ class Dispatcher:
         try:
             for event in events:
                 workflow = str(event.data.get("workflow", ""))
-                self._flow().woken(event.data, FLOWS, self._starter(workflow, started))
+                self._flow().woken(event.data, self._flows(), self._starter(workflow, started))
         except TransientError as exc:
             return Result(503, TRANSIENT, exc.code, {"TransientFailures": 1})
         except (ClientError, BotoCoreError) as exc:

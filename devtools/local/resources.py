@@ -7,12 +7,16 @@ Names come from `sluice.naming` (environment `local`), settings from the stacks'
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from devtools.durable_lambda import ACCOUNT
+from devtools.moto_server import moto_server
 from sluice import catalog, naming
 from sluice.settings import LambdaSettings
+from sluice.workflows import Throttle
 from stacks import config as stack_config
 
 _DEV = stack_config.load("dev")
@@ -23,11 +27,30 @@ CONFIG = stack_config.replace(
     name="local",
     worker={**_DEV.worker.model_dump(), "error_visibility_timeout_s": 2, "http_connections": 4},
 )
+# Throttles a local run applies in place of the declared ones (the worker's SLUICE_THROTTLES):
+# deliver_webhook's 60 a minute per customer would hold an event only after 60 of one customer,
+# for up to a minute. Locally it holds a customer's fourth delivery within 5 s and starts it in
+# the next window; the key stays the declared one (tests/e2e/test_local_cli.py imports this).
+THROTTLES: dict[str, Throttle] = {}
+_webhooks = catalog.FLOWS["deliver_webhook"].throttle
+if _webhooks is not None:
+    THROTTLES["deliver_webhook"] = _webhooks.model_copy(update={"limit": 3, "period_s": 5})
 ENV = CONFIG.name
 REGION = CONFIG.region
 BUCKET = naming.media_bucket(ENV, ACCOUNT, REGION)
 TABLE = naming.jobs_table(ENV)
 TOPIC = naming.notifications_topic(ENV)
+
+
+@contextmanager
+def local_aws() -> Iterator[str]:
+    """moto's server as a local run serves AWS: its URL while the block runs. One DynamoDB
+    request at a time, as DynamoDB applies each atomically: the runs racing for concurrency
+    slots and the worker's flow control decide by conditional writes and transactions, which
+    moto otherwise interleaves (a slot given back during another run's transaction came back to
+    its finished holder, and a local burst stalled for good: tests/e2e/test_local_resources.py)."""
+    with moto_server(atomic=True) as url:
+        yield url
 
 
 @dataclass

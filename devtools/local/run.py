@@ -22,9 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from devtools.local.processes import ROOT, Processes, procfile, wait_healthy
-from devtools.local.resources import CONFIG, ENV, REGION, Resources, create_resources
+from devtools.local.resources import (
+    CONFIG,
+    ENV,
+    REGION,
+    THROTTLES,
+    Resources,
+    create_resources,
+    local_aws,
+)
 from devtools.local.transcript import AUDIO_SECONDS, make_audio, with_emulated_transcript
-from devtools.moto_server import moto_server
 from devtools.ports import free_port
 from sluice import catalog, naming, workflows
 from sluice.settings import SchedulerSettings, TasksSettings, WebSettings
@@ -91,7 +98,7 @@ class Pipeline:
         os.environ["HF_HUB_OFFLINE"] = "1"
 
         # 1. AWS on loopback
-        self.res = create_resources(self.stack.enter_context(moto_server()))
+        self.res = create_resources(self.stack.enter_context(local_aws()))
         # Step handlers and workflows run in this process: their boto3 clients go to moto.
         os.environ["AWS_ENDPOINT_URL"] = self.res.endpoint
         os.environ.update(self.res.lambda_env())
@@ -102,6 +109,10 @@ class Pipeline:
         server = serve(self.durable)
         self.stack.callback(server.shutdown)
         self.durable_url = f"http://127.0.0.1:{server.server_address[1]}"
+        # The workflows' own Lambda calls (a waiting run asking GetDurableExecution whether a
+        # slot's holder still runs) go to it too, not to moto, which does not implement them:
+        # a holder stopped while it held a slot was never reclaimed.
+        os.environ["AWS_ENDPOINT_URL_LAMBDA"] = self.durable_url
         for noisy in (
             "aws_durable_execution_sdk_python_testing",
             "aws_durable_execution_sdk_python",
@@ -144,6 +155,8 @@ class Pipeline:
                     # registrations (worker/cancels.py).
                     coordination_table=naming.coordination_table(ENV),
                     events_queue_url=self.res.urls["events"],
+                    # Short throttle windows, so that held events show in seconds.
+                    throttles=json.dumps({w: t.model_dump() for w, t in THROTTLES.items()}),
                 ),
                 **naming.alias_variables({w: alias_arn(REGION, w) for w in WORKFLOWS}),
                 # The failure handlers of the runs a `cancel_on` event stops, as

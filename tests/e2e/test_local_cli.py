@@ -11,16 +11,21 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from click.testing import CliRunner
 
-from devtools.local.resources import BUCKET
-from sluice import catalog, workflows
-from sluice.envelope import execution_name
+from adapters.slots import CHECK_AFTER_S
+from devtools.local.resources import BUCKET, THROTTLES
+from lambdas.workflows.deliver_webhook.handler import WORKFLOW
+from sluice import catalog, naming, workflows
+from sluice.envelope import Event, execution_name
 from sluice_cli import cli
 from sluice_cli.runs import replay_name
 from tests.conftest import ROOT
@@ -28,9 +33,16 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
+@dataclass(frozen=True)
+class LocalUp:
+    exports: dict[str, str]  # the CLI's environment
+    job: str  # the first job's id
+    workdir: Path  # the run's logs (web.log: the worker's one EMF line per message)
+
+
 @pytest.fixture(scope="module")
-def local_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], str]]:
-    """A running `python -m devtools.local --up`: the CLI's environment and the first job's id."""
+def local_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalUp]:
+    """A running `python -m devtools.local --up`."""
     workdir = tmp_path_factory.mktemp("local-up")
     out = (workdir / "out.txt").open("w")
     proc = subprocess.Popen(
@@ -53,7 +65,7 @@ def local_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[st
         exports = dict(re.findall(r"^  export (\w+)='(.*)'$", text, re.MULTILINE))
         job = re.search(r"workflow transcribe_audio started \((\S+)\)", text)
         assert job, text
-        yield exports, job.group(1)
+        yield LocalUp(exports, job.group(1), workdir)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
@@ -68,7 +80,7 @@ def sluice(exports: dict[str, str], monkeypatch: pytest.MonkeyPatch, *args: str)
 
 
 def test_jobs_show_gives_the_record_and_every_durable_step(local_up, monkeypatch) -> None:
-    exports, job = local_up
+    exports, job = local_up.exports, local_up.job
     output = sluice(exports, monkeypatch, "jobs", "show", job)
     assert "status           COMPLETED" in output
     assert "status  SUCCEEDED" in output
@@ -77,7 +89,7 @@ def test_jobs_show_gives_the_record_and_every_durable_step(local_up, monkeypatch
 
 
 def test_a_sent_event_starts_a_job_the_cli_can_follow(local_up, monkeypatch) -> None:
-    exports, _ = local_up
+    exports = local_up.exports
     data = json.dumps({"bucket": BUCKET, "key": "uploads/sermon.mp3"})
     sluice(
         exports, monkeypatch, "send", "media/transcode.requested", "--data", data, "--id", "op-1"
@@ -92,13 +104,13 @@ def test_a_sent_event_starts_a_job_the_cli_can_follow(local_up, monkeypatch) -> 
 
 
 def test_the_dlq_is_empty_and_peek_consumes_nothing(local_up, monkeypatch) -> None:
-    exports, _ = local_up
+    exports = local_up.exports
     output = sluice(exports, monkeypatch, "dlq", "peek", "--queue", "events")
     assert "0 message(s) in Sluice-local-events-dlq" in output
 
 
 def test_the_cli_environment_names_only_loopback_endpoints(local_up) -> None:
-    exports, _ = local_up
+    exports = local_up.exports
     for key in ("SLUICE_ENDPOINT_URL", "AWS_ENDPOINT_URL_LAMBDA"):
         assert exports[key].startswith("http://127.0.0.1:")
     assert os.environ.get("AWS_PROFILE") is None
@@ -151,7 +163,7 @@ def test_a_burst_of_webhooks_keeps_the_declared_concurrency_limits(local_up, mon
     endpoint = Endpoint()
     threading.Thread(target=endpoint.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
-    exports, _ = local_up
+    exports = local_up.exports
     try:
         # When 50 events for 5 customers arrive at once through the events queue
         for n in range(50):
@@ -167,9 +179,9 @@ def test_a_burst_of_webhooks_keeps_the_declared_concurrency_limits(local_up, mon
                 "--id",
                 f"burst-{n}",
             )
-        # Waiting runs poll their slots with a backoff: on a loaded machine the last of each
-        # customer's ten deliveries takes minutes. Give up only when deliveries stop coming (3 min:
-        # with flow control and the broker tests on the other core, 90 s was once too short).
+        # A customer's ten deliveries go through the local throttle (THROTTLES: a few per
+        # window, the rest held) and then one at a time. Give up only when deliveries stop
+        # coming for 3 min (a stall, not a slow machine: see docs/concurrency.md, "Locally").
         seen, last_progress = 0, time.monotonic()
         while len(endpoint.delivered) < 50 and time.monotonic() - last_progress < 180:
             time.sleep(0.5)
@@ -196,6 +208,126 @@ def test_a_burst_of_webhooks_keeps_the_declared_concurrency_limits(local_up, mon
         "--json",
     )
     assert len(listed.splitlines()) == 50
+
+
+def worker_starts(workdir: Path, workflow: str) -> list[tuple[int, str]]:
+    """(epoch ms, event id) of each run of `workflow` the worker started, in the order started:
+    from its one EMF line per message (`executions`, in start order; `_aws.Timestamp`, written
+    once the message is handled). An event started again (two drains of one key racing, a
+    message sent again) is Lambda's idempotent start of the same execution: its first start
+    counts."""
+    starts: dict[str, int] = {}
+    for line in (workdir / "web.log").read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        doc = json.loads(line)
+        for run in doc.get("executions", []):
+            if run.get("workflow") == workflow and "cancelled_by" not in run:
+                starts.setdefault(run["event_id"], doc["_aws"]["Timestamp"])
+    return [(ms, event_id) for event_id, ms in starts.items()]
+
+
+def test_a_burst_a_throttle_holds_starts_in_later_windows_by_priority(local_up, monkeypatch):
+    # Given deliver_webhook's throttle as the local run applies it (its declared key and
+    # priority; `limit` starts per `period_s` per customer)
+    flow = catalog.FLOWS[WORKFLOW]
+    throttle, priority = THROTTLES[WORKFLOW], flow.priority
+    assert throttle.key == "data.customer_id" and priority is not None
+    limit, period_ms = throttle.limit, throttle.period_s * 1000
+    endpoint = Endpoint()
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
+    exports, workdir = local_up.exports, local_up.workdir
+    # limit + 5 deliveries of one customer and limit + 2 of another, with mixed priorities
+    customers = {"held-a": limit + 5, "held-b": limit + 2}
+    events = [
+        Event(
+            name="webhook/requested",
+            data={
+                "url": url,
+                "customer_id": customer,
+                "priority": (0, 9, 3, 0, 5, 9, 3, 0)[i % 8],
+                "payload": {"n": f"{customer}-{i}", "customer": customer},
+            },
+            id=f"{customer}-{i}",
+        )
+        for customer, count in customers.items()
+        for i in range(count)
+    ]
+    sqs = boto3.client(
+        "sqs", endpoint_url=exports["SLUICE_ENDPOINT_URL"], region_name=exports["AWS_REGION"]
+    )
+    queue = sqs.get_queue_url(QueueName=naming.queue_name(exports["SLUICE_ENV"], "events"))
+    # When they arrive at once, at the start of a window (so the burst is decided within one)
+    while time.time() * 1000 % period_ms > 300:
+        time.sleep(0.05)
+    burst_ms = int(time.time() * 1000)
+    for first in range(0, len(events), 10):
+        sqs.send_message_batch(
+            QueueUrl=queue["QueueUrl"],
+            Entries=[{"Id": e.id, "MessageBody": e.to_json()} for e in events[first : first + 10]],
+        )
+    # Then, while they wait, `sluice flow waiting` lists the held ones: key, priority, since when
+    listed: dict[str, dict[str, Any]] = {}
+    ids = {e.id for e in events}
+    deadline = time.monotonic() + 60
+    try:
+        while len(endpoint.delivered) < len(events) and time.monotonic() < deadline:
+            out = sluice(exports, monkeypatch, "flow", "waiting", "--workflow", WORKFLOW, "--json")
+            for w in map(json.loads, out.splitlines()):
+                if w["event_id"] in ids:
+                    listed.setdefault(w["event_id"], w)
+            time.sleep(0.2)
+    finally:
+        endpoint.shutdown()
+    starts = [(ms, e) for ms, e in worker_starts(workdir, WORKFLOW) if e in ids]
+    # every event started (none lost), each one execution, delivered exactly once (none twice)
+    assert sorted(e for _, e in starts) == sorted(ids)
+    assert sorted(endpoint.delivered) == sorted(str(e.data["payload"]["n"]) for e in events)
+    by_id = {e.id: e for e in events}
+    started_at = {e: ms for ms, e in starts}
+    arrived = {
+        e: int(datetime.fromisoformat(w["since"]).timestamp() * 1000) for e, w in listed.items()
+    }
+    for customer, count in customers.items():
+        mine = [(ms, e) for ms, e in starts if by_id[e].data["customer_id"] == customer]
+        # never more than `limit` starts of a customer in one window, `limit` in the burst's
+        windows = [ms // period_ms for ms, _ in mine]
+        assert max(windows.count(w) for w in set(windows)) <= limit, windows
+        assert windows.count(burst_ms // period_ms) == limit, windows
+        # the others were held: listed while they waited, under their key, since their arrival
+        held = [e for ms, e in mine if ms // period_ms > burst_ms // period_ms]
+        assert len(held) == count - limit
+        assert sorted(held) == sorted(e for e in listed if listed[e]["key"] == customer)
+        for e in held:
+            assert (listed[e]["control"], listed[e]["priority"]) == (
+                "throttle",
+                by_id[e].data["priority"],
+            )
+            assert burst_ms <= arrived[e] <= started_at[e]
+        # and started in the order sluice.workflows.rank gives (none waited long enough to age)
+        assert all(started_at[e] - arrived[e] < priority.aging_s * 1000 for e in held)
+        first = min(arrived[e] for e in held)
+        assert held == sorted(
+            held,
+            key=lambda e: workflows.rank(priority, listed[e]["priority"], arrived[e], first, e),
+        )
+    # And every run finished
+    succeeded = sluice(
+        exports,
+        monkeypatch,
+        "runs",
+        "list",
+        "--workflow",
+        WORKFLOW,
+        "--status",
+        "SUCCEEDED",
+        "--limit",
+        "200",
+        "--json",
+    )
+    names = [json.loads(line)["name"] for line in succeeded.splitlines()]
+    assert sorted(n for n in names if n in ids) == sorted(ids)
 
 
 class _Holding(BaseHTTPRequestHandler):
@@ -228,7 +360,7 @@ def test_a_cancel_on_event_stops_exactly_the_matching_runs(local_up, monkeypatch
     endpoint.arrived, endpoint.release = [], threading.Event()  # type: ignore[attr-defined]
     threading.Thread(target=endpoint.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
-    exports, _ = local_up
+    exports = local_up.exports
 
     def send(name: str, data: dict[str, Any], event_id: str) -> None:
         sluice(exports, monkeypatch, "send", name, "--data", json.dumps(data), "--id", event_id)
@@ -287,6 +419,42 @@ def test_a_cancel_on_event_stops_exactly_the_matching_runs(local_up, monkeypatch
         endpoint.shutdown()
 
 
+def test_the_slot_of_a_run_stopped_while_it_held_it_is_reclaimed(local_up, monkeypatch):
+    # Given a delivery stopped by the operator while it held its customer's slot (its endpoint
+    # holds it), and the customer's next delivery queued behind it
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), _Holding)
+    endpoint.daemon_threads = True
+    endpoint.arrived, endpoint.release = [], threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
+    exports = local_up.exports
+    try:
+        for n in range(2):
+            data = {"url": url, "customer_id": "stuck", "payload": {"n": n, "customer": "stuck"}}
+            sluice(
+                exports,
+                monkeypatch,
+                *("send", "webhook/requested", "--data", json.dumps(data), "--id", f"sx-{n}"),
+            )
+        deadline = time.monotonic() + 60
+        while endpoint.arrived != [0] and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.2)
+        assert endpoint.arrived == [0]  # type: ignore[attr-defined]
+        held_since = time.monotonic()
+        sluice(exports, monkeypatch, "runs", "cancel", "sx-0", "--yes")
+        endpoint.release.set()  # type: ignore[attr-defined]
+        # When the waiting run polls past the age at which a holder is asked about (Lambda's
+        # GetDurableExecution: the local durable service's answer, STOPPED)
+        deadline = held_since + CHECK_AFTER_S + 60
+        while 1 not in endpoint.arrived and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.5)
+    finally:
+        endpoint.release.set()  # type: ignore[attr-defined]
+        endpoint.shutdown()
+    # Then the stopped run's slot was reclaimed and the next delivery went through
+    assert endpoint.arrived == [0, 1]  # type: ignore[attr-defined]
+
+
 class _Refusing(BaseHTTPRequestHandler):
     """A webhook endpoint that refuses deliveries (410) until fixed."""
 
@@ -309,7 +477,7 @@ def test_a_failed_run_is_listed_shown_replayed_once_fixed_and_succeeds(local_up,
     endpoint.fixed = False  # type: ignore[attr-defined]
     threading.Thread(target=endpoint.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
-    exports, _ = local_up
+    exports = local_up.exports
     data = {"url": url, "customer_id": "c-410", "payload": {"n": 1}}
     try:
         sluice(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from sluice import catalog, workflows
 from sluice.settings import SettingsError, WebSettings
 
 ALIAS = "arn:aws:lambda:eu-west-1:123456789012:function:transcribe:live"
@@ -23,6 +26,23 @@ def test_the_environment_becomes_typed_settings():
     assert (s.max_body_bytes, s.http_path, s.invoke_timeout_s) == (65536, "/events", 2.5)
 
 
+def test_a_throttle_replaces_the_declared_one_and_keeps_the_rest_of_the_flow():
+    # Given deliver_webhook's declared flow control and a replacement of its throttle
+    declared = catalog.FLOWS["deliver_webhook"]
+    assert declared.throttle is not None
+    local = {"limit": 3, "period_s": 5, "key": declared.throttle.key}
+    # When the worker reads it
+    s = WebSettings.read({**GOOD, "SLUICE_THROTTLES": json.dumps({"deliver_webhook": local})})
+    flows = workflows.with_throttles(catalog.FLOWS, s.throttles)
+    # Then that throttle is the replacement, everything else is as declared
+    assert flows["deliver_webhook"].throttle == workflows.Throttle(**local)
+    assert flows["deliver_webhook"].model_copy(update={"throttle": declared.throttle}) == declared
+    assert {w: f for w, f in flows.items() if w != "deliver_webhook"} == {
+        w: f for w, f in catalog.FLOWS.items() if w != "deliver_webhook"
+    }
+    assert WebSettings.read(GOOD).throttles == {}
+
+
 def test_defaults_apply_when_optional_variables_are_absent():
     s = WebSettings.read({k: GOOD[k] for k in ("SLUICE_ENV", "SLUICE_EVENTS_DLQ_URL")})
     assert (s.workflow_aliases, s.max_body_bytes, s.http_path) == ({}, 256 * 1024, "/")
@@ -39,6 +59,16 @@ def test_defaults_apply_when_optional_variables_are_absent():
         ("SLUICE_HTTP_PATH", "events", "SLUICE_HTTP_PATH: must start with '/'"),
         ("SLUICE_HTTP_PATH", "/health", "SLUICE_HTTP_PATH: /health is the health check"),
         ("SLUICE_INVOKE_TIMEOUT_S", "0", "SLUICE_INVOKE_TIMEOUT_S"),
+        (
+            "SLUICE_THROTTLES",
+            '{"transcribe_audio": {"limit": 1, "period_s": 5}}',
+            "SLUICE_THROTTLES: .*no declared throttle to replace: transcribe_audio",
+        ),
+        (
+            "SLUICE_THROTTLES",
+            '{"deliver_webhook": {"limit": 0, "period_s": 5}}',
+            "SLUICE_THROTTLES",
+        ),
     ],
 )
 def test_a_bad_variable_is_refused_with_its_name(variable, value, message):
