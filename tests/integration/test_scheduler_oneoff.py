@@ -136,7 +136,7 @@ def test_oneoffs_survive_a_broker_restart_under_two_scheduler_processes_once_eac
     # Given two scheduler processes (the Procfile's, as tests/integration/sched_proc.py runs it)
     # sharing the ledger, hops at most 300 ms
     env = {**atomic_ledger_env, "SLUICE_SCHEDULER_MAX_TTL_MS": str(CEILING_MS)}
-    fleet = Fleet(rabbit.url, names.prefix, tmp_path / "runs.log", period=3600, duration=0.01, env=env)  # fmt: skip
+    fleet = Fleet(rabbit.url, names.prefix, tmp_path / "runs.log", env=env)
     registry = Registry([PeriodicTask("killme", HOURLY, action=print)])
     api = OneOffs(rabbit.url, dynamodb(atomic_ledger_env), TABLE, names=names, registry=registry)
     with fleet:
