@@ -3,17 +3,23 @@ log says: ticks run twice, overlapping runs, stale runs."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.rabbitmq import RabbitNode
+from sluice.scheduling.names import Names
 from tests.conftest import ROOT
 
 # The task a fleet's processes declare when the test names none.
@@ -151,6 +157,20 @@ class Fleet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def listeners(rabbit: RabbitNode, names: Names) -> int:
+    """Queues bound to the registry exchange (one per listening scheduler process)."""
+    exchange = urllib.parse.quote(names.registry_exchange, safe="")
+    request = urllib.request.Request(  # noqa: S310 - the test node's management API on loopback
+        f"{rabbit.management_url}/api/exchanges/%2F/{exchange}/bindings/source",
+        headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
+            return len(json.load(answer))
+    except OSError:
+        return 0
 
 
 def twice(runs: list[Run]) -> list[int]:

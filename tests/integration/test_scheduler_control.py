@@ -7,13 +7,9 @@ through a scheduler restart and a broker restart, and no tick runs twice."""
 
 from __future__ import annotations
 
-import base64
 import itertools
-import json
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 
 import boto3
@@ -25,7 +21,7 @@ from devtools.local.resources import ENV, REGION
 from sluice import catalog, naming
 from sluice.scheduling.overrides import OverrideStore
 from sluice_cli.schedule_control import ScheduleControl
-from tests.integration.fleet import Fleet, Run, twice
+from tests.integration.fleet import Fleet, Run, listeners, twice
 from tests.integration.sched_proc import declared
 from tests.integration.scheduling import ControlTap
 
@@ -33,20 +29,6 @@ FAST = {"SLUICE_SCHEDULER_LEASE_S": "1", "SLUICE_SCHEDULER_HEARTBEAT_S": "1"}
 # How long after a change returns a process may still act on the old state: the prompt's way
 # through the broker and one read of the table.
 APPLY_S = 0.15
-
-
-def listeners(rabbit, names) -> int:
-    """Queues bound to the registry exchange (one per listening scheduler process)."""
-    exchange = urllib.parse.quote(names.registry_exchange, safe="")
-    request = urllib.request.Request(  # noqa: S310 - the test node's management API on loopback
-        f"{rabbit.management_url}/api/exchanges/%2F/{exchange}/bindings/source",
-        headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
-            return len(json.load(answer))
-    except OSError:
-        return 0
 
 
 def skipped(runs: list[Run], period: float) -> int:

@@ -118,3 +118,29 @@ def test_a_cancelled_oneoff_is_never_claimed_pending_or_waiting_to_retry(table, 
     assert ledger.claim("j2", job.key, 100_000, 10_000, "b") is None
     assert not records.cancel("j2")  # once
     assert [(r.oneoff, r.state) for r in records.all()] == [(job, "cancelled")]
+
+
+@pytest.mark.parametrize(
+    ("ceiling", "ahead_ms"),
+    [(300, 2_500), (4096, 8_000), (spec.RABBITMQ_MAX_TTL_MS, 90_000), (2**40, YEAR_MS)],
+)
+def test_a_oneoff_in_flight_is_never_taken_for_lost_and_few_hops_write(ceiling, ahead_ms):
+    # Given a one-off recorded at 0 (expect = 0: the run queue has it) and sent along its chain
+    # as the runner sends it (each handling writes `expect` when it is later than the one the
+    # message carries), every hop taking 3 ms more than its TTL
+    waits, transit = spec.waits(ceiling), 0.003
+    at = ahead_ms / 1000
+    now, carried, recorded, writes = 0.0, 0.0, 0.0, 0
+    while (hop := spec.next_hop((at - now) * 1000, waits)) is not None:
+        expect = spec.expect_after(at, now, hop, waits)
+        if expect > carried + 0.001:
+            recorded, carried, writes = expect, expect, writes + 1
+        now += hop / 1000 + transit  # the next handling
+        # Then the record expects it no earlier than it is next handled, or claimed (at `at`)
+        assert recorded >= now - transit - 1e-6 or recorded == at, (now, recorded)
+    assert recorded == at  # its last stretch: the claim changes the record before `at`
+    # and it wrote once on its first handling and once per hop of a second or more, at most
+    long_hops = spec.hops(ahead_ms, waits) - spec.hops(spec.MARK_HOP_MS + spec.HOP_SLACK_MS, waits)
+    assert writes <= long_hops + 2
+    if ahead_ms == YEAR_MS:
+        assert writes <= 40
