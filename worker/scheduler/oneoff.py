@@ -115,6 +115,37 @@ def publish(
     return hop
 
 
+def reconnecting(
+    conn: _Base,
+    stop: threading.Event,
+    what: str,
+    session: Callable[[threading.Event, Callable[[], None]], None],
+    *,
+    ledger_wait_s: float,
+) -> None:
+    """Run `session` (one connection's work; it calls `connected()` once set up) until `stop`,
+    and again after the broker fails (backing off from 0.2 s, doubling up to 1 s; reset once
+    connected) or the table does (`ledger_wait_s`); the connection is closed each time. The
+    periodic runners' loop (worker/scheduler/runner.py) is the same and not yet on this."""
+    backoff = [0.2]
+
+    def connected() -> None:
+        backoff[0] = 0.2
+
+    while not stop.is_set():
+        try:
+            session(stop, connected)
+        except (*_BROKER_DOWN, *_REFUSED) as exc:
+            log.warning("%s: broker unavailable (%r); reconnecting", what, exc)
+            stop.wait(backoff[0])
+            backoff[0] = min(backoff[0] * 2, 1.0)
+        except _LEDGER_DOWN as exc:
+            log.error("%s: table unavailable (%s); retrying", what, exc)
+            stop.wait(ledger_wait_s)
+        finally:
+            conn._close()
+
+
 class OneOffRunner(_Base):
     """Consumes the one-off run queues of one scheduler process: the shared one and its group's."""
 
@@ -174,35 +205,23 @@ class OneOffRunner(_Base):
                 target=OneOffSweeper(self).serve, args=(stop,), name="oneoff-sweep", daemon=True
             )
             sweeper.start()
-        backoff = 0.2
-        while not stop.is_set():
-            try:
-                ch = self._open([])
-                spec.declare(ch.work, self.names, groups=GROUPS)
-                self._declared = set()
-                ch.work.basic_qos(prefetch_count=PREFETCH)
-                backoff = 0.2
-                for queue in (
-                    spec.run_queue(self.names),
-                    spec.group_queue(self.names, self.group),
-                ):
-                    ch.work.basic_consume(queue, self._on_message)
-                while not stop.is_set():
-                    ch.connection.process_data_events(time_limit=0.05)
-            except (*_BROKER_DOWN, *_REFUSED) as exc:
-                # Unacked, the one-off comes back on the next connection (a copy it may have
-                # left on a hop is dropped by its claim).
-                log.warning("one-off runner: broker unavailable (%r); reconnecting", exc)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
-            except _LEDGER_DOWN as exc:
-                log.error("one-off runner: tick ledger unavailable (%s); retrying", exc)
-                stop.wait(1.0)
-            finally:
-                self._close()
+        # Unacked, a one-off comes back on the next connection (a copy it may have left on a
+        # hop is dropped by its claim).
+        reconnecting(self, stop, "one-off runner", self._consume, ledger_wait_s=1.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
         if sweeper is not None:
             sweeper.join(5)
+
+    def _consume(self, stop: threading.Event, connected: Callable[[], None]) -> None:
+        ch = self._open([])
+        spec.declare(ch.work, self.names, groups=GROUPS)
+        self._declared = set()
+        ch.work.basic_qos(prefetch_count=PREFETCH)
+        connected()
+        for queue in (spec.run_queue(self.names), spec.group_queue(self.names, self.group)):
+            ch.work.basic_consume(queue, self._on_message)
+        while not stop.is_set():
+            ch.connection.process_data_events(time_limit=0.05)
 
     def _on_message(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
         self._handle(method, body)
@@ -409,35 +428,27 @@ class OneOffSweeper(_Base):
         self._declared: set[int] = set()
 
     def serve(self, stop: threading.Event) -> None:
-        backoff = 0.2
+        wait = self.runner.sweep_s
+        reconnecting(self, stop, "one-off sweep", self._lead, ledger_wait_s=wait)
+
+    def _lead(self, stop: threading.Event, connected: Callable[[], None]) -> None:
+        ch = self._open([])
+        try:
+            ch.connection.channel().queue_declare(
+                spec.sweeper_queue(self.names), exclusive=True, auto_delete=True
+            )
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 405:  # RESOURCE_LOCKED: another process sweeps
+                raise
+            connected()
+            stop.wait(self.runner.sweep_s)
+            return
+        spec.declare(ch.work, self.names, groups=GROUPS)
+        self._declared = set()
+        connected()
         while not stop.is_set():
-            try:
-                ch = self._open([])
-                try:
-                    ch.connection.channel().queue_declare(
-                        spec.sweeper_queue(self.names), exclusive=True, auto_delete=True
-                    )
-                except pika.exceptions.ChannelClosedByBroker as exc:
-                    if exc.reply_code != 405:  # RESOURCE_LOCKED: another process sweeps
-                        raise
-                    self._close()
-                    stop.wait(self.runner.sweep_s)
-                    continue
-                spec.declare(ch.work, self.names, groups=GROUPS)
-                self._declared = set()
-                backoff = 0.2
-                while not stop.is_set():
-                    self.sweep()
-                    ch.connection.process_data_events(time_limit=self.runner.sweep_s)
-            except (*_BROKER_DOWN, *_REFUSED) as exc:
-                log.warning("one-off sweep: broker unavailable (%r); reconnecting", exc)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
-            except _LEDGER_DOWN as exc:
-                log.error("one-off sweep: table unavailable (%s); retrying", exc)
-                stop.wait(self.runner.sweep_s)
-            finally:
-                self._close()
+            self.sweep()
+            ch.connection.process_data_events(time_limit=self.runner.sweep_s)
 
     def sweep(self) -> list[str]:
         """Send again (or end `missed`) every lost one-off; the ids sent again."""
