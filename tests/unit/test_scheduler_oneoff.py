@@ -4,8 +4,10 @@ and the record as the tick-ledger item that a start and a cancel race for."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 import boto3
 import pika
@@ -14,14 +16,16 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from devtools.local.resources import ENV, REGION, create_coordination_table
-from sluice import naming
+from sluice import catalog, naming
 from sluice.scheduling import oneoff as spec
+from sluice.scheduling.names import Names
 from sluice.scheduling.oneoff import OneOff
 from sluice.scheduling.oneoff_records import OneOffRecords
-from sluice.scheduling.registry import PeriodicTask
+from sluice.scheduling.overrides import Override, OverrideStore, change
+from sluice.scheduling.registry import PeriodicTask, Registry
 from sluice.scheduling.schedule import Every
 from sluice.settings import SchedulerSettings
-from sluice_cli.oneoff import OneOffError, parse_time
+from sluice_cli.oneoff import OneOffError, OneOffs, parse_time
 from worker.scheduler.oneoff import OneOffLedger, reconnecting
 
 YEAR_MS = 365 * 86_400 * 1000
@@ -190,3 +194,33 @@ def test_the_oneoff_loops_reconnect_with_backoff_reset_once_connected_and_wait_o
     # and closed the connection after every session
     assert stop.waits == [0.2, 0.4, 0.2, 7.0]
     assert len(closed) == 5
+
+
+def test_a_oneoff_may_name_a_task_added_or_paused_at_run_time_but_not_a_removed_one(table):
+    # Given declared tasks `report` and `old`, and at run time `report` paused, `old` removed
+    # and `nightly` added (the overrides in the table, as `sluice schedules` writes them)
+    records, _ = table
+    declared = Registry(
+        [
+            PeriodicTask("report", Every(3600), action=print),
+            PeriodicTask("old", Every(60), action=print),
+        ]
+    )
+    store = OverrideStore(records.client, records.table, "p")
+
+    def write(name: str, op: Literal["add", "pause", "remove"], **fields: Any) -> None:
+        def edit(tasks: dict[str, Override]) -> None:
+            tasks[name] = change(declared, tasks, name, op, **fields)
+
+        store.update(edit)
+
+    write("report", "pause")
+    write("old", "remove")
+    write("nightly", "add", every_s=86_400.0, event=sorted(catalog.EVENTS)[0])
+    oneoffs = OneOffs("amqp://unused", records.client, records.table, names=Names("p"), registry=declared)  # fmt: skip
+    # Then those it may name are the running registry's (paused included)
+    assert sorted(oneoffs.tasks()) == ["nightly", "report"]
+    # and a removed one is refused before anything is recorded or published
+    with pytest.raises(OneOffError, match="unknown task 'old'; tasks: report, nightly"):
+        oneoffs.at(time.time() + 60, "old")
+    assert records.all() == []
