@@ -20,7 +20,8 @@ group's processes consume.
 
 The record also says when a scheduler process should next see the one-off (`expect`): when its
 current hop ends, if a hop of at least MARK_HOP_MS follows (each such hop writes the next
-`expect`), else its run time (the claim then changes the record). A record still pending well
+`expect`, unless the new time is within half the sweep's grace of the one it holds), else its
+run time (the claim then changes the record). A record still pending well
 after its `expect` lost its message (a purged queue, a replaced broker): the sweep
 (worker/scheduler/oneoff.py) sends it again, and the claim keeps it to one run.
 """
@@ -78,6 +79,14 @@ def expect_after(at: float, now: float, hop_ms: int | None, wait_ms: tuple[int, 
     back = now + (hop_ms or 0) / 1000
     following = next_hop((at - back) * 1000, wait_ms)
     return back if following is not None and following >= MARK_HOP_MS else at
+
+
+def worth_noting(expect: float, noted: float | None, grace_s: float) -> bool:
+    """Whether a one-off's record must be told its new `expect`: the sweep takes a record for
+    lost `grace_s` after the time it holds (`noted`), so a time within half of that is left
+    unwritten (the next handling still comes before the sweep would look; a one-off seconds
+    ahead writes nothing, and no write holds up the hops of those due sooner)."""
+    return expect > (noted or 0.0) + grace_s / 2
 
 
 def hops(remaining_ms: float, wait_ms: tuple[int, ...]) -> int:

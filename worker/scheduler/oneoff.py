@@ -267,11 +267,13 @@ class OneOffRunner(_Base):
         self._pool.submit(self._last_stretch, self._ch, method.delivery_tag, oneoff)
 
     def _expected(self, oneoff: OneOff, now: float, hop: int | None) -> OneOff:
-        """`oneoff` as sent now on `hop`, carrying when it is next expected; a later time than
-        the one it carried is written to its record first (so the sweep does not take it for
-        lost). Only hops of MARK_HOP_MS or more, and a one-off's first handling, write."""
+        """`oneoff` as sent now on `hop`, carrying when it is next expected; a time the sweep
+        needs (spec.worth_noting) is written to its record first, so the sweep does not take it
+        for lost. Only hops of MARK_HOP_MS or more, and a first handling, can write."""
         expect = spec.expect_after(oneoff.at, now, hop, self.waits)
-        if self.records is not None and expect > (oneoff.expect or 0) + 0.001:
+        if self.records is not None and spec.worth_noting(
+            expect, oneoff.expect, self.sweep_grace_s
+        ):
             self.records.expect(oneoff.id, round(expect * 1000))
             return replace(oneoff, expect=expect)
         return oneoff
