@@ -160,7 +160,9 @@ class OneOffRecords:
         return self._update(
             record.oneoff.id,
             UpdateExpression="SET expect = :expect, swept = :swept",
-            ConditionExpression="#state IN (:pending, :retry) AND expect = :was",
+            # (a record written before `expect` was has none: its `created` stood in for it)
+            ConditionExpression="#state IN (:pending, :retry) AND "
+            "(expect = :was OR attribute_not_exists(expect))",
             ExpressionAttributeNames={"#state": "state"},
             ExpressionAttributeValues={
                 ":expect": {"N": str(expect_ms)},

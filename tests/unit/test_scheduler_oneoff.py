@@ -20,7 +20,7 @@ from sluice import catalog, naming
 from sluice.scheduling import oneoff as spec
 from sluice.scheduling.names import Names
 from sluice.scheduling.oneoff import OneOff
-from sluice.scheduling.oneoff_records import OneOffRecords
+from sluice.scheduling.oneoff_records import OneOffRecords, key
 from sluice.scheduling.overrides import Override, OverrideStore, change
 from sluice.scheduling.registry import PeriodicTask, Registry
 from sluice.scheduling.schedule import Every
@@ -231,3 +231,31 @@ def test_a_oneoff_may_name_a_task_added_or_paused_at_run_time_but_not_a_removed_
     with pytest.raises(OneOffError, match="unknown task 'old'; tasks: report, nightly"):
         oneoffs.at(time.time() + 60, "old")
     assert records.all() == []
+
+
+def test_the_sweep_counts_a_send_once_and_never_over_a_runner_that_saw_it(table):
+    # Given a pending one-off recorded at 1 s, and one recorded before records had `expect`
+    records, ledger = table
+    job = OneOff("j3", "report", 100.0)
+    assert records.create(job, 1_000)
+    (record,) = records.all()
+    assert record.oneoff.expect == 1.0 and not record.lost(10.9, 10.0) and record.lost(11.1, 10.0)
+    # When the sweep sends it again, Then the record counts it and expects it later
+    assert records.swept(record, 50_000)
+    (after,) = records.all()
+    assert (after.swept, after.oneoff.expect) == (1, 50.0) and not after.lost(59.0, 10.0)
+    # and a sweep that read it before a runner noted a later time does not overwrite that
+    assert records.expect("j3", 70_000)
+    assert not records.swept(after, 80_000)
+    # and a record without `expect` (written before it was) is swept by its creation time
+    records.client.update_item(
+        TableName=records.table, Key=key("p", "j3"), UpdateExpression="REMOVE expect"
+    )
+    (old,) = records.all()
+    assert old.oneoff.expect == 1.0 and old.lost(11.1, 10.0)
+    assert records.swept(old, 90_000)
+    # and once claimed it is neither lost nor sweepable
+    assert ledger.claim("j3", job.key, 99_000, 10_000, "a") is not None
+    (claimed,) = records.all()
+    assert claimed.state == "running" and not claimed.lost(1e9, 10.0)
+    assert not records.swept(claimed, 99_500)
