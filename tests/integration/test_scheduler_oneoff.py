@@ -17,12 +17,13 @@ import sluice_cli  # noqa: F401 - loads sluice_cli.schedules
 from devtools.local.resources import ENV, REGION
 from devtools.rabbitmq import RabbitNode
 from sluice import catalog, naming
+from sluice.errors import TransientError
 from sluice.scheduling import oneoff as spec
 from sluice.scheduling.names import Names
 from sluice.scheduling.oneoff import OneOff
 from sluice.scheduling.oneoff_records import Record
 from sluice.scheduling.overrides import OverrideStore
-from sluice.scheduling.registry import PeriodicTask, Registry
+from sluice.scheduling.registry import PeriodicTask, Registry, Tick
 from sluice.scheduling.schedule import Every
 from sluice.settings import SchedulerSettings
 from sluice_cli.oneoff import OneOffs
@@ -317,3 +318,43 @@ def test_lost_oneoffs_already_due_run_once_late_or_past_their_bound_end_missed(
     assert states == {"late": ("done", "succeeded"), "bounded": ("done", "missed")}
     assert [e["oneoff"] for e in tap.of("swept")] == ["late"]
     assert tap.of("missed", "bounded")[0]["lateness_s"] > 2.0
+
+
+def test_a_oneoff_retry_whose_message_is_purged_is_sent_again_as_that_retry(
+    rabbit: RabbitNode, names: Names, tap: ControlTap, atomic_ledger_env: dict[str, str]
+):
+    # Given a scheduler whose transient failures retry after 6 s, hops at most 4096 ms, sweeping
+    # every 0.5 s, and a task that fails transiently on its first attempt
+    attempts: list[tuple[int, float]] = []
+
+    def flaky(tick: Tick) -> None:
+        attempts.append((tick.attempt, time.time()))
+        if tick.attempt == 1:
+            raise TransientError("not yet")
+
+    registry = Registry([PeriodicTask("report", HOURLY, action=flaky)])
+    settings = SchedulerSettings.of(coordination_table=TABLE, max_ttl_ms=4096, retry_delay_s=6.0)
+    db = dynamodb(atomic_ledger_env)
+    scheduler = build(registry, rabbit.url, settings, names=names, dynamodb=db)
+    assert isinstance(scheduler.oneoffs, OneOffRunner)
+    scheduler.oneoffs.sweep_s, scheduler.oneoffs.sweep_grace_s = 0.5, 1.0
+    api = OneOffs(rabbit.url, db, TABLE, names=names, registry=registry)
+    with scheduler:
+        # When a one-off due in 1 s fails, and its retry, waiting in the 4096 ms queue, is purged
+        job = api.at(time.time() + 1, "report")
+        api.close()
+        tap.wait_for("failed", "report")
+        _queued(rabbit.url, spec.wait_queue(names, 4096), 1)
+        conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+        assert conn.channel().queue_purge(spec.wait_queue(names, 4096)).method.message_count == 1
+        conn.close()
+        # Then the sweep sends it again as that retry: attempt 2, at its retry time, once
+        tap.wait_for("succeeded", "report", timeout=15)
+        time.sleep(1.0)
+    (record,) = api.list()
+    assert (record.state, record.ended_as, record.swept) == ("done", "succeeded", 1)
+    assert [a for a, _ in attempts] == [1, 2], attempts
+    retry_at = record.oneoff.retry_at  # (in ms in the record)
+    assert retry_at is not None and retry_at - attempts[0][1] >= 6.0 - 0.001
+    assert -0.001 <= attempts[1][1] - retry_at < 0.25, (attempts, retry_at)
+    assert [e["oneoff"] for e in tap.of("swept", "report")] == [job.id]
