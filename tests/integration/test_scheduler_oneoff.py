@@ -358,3 +358,40 @@ def test_a_oneoff_retry_whose_message_is_purged_is_sent_again_as_that_retry(
     assert retry_at is not None and retry_at - attempts[0][1] >= 6.0 - 0.001
     assert -0.001 <= attempts[1][1] - retry_at < 0.25, (attempts, retry_at)
     assert [e["oneoff"] for e in tap.of("swept", "report")] == [job.id]
+
+
+def test_a_oneoff_for_a_group_with_no_process_waits_is_resent_ever_more_rarely_and_runs_once(
+    rabbit: RabbitNode, names: Names, tap: ControlTap, atomic_ledger_env: dict[str, str]
+):
+    # Given only a `scheduler`-group process, sweeping every 0.5 s with a 1 s grace, and a
+    # one-off of a `tasks`-group task due in 1 s
+    rec = Recorder()
+    registry = Registry([PeriodicTask("heavy", HOURLY, action=rec, group="tasks")])
+    settings = SchedulerSettings.of(coordination_table=TABLE, max_ttl_ms=CEILING_MS)
+    db = dynamodb(atomic_ledger_env)
+    light, heavy = (
+        build(registry, rabbit.url, settings, names=names, dynamodb=db, group=g)
+        for g in ("scheduler", "tasks")
+    )
+    for scheduler in (light, heavy):
+        assert isinstance(scheduler.oneoffs, OneOffRunner)
+        scheduler.oneoffs.sweep_s, scheduler.oneoffs.sweep_grace_s = 0.5, 1.0
+    api = OneOffs(rabbit.url, db, TABLE, names=names, registry=registry)
+    with light:
+        job = api.at(time.time() + 1, "heavy")
+        api.close()
+        # When no `tasks` process runs for 9 s after it is due
+        time.sleep(10)
+        swept = len(tap.of("swept", "heavy"))
+        # Then it did not run, and the sweep sent it again ever more rarely (after 1, 2, 4 s...
+        # of grace: at most 4 times in 9 s, where a fixed 1 s grace would be 6 or more)
+        assert rec.completed() == []
+        assert 2 <= swept <= 4, tap.of("swept", "heavy")
+        # When a `tasks` process starts, Then it runs once, and the other copies are dropped
+        with heavy:
+            rec.wait_for(1, timeout=10)
+            time.sleep(1.0)
+    assert [r.due for r in rec.completed()] == [job.due]
+    assert len(tap.of("duplicate", "heavy")) >= swept
+    sent_again = len(tap.of("swept", "heavy"))
+    assert api.records.read(job.id) == Record(job, "done", "succeeded", sent_again)
