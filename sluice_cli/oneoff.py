@@ -25,6 +25,7 @@ from sluice.scheduling import oneoff as spec
 from sluice.scheduling.names import Names
 from sluice.scheduling.oneoff import OneOff
 from sluice.scheduling.oneoff_records import OneOffRecords, Record
+from sluice.scheduling.overrides import OverrideStore, effective
 from sluice.scheduling.registry import REGISTRY, Registry
 
 # How far ahead a one-off may be scheduled (a year, and a day of slack).
@@ -70,6 +71,7 @@ class OneOffs:
         self.names = names or Names()
         self.registry = registry or REGISTRY
         self.records = OneOffRecords(dynamodb, table, self.names.prefix)
+        self.overrides = OverrideStore(dynamodb, table, self.names.prefix)
         self._channel: Any = None  # opened on the first publish, kept until close()
 
     def at(
@@ -81,14 +83,14 @@ class OneOffs:
         oneoff_id: str | None = None,
         now: float | None = None,
     ) -> OneOff:
-        """Run registered `task` once at `when` (epoch seconds or an aware datetime)."""
+        """Run `task` (declared, or added at run time) once at `when` (epoch seconds or an
+        aware datetime)."""
         now = time.time() if now is None else now
         due = when.timestamp() if isinstance(when, datetime) else float(when)
         due = round(due * 1000) / 1000  # the ledger's precision: every copy agrees on the tick
-        if task not in self.registry:
-            raise OneOffError(
-                f"unknown task {task!r}; registered: {', '.join(self.registry.names)}"
-            )
+        tasks = self.tasks()
+        if task not in tasks:
+            raise OneOffError(f"unknown task {task!r}; tasks: {', '.join(tasks)}")
         if due > now + MAX_AHEAD_S:
             ahead = timedelta(seconds=round(due - now))
             raise OneOffError(f"{ahead} ahead: a one-off may be at most a year ahead")
@@ -97,7 +99,7 @@ class OneOffs:
         except (TypeError, ValueError) as exc:
             raise OneOffError(f"the payload must be a JSON object: {exc}") from None
         try:
-            oneoff = OneOff(oneoff_id or spec.new_id(), task, due, dict(payload or {}))
+            oneoff = OneOff(oneoff_id or spec.new_id(), task, due, dict(payload or {}), expect=now)
         except ValueError as exc:
             raise OneOffError(str(exc)) from None
         if not self.records.create(oneoff, round(now * 1000)):
@@ -108,6 +110,12 @@ class OneOffs:
             self.records.delete(oneoff.id)
             raise
         return oneoff
+
+    def tasks(self) -> list[str]:
+        """The tasks a one-off may name: the registry as it runs (the declared tasks and those
+        added at run time, paused ones too; not removed ones)."""
+        overrides = self.overrides.read().tasks
+        return [e.task.name for e in effective(self.registry, overrides) if not e.disabled]
 
     def _publish_retrying(self, oneoff: OneOff, attempts: int = 3) -> None:
         """Publish; a nack (a quorum queue just declared may refuse a publish until it is

@@ -586,8 +586,9 @@ def at(
     table: str | None,
     prefix: str | None,
 ) -> None:
-    """Run registered TASK once at TIME (ISO 8601, UTC unless it says; or +90s, +15m, +2h, +3d),
-    exactly once, up to a year ahead. `--list` shows the pending one-offs."""
+    """Run TASK (declared, or added at run time) once at TIME (ISO 8601, UTC unless it says; or
+    +90s, +15m, +2h, +3d), exactly once, up to a year ahead, in a process of its task's consumer
+    group. `--list` shows the pending one-offs."""
     from sluice_cli.oneoff import OneOffError, parse_time
 
     oneoffs = _oneoffs(broker_url, table, prefix)

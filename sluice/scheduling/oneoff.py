@@ -13,6 +13,17 @@ its task, due time, payload and state (`pending`, `running`, `retry`, `done`, `f
 `cancelled`). The record is its tick-ledger item, so the claim that starts it succeeds once and
 a cancel is a claim that never runs. This module holds what the scheduler and the CLI share:
 the message, the queue names and the choice of the next hop.
+
+A one-off runs in a process of its task's consumer group: the last stretch of one whose task is
+of another group is forwarded to that group's run queue (`.oneoff.run.<group>`), which only the
+group's processes consume.
+
+The record also says when a scheduler process should next see the one-off (`expect`): when its
+current hop ends, if a hop of at least MARK_HOP_MS follows (each such hop writes the next
+`expect`, unless the new time is within half the sweep's grace of the one it holds), else its
+run time (the claim then changes the record). A record still pending well
+after its `expect` lost its message (a purged queue, a replaced broker): the sweep
+(worker/scheduler/oneoff.py) sends it again, and the claim keeps it to one run.
 """
 
 from __future__ import annotations
@@ -39,6 +50,9 @@ MIN_WAIT_EXP = 4
 # which the scheduler claims the one-off and waits out the rest (a hop's own transit and the
 # claim's write take milliseconds to tens of them; the stretch absorbs both).
 HOP_SLACK_MS = 300
+# Hops at least this long write when the one-off is next expected: at most about 30 writes for a
+# year ahead, none in the last second (where a write would cost the others' precision).
+MARK_HOP_MS = 1024
 ONEOFF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 RUN_KEY = "run"
 
@@ -58,6 +72,23 @@ def next_hop(remaining_ms: float, wait_ms: tuple[int, ...]) -> int | None:
     return fitting[-1] if fitting else None
 
 
+def expect_after(at: float, now: float, hop_ms: int | None, wait_ms: tuple[int, ...]) -> float:
+    """When (epoch s) a scheduler process should next see, or claim, a one-off that runs at `at`
+    and is sent now on a hop of `hop_ms` (None: to a run queue): back from the hop when a marked
+    hop (MARK_HOP_MS or longer, which writes the next one) follows it, else at its run time."""
+    back = now + (hop_ms or 0) / 1000
+    following = next_hop((at - back) * 1000, wait_ms)
+    return back if following is not None and following >= MARK_HOP_MS else at
+
+
+def worth_noting(expect: float, noted: float | None, grace_s: float) -> bool:
+    """Whether a one-off's record must be told its new `expect`: the sweep takes a record for
+    lost `grace_s` after the time it holds (`noted`), so a time within half of that is left
+    unwritten (the next handling still comes before the sweep would look; a one-off seconds
+    ahead writes nothing, and no write holds up the hops of those due sooner)."""
+    return expect > (noted or 0.0) + grace_s / 2
+
+
 def hops(remaining_ms: float, wait_ms: tuple[int, ...]) -> int:
     """How many hops a one-off due in `remaining_ms` takes (transit times left out)."""
     count = 0
@@ -74,6 +105,20 @@ def exchange(names: Names) -> str:
 
 def run_queue(names: Names) -> str:
     return f"{names.prefix}.oneoff.run"
+
+
+def group_queue(names: Names, group: str) -> str:
+    """The run queue of consumer group `group`'s processes: one-offs of its tasks, due now."""
+    return f"{names.prefix}.oneoff.run.{group}"
+
+
+def group_key(group: str) -> str:
+    return f"{RUN_KEY}.{group}"
+
+
+def sweeper_queue(names: Names) -> str:
+    """The sweep's leader lock: an exclusive queue, held by one process at a time."""
+    return f"{names.prefix}.oneoff.sweeper"
 
 
 def wait_queue(names: Names, wait_ms: int) -> str:
@@ -99,6 +144,9 @@ class OneOff:
     attempt: int = 1
     # A retry runs after its backoff but is still the same tick (`due`): it waits until here.
     retry_at: float | None = None
+    # When a scheduler process should next see it (its record's `expect` when it was sent):
+    # where a copy of it is, not what it is, so equality leaves it out.
+    expect: float | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not ONEOFF_ID.fullmatch(self.id):
@@ -137,6 +185,8 @@ class OneOff:
             body["attempt"] = self.attempt
         if self.retry_at is not None:
             body["retry_at"] = self.retry_at
+        if self.expect is not None:
+            body["expect"] = self.expect
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -151,22 +201,28 @@ class OneOff:
                 dict(doc.get("payload") or {}),
                 int(doc.get("attempt", 1)),
                 None if doc.get("retry_at") is None else float(doc["retry_at"]),
+                None if doc.get("expect") is None else float(doc["expect"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a one-off: {body[:200]!r}") from exc
 
 
-def declare(channel: Any, names: Names, wait_ms: tuple[int, ...] = ()) -> None:
-    """Declare the one-off exchange, run queue and the given wait queues (idempotent; quorum,
-    durable, at-least-once dead-lettering from each wait queue into the run queue)."""
+def declare(
+    channel: Any, names: Names, wait_ms: tuple[int, ...] = (), groups: tuple[str, ...] = ()
+) -> None:
+    """Declare the one-off exchange, run queue, the given wait queues and groups' run queues
+    (idempotent; quorum, durable, at-least-once dead-lettering from each wait queue into the run
+    queue)."""
     ex = exchange(names)
     channel.exchange_declare(ex, "direct", durable=True)
-    channel.queue_declare(
-        run_queue(names),
-        durable=True,
-        arguments={"x-queue-type": "quorum", "x-overflow": "reject-publish"},
-    )
-    channel.queue_bind(run_queue(names), ex, routing_key=RUN_KEY)
+    runs = [(run_queue(names), RUN_KEY), *((group_queue(names, g), group_key(g)) for g in groups)]
+    for queue, routing_key in runs:
+        channel.queue_declare(
+            queue,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-overflow": "reject-publish"},
+        )
+        channel.queue_bind(queue, ex, routing_key=routing_key)
     for ms in wait_ms:
         queue = wait_queue(names, ms)
         channel.queue_declare(

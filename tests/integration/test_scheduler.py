@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pika
 import pytest
@@ -18,7 +14,7 @@ from sluice.errors import BusinessError, TransientError
 from sluice.scheduling.names import Names
 from sluice.scheduling.registry import PeriodicTask, Registry, Tick
 from sluice.scheduling.schedule import Every
-from tests.conftest import ROOT
+from tests.integration.fleet import Fleet, twice
 from tests.integration.scheduling import Recorder, grid_steps, lateness_ms
 from worker.scheduler.runner import Scheduler
 
@@ -217,75 +213,44 @@ def test_the_schedule_survives_a_broker_restart_mid_run(rabbit, names, tap):
     assert set(grid_steps(after, period)) == {1}
 
 
-def _lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _proc(rabbit: RabbitNode, names: Names, log: Path, period: float, duration: float, env):
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.integration.sched_proc", rabbit.url, names.prefix,
-         str(period), str(duration), str(log)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-    )  # fmt: skip
-
-
 @pytest.mark.slow
 def test_a_consumer_killed_mid_task_resumes_without_running_a_tick_twice(
     rabbit, names, tmp_path, ledger_env
 ):
     # Given a scheduler process running a task (500 ms period, 300 ms runs), its ticks claimed
     # in the tick ledger with a 1 s lease
-    log = tmp_path / "runs.log"
     env = {**ledger_env, "SLUICE_SCHEDULER_LEASE_S": "1"}
-    first = _proc(rabbit, names, log, 0.5, 0.3, env)
-    try:
-        deadline = time.monotonic() + 20
+    with Fleet(rabbit.url, names.prefix, tmp_path / "runs.log", env=env, period=0.5, duration=0.3) as fleet:  # fmt: skip
+        first = fleet.start()
         # When it is killed with SIGKILL in the middle of a run
-        while time.monotonic() < deadline:
-            lines = _lines(log)
-            if lines and lines[-1][0] == "start" and sum(1 for x in lines if x[0] == "end") >= 2:
-                break
-            time.sleep(0.01)
-        else:
-            raise AssertionError("the task never ran")
-        killed_due = lines[-1][1]
+        fleet.wait(
+            lambda: fleet.running() is not None and len([r for r in fleet.runs() if r.ended]) >= 2,
+            20,
+            "a run after two",
+        )
+        killed = fleet.running()
+        assert killed is not None  # (300 ms runs: the one just seen is still running)
         first.send_signal(signal.SIGKILL)
         first.wait(5)
         killed_at = time.time()
         # and a new scheduler process starts
-        second = _proc(rabbit, names, log, 0.5, 0.3, env)
-        try:
-            while time.monotonic() < deadline + 20:
-                ends = [x for x in _lines(log) if x[0] == "end" and int(x[2]) == second.pid]
-                if len(ends) >= 4:
-                    break
-                time.sleep(0.05)
-            else:
-                raise AssertionError("the schedule did not resume")
-        finally:
-            second.send_signal(signal.SIGTERM)
-            second.wait(10)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    lines = _lines(log)
-    ends = [x[1] for x in lines if x[0] == "end"]
+        second = fleet.start()
+        fleet.wait_runs(4, 20, pid=second.pid)
+    runs = fleet.runs()
     # Then no tick started twice: the interrupted tick was claimed, so the new process does not
     # start it again (it is abandoned: at most once per tick) and takes over the next one
-    starts = [x[1] for x in lines if x[0] == "start"]
-    assert len(starts) == len(set(starts))
-    assert killed_due not in ends
+    assert twice(runs) == []
+    assert killed.key not in [r.key for r in runs if r.ended]
     # and the new process took over within a period of its start-up
-    starts_after = [float(x[3]) for x in lines if x[0] == "start" and int(x[2]) == second.pid]
-    assert starts_after and starts_after[0] - killed_at < 5.0
+    taken_over = [r for r in runs if r.pid == second.pid]
+    assert taken_over and taken_over[0].started - killed_at < 5.0
     # and every run stayed on the 500 ms grid (slots that passed while no process ran are
     # skipped, never run late in a burst)
-    dues = sorted({int(x) for x in ends})
+    dues = sorted({r.key for r in runs if r.ended})
     assert all((b - a) % 500 == 0 and b > a for a, b in itertools.pairwise(dues))
     # and once the new process runs, one token drives it: consecutive slots
-    taken_over = sorted(int(x[1]) for x in lines if x[0] == "end" and int(x[2]) == second.pid)
-    assert all(b - a == 500 for a, b in itertools.pairwise(taken_over[1:]))
+    keys = sorted(r.key for r in taken_over if r.ended)
+    assert all(b - a == 500 for a, b in itertools.pairwise(keys[1:]))
 
 
 def test_a_tick_later_than_its_lateness_bound_is_skipped_and_counted_missed(rabbit, names, tap):

@@ -1,5 +1,5 @@
 """Tasks changed at run time and routed to their consumer group, against two (or more) real
-scheduler processes (tests/integration/control_proc.py) on the real rabbitmq-server, sharing the
+scheduler processes (tests/integration/sched_proc.py) on the real rabbitmq-server, sharing the
 coordination table (moto's server): the overrides and the tick ledger.
 
 Changes go through `sluice schedules …` (the CLI) or its Python API; every process applies them,
@@ -7,21 +7,10 @@ through a scheduler restart and a broker restart, and no tick runs twice."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import itertools
-import json
-import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import boto3
 import pytest
@@ -32,98 +21,14 @@ from devtools.local.resources import ENV, REGION
 from sluice import catalog, naming
 from sluice.scheduling.overrides import OverrideStore
 from sluice_cli.schedule_control import ScheduleControl
-from tests.conftest import ROOT
-from tests.integration.control_proc import declared
+from tests.integration.fleet import Fleet, Run, listeners, twice
+from tests.integration.sched_proc import declared
 from tests.integration.scheduling import ControlTap
 
 FAST = {"SLUICE_SCHEDULER_LEASE_S": "1", "SLUICE_SCHEDULER_HEARTBEAT_S": "1"}
 # How long after a change returns a process may still act on the old state: the prompt's way
 # through the broker and one read of the table.
 APPLY_S = 0.15
-
-
-@dataclass
-class Run:
-    task: str
-    key: int
-    pid: int
-    started: float
-
-    @property
-    def due(self) -> float:
-        return self.key / 1000
-
-
-class Procs:
-    """Scheduler processes on one broker, table and run log."""
-
-    def __init__(self, url: str, prefix: str, log: Path, env: dict[str, str]) -> None:
-        self.url, self.prefix, self.log, self.env = url, prefix, log, env
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, group: str, *specs: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.control_proc", self.url, self.prefix,
-             group, str(self.log), *specs],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
-        )  # fmt: skip
-        self.procs.append(proc)
-        return proc
-
-    def runs(self, task: str) -> list[Run]:
-        if not self.log.exists():
-            return []
-        out = []
-        for line in self.log.read_text().splitlines():
-            kind, name, key, pid, at = line.split()
-            if kind == "start" and name == task:
-                out.append(Run(name, int(key), int(pid), float(at)))
-        return out
-
-    def wait_runs(self, task: str, count: int, timeout: float, after: float = 0.0) -> list[Run]:
-        deadline = time.monotonic() + timeout
-        while True:
-            runs = [r for r in self.runs(task) if r.started > after]
-            if len(runs) >= count:
-                return runs
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(runs)} of {count} runs of {task} in {timeout} s")
-            time.sleep(0.01)
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-    def __enter__(self) -> Procs:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            self.stop(proc)
-
-
-def twice(runs: list[Run]) -> list[int]:
-    return sorted(k for k, n in Counter(r.key for r in runs).items() if n > 1)
-
-
-def listeners(rabbit, names) -> int:
-    """Queues bound to the registry exchange (one per listening scheduler process)."""
-    exchange = urllib.parse.quote(names.registry_exchange, safe="")
-    request = urllib.request.Request(  # noqa: S310 - the test node's management API on loopback
-        f"{rabbit.management_url}/api/exchanges/%2F/{exchange}/bindings/source",
-        headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
-            return len(json.load(answer))
-    except OSError:
-        return 0
 
 
 def skipped(runs: list[Run], period: float) -> int:
@@ -143,9 +48,9 @@ def reported_missed(tap: ControlTap, since: float, until_due: float) -> int:
 
 
 @pytest.fixture
-def procs(rabbit, names, ledger_env, tmp_path) -> Iterator[Procs]:
-    with Procs(rabbit.url, names.prefix, tmp_path / "runs.log", {**ledger_env, **FAST}) as p:
-        yield p
+def procs(rabbit, names, ledger_env, tmp_path) -> Iterator[Fleet]:
+    with Fleet(rabbit.url, names.prefix, tmp_path / "runs.log", env={**ledger_env, **FAST}) as f:
+        yield f
 
 
 @pytest.fixture
@@ -183,17 +88,17 @@ def test_pause_resume_and_a_new_period_apply_across_processes_and_restarts(
     procs, cli, control, rabbit, tap, names
 ):
     # Given two scheduler processes running task `light` every 200 ms
-    procs.start("scheduler", LIGHT)
-    procs.start("scheduler", LIGHT)
-    procs.wait_runs("light", 3, 20)
+    procs.start(specs=(LIGHT,))
+    procs.start(specs=(LIGHT,))
+    procs.wait_runs(3, 20, task="light")
     # When an operator pauses it
     assert "light: every 0.2 s, group scheduler, declared, paused" in cli("pause", "light")
     paused_at = time.time()
     # and both processes are replaced, and the broker restarts, while it is paused
     for proc in list(procs.procs):
-        procs.stop(proc)
-    procs.start("scheduler", LIGHT)
-    procs.start("scheduler", LIGHT)
+        procs.stop_one(proc)
+    procs.start(specs=(LIGHT,))
+    procs.start(specs=(LIGHT,))
     print(f"broker restart: {rabbit.restart():.1f} s")
     up_at = time.time()
     # Then, the processes connected again, the task's token goes round unrun
@@ -211,7 +116,7 @@ def test_pause_resume_and_a_new_period_apply_across_processes_and_restarts(
     # When it is resumed
     assert "active" in cli("resume", "light")
     resumed_at = time.time()
-    after = procs.wait_runs("light", 5, 10, after=resumed_at)
+    after = procs.wait_runs(5, 10, task="light", after=resumed_at)
     # Then it runs from its next tick on, on its grid, every tick (a tick a loaded machine made
     # late is reported missed, never run late or twice: ticks missed beyond the pause are those)
     # The first run is the first tick the resume reached: every grid tick between the resume and
@@ -248,19 +153,19 @@ def test_pause_resume_and_a_new_period_apply_across_processes_and_restarts(
 
 def test_a_task_added_at_run_time_runs_in_every_process_until_it_is_removed(procs, cli, control):
     # Given two scheduler processes
-    a = procs.start("scheduler", LIGHT)
-    b = procs.start("scheduler", LIGHT)
-    procs.wait_runs("light", 2, 20)
+    a = procs.start(specs=(LIGHT,))
+    b = procs.start(specs=(LIGHT,))
+    procs.wait_runs(2, 20, task="light")
     # When an operator adds a task that sends an event every 100 ms
     event = sorted(catalog.EVENTS)[0]
     out = cli("add", "extra", "--every", "100ms", "--event", event, "--data", '{"n": 1}')
     assert "extra: every 0.1 s, group scheduler, added, active" in out
-    runs = procs.wait_runs("extra", 5, 10)
+    runs = procs.wait_runs(5, 10, task="extra")
     # and the process running it stops (the other takes it over, from the table)
     runner = procs.procs[[a.pid, b.pid].index(runs[-1].pid)]
-    procs.stop(runner)
+    procs.stop_one(runner)
     stopped_at = time.time()
-    procs.wait_runs("extra", 3, 10, after=stopped_at + 0.5)
+    procs.wait_runs(3, 10, task="extra", after=stopped_at + 0.5)
     # When it is removed
     cli("remove", "extra")
     removed_at = time.time()
@@ -279,11 +184,11 @@ def test_a_task_runs_only_in_the_processes_of_its_consumer_group(procs):
     # Given a process of group `scheduler` and one of group `tasks`, both declaring a light task
     # (group scheduler) and a heavy one (group tasks)
     specs = ("light:0.1:scheduler", "heavy:0.1:tasks")
-    light = procs.start("scheduler", *specs)
-    heavy = procs.start("tasks", *specs)
+    light = procs.start(specs=specs)
+    heavy = procs.start(group="tasks", specs=specs)
     # When both have run for a while
-    procs.wait_runs("light", 8, 20)
-    procs.wait_runs("heavy", 8, 20)
+    procs.wait_runs(8, 20, task="light")
+    procs.wait_runs(8, 20, task="heavy")
     # Then each task ran only in its group's process
     assert {r.pid for r in procs.runs("light")} == {light.pid}
     assert {r.pid for r in procs.runs("heavy")} == {heavy.pid}

@@ -3,23 +3,30 @@ and the record as the tick-ledger item that a start and a cancel race for."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any, Literal
 
 import boto3
+import pika
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from devtools.local.resources import ENV, REGION, create_coordination_table
-from sluice import naming
+from sluice import catalog, naming
 from sluice.scheduling import oneoff as spec
+from sluice.scheduling.names import Names
 from sluice.scheduling.oneoff import OneOff
-from sluice.scheduling.oneoff_records import OneOffRecords
-from sluice.scheduling.registry import PeriodicTask
+from sluice.scheduling.oneoff_records import OneOffRecords, key
+from sluice.scheduling.overrides import Override, OverrideStore, change
+from sluice.scheduling.registry import PeriodicTask, Registry
 from sluice.scheduling.schedule import Every
 from sluice.settings import SchedulerSettings
-from sluice_cli.oneoff import OneOffError, parse_time
-from worker.scheduler.oneoff import OneOffLedger
+from sluice_cli.oneoff import OneOffError, OneOffs, parse_time
+from worker.scheduler.oneoff import OneOffLedger, reconnecting
 
 YEAR_MS = 365 * 86_400 * 1000
 
@@ -118,3 +125,137 @@ def test_a_cancelled_oneoff_is_never_claimed_pending_or_waiting_to_retry(table, 
     assert ledger.claim("j2", job.key, 100_000, 10_000, "b") is None
     assert not records.cancel("j2")  # once
     assert [(r.oneoff, r.state) for r in records.all()] == [(job, "cancelled")]
+
+
+@pytest.mark.parametrize(
+    ("ceiling", "ahead_ms", "grace_s"),
+    [
+        (300, 2_500, 10.0),
+        (4096, 8_000, 1.0),
+        (spec.RABBITMQ_MAX_TTL_MS, 90_000, 10.0),
+        (2**40, YEAR_MS, 10.0),
+    ],
+)
+def test_a_oneoff_in_flight_is_never_taken_for_lost_and_few_hops_write(ceiling, ahead_ms, grace_s):
+    # Given a one-off recorded at 0 (expect = 0: the run queue has it) and sent along its chain
+    # as the runner sends it (each handling writes `expect` when the sweep needs it), every hop
+    # taking 3 ms more than its TTL
+    waits, transit = spec.waits(ceiling), 0.003
+    at = ahead_ms / 1000
+    now, recorded, writes, long_hops = 0.0, 0.0, 0, 0
+    while (hop := spec.next_hop((at - now) * 1000, waits)) is not None:
+        long_hops += hop >= spec.MARK_HOP_MS
+        expect = spec.expect_after(at, now, hop, waits)
+        if spec.worth_noting(expect, recorded, grace_s):
+            recorded, writes = expect, writes + 1
+        now += hop / 1000 + transit  # the next handling
+        # Then the sweep would not take it for lost before that handling, nor before its claim
+        # (its last stretch starts before `at`)
+        assert now - transit <= recorded + grace_s / 2 + 1e-6 or at <= recorded + grace_s / 2
+    assert recorded + grace_s / 2 >= at
+    # and at most the first handling and the hops of a second or more wrote; none when it is
+    # due before the sweep would look
+    assert writes <= 1 + long_hops
+    if ahead_ms / 1000 <= grace_s / 2:
+        assert writes == 0
+
+
+class _Stop(threading.Event):
+    """A stop event that records how long each wait would have been, without waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        return self.is_set()
+
+
+def test_the_oneoff_loops_reconnect_with_backoff_reset_once_connected_and_wait_out_the_table():
+    # Given a session that fails on the broker twice, connects and fails again, then fails on
+    # the table, then is stopped
+    closed = []
+
+    class Conn:
+        def _close(self) -> None:
+            closed.append(1)
+
+    broker_down = pika.exceptions.AMQPConnectionError("gone")
+    table_down = ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "Query")
+    stop = _Stop()
+    calls = iter(range(5))
+
+    def session(stop_: threading.Event, connected) -> None:
+        n = next(calls)
+        if n == 2:
+            connected()
+        if n < 3:
+            raise broker_down
+        if n == 3:
+            raise table_down
+        stop_.set()
+
+    reconnecting(Conn(), stop, "test", session, ledger_wait_s=7.0)  # type: ignore[arg-type]
+    # Then it backed off 0.2, 0.4 s, from 0.2 s again once connected, waited out the table,
+    # and closed the connection after every session
+    assert stop.waits == [0.2, 0.4, 0.2, 7.0]
+    assert len(closed) == 5
+
+
+def test_a_oneoff_may_name_a_task_added_or_paused_at_run_time_but_not_a_removed_one(table):
+    # Given declared tasks `report` and `old`, and at run time `report` paused, `old` removed
+    # and `nightly` added (the overrides in the table, as `sluice schedules` writes them)
+    records, _ = table
+    declared = Registry(
+        [
+            PeriodicTask("report", Every(3600), action=print),
+            PeriodicTask("old", Every(60), action=print),
+        ]
+    )
+    store = OverrideStore(records.client, records.table, "p")
+
+    def write(name: str, op: Literal["add", "pause", "remove"], **fields: Any) -> None:
+        def edit(tasks: dict[str, Override]) -> None:
+            tasks[name] = change(declared, tasks, name, op, **fields)
+
+        store.update(edit)
+
+    write("report", "pause")
+    write("old", "remove")
+    write("nightly", "add", every_s=86_400.0, event=sorted(catalog.EVENTS)[0])
+    oneoffs = OneOffs("amqp://unused", records.client, records.table, names=Names("p"), registry=declared)  # fmt: skip
+    # Then those it may name are the running registry's (paused included)
+    assert sorted(oneoffs.tasks()) == ["nightly", "report"]
+    # and a removed one is refused before anything is recorded or published
+    with pytest.raises(OneOffError, match="unknown task 'old'; tasks: report, nightly"):
+        oneoffs.at(time.time() + 60, "old")
+    assert records.all() == []
+
+
+def test_the_sweep_counts_a_send_once_and_never_over_a_runner_that_saw_it(table):
+    # Given a pending one-off recorded at 1 s, and one recorded before records had `expect`
+    records, ledger = table
+    job = OneOff("j3", "report", 100.0)
+    assert records.create(job, 1_000)
+    (record,) = records.all()
+    assert record.oneoff.expect == 1.0 and not record.lost(10.9, 10.0) and record.lost(11.1, 10.0)
+    # When the sweep sends it again, Then the record counts it and expects it later
+    assert records.swept(record, 50_000)
+    (after,) = records.all()
+    assert (after.swept, after.oneoff.expect) == (1, 50.0) and not after.lost(59.0, 10.0)
+    # and a sweep that read it before a runner noted a later time does not overwrite that
+    assert records.expect("j3", 70_000)
+    assert not records.swept(after, 80_000)
+    # and a record without `expect` (written before it was) is swept by its creation time
+    records.client.update_item(
+        TableName=records.table, Key=key("p", "j3"), UpdateExpression="REMOVE expect"
+    )
+    (old,) = records.all()
+    assert old.oneoff.expect == 1.0 and old.lost(11.1, 10.0)
+    assert records.swept(old, 90_000)
+    # and once claimed it is neither lost nor sweepable
+    assert ledger.claim("j3", job.key, 99_000, 10_000, "a") is not None
+    (claimed,) = records.all()
+    assert claimed.state == "running" and not claimed.lost(1e9, 10.0)
+    assert not records.swept(claimed, 99_500)

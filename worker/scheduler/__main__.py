@@ -112,6 +112,7 @@ def build(
         registry,
         url,
         names=names,
+        group=group,
         max_ttl_ms=settings.max_ttl_ms,
         send=send,
         ledger=oneoff_ledger or ledger,
@@ -120,7 +121,7 @@ def build(
         heartbeat_s=settings.heartbeat_s,
         backoff=Backoff.of(settings),
     )
-    return Scheduler(
+    scheduler = Scheduler(
         registry,
         url,
         names=names,
@@ -131,10 +132,13 @@ def build(
         backoff=Backoff.of(settings),
         overrides=overrides,
         group=group,
-        # One-off tasks run on the scheduler group's processes (README: one-off tasks).
-        oneoffs=oneoffs if group == GROUPS[0] else None,
+        oneoffs=oneoffs,
         overlap=overlap_guard(settings, last_runs, lambda_client=lambda_client),
     )
+    # One-offs of tasks added at run time, and of tasks moved to another group, run as the
+    # process's runtime registry says (README: one-off tasks).
+    oneoffs.live = scheduler.live
+    return scheduler
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,20 @@ broker, makes a one-off run once). For each one-off it takes:
   in this process, run the task's action or send its event (id `at-<id>`), finish the claim on
   its fence, then ack. A claim the ledger refuses (cancelled, started or run by another copy or
   process) drops it (event `duplicate`). A transient failure is retried after the backoff by a
-  new hop, up to the task's `max_attempts`; then the record ends `failed`.
+  new hop, up to the task's `max_attempts`; then the record ends `failed`. A one-off later
+  than its task's `max_lateness_s` is not run: its record ends `missed` (event `missed`).
+
+A process runs the one-offs of its consumer group's tasks (the runtime registry: declared tasks
+and those added at run time): it forwards the last stretch of another group's one-off to that
+group's run queue, which only that group's processes consume (and run, whatever their registry
+says, so a one-off never goes back and forth). Tasks are looked up in the process's runtime
+registry, read again from the table when a one-off names a task it does not know yet.
+
+The sweep (OneOffSweeper, one leader per prefix by an exclusive queue, on a thread of the
+one-off runner) reads the records every `sweep_s` and sends again each one not claimed and not
+seen for `grace_s` after its `expect` (its message was lost: a purged queue, a replaced broker);
+the copy finds its way like any other and the claim keeps it to one run. A copy that still finds
+no consumer is sent again after twice the wait each time.
 """
 
 from __future__ import annotations
@@ -34,8 +47,9 @@ from sluice.scheduling import oneoff as spec
 from sluice.scheduling.names import Names
 from sluice.scheduling.oneoff import OneOff
 from sluice.scheduling.oneoff_records import OneOffRecords, key
-from sluice.scheduling.registry import Registry
-from worker.scheduler.ledger import Ledger, MemoryLedger, TableLedger
+from sluice.scheduling.registry import GROUPS, PeriodicTask, Registry
+from worker.scheduler.control import LiveRegistry
+from worker.scheduler.ledger import Claimed, Ledger, MemoryLedger, TableLedger
 from worker.scheduler.runner import (
     _BROKER_DOWN,
     _LEDGER_DOWN,
@@ -52,9 +66,16 @@ log = logging.getLogger("sluice.scheduler")
 # A publish the broker refused (a quorum queue not ready yet nacks it) or could not route.
 _REFUSED = (pika.exceptions.NackError, pika.exceptions.UnroutableError)
 LEDGER_PREFIX = "oneoff#"
-CHECK_CANCELLED_S = 60.0
+CHECK_CANCELLED_S = 60.0  # hops further than this from the due time drop a cancelled one-off
 LAST_STRETCHES = 8  # one-offs in their last stretch at once, per process
-PREFETCH = 64  # hops further than this from the due time drop a cancelled one-off  # a one-off's key in a process-local ledger (no table)
+PREFETCH = 64
+# The sweep: how often it reads the records, and how long after its `expect` a one-off not seen
+# is taken for lost (hop transit is milliseconds; this covers a busy consumer or a short
+# broker restart, whose copies would only be dropped by their claim). A lost one-off is sent
+# again at most SWEEP_GRACE_S + SWEEP_S after it should have been seen.
+SWEEP_S = 30.0
+SWEEP_GRACE_S = 10.0
+SWEEP_BACKOFF_CAP_S = 3600.0
 
 
 class OneOffLedger(TableLedger):
@@ -71,17 +92,20 @@ def publish(
     wait_ms: tuple[int, ...],
     now: float,
     declared: set[int] | None = None,
+    group: str | None = None,
 ) -> int | None:
-    """Send `oneoff` on its next hop (the wait in ms), or to the run queue at once (None);
-    confirmed when the channel has confirms on. A wait queue is declared on its first use
-    (`declared`: those this connection declared), so a scheduler makes only those it needs."""
+    """Send `oneoff` on its next hop (the wait in ms), or at once (None) to the run queue of
+    `group` (default: the shared one); confirmed when the channel has confirms on. A wait queue
+    is declared on its first use (`declared`: those this connection declared), so a scheduler
+    makes only those it needs."""
     hop = spec.next_hop((oneoff.at - now) * 1000, wait_ms)
     if hop is not None and declared is not None and hop not in declared:
         spec.declare(channel, names, (hop,))
         declared.add(hop)
+    run_key = spec.RUN_KEY if group is None else spec.group_key(group)
     channel.basic_publish(
         spec.exchange(names),
-        spec.RUN_KEY if hop is None else spec.wait_key(hop),
+        run_key if hop is None else spec.wait_key(hop),
         oneoff.encode(),
         pika.BasicProperties(
             delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json"
@@ -91,8 +115,39 @@ def publish(
     return hop
 
 
+def reconnecting(
+    conn: _Base,
+    stop: threading.Event,
+    what: str,
+    session: Callable[[threading.Event, Callable[[], None]], None],
+    *,
+    ledger_wait_s: float,
+) -> None:
+    """Run `session` (one connection's work; it calls `connected()` once set up) until `stop`,
+    and again after the broker fails (backing off from 0.2 s, doubling up to 1 s; reset once
+    connected) or the table does (`ledger_wait_s`); the connection is closed each time. The
+    periodic runners' loop (worker/scheduler/runner.py) is the same and not yet on this."""
+    backoff = [0.2]
+
+    def connected() -> None:
+        backoff[0] = 0.2
+
+    while not stop.is_set():
+        try:
+            session(stop, connected)
+        except (*_BROKER_DOWN, *_REFUSED) as exc:
+            log.warning("%s: broker unavailable (%r); reconnecting", what, exc)
+            stop.wait(backoff[0])
+            backoff[0] = min(backoff[0] * 2, 1.0)
+        except _LEDGER_DOWN as exc:
+            log.error("%s: table unavailable (%s); retrying", what, exc)
+            stop.wait(ledger_wait_s)
+        finally:
+            conn._close()
+
+
 class OneOffRunner(_Base):
-    """Consumes the one-off run queue of one scheduler process."""
+    """Consumes the one-off run queues of one scheduler process: the shared one and its group's."""
 
     def __init__(
         self,
@@ -100,6 +155,7 @@ class OneOffRunner(_Base):
         url: str,
         *,
         names: Names,
+        group: str = GROUPS[0],
         max_ttl_ms: int = spec.RABBITMQ_MAX_TTL_MS,
         send: SendEvent | None = None,
         clock: Clock = time.time,
@@ -108,13 +164,20 @@ class OneOffRunner(_Base):
         lease_s: float = DEFAULT_LEASE_S,
         heartbeat_s: int = DEFAULT_HEARTBEAT_S,
         backoff: Backoff | None = None,
+        sweep_s: float = SWEEP_S,
+        sweep_grace_s: float = SWEEP_GRACE_S,
     ) -> None:
         super().__init__(url, names, clock, heartbeat_s)
         self.registry, self.send, self.backoff = registry, send, backoff or Backoff()
+        self.group = group
         self.waits = spec.waits(max_ttl_ms)
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self.records = records
         self.lease_s = lease_s
+        self.sweep_s, self.sweep_grace_s = sweep_s, sweep_grace_s
+        # The process's runtime registry (set by the Scheduler's builder): tasks added, changed
+        # or moved at run time. Without it, the registry in code.
+        self.live: LiveRegistry | None = None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._declared: set[int] = set()  # wait queues this connection declared
         self._pool = ThreadPoolExecutor(max_workers=LAST_STRETCHES, thread_name_prefix="oneoff")
@@ -122,34 +185,46 @@ class OneOffRunner(_Base):
     def _ledger_key(self, oneoff: OneOff) -> str:
         return oneoff.id if self.ledger.shared else LEDGER_PREFIX + oneoff.id
 
+    def task(self, name: str) -> PeriodicTask | None:
+        """Task `name` as it runs now (None: not registered, or removed); a name this process
+        does not know makes it read the runtime registry again (a task just added)."""
+        if self.live is None:
+            return self.registry.get(name) if name in self.registry else None
+        for again in (False, True):
+            if again:
+                self.live.refresh()
+            for entry in self.live.entries:
+                if entry.task.name == name and not entry.disabled:
+                    return entry.task
+        return None
+
     def serve(self, stop: threading.Event) -> None:
-        backoff = 0.2
-        while not stop.is_set():
-            try:
-                ch = self._open([])
-                spec.declare(ch.work, self.names)
-                self._declared = set()
-                ch.work.basic_qos(prefetch_count=PREFETCH)
-                backoff = 0.2
-                for method, _, body in ch.work.consume(
-                    spec.run_queue(self.names), inactivity_timeout=0.05
-                ):
-                    if stop.is_set():
-                        break
-                    if method is not None:
-                        self._handle(method, body)
-            except (*_BROKER_DOWN, *_REFUSED) as exc:
-                # Unacked, the one-off comes back on the next connection (a copy it may have
-                # left on a hop is dropped by its claim).
-                log.warning("one-off runner: broker unavailable (%r); reconnecting", exc)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
-            except _LEDGER_DOWN as exc:
-                log.error("one-off runner: tick ledger unavailable (%s); retrying", exc)
-                stop.wait(1.0)
-            finally:
-                self._close()
+        sweeper = None
+        if self.records is not None:
+            sweeper = threading.Thread(
+                target=OneOffSweeper(self).serve, args=(stop,), name="oneoff-sweep", daemon=True
+            )
+            sweeper.start()
+        # Unacked, a one-off comes back on the next connection (a copy it may have left on a
+        # hop is dropped by its claim).
+        reconnecting(self, stop, "one-off runner", self._consume, ledger_wait_s=1.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if sweeper is not None:
+            sweeper.join(5)
+
+    def _consume(self, stop: threading.Event, connected: Callable[[], None]) -> None:
+        ch = self._open([])
+        spec.declare(ch.work, self.names, groups=GROUPS)
+        self._declared = set()
+        ch.work.basic_qos(prefetch_count=PREFETCH)
+        connected()
+        for queue in (spec.run_queue(self.names), spec.group_queue(self.names, self.group)):
+            ch.work.basic_consume(queue, self._on_message)
+        while not stop.is_set():
+            ch.connection.process_data_events(time_limit=0.05)
+
+    def _on_message(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        self._handle(method, body)
 
     def _handle(self, method: Any, body: bytes) -> None:
         assert self._ch is not None
@@ -166,7 +241,8 @@ class OneOffRunner(_Base):
             spec.declare(ch, self.names, self.waits)
             self._declared.update(self.waits)
         now = self.clock()
-        if spec.next_hop((oneoff.at - now) * 1000, self.waits) is not None:
+        hop = spec.next_hop((oneoff.at - now) * 1000, self.waits)
+        if hop is not None:
             # A long wait ahead: drop it now if it was cancelled (the claim would refuse it
             # anyway; the short last hops skip this read, which would cost precision).
             far = oneoff.at - now > CHECK_CANCELLED_S and self.records is not None
@@ -174,12 +250,33 @@ class OneOffRunner(_Base):
             if record is not None and record.state == "cancelled":
                 self.emit(oneoff.task, "cancelled", due=oneoff.due, oneoff=oneoff.id)
             else:
-                publish(ch, self.names, oneoff, self.waits, now, self._declared)
+                publish(ch, self.names, self._expected(oneoff, now, hop), self.waits, now,
+                        self._declared)  # fmt: skip
+            ch.basic_ack(method.delivery_tag)
+            return
+        task = self.task(oneoff.task)
+        mine = method.routing_key == spec.group_key(self.group)
+        if task is not None and task.group != self.group and not mine:
+            # Another group's task: its processes run it (a forward takes milliseconds).
+            oneoff = self._expected(oneoff, now, None)
+            publish(ch, self.names, oneoff, self.waits, now, self._declared, group=task.group)
             ch.basic_ack(method.delivery_tag)
             return
         # The last stretch runs on the pool, so this thread goes on taking (and hopping) the
         # others meanwhile; what it sends on the broker goes back through this thread's loop.
         self._pool.submit(self._last_stretch, self._ch, method.delivery_tag, oneoff)
+
+    def _expected(self, oneoff: OneOff, now: float, hop: int | None) -> OneOff:
+        """`oneoff` as sent now on `hop`, carrying when it is next expected; a time the sweep
+        needs (spec.worth_noting) is written to its record first, so the sweep does not take it
+        for lost. Only hops of MARK_HOP_MS or more, and a first handling, can write."""
+        expect = spec.expect_after(oneoff.at, now, hop, self.waits)
+        if self.records is not None and spec.worth_noting(
+            expect, oneoff.expect, self.sweep_grace_s
+        ):
+            self.records.expect(oneoff.id, round(expect * 1000))
+            return replace(oneoff, expect=expect)
+        return oneoff
 
     def _last_stretch(self, chans: _Channels, tag: int, oneoff: OneOff) -> None:
         try:
@@ -199,6 +296,34 @@ class OneOffRunner(_Base):
             chans, lambda: self.emit(task, event, **fields) if self._ch is chans else None
         )
 
+    def claim(self, oneoff: OneOff) -> Claimed | None:
+        """Claim `oneoff`'s tick (None: cancelled, or started already). Its lease only bounds
+        the claim's life: no other claim of this one-off's item exists but its own retry."""
+        lease_ms = round(self.lease_s * 1000)
+        now = self.clock()
+        return self.ledger.claim(
+            self._ledger_key(oneoff),
+            oneoff.key,
+            round(now * 1000),
+            max(lease_ms, round((oneoff.at - now) * 1000) + lease_ms),
+            self.holder,
+        )
+
+    def too_late(self, oneoff: OneOff, now: float) -> float | None:
+        """How late `oneoff` is, when that is past its task's lateness bound (else None)."""
+        task = self.task(oneoff.task)
+        bound = task.max_lateness_s if task is not None else None
+        late = now - oneoff.at
+        return late if bound is not None and late > bound else None
+
+    def miss(self, oneoff: OneOff, claimed: Claimed) -> bool:
+        """End a claimed one-off unrun: its record says `missed`."""
+        if not self.ledger.finish(self._ledger_key(oneoff), claimed.fence, "done"):
+            return False
+        if self.records is not None:
+            self.records.conclude(oneoff.id, claimed.fence, "missed")
+        return True
+
     def _run(self, chans: _Channels, tag: int, oneoff: OneOff) -> None:
         name = oneoff.task
 
@@ -206,20 +331,18 @@ class OneOffRunner(_Base):
             if self._ch is chans:
                 chans.work.basic_ack(tag)
 
-        lease_ms = round(self.lease_s * 1000)
-        now = self.clock()
-        # The claim is made before the due time, within the last stretch. Its lease only bounds
-        # the claim's life: no other claim of this one-off's item exists but its own retry.
-        claimed = self.ledger.claim(
-            self._ledger_key(oneoff),
-            oneoff.key,
-            round(now * 1000),
-            max(lease_ms, round((oneoff.at - now) * 1000) + lease_ms),
-            self.holder,
-        )
+        # The claim is made before the due time, within the last stretch.
+        claimed = self.claim(oneoff)
         if claimed is None:
             # Cancelled, or started already (a second copy, a redelivery, another process).
             self._emit(chans, name, "duplicate", due=oneoff.due, oneoff=oneoff.id)
+            self._on_loop(chans, ack)
+            return
+        late = self.too_late(oneoff, self.clock())
+        if late is not None:
+            if self.miss(oneoff, claimed):
+                self._emit(chans, name, "missed", due=oneoff.due, oneoff=oneoff.id,
+                           lateness_s=late)  # fmt: skip
             self._on_loop(chans, ack)
             return
         rest = oneoff.at - self.clock()
@@ -231,17 +354,25 @@ class OneOffRunner(_Base):
         outcome, error = self._act_safely(oneoff)
         retry = outcome == "transient" and oneoff.attempt < self._max_attempts(name)
         key = self._ledger_key(oneoff)
+        again, delay = None, 0.0
+        if retry:
+            delay = self.backoff.delay_s(oneoff.attempt + 1)
+            # The same tick (released as `retry`, which the ledger admits once more and a
+            # cancel still stops), run after the delay; its record knows it first, so the
+            # sweep sends it again as this retry if its message is lost.
+            now = self.clock()
+            again = replace(oneoff, attempt=oneoff.attempt + 1, retry_at=now + delay)
+            hop = spec.next_hop((again.at - now) * 1000, self.waits)
+            again = replace(again, expect=spec.expect_after(again.at, now, hop, self.waits))
+            if self.records is not None:
+                self.records.retrying(again, claimed.fence)
         if not self.ledger.finish(key, claimed.fence, "retry" if retry else "done"):
             self._emit(chans, name, "fenced", due=oneoff.due, oneoff=oneoff.id, outcome=outcome)
             self._on_loop(chans, ack)
             return
         if outcome == "succeeded":
             self._emit(chans, name, "succeeded", due=oneoff.due, oneoff=oneoff.id)
-        elif retry:
-            delay = self.backoff.delay_s(oneoff.attempt + 1)
-            # The same tick (released as `retry`, which the ledger admits once more and a
-            # cancel still stops), run after the delay.
-            again = replace(oneoff, attempt=oneoff.attempt + 1, retry_at=self.clock() + delay)
+        elif again is not None:
 
             def retry_then_ack() -> None:
                 if self._ch is chans:
@@ -261,13 +392,14 @@ class OneOffRunner(_Base):
             self.records.conclude(oneoff.id, claimed.fence, ended)
         self._on_loop(chans, ack)
 
-    def _max_attempts(self, task: str) -> int:
-        return self.registry.get(task).max_attempts if task in self.registry else 1
+    def _max_attempts(self, name: str) -> int:
+        task = self.task(name)
+        return task.max_attempts if task is not None else 1
 
     def _act(self, oneoff: OneOff) -> None:
-        if oneoff.task not in self.registry:
+        task = self.task(oneoff.task)
+        if task is None:
             raise BusinessError(f"one-off {oneoff.id}: no task {oneoff.task!r} is registered")
-        task = self.registry.get(oneoff.task)
         if task.action is not None:
             task.action(oneoff.tick())
             return
@@ -284,3 +416,71 @@ class OneOffRunner(_Base):
             return "business", repr(exc)
         except Exception as exc:  # TransientError, and unclassified failures, are transient
             return "transient", repr(exc)
+
+
+class OneOffSweeper(_Base):
+    """Sends again the one-offs whose messages were lost, while it holds the sweep's leader
+    lock (an exclusive queue: it dies with this connection, and another process takes it)."""
+
+    def __init__(self, runner: OneOffRunner) -> None:
+        super().__init__(runner.url, runner.names, runner.clock, runner.heartbeat_s)
+        assert runner.records is not None
+        self.runner, self.records = runner, runner.records
+        self.lifecycle = runner.lifecycle
+        self._declared: set[int] = set()
+
+    def serve(self, stop: threading.Event) -> None:
+        wait = self.runner.sweep_s
+        reconnecting(self, stop, "one-off sweep", self._lead, ledger_wait_s=wait)
+
+    def _lead(self, stop: threading.Event, connected: Callable[[], None]) -> None:
+        ch = self._open([])
+        try:
+            ch.connection.channel().queue_declare(
+                spec.sweeper_queue(self.names), exclusive=True, auto_delete=True
+            )
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 405:  # RESOURCE_LOCKED: another process sweeps
+                raise
+            connected()
+            stop.wait(self.runner.sweep_s)
+            return
+        spec.declare(ch.work, self.names, groups=GROUPS)
+        self._declared = set()
+        connected()
+        while not stop.is_set():
+            self.sweep()
+            ch.connection.process_data_events(time_limit=self.runner.sweep_s)
+
+    def sweep(self) -> list[str]:
+        """Send again (or end `missed`) every lost one-off; the ids sent again."""
+        assert self._ch is not None
+        now = self.clock()
+        sent = []
+        for record in self.records.all():
+            if not record.lost(now, self.runner.sweep_grace_s):
+                continue
+            oneoff = record.oneoff
+            if self.runner.too_late(oneoff, now) is not None:
+                self._miss(oneoff, now)
+                continue
+            # The next look: after the grace, doubled for each send that was not seen either
+            # (a copy that waits for a consumer group with no process is not sent without end).
+            wait = min(self.runner.sweep_grace_s * 2**record.swept, SWEEP_BACKOFF_CAP_S)
+            expect = spec.expect_after(oneoff.at, now, None, self.runner.waits)
+            expect = max(expect, now + wait)
+            if not self.records.swept(record, round(expect * 1000)):
+                continue  # a runner saw it meanwhile: not lost
+            copy = replace(oneoff, expect=expect)
+            publish(self._ch.work, self.names, copy, self.runner.waits, now, self._declared)
+            log.warning("one-off %s (%s): message lost; sent again", oneoff.id, oneoff.task)
+            self.emit(oneoff.task, "swept", due=oneoff.due, oneoff=oneoff.id,
+                      lateness_s=now - oneoff.at, swept=record.swept + 1)  # fmt: skip
+            sent.append(oneoff.id)
+        return sent
+
+    def _miss(self, oneoff: OneOff, now: float) -> None:
+        claimed = self.runner.claim(oneoff)
+        if claimed is not None and self.runner.miss(oneoff, claimed):
+            self.emit(oneoff.task, "missed", due=oneoff.due, oneoff=oneoff.id,
+                      lateness_s=now - oneoff.at)  # fmt: skip
