@@ -347,6 +347,16 @@ class _Holding(BaseHTTPRequestHandler):
         pass
 
 
+def holding_endpoint() -> tuple[Any, str]:
+    """A _Holding endpoint on loopback, serving (its `arrived` list, its `release` event), and
+    its URL."""
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), _Holding)
+    endpoint.daemon_threads = True
+    endpoint.arrived, endpoint.release = [], threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    return endpoint, f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
+
+
 def test_a_cancel_on_event_stops_exactly_the_matching_runs(local_up, monkeypatch) -> None:
     # Given deliver_webhook cancels on customer/deleted for the same customer, and one delivery
     # of customer "gone" in flight (its endpoint holds it), two more waiting for its turn
@@ -355,11 +365,7 @@ def test_a_cancel_on_event_stops_exactly_the_matching_runs(local_up, monkeypatch
     assert [(c.event, c.match) for c in decl.cancel_on] == [
         ("customer/deleted", "data.customer_id")
     ]
-    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), _Holding)
-    endpoint.daemon_threads = True
-    endpoint.arrived, endpoint.release = [], threading.Event()  # type: ignore[attr-defined]
-    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
+    endpoint, url = holding_endpoint()
     exports = local_up.exports
 
     def send(name: str, data: dict[str, Any], event_id: str) -> None:
@@ -422,11 +428,7 @@ def test_a_cancel_on_event_stops_exactly_the_matching_runs(local_up, monkeypatch
 def test_the_slot_of_a_run_stopped_while_it_held_it_is_reclaimed(local_up, monkeypatch):
     # Given a delivery stopped by the operator while it held its customer's slot (its endpoint
     # holds it), and the customer's next delivery queued behind it
-    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), _Holding)
-    endpoint.daemon_threads = True
-    endpoint.arrived, endpoint.release = [], threading.Event()  # type: ignore[attr-defined]
-    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{endpoint.server_address[1]}/hook"
+    endpoint, url = holding_endpoint()
     exports = local_up.exports
     try:
         for n in range(2):
