@@ -257,6 +257,7 @@ class Consumer:
         self._seq = 0  # publishes on this connection's work channel (the confirm numbering)
         self._unconfirmed: dict[int, Future[None]] = {}
         self._broken: BaseException | None = None
+        self.stopping = threading.Event()  # set by `serve`'s stop: its handlers are told to quit
 
     # --- called by any thread -----------------------------------------------------------------
 
@@ -364,6 +365,7 @@ class Consumer:
 
     def serve(self, stop: threading.Event) -> None:
         """Consume every added task until `stop` is set, reconnecting whenever the broker goes."""
+        self.stopping = stop
         backoff = 0.2
         while not stop.is_set():
             try:
@@ -644,7 +646,13 @@ class TaskRunner:
             except _BROKER_DOWN as exc:
                 # Unacknowledged, the token comes back: with its connection, or requeued here
                 # (a publish the broker refused).
-                log.warning("runner %s: broker unavailable (%s)", self.task.name, exc)
+                quiet = self._broker().stopping.is_set()  # the process is stopping
+                log.log(
+                    logging.DEBUG if quiet else logging.WARNING,
+                    "runner %s: broker unavailable (%s)",
+                    self.task.name,
+                    exc,
+                )
                 self._broker().requeue(epoch, method.delivery_tag, REQUEUE_S)
             except _LEDGER_DOWN as exc:
                 # The token goes back: no tick runs unclaimed.
