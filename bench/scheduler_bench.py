@@ -161,6 +161,21 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _proc_cpu_s(pid: int | None) -> float:
+    """Another process's user + system CPU seconds (the broker's Erlang VM), from /proc."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pid(node: RabbitNode) -> int | None:
+    """The node's Erlang VM (rabbitmq-server writes its pid where RABBITMQ_PID_FILE says)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path(node.env["RABBITMQ_PID_FILE"]).read_text().strip())
+    return None
+
+
 def _window(
     runs: list[tuple[str, float, float]], start: float, end: float, cpu_s: float
 ) -> dict[str, Any]:
@@ -194,6 +209,7 @@ def many_sluice(
     warmup: float,
     ledger_url: str | None,
     spread: bool,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
     runs: list[tuple[str, float, float]] = []
 
@@ -224,13 +240,15 @@ def many_sluice(
         ready = time.monotonic() - began
         time.sleep(warmup)
         seeded = dict(counting.events)
-        start, cpu0 = time.time(), _cpu_s()
+        start, cpu0, broker0 = time.time(), _cpu_s(), _proc_cpu_s(broker_pid)
         time.sleep(seconds)
-        end, cpu1 = time.time(), _cpu_s()
+        end, cpu1, broker1 = time.time(), _cpu_s(), _proc_cpu_s(broker_pid)
         during = counting.events.copy()
         during.subtract(seeded)
     result = _window(list(runs), start, end, cpu1 - cpu0)
     result["startup_s"] = round(ready, 1)
+    # The broker serves both sides at once: its CPU over Sluice's window, not Sluice's alone.
+    result["broker_cpu_pct"] = round((broker1 - broker0) / (end - start) * 100, 1)
     result["events"] = {k: v for k, v in during.items() if v}
     result["reseeded"] = during["reseeded"]
     return result
@@ -331,12 +349,16 @@ def many_side_by_side(
     ledger_url: str | None = None,
     naive: bool = True,
     spread: bool = False,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """Sluice and (optionally) the naive cycle, each `tasks` tasks at `period` on one consumer,
     at the same time, each in its own process (CPU per tick is that process's alone)."""
     ctx = multiprocessing.get_context("spawn")
     jobs: dict[str, tuple[Any, tuple[Any, ...]]] = {
-        "sluice": (many_sluice, (url, tasks, period, seconds, warmup, ledger_url, spread))
+        "sluice": (
+            many_sluice,
+            (url, tasks, period, seconds, warmup, ledger_url, spread, broker_pid),
+        )
     }
     if naive:
         jobs["naive"] = (many_naive, (url, tasks, period, seconds, warmup))
@@ -409,7 +431,13 @@ def main() -> int:
                 for spec in filter(None, args.many.split(",")):
                     tasks, period, spread = _many_spec(spec)
                     run = many_side_by_side(
-                        node.url, tasks, period, args.many_seconds, args.warmup, spread=spread
+                        node.url,
+                        tasks,
+                        period,
+                        args.many_seconds,
+                        args.warmup,
+                        spread=spread,
+                        broker_pid=_broker_pid(node),
                     )
                     report["many"].append(
                         {"tasks": tasks, "period_s": period, "spread": spread, **run}
@@ -495,6 +523,9 @@ def _print(report: dict[str, Any]) -> None:
                 f" {r['lateness_p99_ms']!s:>12} {r['cpu_ms_per_tick']!s:>12} {r['cpu_pct']:>6}"
                 f" {r['run_twice']:>6} {r.get('reseeded', '-')!s:>9}"
             )
+        sluice = run.get("sluice") or {}
+        if "broker_cpu_pct" in sluice:
+            print(f"broker (both sides) CPU % over the window: {sluice['broker_cpu_pct']}")
 
 
 if __name__ == "__main__":
