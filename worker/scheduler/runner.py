@@ -1,5 +1,7 @@
 """The broker scheduler: one runner per task, one reconciler, lifecycle events on the control exchange.
 
+A process's runners share one Consumer: one connection and one I/O thread for all their tasks,
+ticks handled in a bounded pool, publisher confirms pipelined across tasks.
 Runner (any number of processes; the processor queue's single active consumer picks one):
 receive the task's token, pick the latest due tick, claim it in the tick ledger
 (worker/scheduler/ledger.py), run it while renewing the claim's lease, finish the claim on its
@@ -22,6 +24,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -68,10 +71,17 @@ _DEFAULTS = SchedulerSettings.model_fields
 _TOKEN_EVENTS = frozenset({"scheduled", "seeded", "reseeded", "rescheduled", "failed"})
 DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
 DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
-# How often an idle runner wakes to see whether it should stop (a delivery wakes it at once, and
-# pika keeps the heartbeats while it waits). Every runner is a thread: at 20 wakes a second, a
-# thousand idle runners spent more than a core (bench/scheduler_bench.py, many tasks).
+# How often an idle connection loop wakes to see whether it should stop (a delivery or a
+# runner's request wakes it at once, and pika keeps the heartbeats while it waits).
 IDLE_WAKE_S = 1.0
+# A process's Consumer: threads handling deliveries (a handler waits for its tick's run and its
+# next token's confirm) and threads running actions; ticks beyond them wait their turn.
+HANDLERS = 64
+ACTIONS = 64
+# How long a runner waits for the broker to answer a request before treating it as gone.
+CONFIRM_TIMEOUT_S = 30.0
+# A token whose handling the broker refused goes back to its queue after this long.
+REQUEUE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -125,9 +135,8 @@ def _connect(url: str, heartbeat_s: int) -> pika.BlockingConnection:
         raise pika.exceptions.AMQPConnectionError(repr(exc)) from exc
 
 
-# Connections this process opens (and declares on) at once. Every runner has its own: a thousand
-# starting together, or reconnecting after a broker restart, timed the broker's handshakes out
-# (bench/scheduler_bench.py, many tasks); in turns, each is quick.
+# Connections this process opens (and declares on) at once: its runners' Consumer, the
+# reconciler, the one-off runner, the registry's prompts (and a TaskRunner serving alone).
 _OPENING = threading.BoundedSemaphore(8)
 
 
@@ -201,6 +210,293 @@ class _Base:
         return total
 
 
+class _Link:
+    """Nothing to talk to: a TaskRunner not yet given to a Consumer."""
+
+    epoch = -1
+
+
+class Consumer:
+    """One connection, and one I/O thread, for every TaskRunner of a process.
+
+    The I/O thread owns the connection (pika's is not thread-safe): it receives every task's
+    token, hands each to its runner in the handler pool, and does what runners ask of the broker
+    (publish, ack, count a task's tokens), queued through one outbox that wakes it once however
+    many requests wait. Publisher confirms are pipelined: a runner waits for its token's confirm
+    while the broker confirms others', so the order a runner keeps (its next token confirmed,
+    then the old one acked) costs it a round trip but costs the process none. Every request
+    carries the connection's epoch: an ack or a publish meant for a connection that is gone is
+    refused (delivery tags belong to their channel), and the token it concerned comes back on
+    the next connection as before. A thousand tasks cost one connection and a bounded number of
+    threads (bench/scheduler_bench.py, many tasks: one connection per task spent most of a
+    tick's CPU in pika's blocking loop).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        names: Names,
+        heartbeat_s: int = DEFAULT_HEARTBEAT_S,
+        handlers: int = HANDLERS,
+        actions: int = ACTIONS,
+    ) -> None:
+        self.url, self.names, self.heartbeat_s = url, names, heartbeat_s
+        self.runners: dict[str, TaskRunner] = {}
+        self.epoch = 0  # the connection's number; requests of an older one are refused
+        self.handlers = ThreadPoolExecutor(max_workers=handlers, thread_name_prefix="sched-tick")
+        self.actions = ThreadPoolExecutor(max_workers=actions, thread_name_prefix="sched-act")
+        self._lock = threading.Lock()
+        self._outbox: deque[Callable[[], None]] = deque()
+        self._connection: pika.BlockingConnection | None = None
+        self._setup: Any = None  # BlockingChannel: declarations
+        self._consuming: Any = None  # BlockingChannel: consumes (and cancels)
+        self._consume: Any = None  # channel.Channel: deliveries and their acks
+        self._work: Any = None  # channel.Channel with confirms: tokens, dead-lettered ticks
+        self._control: Any = None  # channel.Channel without confirms: lifecycle events
+        self._tags: dict[str, str] = {}  # task -> consumer tag
+        self._seq = 0  # publishes on this connection's work channel (the confirm numbering)
+        self._unconfirmed: dict[int, Future[None]] = {}
+        self._broken: BaseException | None = None
+        self.stopping = threading.Event()  # set by `serve`'s stop: its handlers are told to quit
+
+    # --- called by any thread -----------------------------------------------------------------
+
+    def add(self, runner: TaskRunner) -> None:
+        """Consume `runner`'s task from now on (its queues declared first)."""
+        runner.link = self
+        with self._lock:
+            self.runners[runner.task.name] = runner
+        self._call(lambda: self._start_consuming(runner), self.epoch)
+
+    def remove(self, name: str) -> None:
+        """Stop consuming task `name` (the queue's next consumer takes over)."""
+        with self._lock:
+            self.runners.pop(name, None)
+        self._call(lambda: self._stop_consuming(name), self.epoch)
+
+    def publish(
+        self, epoch: int, exchange: str, key: str, body: bytes, props: pika.BasicProperties
+    ) -> None:
+        """Publish (mandatory) and return once the broker confirmed it; raise as pika's blocking
+        channel does when it is refused, unroutable, or its connection is gone."""
+        done: Future[None] = Future()
+
+        def send() -> None:
+            self._seq += 1
+            seq = self._seq
+            self._unconfirmed[seq] = done
+            props.message_id = str(seq)  # names a returned (unroutable) message
+            self._work.basic_publish(exchange, key, body, props, mandatory=True)
+
+        self._call(send, epoch, done)
+        done.result(CONFIRM_TIMEOUT_S)
+
+    def emit(self, epoch: int, key: str, body: bytes) -> None:
+        """A lifecycle event on the control exchange, unconfirmed (information, not state)."""
+        props = pika.BasicProperties(content_type="application/json", delivery_mode=1)
+        self._call(
+            lambda: self._control.basic_publish(self.names.control_exchange, key, body, props),
+            epoch,
+        )
+
+    def ack(self, epoch: int, tag: int) -> None:
+        self._call(lambda: self._consume.basic_ack(tag), epoch)
+
+    def reject(self, epoch: int, tag: int) -> None:
+        """Dead-letter a delivery (an unreadable token)."""
+        self._call(lambda: self._consume.basic_reject(tag, requeue=False), epoch)
+
+    def requeue(self, epoch: int, tag: int, after_s: float) -> None:
+        """Give a delivery back to the queue `after_s` from now (its tick could not be handled:
+        the ledger or the broker refused; redelivered at once, it would spin)."""
+
+        def later() -> None:
+            if self.epoch == epoch and self._consume is not None:
+                self._consume.basic_nack(tag, requeue=True)
+
+        def schedule() -> None:
+            assert self._connection is not None
+            self._connection.call_later(after_s, later)
+
+        self._call(schedule, epoch)
+
+    def count(self, epoch: int, queue: str) -> int:
+        """The queue's ready messages (a passive declare)."""
+        done: Future[int] = Future()
+
+        def declare_ok(frame: Any) -> None:
+            done.set_result(frame.method.message_count)
+
+        self._call(
+            lambda: self._work.queue_declare(queue, passive=True, callback=declare_ok), epoch, done
+        )
+        return done.result(CONFIRM_TIMEOUT_S)
+
+    def _call(
+        self, request: Callable[[], None], epoch: int, done: Future[Any] | None = None
+    ) -> None:
+        """Queue `request` for the I/O thread; one wake-up serves every request then waiting."""
+        lost = pika.exceptions.StreamLostError(f"connection {epoch} is gone")
+
+        def guarded() -> None:
+            if epoch != self.epoch or self._connection is None:
+                if done is not None and not done.done():
+                    done.set_exception(lost)
+                return
+            try:
+                request()
+            except Exception as exc:  # the requester learns it; the loop goes on
+                if done is not None and not done.done():
+                    done.set_exception(exc)
+
+        with self._lock:
+            connection = self._connection if epoch == self.epoch else None
+            if connection is None:
+                if done is not None:
+                    done.set_exception(lost)
+                return
+            self._outbox.append(guarded)
+            wake = len(self._outbox) == 1
+        if wake:
+            with contextlib.suppress(Exception):  # closing meanwhile: `_close` fails the request
+                connection.add_callback_threadsafe(self._drain)
+
+    # --- the I/O thread ------------------------------------------------------------------------
+
+    def serve(self, stop: threading.Event) -> None:
+        """Consume every added task until `stop` is set, reconnecting whenever the broker goes."""
+        self.stopping = stop
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                self._open()
+                backoff = 0.2
+                while not stop.is_set() and self._broken is None:
+                    assert self._connection is not None
+                    self._connection.process_data_events(time_limit=IDLE_WAKE_S)
+                if self._broken is not None:
+                    raise self._broken
+            except _BROKER_DOWN as exc:
+                log.warning("scheduler consumer: broker unavailable (%s); reconnecting", exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
+            finally:
+                self._close()
+        self.handlers.shutdown(wait=False, cancel_futures=True)
+        self.actions.shutdown(wait=False, cancel_futures=True)
+
+    def _open(self) -> None:
+        with _OPENING:
+            connection = _connect(self.url, self.heartbeat_s)
+        self._broken = None
+        try:
+            setup = connection.channel()
+            with self._lock:
+                runners = list(self.runners.values())
+            declare(setup, self.names, [r.task for r in runners])
+            consume, work, control = (connection.channel() for _ in range(3))
+            # One token per task: a consumer needs one unacknowledged delivery at a time.
+            consume.basic_qos(prefetch_count=1)
+            work._impl.confirm_delivery(self._on_confirm)
+            work._impl.add_on_return_callback(self._on_return)
+            for channel in (setup, consume, work, control):
+                channel._impl.add_on_close_callback(self._on_channel_closed)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                connection.close()
+            raise
+        with self._lock:
+            self.epoch += 1
+            self._connection = connection
+            self._setup = setup  # blocking: declares an added task's queues before its consume
+            self._consuming = consume
+            self._consume, self._work, self._control = consume._impl, work._impl, control._impl
+            self._seq = 0
+            self._tags = {}
+            # Runners added meanwhile too (their own request was refused: no connection yet).
+            current = list(self.runners.values())
+        for runner in current:
+            self._start_consuming(runner, declared=runner in runners)
+
+    def _start_consuming(self, runner: TaskRunner, *, declared: bool = False) -> None:
+        name = runner.task.name
+        if name in self._tags or self.runners.get(name) is not runner:
+            return
+        if not declared:
+            declare(self._setup, self.names, [runner.task])
+        epoch = self.epoch
+
+        def on_token(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+            with contextlib.suppress(RuntimeError):  # stopping: the token goes back unacked
+                self.handlers.submit(runner.deliver, epoch, method, props, body)
+
+        # Through the blocking channel (pika's wrapper owns the consume's callbacks); its
+        # deliveries are dispatched on this thread, outside the poll.
+        self._tags[name] = self._consuming.basic_consume(self.names.processor(name), on_token)
+
+    def _stop_consuming(self, name: str) -> None:
+        tag = self._tags.pop(name, None)
+        if tag is not None:
+            self._consuming.basic_cancel(tag)
+
+    def _drain(self) -> None:
+        with self._lock:
+            requests = list(self._outbox)
+            self._outbox.clear()
+        for request in requests:
+            request()
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        refused = isinstance(method, pika.spec.Basic.Nack)
+        if method.multiple:
+            seqs = [s for s in self._unconfirmed if s <= method.delivery_tag]
+        else:
+            seqs = [method.delivery_tag] if method.delivery_tag in self._unconfirmed else []
+        for seq in seqs:
+            done = self._unconfirmed.pop(seq)
+            if done.done():
+                continue  # returned unroutable before its confirm
+            if refused:
+                done.set_exception(pika.exceptions.NackError([]))
+            else:
+                done.set_result(None)
+
+    def _on_return(self, _ch: Any, method: Any, props: Any, body: bytes) -> None:
+        done = self._unconfirmed.get(int(props.message_id or 0))
+        if done is not None and not done.done():
+            done.set_exception(pika.exceptions.UnroutableError([]))
+
+    def _on_channel_closed(self, _ch: Any, reason: BaseException) -> None:
+        if self._broken is None:
+            self._broken = (
+                reason
+                if isinstance(reason, _BROKER_DOWN)
+                else pika.exceptions.AMQPChannelError(repr(reason))
+            )
+
+    def _close(self) -> None:
+        with self._lock:
+            connection, self._connection = self._connection, None
+            self.epoch += 1
+            requests = list(self._outbox)
+            self._outbox.clear()
+            self._setup = self._consuming = None
+            self._consume = self._work = self._control = None
+        lost = pika.exceptions.StreamLostError("connection closed")
+        for done in self._unconfirmed.values():
+            if not done.done():
+                done.set_exception(lost)
+        self._unconfirmed.clear()
+        for request in requests:
+            request()  # each sees the new epoch: its requester learns the connection went
+        if connection is not None:
+            # A broken connection may fail to close: nothing is left to release then.
+            with contextlib.suppress(Exception):
+                connection.close()
+
+
 @dataclass
 class _Inflight:
     """A run this process started: the token's due time, the tick it runs, its fence."""
@@ -211,9 +507,10 @@ class _Inflight:
     future: Future[bool]
 
 
-class TaskRunner(_Base):
-    """Consumes one task's processor queue and runs its ticks, one at a time, each claimed first
-    in the tick ledger (worker/scheduler/ledger.py)."""
+class TaskRunner:
+    """Runs one task's ticks, one at a time, each claimed first in the tick ledger
+    (worker/scheduler/ledger.py); its tokens reach it through its Consumer, which it shares with
+    every other runner of the process."""
 
     def __init__(
         self,
@@ -229,7 +526,9 @@ class TaskRunner(_Base):
         backoff: Backoff = Backoff(),
         overlap: OverlapGuard | None = None,
     ) -> None:
-        super().__init__(url, names, clock, heartbeat_s)
+        self.url, self.names, self.clock, self.heartbeat_s = url, names, clock, heartbeat_s
+        self.lifecycle: Lifecycle | None = None  # counts the events for the metrics
+        self.link: Consumer | _Link = _Link()
         self.task = task
         # Skips an event task's tick while its previous tick's run still runs (overlap.py).
         self.overlap = overlap
@@ -238,7 +537,10 @@ class TaskRunner(_Base):
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self.lease_s = lease_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tick-{task.name}")
+        # One delivery handled at a time (a token redelivered on a new connection waits for the
+        # handler of its old delivery to give up); `_epoch`: the connection of the one handled.
+        self._serial = threading.Lock()
+        self._epoch = -1
         self._inflight: _Inflight | None = None
         # Until when (monotonic: it runs on while the process is frozen) this runner's lease is
         # surely held: an event is sent only within it.
@@ -247,6 +549,44 @@ class TaskRunner(_Base):
         # paused, removed; `refresh` re-reads it when a token of a newer generation arrives.
         self.gen, self.paused, self.disabled = 0, False, False
         self.refresh: Callable[[], object] | None = None
+
+    def _broker(self) -> Consumer:
+        assert isinstance(self.link, Consumer), "a TaskRunner talks to the broker via a Consumer"
+        return self.link
+
+    def emit(self, task: str, event: str, **fields: Any) -> None:
+        """A lifecycle event on the control exchange (routing key `<task>.<event>`)."""
+        body = {"task": task, "event": event, "at": self.clock(), **fields}
+        if self.lifecycle is not None:
+            self.lifecycle.record(task, event, fields)
+        self._broker().emit(
+            self._epoch, f"{task}.{event}", json.dumps(body, separators=(",", ":")).encode()
+        )
+
+    def publish_token(self, token: Token, delay: float | None = None) -> None:
+        """A task's token, through its hatchery for `delay` seconds (default: until its tick is
+        due), confirmed by the broker before this returns."""
+        if delay is None:
+            delay = token.due - self.clock()
+        props = pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent,
+            content_type="application/json",
+            expiration=expiration_ms(delay) if delay > 0 else None,
+        )
+        # A tick already due skips the hatchery: waiting out a zero TTL adds only latency.
+        exchange = self.names.scheduler_exchange if delay > 0 else self.names.processor_exchange
+        self._broker().publish(self._epoch, exchange, token.task, token.encode(), props)
+
+    def inventory(self, task: str) -> int:
+        """Tokens of `task` waiting in its hatchery or ready in its processor queue."""
+        link = self._broker()
+        return sum(
+            link.count(self._epoch, queue)
+            for queue in (self.names.hatchery(task), self.names.processor(task))
+        )
+
+    def _ack(self, method: Any) -> None:
+        self._broker().ack(self._epoch, method.delivery_tag)
 
     def apply(self, entry: Entry) -> None:
         """Run the task as the runtime registry now has it (from its next token on)."""
@@ -262,7 +602,6 @@ class TaskRunner(_Base):
             self.refresh()  # this process has not read the change that made the token yet
         if not (self.disabled or self.paused or token.gen != self.gen):
             return False
-        assert self._ch is not None
         name = self.task.name
         if self.disabled:
             self.emit(name, "removed", due=token.due)
@@ -273,7 +612,7 @@ class TaskRunner(_Base):
         else:
             self.emit(name, "paused", due=token.due)
             self._schedule_after(token.due)
-        self._ch.work.basic_ack(method.delivery_tag)
+        self._ack(method)
         return True
 
     def _act(self, tick: Tick, *, latest_only: bool = True) -> bool:
@@ -302,41 +641,45 @@ class TaskRunner(_Base):
         return True
 
     def serve(self, stop: threading.Event) -> None:
-        """Consume until `stop` is set, reconnecting whenever the broker goes away."""
-        backoff = 0.2
-        while not stop.is_set():
+        """Consume this task alone until `stop` is set (a Scheduler shares one Consumer)."""
+        consumer = Consumer(self.url, names=self.names, heartbeat_s=self.heartbeat_s)
+        consumer.add(self)
+        consumer.serve(stop)
+
+    def deliver(self, epoch: int, method: Any, props: Any, body: bytes) -> None:
+        """Handle a delivery of this task's token (in the Consumer's handler pool)."""
+        with self._serial:
+            if epoch != self._broker().epoch:
+                return  # its connection is gone: the token comes back on the next one
+            self._epoch = epoch
             try:
-                ch = self._open([self.task])
-                ch.work.basic_qos(prefetch_count=1)
-                backoff = 0.2
-                for method, props, body in ch.work.consume(
-                    self.names.processor(self.task.name), inactivity_timeout=IDLE_WAKE_S
-                ):
-                    if stop.is_set():
-                        break
-                    if method is not None:
-                        self._handle(method, props, body)
+                self._handle(method, props, body)
             except _BROKER_DOWN as exc:
-                log.warning("runner %s: broker unavailable (%s); reconnecting", self.task.name, exc)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
+                # Unacknowledged, the token comes back: with its connection, or requeued here
+                # (a publish the broker refused).
+                quiet = self._broker().stopping.is_set()  # the process is stopping
+                log.log(
+                    logging.DEBUG if quiet else logging.WARNING,
+                    "runner %s: broker unavailable (%s)",
+                    self.task.name,
+                    exc,
+                )
+                self._broker().requeue(epoch, method.delivery_tag, REQUEUE_S)
             except _LEDGER_DOWN as exc:
-                # The token goes back (the connection closes unacked): no tick runs unclaimed.
+                # The token goes back: no tick runs unclaimed.
                 log.error("runner %s: tick ledger unavailable (%s); retrying", self.task.name, exc)
-                stop.wait(1.0)
-            finally:
-                self._close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+                self._broker().requeue(epoch, method.delivery_tag, 1.0)
+            except Exception:
+                log.exception("runner %s: tick not handled; its token goes back", self.task.name)
+                self._broker().requeue(epoch, method.delivery_tag, 1.0)
 
     def _handle(self, method: Any, props: Any, body: bytes) -> None:
-        assert self._ch is not None
-        ch = self._ch.work
         name = self.task.name
         try:
             token = Token.decode(body)
         except ValueError:
             log.error("runner %s: unreadable token %r dead-lettered", name, body[:200])
-            ch.basic_reject(method.delivery_tag, requeue=False)
+            self._broker().reject(self._epoch, method.delivery_tag)
             return
         token_due = token.due
         if token.redrive:
@@ -360,7 +703,7 @@ class TaskRunner(_Base):
             # Too late even for the latest due tick: skip it too and wait for the next one.
             self.emit(name, "missed", due=due, missed=missed + 1, lateness_s=now - due)
             self._schedule_after(due)
-            ch.basic_ack(method.delivery_tag)
+            self._ack(method)
             return
         tick_ms, now_ms = round(due * 1000), round(now * 1000)
         lease_ms = round(self.lease_s * 1000)
@@ -377,7 +720,7 @@ class TaskRunner(_Base):
             self.ledger.finish(name, fence, "done")
             self.emit(name, "missed", due=due, missed=missed + 1)
             self.publish_token(Token(name, latest, gen=self.gen))
-            ch.basic_ack(method.delivery_tag)
+            self._ack(method)
             return
         if last is not None and last.state == "running" and last.tick < tick_ms:
             # Its runner died, froze or lost the ledger past its lease: never run again.
@@ -391,7 +734,7 @@ class TaskRunner(_Base):
             attempt = token.attempt + int((props.headers or {}).get("x-delivery-count", 0))
         tick = Tick(name, due, attempt)
         self.emit(name, "started", due=due, lateness_s=now - due, attempt=attempt, fence=fence)
-        future = self._pool.submit(self._act, tick)
+        future = self._broker().actions.submit(self._act, tick)
         inflight = self._inflight = _Inflight(token_due, tick, fence, future)
         self._complete(method, inflight, resumed=False)
 
@@ -408,7 +751,6 @@ class TaskRunner(_Base):
         """A token for a tick the ledger will not give this runner: already claimed (done, in
         progress or abandoned: a spare token or a redelivered one), or another run is live.
         It is dropped; if no other token exists, it is replaced by the next tick's."""
-        assert self._ch is not None
         name = self.task.name
         self.emit(name, "duplicate", due=due, claimed=last.tick / 1000 if last else None)
         if self.inventory(name) == 0:
@@ -416,11 +758,9 @@ class TaskRunner(_Base):
             if last is not None and last.live(round(after * 1000)):
                 after = max(after, last.until_ms / 1000)  # let the live claim end first
             self._schedule_after(after)
-        self._ch.work.basic_ack(method.delivery_tag)
+        self._ack(method)
 
     def _complete(self, method: Any, inflight: _Inflight, *, resumed: bool) -> None:
-        assert self._ch is not None
-        ch = self._ch.work
         name, tick = self.task.name, inflight.tick
         if resumed:
             self.emit(name, "resumed", due=tick.due, attempt=tick.attempt)
@@ -433,7 +773,7 @@ class TaskRunner(_Base):
             # Another runner took the task over: record, send and publish nothing more.
             log.warning("task %s tick %s: fenced (lease lost), outcome dropped", name, tick.due_iso)
             self.emit(name, "fenced", due=tick.due, outcome=outcome, holder=self.holder)
-            ch.basic_ack(method.delivery_tag)
+            self._ack(method)
             return
         if outcome == "succeeded":
             self.emit(name, "succeeded", due=tick.due, duration_s=took)
@@ -461,7 +801,7 @@ class TaskRunner(_Base):
                 attempt=tick.attempt,
                 retry_in_s=delay,
             )
-            ch.basic_ack(method.delivery_tag)
+            self._ack(method)
             return
         else:
             self.emit(
@@ -474,14 +814,12 @@ class TaskRunner(_Base):
             )
             self._dead_letter(tick, error)
         self._schedule_after(tick.due)
-        ch.basic_ack(method.delivery_tag)
+        self._ack(method)
 
     def _wait(self, inflight: _Inflight) -> tuple[str, str]:
         """Wait for the run; meanwhile keep the connection alive and renew the lease."""
-        assert self._ch is not None
         tick, future = inflight.tick, inflight.future
         beat = min(quiet_window_s(self.task) / 2, self.lease_s / 3)
-        self._ch.connection.process_data_events(time_limit=0)  # sends `started` (or `resumed`)
         while True:
             try:
                 # Wakes the moment the run ends; between beats pika is not serviced, which is
@@ -496,7 +834,6 @@ class TaskRunner(_Base):
                     self._lease_end = time.monotonic() + self.lease_s
                 # Tells the reconciler the token is held, not lost, however long the run takes.
                 self.emit(self.task.name, "running", due=tick.due)
-                self._ch.connection.process_data_events(time_limit=0)
             except BusinessError as exc:
                 return "business", repr(exc)
             except Overlapping as exc:
@@ -522,20 +859,19 @@ class TaskRunner(_Base):
         once-per-tick record (the ledger gave the tick out already): the operator asked for
         another run. It waits for a live claim's lease to end, so it never overlaps a claimed
         run; a failure dead-letters it again, with its reason."""
-        assert self._ch is not None
-        ch, name = self._ch.work, self.task.name
+        name = self.task.name
         last = self.ledger.read(name)
         now = self.clock()
         busy = self._inflight is not None and not self._settle(self._inflight)
         if busy or (last is not None and last.live(round(now * 1000))):
             wait = last.until_ms / 1000 - now if last is not None else 0.0
             self.publish_token(token, max(wait, 0.1))
-            ch.basic_ack(method.delivery_tag)
+            self._ack(method)
             return
         tick = Tick(name, token.due, token.attempt)
         self._lease_end = time.monotonic() + self.lease_s
         self.emit(name, "started", due=tick.due, lateness_s=now - tick.due, redrive=True)
-        run = self._pool.submit(self._act, tick, latest_only=False)
+        run = self._broker().actions.submit(self._act, tick, latest_only=False)
         inflight = _Inflight(token.due, tick, 0, run)
         started = self.clock()
         outcome, error = self._wait(inflight)
@@ -548,7 +884,7 @@ class TaskRunner(_Base):
         else:
             self.emit(name, "failed", due=tick.due, error_class="transient", error=error)
             self._dead_letter(tick, error, reason="redrive-failed")
-        ch.basic_ack(method.delivery_tag)
+        self._ack(method)
 
     def _skipped(self, tick: Tick, run: Future[bool]) -> None:
         """Report a tick skipped because its task's previous run still runs (overlap.py)."""
@@ -568,7 +904,6 @@ class TaskRunner(_Base):
         self.emit(tick.task, "skipped", due=tick.due, running=previous, reason=verdict.reason)
 
     def _dead_letter(self, tick: Tick, error: str, reason: str = "retry-limit") -> None:
-        assert self._ch is not None
         log.error(
             "task %s tick %s dead-lettered after %s attempts (%s)",
             tick.task,
@@ -577,7 +912,8 @@ class TaskRunner(_Base):
             reason,
         )
         headers = {"reason": reason, "task": tick.task, "attempts": tick.attempt}
-        self._ch.work.basic_publish(
+        self._broker().publish(
+            self._epoch,
             self.names.dead_exchange,
             tick.task,
             Token(tick.task, tick.due).encode(),
@@ -753,8 +1089,8 @@ class Reconciler(_Base):
 
 
 class Scheduler:
-    """Every runner of this process's consumer group and the reconciler, each on its own thread
-    and connection; with an override store, the runtime registry too (worker/scheduler/control.py:
+    """Every runner of this process's consumer group (on one Consumer) and the reconciler, each
+    on its own thread and connection; with an override store, the runtime registry too (worker/scheduler/control.py:
     runners come and go as tasks are added, removed or moved to another group)."""
 
     def __init__(
@@ -793,7 +1129,9 @@ class Scheduler:
         # This process's lifecycle events, counted for the metrics (broker_metrics).
         self.lifecycle = Lifecycle()
         self.runners: list[TaskRunner] = []
-        self._running: dict[str, tuple[TaskRunner, threading.Event]] = {}
+        # Every runner of the process on one connection (Consumer).
+        self.consumer = Consumer(url, names=self.names, heartbeat_s=heartbeat_s)
+        self._running: dict[str, TaskRunner] = {}
         self.reconciler = Reconciler(
             registry,
             url,
@@ -820,23 +1158,23 @@ class Scheduler:
         (a task moved to another group is left to that group's processes)."""
         with self._lock:
             mine = {e.task.name: e for e in entries if e.task.group == self.group}
-            for name, (runner, stop) in list(self._running.items()):
+            for name, runner in list(self._running.items()):
                 if name not in mine:
-                    stop.set()  # its consumer goes: the queue's next consumer takes over
+                    # Its consumer goes: the queue's next consumer takes over.
+                    self.consumer.remove(name)
                     del self._running[name]
                     self.runners.remove(runner)
             for name, entry in mine.items():
                 if name in self._running:
-                    self._running[name][0].apply(entry)
+                    self._running[name].apply(entry)
                     continue
                 runner = TaskRunner(entry.task, self.url, **self._runner_args)
                 runner.apply(entry)
                 runner.lifecycle = self.lifecycle
                 runner.refresh = self.live.refresh
-                self._running[name] = (runner, threading.Event())
+                self._running[name] = runner
                 self.runners.append(runner)
-                if self._started:
-                    self._spawn(name, runner.serve, self._running[name][1])
+                self.consumer.add(runner)
             self.reconciler.apply(entries)
 
     def _spawn(
@@ -855,8 +1193,7 @@ class Scheduler:
         self.live.refresh()
         with self._lock:
             self._started = True
-            for name, (runner, stop) in self._running.items():
-                self._spawn(name, runner.serve, stop)
+        self._spawn("runners", self.consumer.serve, threading.Event())
         self._spawn("reconciler", self.reconciler.serve, threading.Event())
         if self.live.store is not None:
             prompts = Prompts(self.url, self.names, self.live, self.reconciler.heartbeat_s)
