@@ -84,6 +84,7 @@ WORKER_BUNDLE = [
     "worker/scheduler/cron_http.py",
     "worker/scheduler/ledger.py",
     "worker/scheduler/oneoff.py",
+    "worker/scheduler/overlap.py",
     "worker/scheduler/runner.py",
     "worker/scheduler/topology.py",
     "worker/tasks.py",

@@ -123,8 +123,10 @@ def test_oneoffs_run_once_at_their_time_through_the_hop_chain_and_a_cancel_holds
         f"\none-off lateness through the hop chain: {late} (20 scheduled in {scheduled_in:.2f} s)"
     )
     record_property("oneoff_lateness", late)
-    # Bounds for a loaded machine: on 2 shared cores this measured p50 2-4 ms, p99 11-148 ms.
-    assert late["p50_ms"] < 20 and late["p99_ms"] < 250, late
+    # Bounds for a loaded machine: on 2 shared cores this measured p50 0.6-4 ms, p99 9-148 ms,
+    # and p50 36 ms once while a benchmark kept another broker at a full core. A hop missed or
+    # taken twice would be whole hops (seconds) late.
+    assert late["p50_ms"] < 50 and late["p99_ms"] < 300, late
     assert min(r.started - r.due for r in runs) >= 0  # never early
     assert {e["oneoff"] for e in tap.of("started", "report")} == {job.id for job in jobs}
     assert {e["oneoff"] for e in tap.of("duplicate", "report")} >= {job.id for job in jobs[:5]}
