@@ -39,7 +39,7 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from sluice.envelope import Event
 from sluice.errors import BusinessError, TransientError
-from sluice.scheduling.names import Names, expiration_ms, quiet_window_s
+from sluice.scheduling.names import START_LATENESS, Names, expiration_ms, quiet_window_s
 from sluice.scheduling.overrides import Entry, OverrideStore
 from sluice.scheduling.registry import GROUPS, OVERLAP, PeriodicTask, Registry, Tick, Token
 from sluice.scheduling.schedule import latest_due, next_due
@@ -499,12 +499,14 @@ class Consumer:
 
 @dataclass
 class _Inflight:
-    """A run this process started: the token's due time, the tick it runs, its fence."""
+    """A run this process started: the token's due time, the tick it runs, its fence, how late
+    it started (its outcome event says so: the status queue keeps outcomes only)."""
 
     token_due: float
     tick: Tick
     fence: int
     future: Future[bool]
+    lateness_s: float
 
 
 class TaskRunner:
@@ -735,7 +737,7 @@ class TaskRunner:
         tick = Tick(name, due, attempt)
         self.emit(name, "started", due=due, lateness_s=now - due, attempt=attempt, fence=fence)
         future = self._broker().actions.submit(self._act, tick)
-        inflight = self._inflight = _Inflight(token_due, tick, fence, future)
+        inflight = self._inflight = _Inflight(token_due, tick, fence, future, now - due)
         self._complete(method, inflight, resumed=False)
 
     def _settle(self, inflight: _Inflight) -> bool:
@@ -775,15 +777,16 @@ class TaskRunner:
             self.emit(name, "fenced", due=tick.due, outcome=outcome, holder=self.holder)
             self._ack(method)
             return
+        late = {START_LATENESS: inflight.lateness_s}
         if outcome == "succeeded":
-            self.emit(name, "succeeded", due=tick.due, duration_s=took)
+            self.emit(name, "succeeded", due=tick.due, duration_s=took, **late)
         elif outcome == "missed":
-            self.emit(name, "missed", due=tick.due, missed=1)
+            self.emit(name, "missed", due=tick.due, missed=1, **late)
         elif outcome == "skipped":
-            self._skipped(tick, inflight.future)
+            self._skipped(inflight)
         elif outcome == "business":
             log.warning("task %s tick %s failed (business): %s", name, tick.due_iso, error)
-            self.emit(name, "failed", due=tick.due, error_class="business", error=error)
+            self.emit(name, "failed", due=tick.due, error_class="business", error=error, **late)
         elif retry:
             # The same tick again after a backoff, through the task's hatchery: the retry is the
             # task's one token meanwhile (the reconciler counts it), then claims its own tick.
@@ -800,6 +803,7 @@ class TaskRunner:
                 error=error,
                 attempt=tick.attempt,
                 retry_in_s=delay,
+                **late,
             )
             self._ack(method)
             return
@@ -811,6 +815,7 @@ class TaskRunner:
                 error_class="transient",
                 error=error,
                 attempt=tick.attempt,
+                **late,
             )
             self._dead_letter(tick, error)
         self._schedule_after(tick.due)
@@ -872,23 +877,25 @@ class TaskRunner:
         self._lease_end = time.monotonic() + self.lease_s
         self.emit(name, "started", due=tick.due, lateness_s=now - tick.due, redrive=True)
         run = self._broker().actions.submit(self._act, tick, latest_only=False)
-        inflight = _Inflight(token.due, tick, 0, run)
+        inflight = _Inflight(token.due, tick, 0, run, now - tick.due)
         started = self.clock()
         outcome, error = self._wait(inflight)
+        late = {START_LATENESS: inflight.lateness_s}
         if outcome == "succeeded":
-            self.emit(name, "succeeded", due=tick.due, duration_s=self.clock() - started)
+            self.emit(name, "succeeded", due=tick.due, duration_s=self.clock() - started, **late)
         elif outcome == "skipped":
-            self._skipped(tick, inflight.future)
+            self._skipped(inflight)
         elif outcome == "business":
-            self.emit(name, "failed", due=tick.due, error_class="business", error=error)
+            self.emit(name, "failed", due=tick.due, error_class="business", error=error, **late)
         else:
-            self.emit(name, "failed", due=tick.due, error_class="transient", error=error)
+            self.emit(name, "failed", due=tick.due, error_class="transient", error=error, **late)
             self._dead_letter(tick, error, reason="redrive-failed")
         self._ack(method)
 
-    def _skipped(self, tick: Tick, run: Future[bool]) -> None:
+    def _skipped(self, inflight: _Inflight) -> None:
         """Report a tick skipped because its task's previous run still runs (overlap.py)."""
-        exc = run.exception()
+        tick = inflight.tick
+        exc = inflight.future.exception()
         assert isinstance(exc, Overlapping)
         verdict = exc.verdict
         previous = verdict.previous_s
@@ -901,7 +908,14 @@ class TaskRunner:
             "?" if previous is None else Tick(tick.task, previous).due_iso,
             verdict.reason,
         )
-        self.emit(tick.task, "skipped", due=tick.due, running=previous, reason=verdict.reason)
+        self.emit(
+            tick.task,
+            "skipped",
+            due=tick.due,
+            running=previous,
+            reason=verdict.reason,
+            **{START_LATENESS: inflight.lateness_s},
+        )
 
     def _dead_letter(self, tick: Tick, error: str, reason: str = "retry-limit") -> None:
         log.error(
