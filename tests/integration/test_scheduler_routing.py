@@ -8,17 +8,19 @@ uses. Every event still reaches the control exchange (the tap sees them all)."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import pika
 
 from devtools.rabbitmq import RabbitNode
 from sluice.scheduling.names import START_LATENESS, STATUS_LENGTH, Names
-from sluice.scheduling.registry import PeriodicTask, Registry
+from sluice.scheduling.registry import PeriodicTask, Registry, Token
 from sluice.scheduling.schedule import Every
 from sluice_cli.schedules import last_status
 from tests.integration.scheduling import ControlTap, Recorder
-from worker.scheduler.runner import Scheduler
+from worker.scheduler.runner import Reconciler, Scheduler
 from worker.scheduler.topology import declare
 
 PERIOD_S = 0.2
@@ -97,3 +99,69 @@ def test_a_status_queue_declared_by_an_older_version_stops_keeping_starts(
     keys = bindings_to(rabbit, status)
     assert f"{task.name}.started" not in keys
     assert {f"{task.name}.succeeded", f"{task.name}.failed"} <= keys
+
+
+def test_the_reconciler_hears_starts_and_tokens_not_every_outcome(
+    rabbit: RabbitNode, names: Names, tap: ControlTap
+) -> None:
+    # Given a scheduler whose reconciler records what its listener receives
+    rec = Recorder()
+    task = PeriodicTask("heard", Every(PERIOD_S), action=rec)
+    scheduler = Scheduler(Registry([task]), rabbit.url, names=names)
+    heard: list[str] = []
+    lock = threading.Lock()
+    on_event = scheduler.reconciler._on_event
+
+    def listen(ch: Any, method: Any, props: Any, body: bytes) -> None:
+        with lock:
+            heard.append(method.routing_key.partition(".")[2])
+        on_event(ch, method, props, body)
+
+    scheduler.reconciler._on_event = listen  # type: ignore[method-assign]
+    with scheduler:
+        # When its task has run a few ticks
+        rec.wait_for(5, timeout=15)
+        tap.wait_for("succeeded", task.name)
+    # Then the reconciler heard each token announced and each run start
+    with lock:
+        got = set(heard)
+    assert {"seeded", "scheduled", "started"} <= got, got
+    # and not the outcomes, which a token's announcement follows on the same channel
+    assert "succeeded" not in got, got
+    # while the control exchange carried them all
+    assert len(tap.of("succeeded", task.name)) >= 4
+
+
+def test_the_reconciler_asks_the_processor_queue_only_when_the_hatchery_is_empty(
+    rabbit: RabbitNode, names: Names
+) -> None:
+    # Given a reconciler connected to the broker, its passive declarations recorded
+    task = PeriodicTask("counted", Every(60), action=Recorder())
+    reconciler = Reconciler(Registry([task]), rabbit.url, names=names)
+    channels = reconciler._open([task])
+    asked: list[str] = []
+    declare_queue = channels.work.queue_declare
+
+    def spy(queue: str, **kwargs: Any) -> Any:
+        asked.append(queue)
+        return declare_queue(queue, **kwargs)
+
+    channels.work.queue_declare = spy
+    try:
+        # When the task's token waits in its hatchery
+        reconciler.publish_token(Token(task.name, time.time() + 60))
+        # Then it is counted from the hatchery alone
+        assert reconciler.inventory(task.name) == 1
+        assert asked == [names.hatchery(task.name)]
+        # When the hatchery is empty and the token is ready in the processor queue instead
+        channels.work.queue_purge(names.hatchery(task.name))
+        reconciler.publish_token(Token(task.name, time.time() - 1))
+        asked.clear()
+        # Then both queues are asked, and the token is counted
+        assert reconciler.inventory(task.name) == 1
+        assert asked == [names.hatchery(task.name), names.processor(task.name)]
+        # and with no token anywhere, none is counted
+        channels.work.queue_purge(names.processor(task.name))
+        assert reconciler.inventory(task.name) == 0
+    finally:
+        reconciler._close()

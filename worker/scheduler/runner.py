@@ -69,6 +69,12 @@ _LEDGER_DOWN: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
 _DEFAULTS = SchedulerSettings.model_fields
 # The lifecycle events that announce a task's next token (and carry when it falls due).
 _TOKEN_EVENTS = frozenset({"scheduled", "seeded", "reseeded", "rescheduled", "failed"})
+# The events the reconciler's listener is bound to: those that announce a token, and those that
+# show a runner holding one (a delivered token is out of the queues' count). Every other event
+# is followed on the same channel by a token's announcement (an outcome by `scheduled`), leaves
+# the token where the count sees it, or ends the task's token; routed to the listener, each cost
+# the broker an enqueue and this process a callback (bench/scheduler_bench.py, many tasks).
+LISTENED_EVENTS = _TOKEN_EVENTS | {"started", "running", "resumed"}
 DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
 DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
 # How often an idle connection loop wakes to see whether it should stop (a delivery or a
@@ -201,13 +207,15 @@ class _Base:
         self._ch.work.basic_publish(exchange, token.task, token.encode(), props, mandatory=True)
 
     def inventory(self, task: str) -> int:
-        """Tokens of `task` waiting in its hatchery or ready in its processor queue."""
+        """Tokens of `task` in sight: its hatchery's count, or when that is 0 its processor
+        queue's (callers ask only whether there is one; a token waits most of its period in the
+        hatchery, so asking the processor queue too is mostly a passive declare for nothing)."""
         assert self._ch is not None
-        total = 0
         for queue in (self.names.hatchery(task), self.names.processor(task)):
-            ok = self._ch.work.queue_declare(queue, passive=True)
-            total += ok.method.message_count
-        return total
+            count: int = self._ch.work.queue_declare(queue, passive=True).method.message_count
+            if count:
+                return count
+        return 0
 
 
 class _Link:
@@ -1063,7 +1071,8 @@ class Reconciler(_Base):
         events = ch.connection.channel()
         listen = self.names.listener(uuid.uuid4().hex)
         events.queue_declare(listen, exclusive=True, auto_delete=True)
-        events.queue_bind(listen, self.names.control_exchange, routing_key="#")
+        for event in sorted(LISTENED_EVENTS):
+            events.queue_bind(listen, self.names.control_exchange, routing_key=f"*.{event}")
         events.basic_consume(listen, self._on_event, auto_ack=True)
         return True
 
