@@ -23,7 +23,7 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sluice import naming
-from sluice.scheduling.names import Names
+from sluice.scheduling.names import START_LATENESS, Names
 from sluice.scheduling.overrides import (
     Entry,
     OverrideError,
@@ -127,13 +127,19 @@ def last_status(broker_url: str, tasks: list[str], names: Any = None) -> dict[st
             finally:
                 if channel.is_open:
                     channel.close()  # unacknowledged: all go back
+            # A run's outcome carries its start's lateness; a queue declared by an older
+            # version may still hold `started` events, which carried it themselves.
             outcomes = [e for e in events if e.get("event") != "started"]
-            starts = [e for e in events if e.get("event") == "started" and "lateness_s" in e]
+            late = [
+                e[START_LATENESS] if START_LATENESS in e else e["lateness_s"]
+                for e in events
+                if START_LATENESS in e or (e.get("event") == "started" and "lateness_s" in e)
+            ]
             last = outcomes[-1] if outcomes else None
             found[task] = Status(
                 last["event"] if last else "-",
                 last.get("due") if last else None,
-                starts[-1]["lateness_s"] * 1000 if starts else None,
+                late[-1] * 1000 if late else None,
             )
     finally:
         connection.close()

@@ -19,9 +19,10 @@ BROKER_DELIVERY_MARGIN = 2
 
 
 # The lifecycle events a task's status queue keeps (its last STATUS_LENGTH of them): a tick's
-# start (with its lateness) and its outcomes.
+# outcomes. A run's outcome carries its start's lateness (START_LATENESS), so `started` itself is
+# not kept: a quorum enqueue less per tick, the costliest part of an event for the broker
+# (bench/scheduler_bench.py, many tasks).
 STATUS_EVENTS = (
-    "started",
     "succeeded",
     "failed",
     "dead_lettered",
@@ -30,6 +31,12 @@ STATUS_EVENTS = (
     "skipped",
 )
 STATUS_LENGTH = 10
+# Events a status queue kept before and no longer does: their bindings are removed at declare,
+# so a broker declared by an older version stops routing them too.
+RETIRED_STATUS_EVENTS = ("started",)
+# The field of a run's outcome event (succeeded, failed, skipped, missed after its start) that
+# says how late the run started, in seconds.
+START_LATENESS = "start_lateness_s"
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ import pika
 
 from sluice.errors import BusinessError
 from sluice.scheduling import oneoff as spec
-from sluice.scheduling.names import Names
+from sluice.scheduling.names import START_LATENESS, Names
 from sluice.scheduling.oneoff import OneOff
 from sluice.scheduling.oneoff_records import OneOffRecords, key
 from sluice.scheduling.registry import GROUPS, PeriodicTask, Registry
@@ -352,6 +352,7 @@ class OneOffRunner(_Base):
         self._emit(chans, name, "started", due=oneoff.due, lateness_s=lateness,
                    attempt=oneoff.attempt, oneoff=oneoff.id)  # fmt: skip
         outcome, error = self._act_safely(oneoff)
+        start = {START_LATENESS: lateness}  # the status queue keeps outcomes only
         retry = outcome == "transient" and oneoff.attempt < self._max_attempts(name)
         key = self._ledger_key(oneoff)
         again, delay = None, 0.0
@@ -371,7 +372,7 @@ class OneOffRunner(_Base):
             self._on_loop(chans, ack)
             return
         if outcome == "succeeded":
-            self._emit(chans, name, "succeeded", due=oneoff.due, oneoff=oneoff.id)
+            self._emit(chans, name, "succeeded", due=oneoff.due, oneoff=oneoff.id, **start)
         elif again is not None:
 
             def retry_then_ack() -> None:
@@ -381,12 +382,13 @@ class OneOffRunner(_Base):
 
             self._emit(chans, name, "failed", due=oneoff.due, oneoff=oneoff.id,
                        error_class="transient", error=error, attempt=oneoff.attempt,
-                       retry_in_s=delay)  # fmt: skip
+                       retry_in_s=delay, **start)  # fmt: skip
             self._on_loop(chans, retry_then_ack)
             return
         else:
             self._emit(chans, name, "failed", due=oneoff.due, oneoff=oneoff.id,
-                       error_class=outcome, error=error, attempt=oneoff.attempt)  # fmt: skip
+                       error_class=outcome, error=error, attempt=oneoff.attempt,
+                       **start)  # fmt: skip
         if self.records is not None:
             ended = "succeeded" if outcome == "succeeded" else "failed"
             self.records.conclude(oneoff.id, claimed.fence, ended)

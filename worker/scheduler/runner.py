@@ -39,7 +39,7 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from sluice.envelope import Event
 from sluice.errors import BusinessError, TransientError
-from sluice.scheduling.names import Names, expiration_ms, quiet_window_s
+from sluice.scheduling.names import START_LATENESS, Names, expiration_ms, quiet_window_s
 from sluice.scheduling.overrides import Entry, OverrideStore
 from sluice.scheduling.registry import GROUPS, OVERLAP, PeriodicTask, Registry, Tick, Token
 from sluice.scheduling.schedule import latest_due, next_due
@@ -69,6 +69,12 @@ _LEDGER_DOWN: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
 _DEFAULTS = SchedulerSettings.model_fields
 # The lifecycle events that announce a task's next token (and carry when it falls due).
 _TOKEN_EVENTS = frozenset({"scheduled", "seeded", "reseeded", "rescheduled", "failed"})
+# The events the reconciler's listener is bound to: those that announce a token, and those that
+# show a runner holding one (a delivered token is out of the queues' count). Every other event
+# is followed on the same channel by a token's announcement (an outcome by `scheduled`), leaves
+# the token where the count sees it, or ends the task's token; routed to the listener, each cost
+# the broker an enqueue and this process a callback (bench/scheduler_bench.py, many tasks).
+LISTENED_EVENTS = _TOKEN_EVENTS | {"started", "running", "resumed"}
 DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
 DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
 # How often an idle connection loop wakes to see whether it should stop (a delivery or a
@@ -201,13 +207,15 @@ class _Base:
         self._ch.work.basic_publish(exchange, token.task, token.encode(), props, mandatory=True)
 
     def inventory(self, task: str) -> int:
-        """Tokens of `task` waiting in its hatchery or ready in its processor queue."""
+        """Tokens of `task` in sight: its hatchery's count, or when that is 0 its processor
+        queue's (callers ask only whether there is one; a token waits most of its period in the
+        hatchery, so asking the processor queue too is mostly a passive declare for nothing)."""
         assert self._ch is not None
-        total = 0
         for queue in (self.names.hatchery(task), self.names.processor(task)):
-            ok = self._ch.work.queue_declare(queue, passive=True)
-            total += ok.method.message_count
-        return total
+            count: int = self._ch.work.queue_declare(queue, passive=True).method.message_count
+            if count:
+                return count
+        return 0
 
 
 class _Link:
@@ -499,12 +507,14 @@ class Consumer:
 
 @dataclass
 class _Inflight:
-    """A run this process started: the token's due time, the tick it runs, its fence."""
+    """A run this process started: the token's due time, the tick it runs, its fence, how late
+    it started (its outcome event says so: the status queue keeps outcomes only)."""
 
     token_due: float
     tick: Tick
     fence: int
     future: Future[bool]
+    lateness_s: float
 
 
 class TaskRunner:
@@ -735,7 +745,7 @@ class TaskRunner:
         tick = Tick(name, due, attempt)
         self.emit(name, "started", due=due, lateness_s=now - due, attempt=attempt, fence=fence)
         future = self._broker().actions.submit(self._act, tick)
-        inflight = self._inflight = _Inflight(token_due, tick, fence, future)
+        inflight = self._inflight = _Inflight(token_due, tick, fence, future, now - due)
         self._complete(method, inflight, resumed=False)
 
     def _settle(self, inflight: _Inflight) -> bool:
@@ -775,15 +785,16 @@ class TaskRunner:
             self.emit(name, "fenced", due=tick.due, outcome=outcome, holder=self.holder)
             self._ack(method)
             return
+        late = {START_LATENESS: inflight.lateness_s}
         if outcome == "succeeded":
-            self.emit(name, "succeeded", due=tick.due, duration_s=took)
+            self.emit(name, "succeeded", due=tick.due, duration_s=took, **late)
         elif outcome == "missed":
-            self.emit(name, "missed", due=tick.due, missed=1)
+            self.emit(name, "missed", due=tick.due, missed=1, **late)
         elif outcome == "skipped":
-            self._skipped(tick, inflight.future)
+            self._skipped(inflight)
         elif outcome == "business":
             log.warning("task %s tick %s failed (business): %s", name, tick.due_iso, error)
-            self.emit(name, "failed", due=tick.due, error_class="business", error=error)
+            self.emit(name, "failed", due=tick.due, error_class="business", error=error, **late)
         elif retry:
             # The same tick again after a backoff, through the task's hatchery: the retry is the
             # task's one token meanwhile (the reconciler counts it), then claims its own tick.
@@ -800,6 +811,7 @@ class TaskRunner:
                 error=error,
                 attempt=tick.attempt,
                 retry_in_s=delay,
+                **late,
             )
             self._ack(method)
             return
@@ -811,6 +823,7 @@ class TaskRunner:
                 error_class="transient",
                 error=error,
                 attempt=tick.attempt,
+                **late,
             )
             self._dead_letter(tick, error)
         self._schedule_after(tick.due)
@@ -872,23 +885,25 @@ class TaskRunner:
         self._lease_end = time.monotonic() + self.lease_s
         self.emit(name, "started", due=tick.due, lateness_s=now - tick.due, redrive=True)
         run = self._broker().actions.submit(self._act, tick, latest_only=False)
-        inflight = _Inflight(token.due, tick, 0, run)
+        inflight = _Inflight(token.due, tick, 0, run, now - tick.due)
         started = self.clock()
         outcome, error = self._wait(inflight)
+        late = {START_LATENESS: inflight.lateness_s}
         if outcome == "succeeded":
-            self.emit(name, "succeeded", due=tick.due, duration_s=self.clock() - started)
+            self.emit(name, "succeeded", due=tick.due, duration_s=self.clock() - started, **late)
         elif outcome == "skipped":
-            self._skipped(tick, inflight.future)
+            self._skipped(inflight)
         elif outcome == "business":
-            self.emit(name, "failed", due=tick.due, error_class="business", error=error)
+            self.emit(name, "failed", due=tick.due, error_class="business", error=error, **late)
         else:
-            self.emit(name, "failed", due=tick.due, error_class="transient", error=error)
+            self.emit(name, "failed", due=tick.due, error_class="transient", error=error, **late)
             self._dead_letter(tick, error, reason="redrive-failed")
         self._ack(method)
 
-    def _skipped(self, tick: Tick, run: Future[bool]) -> None:
+    def _skipped(self, inflight: _Inflight) -> None:
         """Report a tick skipped because its task's previous run still runs (overlap.py)."""
-        exc = run.exception()
+        tick = inflight.tick
+        exc = inflight.future.exception()
         assert isinstance(exc, Overlapping)
         verdict = exc.verdict
         previous = verdict.previous_s
@@ -901,7 +916,14 @@ class TaskRunner:
             "?" if previous is None else Tick(tick.task, previous).due_iso,
             verdict.reason,
         )
-        self.emit(tick.task, "skipped", due=tick.due, running=previous, reason=verdict.reason)
+        self.emit(
+            tick.task,
+            "skipped",
+            due=tick.due,
+            running=previous,
+            reason=verdict.reason,
+            **{START_LATENESS: inflight.lateness_s},
+        )
 
     def _dead_letter(self, tick: Tick, error: str, reason: str = "retry-limit") -> None:
         log.error(
@@ -1049,7 +1071,8 @@ class Reconciler(_Base):
         events = ch.connection.channel()
         listen = self.names.listener(uuid.uuid4().hex)
         events.queue_declare(listen, exclusive=True, auto_delete=True)
-        events.queue_bind(listen, self.names.control_exchange, routing_key="#")
+        for event in sorted(LISTENED_EVENTS):
+            events.queue_bind(listen, self.names.control_exchange, routing_key=f"*.{event}")
         events.basic_consume(listen, self._on_event, auto_ack=True)
         return True
 

@@ -3,15 +3,21 @@
 Per task: a hatchery queue where the task's single token waits out a per-message TTL, then is
 dead-lettered (at-least-once) into the processor exchange and on to the task's processor queue,
 which has one active consumer at a time. Everything is quorum and durable; the control exchange
-carries lifecycle events, and a task's status queue keeps its last few (bounded length, oldest
-dropped: information for `sluice schedules list`, not state); the dead exchange/queue collects
+carries lifecycle events, and a task's status queue keeps its last few outcomes (bounded length,
+oldest dropped: information for `sluice schedules list`, not state); the dead exchange/queue collects
 ticks beyond their retry limit (and redriven ones that failed again)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sluice.scheduling.names import BROKER_DELIVERY_MARGIN, STATUS_EVENTS, STATUS_LENGTH, Names
+from sluice.scheduling.names import (
+    BROKER_DELIVERY_MARGIN,
+    RETIRED_STATUS_EVENTS,
+    STATUS_EVENTS,
+    STATUS_LENGTH,
+    Names,
+)
 from sluice.scheduling.registry import PeriodicTask
 
 
@@ -68,3 +74,6 @@ def declare(channel: Any, names: Names, tasks: list[PeriodicTask]) -> None:
         )
         for event in STATUS_EVENTS:
             channel.queue_bind(status, names.control_exchange, routing_key=f"{task.name}.{event}")
+        for event in RETIRED_STATUS_EVENTS:
+            # Unbinding a binding that does not exist succeeds (RabbitMQ's queue.unbind).
+            channel.queue_unbind(status, names.control_exchange, routing_key=f"{task.name}.{event}")

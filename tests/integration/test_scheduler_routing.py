@@ -1,0 +1,167 @@
+"""Where the broker routes the scheduler's lifecycle events, against a real rabbitmq-server.
+
+Each event routed to a queue is work for the broker on every tick (a quorum enqueue for a status
+queue, an enqueue and a delivery for the reconciler's listener): the status queue keeps outcomes
+only, each carrying its start's lateness, and the listener gets only the events the reconciler
+uses. Every event still reaches the control exchange (the tap sees them all)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pika
+
+from devtools.rabbitmq import RabbitNode
+from sluice.scheduling.names import START_LATENESS, STATUS_LENGTH, Names
+from sluice.scheduling.registry import PeriodicTask, Registry, Token
+from sluice.scheduling.schedule import Every
+from sluice_cli.schedules import last_status
+from tests.integration.scheduling import ControlTap, Recorder
+from worker.scheduler.runner import Reconciler, Scheduler
+from worker.scheduler.topology import declare
+
+PERIOD_S = 0.2
+
+
+def status_events(rabbit: RabbitNode, queue: str) -> list[dict[str, Any]]:
+    """The status queue's events, read without consuming them (closing gives them back)."""
+    connection = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+    try:
+        channel = connection.channel()
+        events = []
+        for _ in range(STATUS_LENGTH):
+            method, _props, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                break
+            events.append(json.loads(body))
+        return events
+    finally:
+        connection.close()
+
+
+def bindings_to(rabbit: RabbitNode, queue: str) -> set[str]:
+    """The routing keys binding `queue` to any exchange but the default one, as the broker has
+    them (rabbitmqctl list_bindings)."""
+    out = rabbit.ctl("list_bindings", "source_name", "destination_name", "routing_key", "--silent")
+    rows = [line.split("\t") for line in out.splitlines() if line.strip()]
+    return {key for source, dest, key in rows if dest == queue and source}
+
+
+def test_the_status_queue_keeps_outcomes_each_with_its_start_lateness(
+    rabbit: RabbitNode, names: Names, tap: ControlTap
+) -> None:
+    # Given a task ticking every 200 ms
+    rec = Recorder()
+    task = PeriodicTask("kept", Every(PERIOD_S), action=rec)
+    with Scheduler(Registry([task]), rabbit.url, names=names):
+        # When it has run a few ticks
+        rec.wait_for(4, timeout=15)
+        tap.wait_for("succeeded", task.name)
+        kept = status_events(rabbit, names.status(task.name))
+        shown = last_status(rabbit.url, [task.name], names)[task.name]
+    # Then its status queue holds outcomes only, no starts
+    assert kept, "no event in the status queue"
+    assert {e["event"] for e in kept} == {"succeeded"}, kept
+    # and each outcome says how late its tick started, as the start announced it
+    started = {e["due"]: e["lateness_s"] for e in tap.of("started", task.name)}
+    for event in kept:
+        assert event[START_LATENESS] == started[event["due"]], (event, started)
+    # and `sluice schedules list` shows the last outcome with that lateness
+    last = kept[-1]
+    assert (shown.outcome, shown.due) == ("succeeded", last["due"])
+    assert shown.lateness_ms == last[START_LATENESS] * 1000
+    # and every start still reached the control exchange
+    assert {r.due for r in rec.completed()} <= set(started)
+
+
+def test_a_status_queue_declared_by_an_older_version_stops_keeping_starts(
+    rabbit: RabbitNode, names: Names
+) -> None:
+    # Given a status queue declared as before, `started` bound to it too
+    task = PeriodicTask("upgraded", Every(PERIOD_S), action=Recorder())
+    status = names.status(task.name)
+    connection = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+    try:
+        channel = connection.channel()
+        declare(channel, names, [task])
+        channel.queue_bind(status, names.control_exchange, routing_key=f"{task.name}.started")
+        assert f"{task.name}.started" in bindings_to(rabbit, status)
+        # When this version declares the topology (a scheduler process starting)
+        declare(channel, names, [task])
+        # and again (a declaration is idempotent: unbinding what is not bound succeeds)
+        declare(channel, names, [task])
+    finally:
+        connection.close()
+    # Then the broker no longer routes starts to it, and still routes its outcomes
+    keys = bindings_to(rabbit, status)
+    assert f"{task.name}.started" not in keys
+    assert {f"{task.name}.succeeded", f"{task.name}.failed"} <= keys
+
+
+def test_the_reconciler_hears_starts_and_tokens_not_every_outcome(
+    rabbit: RabbitNode, names: Names, tap: ControlTap
+) -> None:
+    # Given a scheduler whose reconciler records what its listener receives
+    rec = Recorder()
+    task = PeriodicTask("heard", Every(PERIOD_S), action=rec)
+    scheduler = Scheduler(Registry([task]), rabbit.url, names=names)
+    heard: list[str] = []
+    lock = threading.Lock()
+    on_event = scheduler.reconciler._on_event
+
+    def listen(ch: Any, method: Any, props: Any, body: bytes) -> None:
+        with lock:
+            heard.append(method.routing_key.partition(".")[2])
+        on_event(ch, method, props, body)
+
+    scheduler.reconciler._on_event = listen  # type: ignore[method-assign]
+    with scheduler:
+        # When its task has run a few ticks
+        rec.wait_for(5, timeout=15)
+        tap.wait_for("succeeded", task.name)
+    # Then the reconciler heard each token announced and each run start
+    with lock:
+        got = set(heard)
+    assert {"seeded", "scheduled", "started"} <= got, got
+    # and not the outcomes, which a token's announcement follows on the same channel
+    assert "succeeded" not in got, got
+    # while the control exchange carried them all
+    assert len(tap.of("succeeded", task.name)) >= 4
+
+
+def test_the_reconciler_asks_the_processor_queue_only_when_the_hatchery_is_empty(
+    rabbit: RabbitNode, names: Names
+) -> None:
+    # Given a reconciler connected to the broker, its passive declarations recorded
+    task = PeriodicTask("counted", Every(60), action=Recorder())
+    reconciler = Reconciler(Registry([task]), rabbit.url, names=names)
+    channels = reconciler._open([task])
+    asked: list[str] = []
+    declare_queue = channels.work.queue_declare
+
+    def spy(queue: str, **kwargs: Any) -> Any:
+        asked.append(queue)
+        return declare_queue(queue, **kwargs)
+
+    channels.work.queue_declare = spy
+    try:
+        # When the task's token waits in its hatchery
+        reconciler.publish_token(Token(task.name, time.time() + 60))
+        # Then it is counted from the hatchery alone
+        assert reconciler.inventory(task.name) == 1
+        assert asked == [names.hatchery(task.name)]
+        # When the hatchery is empty and the token is ready in the processor queue instead
+        channels.work.queue_purge(names.hatchery(task.name))
+        reconciler.publish_token(Token(task.name, time.time() - 1))
+        asked.clear()
+        # Then both queues are asked, and the token is counted
+        assert reconciler.inventory(task.name) == 1
+        assert asked == [names.hatchery(task.name), names.processor(task.name)]
+        # and with no token anywhere, none is counted
+        channels.work.queue_purge(names.processor(task.name))
+        assert reconciler.inventory(task.name) == 0
+    finally:
+        reconciler._close()
