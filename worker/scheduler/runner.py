@@ -146,6 +146,18 @@ def _connect(url: str, heartbeat_s: int) -> pika.BlockingConnection:
 _OPENING = threading.BoundedSemaphore(8)
 
 
+def token_route(names: Names, delay: float) -> tuple[str, pika.BasicProperties]:
+    """Where a token that should arrive in `delay` seconds is published, and its properties:
+    through the task's hatchery for that long (its TTL), or, already due, straight to the
+    processor (waiting out a zero TTL adds only latency)."""
+    props = pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent,
+        content_type="application/json",
+        expiration=expiration_ms(delay) if delay > 0 else None,
+    )
+    return (names.scheduler_exchange if delay > 0 else names.processor_exchange), props
+
+
 @dataclass
 class _Channels:
     connection: pika.BlockingConnection
@@ -195,15 +207,9 @@ class _Base:
         """A task's token, through its hatchery for `delay` seconds (default: until its tick is
         due), confirmed by the broker before this returns."""
         assert self._ch is not None
-        if delay is None:
-            delay = token.due - self.clock()
-        props = pika.BasicProperties(
-            delivery_mode=pika.DeliveryMode.Persistent,
-            content_type="application/json",
-            expiration=expiration_ms(delay) if delay > 0 else None,
+        exchange, props = token_route(
+            self.names, token.due - self.clock() if delay is None else delay
         )
-        # A tick already due skips the hatchery: waiting out a zero TTL adds only latency.
-        exchange = self.names.scheduler_exchange if delay > 0 else self.names.processor_exchange
         self._ch.work.basic_publish(exchange, token.task, token.encode(), props, mandatory=True)
 
     def inventory(self, task: str) -> int:
@@ -576,15 +582,9 @@ class TaskRunner:
     def publish_token(self, token: Token, delay: float | None = None) -> None:
         """A task's token, through its hatchery for `delay` seconds (default: until its tick is
         due), confirmed by the broker before this returns."""
-        if delay is None:
-            delay = token.due - self.clock()
-        props = pika.BasicProperties(
-            delivery_mode=pika.DeliveryMode.Persistent,
-            content_type="application/json",
-            expiration=expiration_ms(delay) if delay > 0 else None,
+        exchange, props = token_route(
+            self.names, token.due - self.clock() if delay is None else delay
         )
-        # A tick already due skips the hatchery: waiting out a zero TTL adds only latency.
-        exchange = self.names.scheduler_exchange if delay > 0 else self.names.processor_exchange
         self._broker().publish(self._epoch, exchange, token.task, token.encode(), props)
 
     def inventory(self, task: str) -> int:
