@@ -53,8 +53,9 @@ class _AtomicMotoServer(ThreadedMotoServer):
 
 @contextmanager
 def moto_server(*, atomic: bool = False) -> Iterator[str]:
-    """Run moto's server (in a thread) while the block runs; its URL. `atomic`: requests are
-    served one at a time, so conditional writes that race behave as DynamoDB's do."""
+    """Run moto's server (in a thread) while the block runs; its URL. `atomic`: DynamoDB
+    requests are served one at a time (other services' as they come), so conditional writes
+    that race behave as DynamoDB's do."""
     port = free_port()
     kind = _AtomicMotoServer if atomic else ThreadedMotoServer
     server = kind(ip_address="127.0.0.1", port=port, verbose=False)

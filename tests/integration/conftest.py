@@ -47,8 +47,8 @@ def ledger_env() -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def atomic_ledger_env() -> Iterator[dict[str, str]]:
-    """ledger_env served one request at a time, so claims of one item that race are decided as
-    DynamoDB decides them (moto alone may let both pass their condition)."""
+    """ledger_env serving one DynamoDB request at a time, so claims of one item that race are
+    decided as DynamoDB decides them (moto alone may let both pass their condition)."""
     yield from _ledger_env(atomic=True)
 
 
