@@ -81,6 +81,14 @@ def expect_after(at: float, now: float, hop_ms: int | None, wait_ms: tuple[int, 
     return back if following is not None and following >= MARK_HOP_MS else at
 
 
+def swept_expect(at: float, now: float, wait_ms: tuple[int, ...], wait_s: float) -> float:
+    """When a scheduler process should next see a one-off the sweep sends again now: as
+    `expect_after` for the hop that send goes on (its copy is out of sight until that hop ends),
+    and not before `wait_s` from now (the sweep's backoff for copies nobody takes)."""
+    hop = next_hop((at - now) * 1000, wait_ms)
+    return max(expect_after(at, now, hop, wait_ms), now + wait_s)
+
+
 def worth_noting(expect: float, noted: float | None, grace_s: float) -> bool:
     """Whether a one-off's record must be told its new `expect`: the sweep takes a record for
     lost `grace_s` after the time it holds (`noted`), so a time within half of that is left

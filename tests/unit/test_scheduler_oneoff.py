@@ -160,6 +160,29 @@ def test_a_oneoff_in_flight_is_never_taken_for_lost_and_few_hops_write(ceiling, 
         assert writes == 0
 
 
+@pytest.mark.parametrize(
+    ("ceiling", "ahead_ms", "grace_s"),
+    [(4096, 2_389, 1.0), (4096, 7_000, 1.0), (spec.RABBITMQ_MAX_TTL_MS, 90_000, 10.0)],
+)
+def test_a_copy_the_sweep_sends_is_not_taken_for_lost_while_it_waits_out_its_first_hop(
+    ceiling, ahead_ms, grace_s
+):
+    # Given a one-off the sweep sends again at 0, due `ahead_ms` later, on the hop the send
+    # takes (every hop 3 ms more than its TTL), then handled by runners as they send it
+    waits, transit = spec.waits(ceiling), 0.003
+    at = ahead_ms / 1000
+    recorded = spec.swept_expect(at, 0.0, waits, grace_s)
+    now = 0.0
+    while (hop := spec.next_hop((at - now) * 1000, waits)) is not None:
+        now += hop / 1000 + transit  # the next handling
+        # Then no sweep takes it for lost before that handling (lost: now > expect + grace)
+        assert now <= recorded + grace_s or at <= recorded + grace_s, (now, recorded)
+        expect = spec.expect_after(at, now, spec.next_hop((at - now) * 1000, waits), waits)
+        if spec.worth_noting(expect, recorded, grace_s):
+            recorded = expect
+    assert at <= recorded + grace_s
+
+
 class _Stop(threading.Event):
     """A stop event that records how long each wait would have been, without waiting."""
 

@@ -469,8 +469,7 @@ class OneOffSweeper(_Base):
             # The next look: after the grace, doubled for each send that was not seen either
             # (a copy that waits for a consumer group with no process is not sent without end).
             wait = min(self.runner.sweep_grace_s * 2**record.swept, SWEEP_BACKOFF_CAP_S)
-            expect = spec.expect_after(oneoff.at, now, None, self.runner.waits)
-            expect = max(expect, now + wait)
+            expect = spec.swept_expect(oneoff.at, now, self.runner.waits, wait)
             if not self.records.swept(record, round(expect * 1000)):
                 continue  # a runner saw it meanwhile: not lost
             copy = replace(oneoff, expect=expect)
