@@ -72,12 +72,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         else:
             kind = FOLDER_KIND[item.path.relative_to(ROOT / "tests").parts[0]]
             item.add_marker(kind)
-        # `make test` runs three workers on the two cores (pytest-xdist, --dist loadgroup; a run
-        # mostly waits on brokers, servers and timers: at -n 2 it used 0.8 of one core). The
-        # tests of one file stay on one worker (they share its module fixtures: a local
-        # pipeline), the infra tests of one environment on one (a worker synthesizes an
-        # environment once, for all its tests) and every broker test on one (they share the
-        # session's RabbitMQ node, and their timing bounds assume no other broker test runs).
+        # `make test` runs on both cores (pytest-xdist, --dist loadgroup; three workers were
+        # faster, but two synthesizing beside the broker tests starved them: a one-off's lateness
+        # went from p50 1 ms to 99 ms). The tests of one file stay on one worker (they share its
+        # module fixtures: a local pipeline), the infra tests of one environment on one (a worker
+        # synthesizes an environment once, for all its tests) and every broker test on one (they
+        # share the session's RabbitMQ node, and their timing bounds assume no other broker test
+        # runs).
         folder = item.path.relative_to(ROOT / "tests").parts[0]
         env = getattr(getattr(item, "callspec", None), "params", {}).get("env")
         if kind == "infra":
