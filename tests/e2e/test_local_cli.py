@@ -298,7 +298,11 @@ def test_a_burst_a_throttle_holds_starts_in_later_windows_by_priority(local_up, 
         # the others were held: listed while they waited, under their key, since their arrival
         held = [e for ms, e in mine if ms // period_ms > burst_ms // period_ms]
         assert len(held) == count - limit
-        assert sorted(held) == sorted(e for e in listed if listed[e]["key"] == customer)
+        shown = {e for e in listed if listed[e]["key"] == customer}
+        assert set(held) <= shown
+        # (an event may be held for a moment and still start in the burst's window: its admit
+        # lost a race for the window's record, and the drain after its hold started it at once)
+        assert all(started_at[e] // period_ms == burst_ms // period_ms for e in shown - set(held))
         for e in held:
             assert (listed[e]["control"], listed[e]["priority"]) == (
                 "throttle",
