@@ -105,6 +105,31 @@ def test_lifecycle_events_follow_each_tick(rabbit, names, tap):
     assert kinds[:3] == ["scheduled", "started", "succeeded"]
 
 
+def test_a_stop_mid_run_lets_the_run_finish_and_hands_its_token_on(rabbit, names, tap):
+    # Given a task due every 0.5 s whose run takes 0.4 s
+    rec = Recorder(duration_s=0.4)
+    sched = scheduler(rabbit, names, PeriodicTask("stopped", Every(0.5), action=rec)).start()
+    try:
+        # When the process is stopped while a run is under way
+        rec.wait_for(1, timeout=10)
+        deadline = time.monotonic() + 10
+        while not (rec.runs and rec.runs[-1].ended is None):
+            assert time.monotonic() < deadline, "no run under way"
+            time.sleep(0.005)
+        under_way = rec.runs[-1]
+    finally:
+        sched.stop()
+    # Then the run finished and its outcome went out before the connection closed
+    assert under_way.ended is not None
+    deadline = time.monotonic() + 5
+    while not [e for e in tap.of("succeeded", "stopped") if e["due"] == under_way.due]:
+        assert time.monotonic() < deadline, "the stopped run's outcome never went out"
+        time.sleep(0.01)
+    # and its token went on to the next tick (the next process runs that one, not this one again)
+    assert queue_depth(rabbit, names.processor("stopped")) == 0
+    assert queue_depth(rabbit, names.hatchery("stopped")) == 1
+
+
 def test_a_business_error_is_recorded_and_the_schedule_continues(rabbit, names, tap):
     # Given a task whose every run fails with a business error
     def refuse(tick: Tick) -> None:

@@ -59,6 +59,8 @@ _BROKER_DOWN: tuple[type[BaseException], ...] = (
     pika.exceptions.AMQPConnectionError,
     # A handshake that timed out (a broker too busy to answer): pika's connector raises its own.
     AMQPConnectorException,
+    # A channel closed by the broker, and a publish it refused or could not route (pika's
+    # NackError and UnroutableError are channel errors too).
     pika.exceptions.AMQPChannelError,
     pika.exceptions.StreamLostError,
     ConnectionError,
@@ -84,6 +86,10 @@ IDLE_WAKE_S = 1.0
 # next token's confirm) and threads running actions; ticks beyond them wait their turn.
 HANDLERS = 64
 ACTIONS = 64
+# A stopping process lets the ticks under way finish this long (their outcome events, next
+# tokens and acks go out on the connection); a run still going then is left to the next owner
+# of its token, as when the process dies (Scheduler.stop waits 5 s for each thread).
+STOP_GRACE_S = 3.0
 # How long a runner waits for the broker to answer a request before treating it as gone.
 CONFIRM_TIMEOUT_S = 30.0
 # A token whose handling the broker refused goes back to its queue after this long.
@@ -224,6 +230,38 @@ class _Base:
         return 0
 
 
+def reconnecting(
+    stop: threading.Event,
+    what: str,
+    session: Callable[[threading.Event, Callable[[], None]], None],
+    close: Callable[[], None],
+    *,
+    ledger_wait_s: float,
+) -> None:
+    """Run `session` (one connection's work; it calls `connected()` once set up) until `stop`,
+    and again after the broker fails or refuses a publish (backing off from 0.2 s, doubling up
+    to 1 s; reset once connected) or the table does (`ledger_wait_s`); `close` runs after each.
+    Every long-lived part of the scheduler (the Consumer, the reconciler, the one-off runner and
+    sweep) loops on it, so none of their threads dies of the broker or the table."""
+    backoff = [0.2]
+
+    def connected() -> None:
+        backoff[0] = 0.2
+
+    while not stop.is_set():
+        try:
+            session(stop, connected)
+        except _BROKER_DOWN as exc:
+            log.warning("%s: broker unavailable (%r); reconnecting", what, exc)
+            stop.wait(backoff[0])
+            backoff[0] = min(backoff[0] * 2, 1.0)
+        except _LEDGER_DOWN as exc:
+            log.error("%s: table unavailable (%s); retrying", what, exc)
+            stop.wait(ledger_wait_s)
+        finally:
+            close()
+
+
 class _Link:
     """Nothing to talk to: a TaskRunner not yet given to a Consumer."""
 
@@ -272,6 +310,7 @@ class Consumer:
         self._seq = 0  # publishes on this connection's work channel (the confirm numbering)
         self._unconfirmed: dict[int, Future[None]] = {}
         self._broken: BaseException | None = None
+        self._active = 0  # deliveries handed to the handlers and not yet handled
         self.stopping = threading.Event()  # set by `serve`'s stop: its handlers are told to quit
 
     # --- called by any thread -----------------------------------------------------------------
@@ -381,24 +420,21 @@ class Consumer:
     def serve(self, stop: threading.Event) -> None:
         """Consume every added task until `stop` is set, reconnecting whenever the broker goes."""
         self.stopping = stop
-        backoff = 0.2
-        while not stop.is_set():
-            try:
-                self._open()
-                backoff = 0.2
-                while not stop.is_set() and self._broken is None:
-                    assert self._connection is not None
-                    self._connection.process_data_events(time_limit=IDLE_WAKE_S)
-                if self._broken is not None:
-                    raise self._broken
-            except _BROKER_DOWN as exc:
-                log.warning("scheduler consumer: broker unavailable (%s); reconnecting", exc)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
-            finally:
-                self._close()
+        reconnecting(stop, "scheduler consumer", self._session, self._close, ledger_wait_s=1.0)
         self.handlers.shutdown(wait=False, cancel_futures=True)
         self.actions.shutdown(wait=False, cancel_futures=True)
+
+    def _session(self, stop: threading.Event, connected: Callable[[], None]) -> None:
+        """One connection's life: serve it until `stop` (then wind down) or until it breaks."""
+        self._open()
+        connected()
+        while not stop.is_set() and self._broken is None:
+            assert self._connection is not None
+            self._connection.process_data_events(time_limit=IDLE_WAKE_S)
+        if self._broken is None:
+            self._wind_down()
+        if self._broken is not None:
+            raise self._broken
 
     def _open(self) -> None:
         with _OPENING:
@@ -442,12 +478,44 @@ class Consumer:
         epoch = self.epoch
 
         def on_token(_ch: Any, method: Any, props: Any, body: bytes) -> None:
-            with contextlib.suppress(RuntimeError):  # stopping: the token goes back unacked
-                self.handlers.submit(runner.deliver, epoch, method, props, body)
+            if self.stopping.is_set():
+                return  # the token goes back unacked when the connection closes
+            with self._lock:
+                self._active += 1
+            try:
+                self.handlers.submit(self._deliver, runner, epoch, method, props, body)
+            except RuntimeError:  # the pool is shut: the token goes back unacked
+                self._handled()
 
         # Through the blocking channel (pika's wrapper owns the consume's callbacks); its
         # deliveries are dispatched on this thread, outside the poll.
         self._tags[name] = self._consuming.basic_consume(self.names.processor(name), on_token)
+
+    def _deliver(
+        self, runner: TaskRunner, epoch: int, method: Any, props: Any, body: bytes
+    ) -> None:
+        try:
+            runner.deliver(epoch, method, props, body)
+        finally:
+            self._handled()
+
+    def _handled(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    def _wind_down(self) -> None:
+        """A graceful stop: take no more tokens, let the ticks under way finish for up to
+        STOP_GRACE_S while the connection still serves them, and send what they queued. Closed at
+        once, a tick's outcome event, next token and ack were lost with the connection: its token
+        came back to run the tick's successor late, and `schedules list` missed the outcome."""
+        assert self._connection is not None
+        for name in list(self._tags):
+            self._stop_consuming(name)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while self._active and self._broken is None and time.monotonic() < deadline:
+            self._connection.process_data_events(time_limit=0.02)
+        self._drain()
+        self._connection.process_data_events(time_limit=0)
 
     def _stop_consuming(self, name: str) -> None:
         tag = self._tags.pop(name, None)
@@ -1009,39 +1077,35 @@ class Reconciler(_Base):
             self._due[task] = now + float(wait)
 
     def serve(self, stop: threading.Event) -> None:
-        backoff = 0.2
+        reconnecting(stop, "reconciler", self._session, self._close, ledger_wait_s=1.0)
+
+    def _session(self, stop: threading.Event, connected: Callable[[], None]) -> None:
+        """One connection's life: lead and keep the tokens until `stop`, or wait while another
+        process leads (the next session tries again)."""
+        self._changed.clear()
+        tasks = self._tasks
+        tick = self._interval(tasks)
+        ch = self._open(tasks)
+        # Only the leader publishes a re-timed task's token, for changes it applied while
+        # leading (a process that takes the lead later leaves an older token to be dropped on
+        # arrival and replaced).
+        self._retimed.clear()
+        if not self._lead(ch):
+            self._close()
+            stop.wait(max(tick, 0.5))
+            return
+        connected()
+        self._empty_since.clear()
         while not stop.is_set():
-            try:
+            if self._changed.is_set():
                 self._changed.clear()
                 tasks = self._tasks
                 tick = self._interval(tasks)
-                ch = self._open(tasks)
-                # Only the leader publishes a re-timed task's token, for changes it applied
-                # while leading (a process that takes the lead later leaves an older token to
-                # be dropped on arrival and replaced).
-                self._retimed.clear()
-                if not self._lead(ch):
-                    self._close()
-                    stop.wait(max(tick, 0.5))
-                    continue
-                backoff = 0.2
-                self._empty_since.clear()
-                while not stop.is_set():
-                    if self._changed.is_set():
-                        self._changed.clear()
-                        tasks = self._tasks
-                        tick = self._interval(tasks)
-                        declare(ch.work, self.names, tasks)  # an added task's queues
-                        self._retime()
-                    for task in tasks:
-                        self._check(task)
-                    ch.connection.process_data_events(time_limit=tick)
-            except _BROKER_DOWN as exc:
-                log.warning("reconciler: broker unavailable (%s); reconnecting", exc)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
-            finally:
-                self._close()
+                declare(ch.work, self.names, tasks)  # an added task's queues
+                self._retime()
+            for task in tasks:
+                self._check(task)
+            ch.connection.process_data_events(time_limit=tick)
 
     @staticmethod
     def _interval(tasks: list[PeriodicTask]) -> float:
