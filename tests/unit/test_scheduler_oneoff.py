@@ -3,16 +3,13 @@ and the record as the tick-ledger item that a start and a cancel race for."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import boto3
-import pika
 import pytest
-from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from devtools.local.resources import ENV, REGION, create_coordination_table
@@ -26,7 +23,7 @@ from sluice.scheduling.registry import PeriodicTask, Registry
 from sluice.scheduling.schedule import Every
 from sluice.settings import SchedulerSettings
 from sluice_cli.oneoff import OneOffError, OneOffs, parse_time
-from worker.scheduler.oneoff import OneOffLedger, reconnecting
+from worker.scheduler.oneoff import OneOffLedger
 
 YEAR_MS = 365 * 86_400 * 1000
 
@@ -181,49 +178,6 @@ def test_a_copy_the_sweep_sends_is_not_taken_for_lost_while_it_waits_out_its_fir
         if spec.worth_noting(expect, recorded, grace_s):
             recorded = expect
     assert at <= recorded + grace_s
-
-
-class _Stop(threading.Event):
-    """A stop event that records how long each wait would have been, without waiting."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waits: list[float | None] = []
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waits.append(timeout)
-        return self.is_set()
-
-
-def test_the_oneoff_loops_reconnect_with_backoff_reset_once_connected_and_wait_out_the_table():
-    # Given a session that fails on the broker twice, connects and fails again, then fails on
-    # the table, then is stopped
-    closed = []
-
-    class Conn:
-        def _close(self) -> None:
-            closed.append(1)
-
-    broker_down = pika.exceptions.AMQPConnectionError("gone")
-    table_down = ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "Query")
-    stop = _Stop()
-    calls = iter(range(5))
-
-    def session(stop_: threading.Event, connected) -> None:
-        n = next(calls)
-        if n == 2:
-            connected()
-        if n < 3:
-            raise broker_down
-        if n == 3:
-            raise table_down
-        stop_.set()
-
-    reconnecting(Conn(), stop, "test", session, ledger_wait_s=7.0)  # type: ignore[arg-type]
-    # Then it backed off 0.2, 0.4 s, from 0.2 s again once connected, waited out the table,
-    # and closed the connection after every session
-    assert stop.waits == [0.2, 0.4, 0.2, 7.0]
-    assert len(closed) == 5
 
 
 def test_a_oneoff_may_name_a_task_added_or_paused_at_run_time_but_not_a_removed_one(table):

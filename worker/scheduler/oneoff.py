@@ -52,7 +52,6 @@ from worker.scheduler.control import LiveRegistry
 from worker.scheduler.ledger import Claimed, Ledger, MemoryLedger, TableLedger
 from worker.scheduler.runner import (
     _BROKER_DOWN,
-    _LEDGER_DOWN,
     DEFAULT_HEARTBEAT_S,
     DEFAULT_LEASE_S,
     Backoff,
@@ -60,11 +59,10 @@ from worker.scheduler.runner import (
     SendEvent,
     _Base,
     _Channels,
+    reconnecting,
 )
 
 log = logging.getLogger("sluice.scheduler")
-# A publish the broker refused (a quorum queue not ready yet nacks it) or could not route.
-_REFUSED = (pika.exceptions.NackError, pika.exceptions.UnroutableError)
 LEDGER_PREFIX = "oneoff#"
 CHECK_CANCELLED_S = 60.0  # hops further than this from the due time drop a cancelled one-off
 LAST_STRETCHES = 8  # one-offs in their last stretch at once, per process
@@ -113,37 +111,6 @@ def publish(
         mandatory=True,
     )
     return hop
-
-
-def reconnecting(
-    conn: _Base,
-    stop: threading.Event,
-    what: str,
-    session: Callable[[threading.Event, Callable[[], None]], None],
-    *,
-    ledger_wait_s: float,
-) -> None:
-    """Run `session` (one connection's work; it calls `connected()` once set up) until `stop`,
-    and again after the broker fails (backing off from 0.2 s, doubling up to 1 s; reset once
-    connected) or the table does (`ledger_wait_s`); the connection is closed each time. The
-    periodic runners' loop (worker/scheduler/runner.py) is the same and not yet on this."""
-    backoff = [0.2]
-
-    def connected() -> None:
-        backoff[0] = 0.2
-
-    while not stop.is_set():
-        try:
-            session(stop, connected)
-        except (*_BROKER_DOWN, *_REFUSED) as exc:
-            log.warning("%s: broker unavailable (%r); reconnecting", what, exc)
-            stop.wait(backoff[0])
-            backoff[0] = min(backoff[0] * 2, 1.0)
-        except _LEDGER_DOWN as exc:
-            log.error("%s: table unavailable (%s); retrying", what, exc)
-            stop.wait(ledger_wait_s)
-        finally:
-            conn._close()
 
 
 class OneOffRunner(_Base):
@@ -207,7 +174,7 @@ class OneOffRunner(_Base):
             sweeper.start()
         # Unacked, a one-off comes back on the next connection (a copy it may have left on a
         # hop is dropped by its claim).
-        reconnecting(self, stop, "one-off runner", self._consume, ledger_wait_s=1.0)
+        reconnecting(stop, "one-off runner", self._consume, self._close, ledger_wait_s=1.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
         if sweeper is not None:
             sweeper.join(5)
@@ -433,7 +400,7 @@ class OneOffSweeper(_Base):
 
     def serve(self, stop: threading.Event) -> None:
         wait = self.runner.sweep_s
-        reconnecting(self, stop, "one-off sweep", self._lead, ledger_wait_s=wait)
+        reconnecting(stop, "one-off sweep", self._lead, self._close, ledger_wait_s=wait)
 
     def _lead(self, stop: threading.Event, connected: Callable[[], None]) -> None:
         ch = self._open([])
