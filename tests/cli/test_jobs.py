@@ -229,11 +229,12 @@ def test_show_gives_the_error_of_a_failed_execution(
     assert "error   BusinessError: not audio" in result.output
 
 
-def _stack_log_groups(env: str, tmp_path) -> list[str]:
-    """The log groups the synthesized stacks of `env` really create for their Lambdas."""
-    from tests.infra.conftest import _synth
+def _stack_log_groups(env: str, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The log groups the synthesized stacks of `env` really create for their Lambdas (the
+    session's synth of `env`, which the infra tests on this worker share)."""
+    from tests.infra.conftest import synthesized
 
-    synth = _synth(env, str(tmp_path / f"cdk.out-{env}"))
+    synth = synthesized(env, tmp_path_factory)
     groups = []
     for template in (synth.stateful, synth.stateless):
         for fn in template.find_resources("AWS::Lambda::Function").values():
@@ -246,10 +247,10 @@ def _stack_log_groups(env: str, tmp_path) -> list[str]:
 
 @pytest.mark.infra  # synthesizes the app to read the log groups it really creates
 def test_logs_option_queries_every_log_group_the_stack_creates(
-    jobs_table: Any, run, monkeypatch: pytest.MonkeyPatch, tmp_path
+    jobs_table: Any, run, monkeypatch: pytest.MonkeyPatch, tmp_path_factory
 ) -> None:
     # Given CloudWatch Logs holding the log groups the dev stacks create, and one of another env
-    groups = _stack_log_groups("dev", tmp_path)
+    groups = _stack_log_groups("dev", tmp_path_factory)
     # every function of the stacks names its group (workflows, steps, the platform lookup)
     assert len(groups) >= 10, groups
     logs = boto3.client("logs", region_name=REGION)

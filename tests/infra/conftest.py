@@ -84,12 +84,17 @@ def _synth(env: str, outdir: str) -> Synth:
     )
 
 
+def synthesized(env: str, tmp_path_factory: pytest.TempPathFactory) -> Synth:
+    """`env` synthesized once per session (per xdist worker), for any test that needs it."""
+    return _synth(env, str(tmp_path_factory.getbasetemp() / f"cdk.out-{env}"))
+
+
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory: pytest.TempPathFactory):
     """synth(env) -> Synth, built once per environment per session."""
 
     def get(env: str) -> Synth:
-        return _synth(env, str(tmp_path_factory.getbasetemp() / f"cdk.out-{env}"))
+        return synthesized(env, tmp_path_factory)
 
     return get
 
