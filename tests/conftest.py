@@ -89,6 +89,10 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
+# First: xdist's own hook turns each test's xdist_group mark into the suffix of its node id, which
+# is all `--dist loadgroup` groups by, so the marks must be set before it reads them.
+# tests/unit/test_xdist_groups.py checks that the groups hold (under pytest 9.2 they did not).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         kinds = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
@@ -101,7 +105,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(kind)
         # `make test` runs on both cores (pytest-xdist, --dist loadgroup; three workers were
         # faster, but two synthesizing beside the broker tests starved them: a one-off's lateness
-        # went from p50 1 ms to 99 ms). The tests of one file stay on one worker (they share its
+        # went from p50 1 ms to 99 ms, measured while pytest 9.2 ignored these groups). The tests of one file stay on one worker (they share its
         # module fixtures: a local pipeline), the infra tests of one environment on one (a worker
         # synthesizes an environment once, for all its tests) and every broker test on one (they
         # share the session's RabbitMQ node, and their timing bounds assume no other broker test
@@ -112,6 +116,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             group = f"synth-{env}" if isinstance(env, str) else "synth"
         elif folder == "integration":
             group = "rabbitmq"
+        elif folder == "worker":
+            # The session's moto server and worker processes (tests/worker/conftest.py): moto's
+            # in-process server shares its state with mock_aws, whose every start resets it, so
+            # no other file's test may run on this worker between two of these.
+            group = "worker"
         else:
             group = item.path.relative_to(ROOT).as_posix()
         item.add_marker(pytest.mark.xdist_group(group))
