@@ -103,13 +103,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         else:
             kind = FOLDER_KIND[item.path.relative_to(ROOT / "tests").parts[0]]
             item.add_marker(kind)
-        # `make test` runs on both cores (pytest-xdist, --dist loadgroup; three workers were
-        # faster, but two synthesizing beside the broker tests starved them: a one-off's lateness
-        # went from p50 1 ms to 99 ms, measured while pytest 9.2 ignored these groups). The tests of one file stay on one worker (they share its
-        # module fixtures: a local pipeline), the infra tests of one environment on one (a worker
-        # synthesizes an environment once, for all its tests) and every broker test on one (they
-        # share the session's RabbitMQ node, and their timing bounds assume no other broker test
-        # runs).
+        # `make test` runs on both cores (pytest-xdist, --dist loadgroup; with three workers the
+        # two synthesizing beside the broker tests starved them, and the run was no faster). The
+        # tests of one file stay on one worker (they share its module fixtures: a local
+        # pipeline), the infra tests of one environment on one (a worker synthesizes an
+        # environment once, for all its tests) and every broker test on one (they share the
+        # session's RabbitMQ node, and their timing bounds assume no other broker test runs).
         folder = item.path.relative_to(ROOT / "tests").parts[0]
         env = getattr(getattr(item, "callspec", None), "params", {}).get("env")
         if kind == "infra":

@@ -80,6 +80,7 @@ WORKER_BUNDLE = [
     "worker/scheduler/__init__.py",
     "worker/scheduler/__main__.py",
     "worker/scheduler/broker_metrics.py",
+    "worker/scheduler/connection.py",
     "worker/scheduler/control.py",
     "worker/scheduler/cron_http.py",
     "worker/scheduler/ledger.py",

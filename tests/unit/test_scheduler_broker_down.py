@@ -9,6 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
 
+import worker.scheduler.control as control
 import worker.scheduler.runner as runner
 from sluice.scheduling.names import Names
 from sluice.scheduling.registry import PeriodicTask, Registry
@@ -54,7 +55,6 @@ def test_the_scheduler_loops_reconnect_with_backoff_reset_once_connected_and_wai
     # Given a session that fails on the broker twice, connects and fails again, then fails on
     # the table, then is stopped
     closed = []
-
     broker_down = pika.exceptions.AMQPConnectionError("gone")
     table_down = ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "Query")
     stop = _Stop()
@@ -94,7 +94,38 @@ def test_a_reconciler_whose_publish_is_refused_reconnects_rather_than_its_thread
 
     monkeypatch.setattr(runner.Reconciler, "_open", open_)
     reconciler = runner.Reconciler(Registry([TASK]), "amqp://refusing", names=Names())
-    # When it serves, Then it backs off and opens a new session (the refusal once killed it)
+    # When it serves, Then it backs off and opens a new session (the loop it shares with every
+    # part of the scheduler: pika's NackError is a channel error, one of the broker-down ones)
     reconciler.serve(stop)
     assert sessions == [1, 1]
     assert stop.waits[0] == 0.2
+
+
+def test_the_registry_prompts_survive_a_handshake_timeout_and_reread_by_time_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a broker too busy to finish the handshake, twice, and overrides due for a re-read
+    stop = _Stop()
+    attempts = []
+    reads = []
+
+    def connection(params: pika.URLParameters) -> None:
+        attempts.append(params.heartbeat)
+        if len(attempts) >= 2:
+            stop.set()
+        raise AMQPConnectorStackTimeout("Timeout during AMQP handshake")
+
+    class Live:
+        def refresh(self) -> bool:
+            reads.append(1)
+            return True
+
+    monkeypatch.setattr(pika, "BlockingConnection", connection)
+    prompts = control.Prompts("amqp://busy", Names(), Live(), heartbeat_s=7)  # type: ignore[arg-type]
+    prompts.reread_s = 0.0
+    # When they serve, Then they back off and try again (with the process's heartbeat) rather
+    # than their thread dying, and re-read the overrides by time while the broker is away
+    prompts.serve(stop)
+    assert attempts == [7, 7]
+    assert stop.waits == [0.2, 0.4]
+    assert len(reads) == 2

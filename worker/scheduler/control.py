@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sluice.scheduling.names import Names
 from sluice.scheduling.overrides import REREAD_S, Entry, OverrideStore, effective
 from sluice.scheduling.registry import Registry
+from worker.scheduler.connection import _BROKER_DOWN, _OPENING, _connect, reconnecting
 
 log = logging.getLogger("sluice.scheduler")
 Apply = Callable[[list[Entry]], None]
@@ -68,39 +69,51 @@ class Prompts:
     def __init__(self, url: str, names: Names, live: LiveRegistry, heartbeat_s: int) -> None:
         self.url, self.names, self.live, self.heartbeat_s = url, names, live, heartbeat_s
         self.reread_s = REREAD_S
+        self._last = time.monotonic()  # when the overrides were last re-read on a prompt or by time
+        self._connection: pika.BlockingConnection | None = None
 
     def serve(self, stop: threading.Event) -> None:
-        last = time.monotonic()
-        backoff = 0.2
-        while not stop.is_set():
-            connection = None
-            try:
-                params = pika.URLParameters(self.url)
-                params.heartbeat = self.heartbeat_s
-                params.socket_timeout = 5
-                connection = pika.BlockingConnection(params)
-                channel = connection.channel()
-                channel.exchange_declare(self.names.registry_exchange, "fanout", durable=True)
-                queue = self.names.listener(f"registry-{uuid.uuid4().hex[:12]}")
-                channel.queue_declare(queue, exclusive=True, auto_delete=True)
-                channel.queue_bind(queue, self.names.registry_exchange)
-                # Prompts sent while this process was cut off are lost: read what they announced.
+        # Any AMQP error, not only the broker going away (a consumer the broker cancelled too):
+        # the prompts are a hint, a new connection costs nothing.
+        broker_down = (*_BROKER_DOWN, pika.exceptions.AMQPError)
+        reconnecting(
+            stop,
+            "registry prompts",
+            self._session,
+            self._close,
+            ledger_wait_s=1.0,  # LiveRegistry.refresh waits out the table itself
+            broker_down=broker_down,
+        )
+
+    def _reread_if_due(self) -> None:
+        if time.monotonic() - self._last >= self.reread_s:
+            self.live.refresh()
+            self._last = time.monotonic()
+
+    def _session(self, stop: threading.Event, connected: Callable[[], None]) -> None:
+        # While the broker is away, the overrides are still re-read by time.
+        self._reread_if_due()
+        with _OPENING:
+            self._connection = _connect(self.url, self.heartbeat_s)
+        channel = self._connection.channel()
+        channel.exchange_declare(self.names.registry_exchange, "fanout", durable=True)
+        queue = self.names.listener(f"registry-{uuid.uuid4().hex[:12]}")
+        channel.queue_declare(queue, exclusive=True, auto_delete=True)
+        channel.queue_bind(queue, self.names.registry_exchange)
+        # Prompts sent while this process was cut off are lost: read what they announced.
+        self.live.refresh()
+        connected()
+        for method, _, _ in channel.consume(queue, auto_ack=True, inactivity_timeout=0.1):
+            if stop.is_set():
+                break
+            if method is not None:
                 self.live.refresh()
-                backoff = 0.2
-                for method, _, _ in channel.consume(queue, auto_ack=True, inactivity_timeout=0.1):
-                    if stop.is_set():
-                        break
-                    if method is not None or time.monotonic() - last >= self.reread_s:
-                        self.live.refresh()
-                        last = time.monotonic()
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                log.warning("registry prompts: broker unavailable (%s); re-reading by time", exc)
-                if time.monotonic() - last >= self.reread_s:
-                    self.live.refresh()
-                    last = time.monotonic()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
-            finally:
-                if connection is not None and connection.is_open:
-                    with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-                        connection.close()
+                self._last = time.monotonic()
+            else:
+                self._reread_if_due()
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                connection.close()

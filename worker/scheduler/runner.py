@@ -34,8 +34,6 @@ from urllib.parse import quote
 
 import pika
 import pika.exceptions
-from botocore.exceptions import BotoCoreError, ClientError
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from sluice.envelope import Event
 from sluice.errors import BusinessError, TransientError
@@ -45,6 +43,13 @@ from sluice.scheduling.registry import GROUPS, OVERLAP, PeriodicTask, Registry, 
 from sluice.scheduling.schedule import latest_due, next_due
 from sluice.settings import SchedulerSettings
 from worker.scheduler.broker_metrics import Lifecycle
+from worker.scheduler.connection import (
+    _BROKER_DOWN,
+    _LEDGER_DOWN,
+    _OPENING,
+    _connect,
+    reconnecting,
+)
 from worker.scheduler.control import LiveRegistry, Prompts
 from worker.scheduler.ledger import Claim, Ledger, MemoryLedger
 from worker.scheduler.overlap import UNKNOWN, OverlapGuard, Overlapping
@@ -54,20 +59,6 @@ log = logging.getLogger("sluice.scheduler")
 Clock = Callable[[], float]
 SendEvent = Callable[[Event], Any]
 
-# Connection errors that mean "the broker went away": reconnect, never crash the process.
-_BROKER_DOWN: tuple[type[BaseException], ...] = (
-    pika.exceptions.AMQPConnectionError,
-    # A handshake that timed out (a broker too busy to answer): pika's connector raises its own.
-    AMQPConnectorException,
-    # A channel closed by the broker, and a publish it refused or could not route (pika's
-    # NackError and UnroutableError are channel errors too).
-    pika.exceptions.AMQPChannelError,
-    pika.exceptions.StreamLostError,
-    ConnectionError,
-    OSError,
-)
-# Errors of the tick ledger (DynamoDB): no tick runs unclaimed, so the runner waits them out.
-_LEDGER_DOWN: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
 _DEFAULTS = SchedulerSettings.model_fields
 # The lifecycle events that announce a task's next token (and carry when it falls due).
 _TOKEN_EVENTS = frozenset({"scheduled", "seeded", "reseeded", "rescheduled", "failed"})
@@ -132,24 +123,6 @@ def broker_url(settings: SchedulerSettings, *, secrets: Any = None) -> str | Non
     user, password = quote(secret["username"], safe=""), quote(secret["password"], safe="")
     scheme, _, hostport = endpoint.partition("://")
     return f"{scheme or 'amqps'}://{user}:{password}@{hostport}"
-
-
-def _connect(url: str, heartbeat_s: int) -> pika.BlockingConnection:
-    params = pika.URLParameters(url)
-    # A frozen process's connection is closed after about two missed heartbeats: the bound on
-    # how long it can hold its task's token (and stall the task).
-    params.heartbeat = heartbeat_s
-    params.blocked_connection_timeout = 30
-    params.socket_timeout = 5
-    try:
-        return pika.BlockingConnection(params)
-    except ValueError as exc:  # pika: the socket closed while the connection was being set up
-        raise pika.exceptions.AMQPConnectionError(repr(exc)) from exc
-
-
-# Connections this process opens (and declares on) at once: its runners' Consumer, the
-# reconciler, the one-off runner, the registry's prompts (and a TaskRunner serving alone).
-_OPENING = threading.BoundedSemaphore(8)
 
 
 def token_route(names: Names, delay: float) -> tuple[str, pika.BasicProperties]:
@@ -228,38 +201,6 @@ class _Base:
             if count:
                 return count
         return 0
-
-
-def reconnecting(
-    stop: threading.Event,
-    what: str,
-    session: Callable[[threading.Event, Callable[[], None]], None],
-    close: Callable[[], None],
-    *,
-    ledger_wait_s: float,
-) -> None:
-    """Run `session` (one connection's work; it calls `connected()` once set up) until `stop`,
-    and again after the broker fails or refuses a publish (backing off from 0.2 s, doubling up
-    to 1 s; reset once connected) or the table does (`ledger_wait_s`); `close` runs after each.
-    Every long-lived part of the scheduler (the Consumer, the reconciler, the one-off runner and
-    sweep) loops on it, so none of their threads dies of the broker or the table."""
-    backoff = [0.2]
-
-    def connected() -> None:
-        backoff[0] = 0.2
-
-    while not stop.is_set():
-        try:
-            session(stop, connected)
-        except _BROKER_DOWN as exc:
-            log.warning("%s: broker unavailable (%r); reconnecting", what, exc)
-            stop.wait(backoff[0])
-            backoff[0] = min(backoff[0] * 2, 1.0)
-        except _LEDGER_DOWN as exc:
-            log.error("%s: table unavailable (%s); retrying", what, exc)
-            stop.wait(ledger_wait_s)
-        finally:
-            close()
 
 
 class _Link:
