@@ -22,8 +22,13 @@ def ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int, *, reuse_address: bool = False) -> bool:
+    """Can a socket bind `port` on 127.0.0.1 now? `reuse_address`: as a server binds it
+    (SO_REUSEADDR, as gunicorn does), so that a port whose old connections linger in TIME_WAIT
+    after its server stopped counts as free and only a socket listening there does not."""
     with socket.socket() as s:
+        if reuse_address:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -46,6 +51,6 @@ def free_port(*, stable: bool = False) -> int:
     ceiling = max(low, STABLE_FLOOR + 1000)
     for _ in range(200):
         port = random.randrange(STABLE_FLOOR, ceiling)  # noqa: S311 (a test port, not a secret)
-        if _bindable(port):
+        if bindable(port):
             return port
     raise OSError(f"no free port in {STABLE_FLOOR}-{ceiling - 1} on 127.0.0.1")

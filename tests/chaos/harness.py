@@ -169,16 +169,19 @@ def run_events(n: int, seed: int, work: Path, *, kills: int, moto_url: str) -> T
             lambda_fake.INVALID_REQUEST if i % 2 else lambda_fake.TOO_LARGE
         )
     env = worker_env(
-        port=free_port(),
+        # Restarted on this port: from below the ephemeral range, which no other test's server
+        # (bound to port 0) nor any outgoing connection can take while it is down; a port taken
+        # then was answered by another test's server, and the worker's events lost (seen in CI).
+        port=free_port(stable=True),
         lambda_url=f"http://127.0.0.1:{server.server_address[1]}",
         moto_url=moto_url,
         dlq_url=queues.dlq_url,
         claim_bucket=CLAIM_BUCKET,
     )
     env.update(WEB_CONCURRENCY="2", SLUICE_INVOKE_TIMEOUT_S="1")
-    log = work / "web.log"
     procfile = ROOT / "worker" / "Procfile"
-    web: list[Worker] = [start_web(ROOT, env, log, procfile=procfile)]
+    logs = [work / f"web-{i}.log" for i in range(kills + 1)]  # one per start: a failure shows them
+    web: list[Worker] = [start_web(ROOT, env, logs[0], procfile=procfile)]
     bodies = [e.to_json() for e in p.valid] + p.resends + [b for b, _ in p.poison]
     bodies += [e.to_json() for e in p.rejected]
     rng.shuffle(bodies)
@@ -193,7 +196,7 @@ def run_events(n: int, seed: int, work: Path, *, kills: int, moto_url: str) -> T
     signals: Counter[str] = Counter()
     deadline = time.monotonic() + 60 + n * 0.5
     try:
-        for _ in range(kills):  # kill the web processes at random points, then restart them
+        for k in range(kills):  # kill the web processes at random points, then restart them
             time.sleep(rng.uniform(0.5, 2.0))
             sig = rng.choice([signal.SIGKILL, signal.SIGTERM])
             signals[sig.name] += 1
@@ -201,7 +204,7 @@ def run_events(n: int, seed: int, work: Path, *, kills: int, moto_url: str) -> T
                 os.killpg(web[0].process.pid, sig)
             web[0].process.wait(30)
             time.sleep(rng.uniform(0, 1.0))  # sqsd meets a closed port meanwhile
-            web[0] = start_web(ROOT, env, log, procfile=procfile)
+            web[0] = start_web(ROOT, env, logs[k + 1], procfile=procfile)
         wait_quiet(queues.sqs, queues.url, deadline)
         send_bodies(queues.sqs, queues.url, [e.to_json() for e in p.conflicts])
         wait_quiet(queues.sqs, queues.url, deadline)
@@ -246,6 +249,11 @@ def run_events(n: int, seed: int, work: Path, *, kills: int, moto_url: str) -> T
         f"web processes killed: {dict(signals)}; sqsd answers: {dict(driver.stats.statuses)}; "
         f"dead letters delivered twice (killed before answering): {len(copies) - len(dead)}",
     ]
+    if table.failures():  # what each web process said, last lines first to look at
+        for path in logs:
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-15:]
+                table.notes += [f"{path.name}:", *(f"  {line}" for line in tail)]
     return table
 
 

@@ -22,7 +22,7 @@ from moto.server import ThreadedMotoServer
 from devtools.lambda_fake import LocalLambda
 from devtools.lambda_fake import serve as serve_lambda
 from devtools.local.processes import procfile as procfile_command
-from devtools.ports import free_port
+from devtools.ports import bindable, free_port
 from sluice import naming
 from sluice.settings import WebSettings
 from tests.conftest import ROOT
@@ -174,7 +174,13 @@ def wait_healthy(
 def start_web(
     cwd: Path, env: dict[str, str], log: Path, *, procfile: Path, python: str = sys.executable
 ) -> Worker:
-    """Start the Procfile's `web` command as EB would (from the bundle root `cwd`)."""
+    """Start the Procfile's `web` command as EB would (from the bundle root `cwd`).
+
+    The port must be free: were another server listening there (a port taken while this one was
+    down for a restart), its answer to /health would pass for this process's, while gunicorn
+    retried its bind and gave up, and the requests meant for the worker went to that server."""
+    if not bindable(int(env["PORT"]), reuse_address=True):
+        raise RuntimeError(f"port {env['PORT']} is taken: another server listens there")
     web = procfile_command("web", procfile)
     assert web is not None, f"{procfile} has no web process"
     bindir = str(Path(python).parent)
