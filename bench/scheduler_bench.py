@@ -375,6 +375,124 @@ def many_side_by_side(
     return results
 
 
+OPS_IDLE_S = 5.0  # the broker's idle CPU rate is read over this long before each operation
+
+
+def _per_op_ms(pid: int | None, n: int, run: Any) -> float:
+    """The broker's CPU per operation, in ms: its Erlang VM's CPU while `run` does n operations
+    (and until the broker has finished them), less its idle rate read just before."""
+    before = _proc_cpu_s(pid)
+    time.sleep(OPS_IDLE_S)
+    idle = (_proc_cpu_s(pid) - before) / OPS_IDLE_S
+    began, cpu0 = time.monotonic(), _proc_cpu_s(pid)
+    run()
+    time.sleep(1.0)  # the broker's own follow-up (quorum log writes, dead-lettering)
+    return (_proc_cpu_s(pid) - cpu0 - idle * (time.monotonic() - began)) * 1000 / n
+
+
+def broker_ops(url: str, pid: int | None, tasks: int, n: int) -> dict[str, Any]:
+    """What each broker operation of a tick costs the broker, on the scheduler's own topology
+    (worker/scheduler/topology.py) for `tasks` tasks: the token's path (a confirmed persistent
+    publish into its quorum hatchery, the TTL's at-least-once dead-lettering into the quorum
+    processor queue, the delivery and the ack), a lifecycle event by where it is routed, the
+    reconciler's count (a passive declare), and the topology's idle cost."""
+    from worker.scheduler.runner import HANDLERS, LISTENED_EVENTS, token_route
+    from worker.scheduler.topology import declare
+
+    names = Names(f"bench-ops-{time.time_ns()}")
+    specs = [PeriodicTask(f"t{i:05d}", Every(1.0), action=lambda tick: None) for i in range(tasks)]
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    out: dict[str, Any] = {"tasks": tasks, "operations": n}
+    idle0 = _proc_cpu_s(pid)
+    time.sleep(OPS_IDLE_S)
+    out["idle_cpu_pct_before"] = round((_proc_cpu_s(pid) - idle0) / OPS_IDLE_S * 100, 1)
+    declare(channel, names, specs)
+    time.sleep(5.0)  # the new queues settle
+    idle0 = _proc_cpu_s(pid)
+    time.sleep(OPS_IDLE_S)
+    out["idle_cpu_pct_topology"] = round((_proc_cpu_s(pid) - idle0) / OPS_IDLE_S * 100, 1)
+    # The reconciler's listener, bound as Reconciler._lead binds it, consumed with auto-ack.
+    listen = names.listener("bench")
+    channel.queue_declare(listen, exclusive=True, auto_delete=True)
+    for event in sorted(LISTENED_EVENTS):
+        channel.queue_bind(listen, names.control_exchange, routing_key=f"*.{event}")
+    heard = [0]
+    channel.basic_consume(listen, lambda *_: heard.__setitem__(0, heard[0] + 1), auto_ack=True)
+    event = pika.BasicProperties(content_type="application/json", delivery_mode=1)
+    body = json.dumps({"task": "t", "event": "e", "at": 1.0, "due": 1.0}).encode()
+
+    def events(key: str, wait_heard: bool) -> Any:
+        def run() -> None:
+            heard[0] = 0
+            for i in range(n):
+                channel.basic_publish(
+                    names.control_exchange, f"t{i % tasks:05d}.{key}", body, event
+                )
+            while wait_heard and heard[0] < n:
+                connection.process_data_events(time_limit=0.1)
+            channel.queue_declare(names.dead_queue, passive=True)  # after every publish
+
+        return run
+
+    out["event_routed_nowhere_ms"] = _per_op_ms(pid, n, events("late", False))
+    out["event_to_listener_ms"] = _per_op_ms(pid, n, events("started", True))
+    out["event_to_status_queue_ms"] = _per_op_ms(pid, n, events("succeeded", False))
+
+    def counts() -> None:
+        for i in range(n):
+            channel.queue_declare(names.hatchery(f"t{i % tasks:05d}"), passive=True)
+
+    out["count_ms"] = _per_op_ms(pid, n, counts)
+
+    # Confirms pipelined as the Consumer's are: up to HANDLERS tokens awaiting theirs at once.
+    work = connection.channel()._impl
+    confirmed = [0]
+    work.confirm_delivery(lambda frame: confirmed.__setitem__(0, frame.method.delivery_tag))
+    consume = connection.channel()
+    consume.basic_qos(prefetch_count=tasks)
+    got = [0]
+
+    def on_token(ch: Any, method: Any, _props: Any, _body: bytes) -> None:
+        got[0] += 1
+        ch.basic_ack(method.delivery_tag)
+
+    for spec in specs:
+        consume.basic_consume(names.processor(spec.name), on_token)
+
+    def tokens_via(delay: float) -> Any:
+        # delay > 0: through the hatchery, as every tick's token; 0: straight to the processor
+        # queue (a retry due now), which leaves out the hatchery's write and the dead-lettering.
+        exchange, props = token_route(names, delay)
+        return lambda: tokens(exchange, props)
+
+    published = [0]  # the channel's confirm numbering
+
+    def tokens(exchange: str, props: Any) -> None:
+        got[0] = 0
+        for i in range(n):
+            while published[0] - confirmed[0] >= HANDLERS:
+                connection.process_data_events(time_limit=0.01)
+            work.basic_publish(exchange, f"t{i % tasks:05d}", b"{}", props, mandatory=True)
+            published[0] += 1
+        while got[0] < n:
+            connection.process_data_events(time_limit=0.1)
+
+    out["token_path_ms"] = _per_op_ms(pid, n, tokens_via(0.001))
+    out["token_without_hatchery_ms"] = _per_op_ms(pid, n, tokens_via(0))
+    connection.close()
+    for key in [k for k in out if k.endswith("_ms")]:
+        out[key] = round(out[key], 3)
+    # A tick: its token's path, `started` and `scheduled` to the listener, its outcome to the
+    # status queue; the counts are paced by the reconciler, not by ticks (see the many runs).
+    tick = out["token_path_ms"] + 2 * out["event_to_listener_ms"] + out["event_to_status_queue_ms"]
+    out["tick_ms"] = round(tick, 3)
+    out["cores_for_2000_ticks_per_s"] = round(
+        tick * 2 + out["idle_cpu_pct_topology"] / 100 - out["idle_cpu_pct_before"] / 100, 2
+    )
+    return out
+
+
 def _many_spec(spec: str) -> tuple[int, float, bool]:
     """TASKSxPERIOD, with a trailing `s`: the tasks' ticks spread over the period (offsets)."""
     spread = spec.endswith("s")
@@ -389,8 +507,12 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--rate-seconds", type=float, default=5.0)
     parser.add_argument(
-        "--phases", default="fidelity,rate,many", help="which phases: fidelity, rate, many"
+        "--phases",
+        default="fidelity,rate,many,ops",
+        help="which phases: fidelity, rate, many, ops (what each broker operation costs)",
     )
+    parser.add_argument("--ops", type=int, default=5000, help="operations of each kind (ops)")
+    parser.add_argument("--ops-tasks", type=int, default=1000, help="tasks' topology (ops)")
     parser.add_argument(
         "--many",
         default="1000x1s,1000x0.5s,200x1s,200x1",
@@ -477,6 +599,8 @@ def main() -> int:
                         }
                     )
                     _print({"many": report["many"][-1:]})
+            if "ops" in phases:
+                report["ops"] = broker_ops(node.url, _broker_pid(node), args.ops_tasks, args.ops)
         finally:
             node.stop()
     _print({k: v for k, v in report.items() if k != "many"})
@@ -509,6 +633,14 @@ def _print(report: dict[str, Any]) -> None:
         for name in ("sluice", "naive"):
             r = report["rate"][name]
             print(f"{name:8} {r.get('ticks_per_s_per_consumer', 0):>9} {r.get('run_twice', 0):>6}")
+    if "ops" in report:
+        ops = report["ops"]
+        print(
+            f"broker CPU per operation, ms ({ops['tasks']} tasks' topology, {ops['operations']}"
+            " of each; Erlang VM CPU less its idle rate)"
+        )
+        for key, value in ops.items():
+            print(f"  {key:<32} {value}")
     for run in report.get("many", []):
         ledger = f", ledger {run['ledger']}" if "ledger" in run else ", ledger in memory"
         ticks = "spread over the period" if run["spread"] else "all due at once"
