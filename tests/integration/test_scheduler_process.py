@@ -13,7 +13,9 @@ import pika
 import pytest
 
 from sluice.scheduling.names import Names
+from sluice.scheduling.oneoff import sweeper_queue
 from tests.conftest import ROOT
+from worker.scheduler.runner import STOP_GRACE_S
 
 
 def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
@@ -84,3 +86,49 @@ def test_cron_yaml_command_prints_what_the_registry_generates():
         check=True,
     )
     assert out.stdout.decode() == cron_yaml(REGISTRY)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_process_within_its_grace_while_it_leads_the_reconciler_and_the_sweep(
+    rabbit, ledger_env
+):
+    # Given the Procfile process with the tick ledger's table (so it also sweeps one-offs), its
+    # registry's tasks an hour apart or more (the reconciler's loop then waits seconds between
+    # its passes), leading both the reconciler and the one-off sweep
+    names = Names(f"p{uuid.uuid4().hex[:8]}")
+    proc = start({"SLUICE_BROKER_URL": rabbit.url, **ledger_env}, "--prefix", names.prefix)
+    try:
+        deadline = time.monotonic() + 20
+        while not (
+            _exists(rabbit.url, names.leader_queue) and _exists(rabbit.url, sweeper_queue(names))
+        ):
+            assert time.monotonic() < deadline, "the process did not take both leads"
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        time.sleep(0.5)  # into their loops' waits
+        # When it is sent SIGTERM (as EB's supervisor stops it on a deploy)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        took = time.monotonic() - began
+        # Then it ends with status 0 within the grace its ticks get and a second more: every
+        # loop sees the stop, none waits out its own pause
+        assert code == 0
+        assert took < STOP_GRACE_S + 1.0, took
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _exists(url: str, queue: str) -> bool:
+    """Does `queue` exist? (a passive declaration; an exclusive queue held by another connection
+    answers RESOURCE_LOCKED, which says it exists too)."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        conn.channel().queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return exc.reply_code == 405
+    finally:
+        if conn.is_open:
+            conn.close()

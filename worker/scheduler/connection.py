@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import pika
@@ -42,6 +43,24 @@ def _connect(url: str, heartbeat_s: int) -> pika.BlockingConnection:
         return pika.BlockingConnection(params)
     except ValueError as exc:  # pika: the socket closed while the connection was being set up
         raise pika.exceptions.AMQPConnectionError(repr(exc)) from exc
+
+
+# How long a connection's loop waits at most before it looks whether it should stop (a delivery
+# wakes it at once, and pika keeps the heartbeats while it waits).
+IDLE_WAKE_S = 1.0
+
+
+def serve_for(connection: pika.BlockingConnection, seconds: float, stop: threading.Event) -> None:
+    """Serve the connection's events for `seconds`, or until `stop` is set (seen within
+    IDLE_WAKE_S). A loop that waited out its whole pause (the reconciler's is up to 5 s, the
+    one-off sweep's 10 s) held a stopping process that long past its grace: Scheduler.stop
+    waits for each thread, and EB's supervisor waits for the process."""
+    end = time.monotonic() + seconds
+    while not stop.is_set():
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        connection.process_data_events(time_limit=min(left, IDLE_WAKE_S))
 
 
 # Connections this process opens (and declares on) at once: its runners' Consumer, the

@@ -48,6 +48,7 @@ from sluice.scheduling.names import START_LATENESS, Names
 from sluice.scheduling.oneoff import OneOff
 from sluice.scheduling.oneoff_records import OneOffRecords, key
 from sluice.scheduling.registry import GROUPS, PeriodicTask, Registry
+from worker.scheduler.connection import serve_for
 from worker.scheduler.control import LiveRegistry
 from worker.scheduler.ledger import Claimed, Ledger, MemoryLedger, TableLedger
 from worker.scheduler.runner import (
@@ -419,7 +420,7 @@ class OneOffSweeper(_Base):
         connected()
         while not stop.is_set():
             self.sweep()
-            ch.connection.process_data_events(time_limit=self.runner.sweep_s)
+            serve_for(ch.connection, self.runner.sweep_s, stop)
 
     def sweep(self) -> list[str]:
         """Send again (or end `missed`) every lost one-off; the ids sent again."""

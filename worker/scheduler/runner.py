@@ -47,8 +47,10 @@ from worker.scheduler.connection import (
     _BROKER_DOWN,
     _LEDGER_DOWN,
     _OPENING,
+    IDLE_WAKE_S,
     _connect,
     reconnecting,
+    serve_for,
 )
 from worker.scheduler.control import LiveRegistry, Prompts
 from worker.scheduler.ledger import Claim, Ledger, MemoryLedger
@@ -70,9 +72,6 @@ _TOKEN_EVENTS = frozenset({"scheduled", "seeded", "reseeded", "rescheduled", "fa
 LISTENED_EVENTS = _TOKEN_EVENTS | {"started", "running", "resumed"}
 DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
 DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
-# How often an idle connection loop wakes to see whether it should stop (a delivery or a
-# runner's request wakes it at once, and pika keeps the heartbeats while it waits).
-IDLE_WAKE_S = 1.0
 # A process's Consumer: threads handling deliveries (a handler waits for its tick's run and its
 # next token's confirm) and threads running actions; ticks beyond them wait their turn.
 HANDLERS = 64
@@ -1046,7 +1045,7 @@ class Reconciler(_Base):
                 self._retime()
             for task in tasks:
                 self._check(task)
-            ch.connection.process_data_events(time_limit=tick)
+            serve_for(ch.connection, tick, stop)
 
     @staticmethod
     def _interval(tasks: list[PeriodicTask]) -> float:
