@@ -26,6 +26,7 @@ from botocore.exceptions import ClientError
 
 from adapters.errors import code
 from sluice import naming
+from sluice.settings import SLOT_CHECK_AFTER_S
 from sluice.workflows import Priority, rank
 
 COUNTER = "counter"
@@ -38,7 +39,7 @@ WAITER_TTL_S = 400 * 86_400
 IsRunning = Callable[[str], bool]
 RACE_RETRIES = 3
 # Holders younger than this are not asked about (GetDurableExecution costs a call).
-CHECK_AFTER_S = 60
+CHECK_AFTER_S = SLOT_CHECK_AFTER_S
 
 
 def scope(workflow: str, key: str | None = None) -> str:

@@ -23,6 +23,9 @@ from sluice.workflows import Throttle, with_throttles
 
 # The longest audio any step accepts; the configuration may lower it per environment.
 DEFAULT_MAX_AUDIO_SECONDS = 4 * 3600
+# A concurrency slot's holder younger than this is not asked whether it still runs (each ask is
+# a GetDurableExecution call); adapters/slots.py.
+SLOT_CHECK_AFTER_S = 60
 # SQS's own ceiling on a message (its size limit): nothing larger can come from sqsd.
 SQS_MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_BODY_BYTES = 256 * 1024
@@ -360,6 +363,13 @@ class LambdaSettings(ProcessSettings):
         ge=1,
     )
     heavy_backoff_s: int = _var("SLUICE_HEAVY_BACKOFF_S", "first heavy retry delay", 30, ge=1)
+    slot_check_after_s: int = _var(
+        "SLUICE_SLOT_CHECK_AFTER_S",
+        "age of a concurrency slot's holder before a waiting run asks whether it still runs "
+        "(the stacks keep the default; `make local` shortens it)",
+        SLOT_CHECK_AFTER_S,
+        ge=1,
+    )
 
     def require(self, name: str) -> str:
         """A setting this function needs: its absence is a deployment fault, named."""

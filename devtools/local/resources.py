@@ -35,6 +35,9 @@ THROTTLES: dict[str, Throttle] = {}
 _webhooks = catalog.FLOWS["deliver_webhook"].throttle
 if _webhooks is not None:
     THROTTLES["deliver_webhook"] = _webhooks.model_copy(update={"limit": 3, "period_s": 5})
+# A concurrency slot's holder is asked whether it still runs once it is this old (the stacks
+# keep LambdaSettings' 60 s): a run stopped while it held a slot gives it up 5 s later locally.
+SLOT_CHECK_AFTER_S = 5
 ENV = CONFIG.name
 REGION = CONFIG.region
 BUCKET = naming.media_bucket(ENV, ACCOUNT, REGION)
@@ -80,6 +83,7 @@ class Resources:
                 tasks_queue_url=self.urls["tasks"],
                 max_audio_seconds=CONFIG.workflows.max_audio_seconds,
                 transcribe_language="en-US",
+                slot_check_after_s=SLOT_CHECK_AFTER_S,
             ),
             "POWERTOOLS_METRICS_NAMESPACE": "SluiceLocal",
             "POWERTOOLS_TRACE_DISABLED": "true",

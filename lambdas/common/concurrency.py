@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from adapters.errors import code
 from adapters.slots import IsRunning, Slots, scope
-from lambdas.common.runtime import clients, env
+from lambdas.common.runtime import clients, env, settings
 from sluice.workflows import Priority, key_value
 
 FIRST_POLL_S = 2
@@ -80,7 +80,11 @@ def plan(
 
 
 def default_slots() -> Slots:
-    return Slots(clients("dynamodb"), env("coordination_table"))
+    return Slots(
+        clients("dynamodb"),
+        env("coordination_table"),
+        check_after_s=settings().slot_check_after_s,
+    )
 
 
 def hold_slots(
