@@ -11,7 +11,8 @@ or `leader` (the reconciler only). --duration: how long each run of a declared t
 Settings (the coordination table, lease, heartbeat, TTL ceiling) come from the environment, as in
 the Procfile process (worker/scheduler/__main__.py: build). SCHED_KILL_AFTER_END=n: the process
 kills itself (SIGKILL) right after its n-th run ends, before the runner records the tick or
-publishes the next token.
+publishes the next token. SCHED_KILL_IN_RUN=n: it kills itself halfway through its n-th run
+(after the run's start is logged, before its end).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=0.01)
     args = parser.parse_args()
     kill_after = int(os.environ.get("SCHED_KILL_AFTER_END") or 0)
-    ends = 0
+    kill_in = int(os.environ.get("SCHED_KILL_IN_RUN") or 0)
+    starts = ends = 0
 
     def record(line: str) -> None:
         fd = os.open(args.logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -66,8 +68,12 @@ def main() -> None:
             os.close(fd)
 
     def action(tick: Tick) -> None:
-        nonlocal ends
+        nonlocal starts, ends
         record(f"start {tick.task} {tick.key}")
+        starts += 1
+        if starts == kill_in:
+            time.sleep(args.duration / 2)
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(args.duration)
         record(f"end {tick.task} {tick.key}")
         ends += 1

@@ -248,18 +248,12 @@ def test_a_consumer_killed_mid_task_resumes_without_running_a_tick_twice(
     # in the tick ledger with a 1 s lease
     env = {**ledger_env, "SLUICE_SCHEDULER_LEASE_S": "1"}
     with Fleet(rabbit.url, names.prefix, tmp_path / "runs.log", env=env, period=0.5, duration=0.3) as fleet:  # fmt: skip
-        first = fleet.start()
-        # When it is killed with SIGKILL in the middle of a run
-        fleet.wait(
-            lambda: fleet.running() is not None and len([r for r in fleet.runs() if r.ended]) >= 2,
-            20,
-            "a run after two",
-        )
-        killed = fleet.running()
-        assert killed is not None  # (300 ms runs: the one just seen is still running)
-        first.send_signal(signal.SIGKILL)
-        first.wait(5)
+        # When it is killed with SIGKILL in the middle of its third run (it kills itself there:
+        # a kill sent from here could land after the run ended on a loaded machine)
+        first = fleet.start(SCHED_KILL_IN_RUN="3")
+        assert first.wait(20) == -signal.SIGKILL
         killed_at = time.time()
+        (killed,) = [r for r in fleet.runs() if r.pid == first.pid and r.ended is None]
         # and a new scheduler process starts
         second = fleet.start()
         fleet.wait_runs(4, 20, pid=second.pid)
@@ -277,7 +271,7 @@ def test_a_consumer_killed_mid_task_resumes_without_running_a_tick_twice(
     assert all((b - a) % 500 == 0 and b > a for a, b in itertools.pairwise(dues))
     # and once the new process runs, one token drives it: consecutive slots
     keys = sorted(r.key for r in taken_over if r.ended)
-    assert all(b - a == 500 for a, b in itertools.pairwise(keys[1:]))
+    assert all(b - a == 500 for a, b in itertools.pairwise(keys[1:])), (keys, runs)
 
 
 def test_a_tick_later_than_its_lateness_bound_is_skipped_and_counted_missed(rabbit, names, tap):
