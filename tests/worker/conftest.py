@@ -172,15 +172,26 @@ def wait_healthy(
 
 
 def start_web(
-    cwd: Path, env: dict[str, str], log: Path, *, procfile: Path, python: str = sys.executable
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+    *,
+    procfile: Path,
+    python: str = sys.executable,
+    port_wait_s: float = 35.0,
 ) -> Worker:
     """Start the Procfile's `web` command as EB would (from the bundle root `cwd`).
 
     The port must be free: were another server listening there (a port taken while this one was
     down for a restart), its answer to /health would pass for this process's, while gunicorn
-    retried its bind and gave up, and the requests meant for the worker went to that server."""
-    if not bindable(int(env["PORT"]), reuse_address=True):
-        raise RuntimeError(f"port {env['PORT']} is taken: another server listens there")
+    retried its bind and gave up, and the requests meant for the worker went to that server.
+    A stopped web process's workers may still hold it for a while (a graceful stop finishes
+    their requests first), so the port gets `port_wait_s` to come free."""
+    port, end = int(env["PORT"]), time.monotonic() + port_wait_s
+    while not bindable(port, reuse_address=True):
+        if time.monotonic() > end:
+            raise RuntimeError(f"port {port} is taken: another server listens there")
+        time.sleep(0.1)
     web = procfile_command("web", procfile)
     assert web is not None, f"{procfile} has no web process"
     bindir = str(Path(python).parent)

@@ -42,7 +42,13 @@ def test_a_web_process_is_not_reported_healthy_on_a_port_another_server_answers(
         # Then the start fails, naming the port, rather than taking the other server's answer
         # for the web process's (gunicorn cannot bind it)
         with pytest.raises(RuntimeError, match=f"port {port} is taken"):
-            web = start_web(ROOT, env, tmp_path / "web.log", procfile=ROOT / "worker" / "Procfile")
+            web = start_web(
+                ROOT,
+                env,
+                tmp_path / "web.log",
+                procfile=ROOT / "worker" / "Procfile",
+                port_wait_s=1,
+            )
             stop_web(web)
     finally:
         other.shutdown()
