@@ -38,8 +38,6 @@ WAITER_TTL_S = 400 * 86_400
 
 IsRunning = Callable[[str], bool]
 RACE_RETRIES = 3
-# Holders younger than this are not asked about (GetDurableExecution costs a call).
-CHECK_AFTER_S = SLOT_CHECK_AFTER_S
 
 
 def scope(workflow: str, key: str | None = None) -> str:
@@ -91,7 +89,7 @@ class Slots:
         client: Any,
         name: str,
         *,
-        check_after_s: int = CHECK_AFTER_S,
+        check_after_s: int = SLOT_CHECK_AFTER_S,
         stale_waiter_s: int = 120,
         clock: Callable[[], float] = time.time,
     ) -> None:
