@@ -378,12 +378,17 @@ def many_side_by_side(
 OPS_IDLE_S = 5.0  # the broker's idle CPU rate is read over this long before each operation
 
 
+def _idle_rate(pid: int | None) -> float:
+    """The broker's CPU (cores) while nothing is asked of it, read over OPS_IDLE_S."""
+    before = _proc_cpu_s(pid)
+    time.sleep(OPS_IDLE_S)
+    return (_proc_cpu_s(pid) - before) / OPS_IDLE_S
+
+
 def _per_op_ms(pid: int | None, n: int, run: Any) -> float:
     """The broker's CPU per operation, in ms: its Erlang VM's CPU while `run` does n operations
     (and until the broker has finished them), less its idle rate read just before."""
-    before = _proc_cpu_s(pid)
-    time.sleep(OPS_IDLE_S)
-    idle = (_proc_cpu_s(pid) - before) / OPS_IDLE_S
+    idle = _idle_rate(pid)
     began, cpu0 = time.monotonic(), _proc_cpu_s(pid)
     run()
     time.sleep(1.0)  # the broker's own follow-up (quorum log writes, dead-lettering)
@@ -404,14 +409,10 @@ def broker_ops(url: str, pid: int | None, tasks: int, n: int) -> dict[str, Any]:
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     out: dict[str, Any] = {"tasks": tasks, "operations": n}
-    idle0 = _proc_cpu_s(pid)
-    time.sleep(OPS_IDLE_S)
-    out["idle_cpu_pct_before"] = round((_proc_cpu_s(pid) - idle0) / OPS_IDLE_S * 100, 1)
+    out["idle_cpu_pct_before"] = round(_idle_rate(pid) * 100, 1)
     declare(channel, names, specs)
     time.sleep(5.0)  # the new queues settle
-    idle0 = _proc_cpu_s(pid)
-    time.sleep(OPS_IDLE_S)
-    out["idle_cpu_pct_topology"] = round((_proc_cpu_s(pid) - idle0) / OPS_IDLE_S * 100, 1)
+    out["idle_cpu_pct_topology"] = round(_idle_rate(pid) * 100, 1)
     # The reconciler's listener, bound as Reconciler._lead binds it, consumed with auto-ack.
     listen = names.listener("bench")
     channel.queue_declare(listen, exclusive=True, auto_delete=True)
@@ -460,26 +461,27 @@ def broker_ops(url: str, pid: int | None, tasks: int, n: int) -> dict[str, Any]:
     for spec in specs:
         consume.basic_consume(names.processor(spec.name), on_token)
 
-    def tokens_via(delay: float) -> Any:
+    published = [0]  # the channel's confirm numbering
+
+    def tokens(delay: float) -> Any:
         # delay > 0: through the hatchery, as every tick's token; 0: straight to the processor
         # queue (a retry due now), which leaves out the hatchery's write and the dead-lettering.
         exchange, props = token_route(names, delay)
-        return lambda: tokens(exchange, props)
 
-    published = [0]  # the channel's confirm numbering
+        def run() -> None:
+            got[0] = 0
+            for i in range(n):
+                while published[0] - confirmed[0] >= HANDLERS:
+                    connection.process_data_events(time_limit=0.01)
+                work.basic_publish(exchange, f"t{i % tasks:05d}", b"{}", props, mandatory=True)
+                published[0] += 1
+            while got[0] < n:
+                connection.process_data_events(time_limit=0.1)
 
-    def tokens(exchange: str, props: Any) -> None:
-        got[0] = 0
-        for i in range(n):
-            while published[0] - confirmed[0] >= HANDLERS:
-                connection.process_data_events(time_limit=0.01)
-            work.basic_publish(exchange, f"t{i % tasks:05d}", b"{}", props, mandatory=True)
-            published[0] += 1
-        while got[0] < n:
-            connection.process_data_events(time_limit=0.1)
+        return run
 
-    out["token_path_ms"] = _per_op_ms(pid, n, tokens_via(0.001))
-    out["token_without_hatchery_ms"] = _per_op_ms(pid, n, tokens_via(0))
+    out["token_path_ms"] = _per_op_ms(pid, n, tokens(0.001))
+    out["token_without_hatchery_ms"] = _per_op_ms(pid, n, tokens(0))
     connection.close()
     for key in [k for k in out if k.endswith("_ms")]:
         out[key] = round(out[key], 3)
