@@ -93,7 +93,7 @@ local-up: $(VENV)/.dev
 
 ## make test: lint, type-check and run every test
 test: setup-dev lint typecheck
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 3 --dist loadgroup --no-loadscope-reorder
 
 ## make unit: the unit kind only (in-process, moto or in-memory fakes; no server process, no synth):
 ## under a minute, for the edit-test loop. `make test` runs every kind.

@@ -103,40 +103,75 @@ def _short_gc_pauses() -> None:
     gc.freeze()
 
 
+# The broker tests' group: every test of tests/integration (see the hook below).
+BROKER_GROUP = "rabbitmq"
+# How much lower the CPU priority of every other group's worker is (`make test`, below).
+NICE = 10
+
+
 # First: xdist's own hook turns each test's xdist_group mark into the suffix of its node id, which
 # is all `--dist loadgroup` groups by, so the marks must be set before it reads them.
 # tests/unit/test_xdist_groups.py checks that the groups hold (under pytest 9.2 they did not).
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        kinds = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
-        if len(kinds) > 1:
-            raise pytest.UsageError(f"{item.nodeid}: one kind, not {sorted(kinds)}")
-        if kinds:
-            (kind,) = kinds
-        else:
-            kind = FOLDER_KIND[item.path.relative_to(ROOT / "tests").parts[0]]
-            item.add_marker(kind)
-        # `make test` runs on both cores (pytest-xdist, --dist loadgroup; with three workers the
-        # two synthesizing beside the broker tests starved them, and the run was no faster). The
-        # tests of one file stay on one worker (they share its module fixtures: a local
-        # pipeline), the infra tests of one environment on one (a worker synthesizes an
-        # environment once, for all its tests) and every broker test on one (they share the
-        # session's RabbitMQ node, and their timing bounds assume no other broker test runs).
-        folder = item.path.relative_to(ROOT / "tests").parts[0]
-        env = getattr(getattr(item, "callspec", None), "params", {}).get("env")
-        if kind == "infra":
-            group = f"synth-{env}" if isinstance(env, str) else "synth"
-        elif folder == "integration":
-            group = "rabbitmq"
-        elif folder == "worker":
-            # The session's moto server and worker processes (tests/worker/conftest.py): moto's
-            # in-process server shares its state with mock_aws, whose every start resets it, so
-            # no other file's test may run on this worker between two of these.
-            group = "worker"
-        else:
-            group = item.path.relative_to(ROOT).as_posix()
-        item.add_marker(pytest.mark.xdist_group(group))
+    groups = [_mark_group(item) for item in items]
+    # `make test` deals the groups to its workers in this order (--no-loadscope-reorder): the
+    # broker tests' group first, so it starts at once on a worker of its own, then the rest by
+    # size, largest first (as xdist's own reorder does). The broker group is mostly waiting
+    # (ticks, restarts: 270 s of wall time for about 100 s of CPU) and runs beside two workers
+    # that use the two cores; started after the synths (fifth by size) it ended the run.
+    size: dict[str, int] = {}
+    for group in groups:
+        size[group] = size.get(group, 0) + 1
+    order = sorted(range(len(items)), key=lambda i: (groups[i] != BROKER_GROUP, -size[groups[i]]))
+    items[:] = [items[i] for i in order]
+
+
+def _mark_group(item: pytest.Item) -> str:
+    """Mark `item` with its kind and its xdist_group; the group."""
+    kinds = {mark.name for mark in item.iter_markers() if mark.name in KINDS}
+    if len(kinds) > 1:
+        raise pytest.UsageError(f"{item.nodeid}: one kind, not {sorted(kinds)}")
+    if kinds:
+        (kind,) = kinds
+    else:
+        kind = FOLDER_KIND[item.path.relative_to(ROOT / "tests").parts[0]]
+        item.add_marker(kind)
+    # `make test` runs three workers on the two cores (pytest-xdist, --dist loadgroup; the broker
+    # group first and every other worker niced: the hooks above and below). The
+    # tests of one file stay on one worker (they share its module fixtures: a local
+    # pipeline), the infra tests of one environment on one (a worker synthesizes an
+    # environment once, for all its tests) and every broker test on one (they share the
+    # session's RabbitMQ node, and their timing bounds assume no other broker test runs).
+    folder = item.path.relative_to(ROOT / "tests").parts[0]
+    env = getattr(getattr(item, "callspec", None), "params", {}).get("env")
+    if kind == "infra":
+        group = f"synth-{env}" if isinstance(env, str) else "synth"
+    elif folder == "integration":
+        group = BROKER_GROUP
+    elif folder == "worker":
+        # The session's moto server and worker processes (tests/worker/conftest.py): moto's
+        # in-process server shares its state with mock_aws, whose every start resets it, so
+        # no other file's test may run on this worker between two of these.
+        group = "worker"
+    else:
+        group = item.path.relative_to(ROOT).as_posix()
+    item.add_marker(pytest.mark.xdist_group(group))
+    return group
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A worker of `make test` (three of them on two cores) lowers its CPU priority (and its
+    children's: the jsii node process, gunicorn, moto) by NICE before its first test outside the
+    broker group. The broker tests bound lateness in milliseconds and failed when three workers
+    shared the cores equally; this way they take the CPU they need first, and the synths use the
+    rest. A worker that ran the broker group first lowers its priority afterwards (raising it
+    again needs privileges). Outside xdist nothing changes."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return
+    marks = [m.args[0] for m in item.iter_markers("xdist_group") if m.args]
+    if marks and marks[0] != BROKER_GROUP and os.nice(0) < NICE:
+        os.nice(NICE - os.nice(0))
 
 
 @pytest.fixture(scope="module")

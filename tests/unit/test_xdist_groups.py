@@ -8,6 +8,7 @@ until a fixed xdist is released; this fails if an upgrade breaks it again."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import ROOT
 
 CONFTEST = """
 import pytest
@@ -61,3 +64,77 @@ def test_the_tests_of_one_group_run_on_one_worker(tmp_path: Path) -> None:
         workers[file].add(worker)
     assert set(workers) == {"test_one", "test_two"}, run.stdout[-3000:]
     assert all(len(ran_on) == 1 for ran_on in workers.values()), dict(workers)
+
+
+@pytest.mark.integration  # it collects real test files in a subprocess
+def test_the_broker_group_is_dealt_first_and_the_rest_largest_first() -> None:
+    # Given test files of three groups: a broker one (tests/integration), a small and a big one
+    files = [
+        "tests/unit/test_readme.py",  # a few tests
+        "tests/integration/test_scheduler_routing.py",
+        "tests/unit/test_cost.py",  # many tests
+    ]
+    # When pytest collects them with the project's conftest, as `make test` does
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    order = [line.split("::")[0] for line in run.stdout.splitlines() if "::" in line]
+    # Then the broker group's tests come first, then the bigger group's, then the smaller's
+    runs = [f for i, f in enumerate(order) if i == 0 or order[i - 1] != f]
+    assert runs == [files[1], files[2], files[0]], runs
+    assert order.count(files[2]) > order.count(files[0])
+
+
+NICE_PROBE = """
+import os, sys
+sys.path.insert(0, {root!r})
+from tests import conftest
+
+class Mark:
+    def __init__(self, group):
+        self.args = (group,)
+
+class Item:
+    def __init__(self, group):
+        self.group = group
+    def iter_markers(self, name):
+        return [Mark(self.group)] if name == "xdist_group" else []
+
+for group in sys.argv[1:]:
+    conftest.pytest_runtest_setup(Item(group))
+    print(group, os.nice(0))
+"""
+
+
+@pytest.mark.parametrize(
+    ("worker", "groups", "expected"),
+    [
+        ("gw0", ["rabbitmq", "rabbitmq", "synth-dev", "rabbitmq"], [0, 0, 10, 10]),
+        ("gw1", ["worker", "rabbitmq"], [10, 10]),
+        (None, ["synth-dev"], [0]),  # outside xdist: unchanged
+    ],
+)
+def test_a_worker_lowers_its_priority_before_its_first_test_outside_the_broker_group(
+    worker: str | None, groups: list[str], expected: list[int]
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_XDIST_WORKER"}
+    if worker is not None:
+        env["PYTEST_XDIST_WORKER"] = worker
+    # In a child process started at this one's priority: a priority lowered cannot be raised.
+    base = os.nice(0)
+    run = subprocess.run(
+        [sys.executable, "-c", NICE_PROBE.format(root=str(ROOT)), *groups],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    seen = [int(line.split()[1]) for line in run.stdout.splitlines()]
+    assert seen == [max(base, e) if e else base for e in expected], run.stdout
