@@ -29,6 +29,20 @@ def pytest_collection_modifyitems(items):
 """
 
 
+def _pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """pytest run in a subprocess in `cwd`; it must exit 0."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
 @pytest.mark.integration  # it runs pytest with two xdist workers in a subprocess
 def test_the_tests_of_one_group_run_on_one_worker(tmp_path: Path) -> None:
     # Given two files of twelve tests, each file one group (as tests/conftest.py groups a file)
@@ -38,26 +52,7 @@ def test_the_tests_of_one_group_run_on_one_worker(tmp_path: Path) -> None:
             "import pytest\n\n@pytest.mark.parametrize('i', range(12))\ndef test_it(i):\n    pass\n"
         )
     # When pytest runs them on two workers as `make test` does
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-n",
-            "2",
-            "--dist",
-            "loadgroup",
-            "-v",
-            "-p",
-            "no:cacheprovider",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = _pytest(tmp_path, "-n", "2", "--dist", "loadgroup", "-v")
     # Then each file's tests all ran on one worker
     workers: dict[str, set[str]] = defaultdict(set)
     for worker, file in re.findall(r"^\[(gw\d)\] .*PASSED (test_\w+)\.py::", run.stdout, re.M):
@@ -75,15 +70,7 @@ def test_the_broker_group_is_dealt_first_and_the_rest_largest_first() -> None:
         "tests/unit/test_cost.py",  # many tests
     ]
     # When pytest collects them with the project's conftest, as `make test` does
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = _pytest(ROOT, "--collect-only", "-q", *files)
     order = [line.split("::")[0] for line in run.stdout.splitlines() if "::" in line]
     # Then the broker group's tests come first, then the bigger group's, then the smaller's
     runs = [f for i, f in enumerate(order) if i == 0 or order[i - 1] != f]
