@@ -1,5 +1,6 @@
 """Lean clients for the AWS calls on the worker's hot path: Lambda Invoke with a durable name, and
-DynamoDB's item calls for flow control (`DynamoDB`, docs/flow-control.md).
+DynamoDB's item calls for flow control (`DynamoDB`, docs/flow-control.md) and the scheduler's
+tick ledger.
 
 botocore spends 1-3 ms of CPU per call (model validation, event hooks, signing, urllib3); at
 sqsd's rate that is most of an instance. This client makes exactly one request shape: SigV4
@@ -305,10 +306,12 @@ class _Connection:
 
 
 class DynamoDB(SignedClient):
-    """boto3's low-level DynamoDB client for the calls flow control makes (adapters/flow.py):
+    """boto3's low-level DynamoDB client for the calls flow control (adapters/flow.py) and the
+    scheduler's tick ledger (worker/scheduler/ledger.py, two writes a tick) make:
     the same keyword arguments and answers (attribute values as DynamoDB writes them), the same
     ClientError codes (with the item of a failed condition when asked for it). No retries of
-    its own: a failure is the message's 503, which sqsd retries."""
+    its own: a failure is the message's 503, which sqsd retries, or the tick's token given back
+    for a second later (the scheduler's ledger down)."""
 
     service = "dynamodb"
     TARGET = "DynamoDB_20120810."
@@ -336,6 +339,9 @@ class DynamoDB(SignedClient):
 
     def query(self, **request: Any) -> dict[str, Any]:
         return self._call("Query", request)
+
+    def get_item(self, **request: Any) -> dict[str, Any]:
+        return self._call("GetItem", request)
 
     def put_item(self, **request: Any) -> dict[str, Any]:
         return self._call("PutItem", request)

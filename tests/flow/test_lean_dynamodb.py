@@ -19,6 +19,7 @@ from devtools.moto_server import moto_server
 from sluice.flowstate import Waiter, partition
 from tests.lambdas.conftest import REGION, create_coordination_table
 from worker.invoke import DynamoDB
+from worker.scheduler.ledger import Claim, Claimed, TableLedger
 
 CREDS = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token")
 
@@ -166,3 +167,43 @@ def test_the_lean_client_signs_as_botocore_does():
     )
     assert ours["Authorization"].endswith(f"Signature={expected}")
     assert f"/{REGION}/dynamodb/aws4_request" in ours["Authorization"]
+
+
+def ledger_story(ledger: TableLedger) -> list[Any]:
+    """The tick ledger's calls (worker/scheduler/ledger.py), each rule of it once."""
+    return [
+        ledger.read("t"),  # nothing claimed yet
+        ledger.claim("t", 1000, 1000, 1000, "a"),
+        ledger.claim("t", 1200, 1500, 1000, "b"),  # a live claim excludes a later tick
+        ledger.renew("t", 1, 3000),
+        ledger.renew("t", 2, 3000),  # not its fence
+        ledger.finish("t", 1, "retry"),
+        ledger.claim("t", 1000, 1600, 1000, "a"),  # a retry re-claims its own tick
+        ledger.finish("t", 2, "done"),
+        ledger.finish("t", 2, "done"),  # finished already
+        ledger.claim("t", 1000, 9000, 1000, "b"),  # never the same tick again
+        ledger.claim("t", 2200, 9000, 1000, "b"),
+        ledger.read("t"),
+    ]
+
+
+def test_the_tick_ledger_sees_the_same_through_the_lean_client_and_boto3(endpoint) -> None:
+    boto = boto3.client(
+        "dynamodb",
+        region_name=REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+    )
+    create_coordination_table(boto, "ledger-boto3")
+    create_coordination_table(boto, "ledger-lean")
+    lean = DynamoDB(region=REGION, credentials=CREDS, endpoint_url=endpoint)
+    expected = ledger_story(TableLedger(boto, "ledger-boto3", "p"))
+    assert ledger_story(TableLedger(lean, "ledger-lean", "p")) == expected
+    assert expected[0] is None
+    assert expected[1] == Claimed(1, None)
+    assert expected[2:6] == [None, True, False, True]
+    assert expected[6] == Claimed(2, Claim(1000, 1, 3000, "retry", "a"))
+    assert expected[7:10] == [True, False, None]
+    assert expected[10] == Claimed(3, Claim(1000, 2, 2600, "done", "a"))
+    assert expected[11] == Claim(2200, 3, 10_000, "running", "b")

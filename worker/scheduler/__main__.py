@@ -20,6 +20,7 @@ from sluice.scheduling.oneoff_records import OneOffRecords
 from sluice.scheduling.overrides import OverrideStore
 from sluice.scheduling.registry import GROUPS, REGISTRY, Registry, cron_yaml
 from sluice.settings import SchedulerSettings
+from worker.invoke import DynamoDB
 from worker.observability import configure_logging
 from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
 from worker.scheduler.ledger import Ledger, MemoryLedger, TableLedger
@@ -80,23 +81,32 @@ def build(
     dynamodb: Any = None,
     group: str = GROUPS[0],
     lambda_client: Any = None,
+    session: Any = None,
 ) -> Scheduler:
     """The scheduler the settings describe, running the tasks of consumer `group`. Its tick
     ledger and the runtime overrides are in the coordination table; without one it keeps the
     ledger in this process's memory and says so loudly: one scheduler process keeps the
     guarantee, several may then run a tick twice, and tasks cannot be changed at run time
-    (README: the scheduler)."""
+    (README: the scheduler). `dynamodb`: the table's client for all of it (tests); by default
+    boto3's, and the lean one for the ledger, both with `session`'s credentials (the process's
+    role)."""
     ledger: Ledger
     overrides: OverrideStore | None = None
     oneoff_ledger: Ledger | None = None
     records: OneOffRecords | None = None
     last_runs: LastRuns = MemoryLastRuns()
     if settings.coordination_table:
+        ticks = dynamodb
         if dynamodb is None:
             import boto3
 
             dynamodb = boto3.client("dynamodb")
-        ledger = TableLedger(dynamodb, settings.coordination_table, names.prefix)
+            # The ledger's claim and finish are two writes every tick: through the lean client
+            # (worker/invoke.py), as the web process's flow control. Through boto3 they cost
+            # the scheduler process more CPU than the rest of the tick (bench-scheduler,
+            # --ledger-run: its two sides).
+            ticks = DynamoDB.from_environment(session=session)
+        ledger = TableLedger(ticks, settings.coordination_table, names.prefix)
         overrides = OverrideStore(dynamodb, settings.coordination_table, names.prefix)
         oneoff_ledger = OneOffLedger(dynamodb, settings.coordination_table, names.prefix)
         records = OneOffRecords(dynamodb, settings.coordination_table, names.prefix)
@@ -162,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     from worker.credentials import process_session
 
-    process_session("scheduler")  # the broker secret and the events queue, as its own role
+    # the broker secret, the events queue and the table, as its own role
+    session = process_session("scheduler")
     settings = SchedulerSettings.read()
     url = broker_url(settings)
     if url is None:
@@ -171,7 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = Names(args.prefix) if args.prefix else Names()
     scheduler = build(
-        REGISTRY, url, settings, names=names, send=event_sender(settings), group=args.group
+        REGISTRY,
+        url,
+        settings,
+        names=names,
+        send=event_sender(settings),
+        group=args.group,
+        session=session,
     ).start()
     log.info(
         "scheduler (group %s) started: %s",
