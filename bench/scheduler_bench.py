@@ -211,6 +211,7 @@ def many_sluice(
     ledger_url: str | None,
     spread: bool,
     broker_pid: int | None = None,
+    ledger_client: str = "lean",
 ) -> dict[str, Any]:
     runs: list[tuple[str, float, float]] = []
 
@@ -228,7 +229,7 @@ def many_sluice(
     )
     ledger = None
     if ledger_url:
-        ledger = _table_ledger(ledger_url, names.prefix)
+        ledger = _table_ledger(ledger_url, names.prefix, ledger_client)
     scheduler = Scheduler(registry, url, names=names, ledger=ledger)
     counting = _Counting()
     for part in (*scheduler.runners, scheduler.reconciler):
@@ -255,14 +256,20 @@ def many_sluice(
     return result
 
 
-def _table_ledger(endpoint: str, prefix: str) -> Any:
+LEDGER_CLIENTS = ("boto3", "lean")  # boto3's DynamoDB client; worker/invoke.py's (the scheduler's)
+
+
+def _table_ledger(endpoint: str, prefix: str, kind: str) -> Any:
     """The DynamoDB ledger (TableLedger) in the coordination table on moto's server at
-    `endpoint`, as a local run names it (each run's items apart by their prefix)."""
+    `endpoint`, as a local run names it (each run's items apart by their prefix), through the
+    `kind` of client (LEDGER_CLIENTS)."""
     import boto3
+    from botocore.credentials import Credentials
     from botocore.exceptions import ClientError
 
     from devtools.local.resources import ENV, REGION, create_coordination_table
     from sluice import naming
+    from worker.invoke import DynamoDB
     from worker.scheduler.ledger import TableLedger
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -271,7 +278,39 @@ def _table_ledger(endpoint: str, prefix: str) -> Any:
     table = naming.coordination_table(ENV)
     with contextlib.suppress(ClientError):  # made by an earlier run on the same server
         create_coordination_table(client, table)
+    if kind == "lean":
+        client = DynamoDB(
+            region=REGION, credentials=Credentials("moto", "moto"), endpoint_url=endpoint
+        )
     return TableLedger(client, table, prefix)
+
+
+def ledger_calls(n: int) -> dict[str, Any]:
+    """What the tick ledger's two writes a tick (claim, finish) cost the calling thread, through
+    each of LEDGER_CLIENTS, against moto's server: the thread's own CPU (time.thread_time, so
+    not moto's, which runs in other threads) and the wall time, per tick, over `n` ticks."""
+    from devtools.moto_server import moto_server
+
+    out: dict[str, Any] = {"ticks": n}
+    with moto_server() as endpoint:
+        for kind in LEDGER_CLIENTS:
+            ledger = _table_ledger(endpoint, f"bench-ledger-{time.time_ns()}", kind)
+
+            def tick(i: int, ledger: Any = ledger) -> None:
+                claimed = ledger.claim("t", 1000 * (i + 1), 1000 * (i + 1), 10_000, "bench")
+                assert claimed is not None and ledger.finish("t", claimed.fence, "done")
+
+            for i in range(50):  # connections, signing keys, botocore's loaders
+                tick(i)
+            cpu0, wall0 = time.thread_time(), time.perf_counter()
+            for i in range(50, 50 + n):
+                tick(i)
+            cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+            out[kind] = {
+                "cpu_ms_per_tick": round(cpu * 1000 / n, 3),
+                "wall_ms_per_tick": round(wall * 1000 / n, 3),
+            }
+    return out
 
 
 def many_naive(url: str, tasks: int, period: float, seconds: float, warmup: float) -> dict:
@@ -351,6 +390,7 @@ def many_side_by_side(
     naive: bool = True,
     spread: bool = False,
     broker_pid: int | None = None,
+    ledger_client: str = "lean",
 ) -> dict[str, Any]:
     """Sluice and (optionally) the naive cycle, each `tasks` tasks at `period` on one consumer,
     at the same time, each in its own process (CPU per tick is that process's alone)."""
@@ -358,7 +398,7 @@ def many_side_by_side(
     jobs: dict[str, tuple[Any, tuple[Any, ...]]] = {
         "sluice": (
             many_sluice,
-            (url, tasks, period, seconds, warmup, ledger_url, spread, broker_pid),
+            (url, tasks, period, seconds, warmup, ledger_url, spread, broker_pid, ledger_client),
         )
     }
     if naive:
@@ -510,9 +550,11 @@ def main() -> int:
     parser.add_argument("--rate-seconds", type=float, default=5.0)
     parser.add_argument(
         "--phases",
-        default="fidelity,rate,many,ops",
-        help="which phases: fidelity, rate, many, ops (what each broker operation costs)",
+        default="fidelity,rate,many,ops,ledger",
+        help="which phases: fidelity, rate, many, ops (what each broker operation costs), "
+        "ledger (what the tick ledger's writes cost the scheduler, per client)",
     )
+    parser.add_argument("--ledger-ticks", type=int, default=2000, help="ticks (ledger)")
     parser.add_argument("--ops", type=int, default=5000, help="operations of each kind (ops)")
     parser.add_argument("--ops-tasks", type=int, default=1000, help="tasks' topology (ops)")
     parser.add_argument(
@@ -533,8 +575,8 @@ def main() -> int:
     parser.add_argument(
         "--ledger-run",
         default="1000x1s",
-        help="one more many-task run with the DynamoDB ledger (TableLedger) on moto's server; "
-        "empty: none",
+        help="two more many-task runs with the DynamoDB ledger (TableLedger) on moto's server, "
+        "through boto3's client and the scheduler's lean one; empty: none",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -580,29 +622,34 @@ def main() -> int:
                     from devtools.moto_server import moto_server
 
                     tasks, period, spread = _many_spec(args.ledger_run)
-                    with moto_server() as endpoint:
-                        run = many_side_by_side(
-                            node.url,
-                            tasks,
-                            period,
-                            args.many_seconds,
-                            args.warmup,
-                            ledger_url=endpoint,
-                            naive=False,
-                            spread=spread,
+                    # One after the other in the same session: the scheduler's client and boto3's.
+                    for client in LEDGER_CLIENTS:
+                        with moto_server() as endpoint:
+                            run = many_side_by_side(
+                                node.url,
+                                tasks,
+                                period,
+                                args.many_seconds,
+                                args.warmup,
+                                ledger_url=endpoint,
+                                naive=False,
+                                spread=spread,
+                                ledger_client=client,
+                            )
+                        report["many"].append(
+                            {
+                                "tasks": tasks,
+                                "period_s": period,
+                                "spread": spread,
+                                "ledger": f"moto's server, {client} client",
+                                **run,
+                            }
                         )
-                    report["many"].append(
-                        {
-                            "tasks": tasks,
-                            "period_s": period,
-                            "spread": spread,
-                            "ledger": "moto",
-                            **run,
-                        }
-                    )
-                    _print({"many": report["many"][-1:]})
+                        _print({"many": report["many"][-1:]})
             if "ops" in phases:
                 report["ops"] = broker_ops(node.url, _broker_pid(node), args.ops_tasks, args.ops)
+            if "ledger" in phases:
+                report["ledger"] = ledger_calls(args.ledger_ticks)
         finally:
             node.stop()
     _print({k: v for k, v in report.items() if k != "many"})
@@ -643,6 +690,14 @@ def _print(report: dict[str, Any]) -> None:
         )
         for key, value in ops.items():
             print(f"  {key:<32} {value}")
+    if "ledger" in report:
+        led = report["ledger"]
+        print(f"tick ledger on moto's server, {led['ticks']} ticks (claim + finish), per tick:")
+        for kind in LEDGER_CLIENTS:
+            print(
+                f"  {kind:<6} client: {led[kind]['cpu_ms_per_tick']} ms of the thread's CPU, "
+                f"{led[kind]['wall_ms_per_tick']} ms of wall time"
+            )
     for run in report.get("many", []):
         ledger = f", ledger {run['ledger']}" if "ledger" in run else ", ledger in memory"
         ticks = "spread over the period" if run["spread"] else "all due at once"
