@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import pika  # noqa: E402
 
+from devtools.moto_server import moto_server  # noqa: E402
 from devtools.rabbitmq import RabbitNode  # noqa: E402
 from devtools.stats import percentile  # noqa: E402
 from sluice.scheduling.names import Names, expiration_ms  # noqa: E402
@@ -289,8 +290,6 @@ def ledger_calls(n: int) -> dict[str, Any]:
     """What the tick ledger's two writes a tick (claim, finish) cost the calling thread, through
     each of LEDGER_CLIENTS, against moto's server: the thread's own CPU (time.thread_time, so
     not moto's, which runs in other threads) and the wall time, per tick, over `n` ticks."""
-    from devtools.moto_server import moto_server
-
     out: dict[str, Any] = {"ticks": n}
     with moto_server() as endpoint:
         for kind in LEDGER_CLIENTS:
@@ -602,50 +601,32 @@ def main() -> int:
                 report["rate"] = {"period_s": 0.001, "work_s": 0.0, **rate}
             if "many" in phases:
                 report["many"] = []
-                for spec in filter(None, args.many.split(",")):
+                # (spec, the ledger's client: None keeps it in memory); the ledger runs one after
+                # the other in the same session, on moto's server: boto3's client, the scheduler's.
+                runs: list[tuple[str, str | None]] = [
+                    (spec, None) for spec in filter(None, args.many.split(","))
+                ]
+                runs += [(args.ledger_run, c) for c in LEDGER_CLIENTS if args.ledger_run]
+                for spec, client in runs:
                     tasks, period, spread = _many_spec(spec)
-                    run = many_side_by_side(
-                        node.url,
-                        tasks,
-                        period,
-                        args.many_seconds,
-                        args.warmup,
-                        spread=spread,
-                        broker_pid=_broker_pid(node),
-                        naive=tasks <= args.naive_up_to,
-                    )
-                    report["many"].append(
-                        {"tasks": tasks, "period_s": period, "spread": spread, **run}
-                    )
-                    _print({"many": report["many"][-1:]})  # each run as it ends
-                if args.ledger_run:
-                    from devtools.moto_server import moto_server
-
-                    tasks, period, spread = _many_spec(args.ledger_run)
-                    # One after the other in the same session: the scheduler's client and boto3's.
-                    for client in LEDGER_CLIENTS:
-                        with moto_server() as endpoint:
-                            run = many_side_by_side(
-                                node.url,
-                                tasks,
-                                period,
-                                args.many_seconds,
-                                args.warmup,
-                                ledger_url=endpoint,
-                                naive=False,
-                                spread=spread,
-                                ledger_client=client,
-                            )
-                        report["many"].append(
-                            {
-                                "tasks": tasks,
-                                "period_s": period,
-                                "spread": spread,
-                                "ledger": f"moto's server, {client} client",
-                                **run,
-                            }
+                    with moto_server() if client else contextlib.nullcontext() as endpoint:
+                        run = many_side_by_side(
+                            node.url,
+                            tasks,
+                            period,
+                            args.many_seconds,
+                            args.warmup,
+                            ledger_url=endpoint,
+                            naive=client is None and tasks <= args.naive_up_to,
+                            spread=spread,
+                            broker_pid=_broker_pid(node),
+                            ledger_client=client or "lean",
                         )
-                        _print({"many": report["many"][-1:]})
+                    entry = {"tasks": tasks, "period_s": period, "spread": spread, **run}
+                    if client:
+                        entry["ledger"] = f"moto's server, {client} client"
+                    report["many"].append(entry)
+                    _print({"many": report["many"][-1:]})  # each run as it ends
             if "ops" in phases:
                 report["ops"] = broker_ops(node.url, _broker_pid(node), args.ops_tasks, args.ops)
             if "ledger" in phases:

@@ -100,7 +100,9 @@ def story(client: Any, table: str) -> list[Any]:
     return out
 
 
-def test_the_lean_client_and_boto3_see_the_same_story(endpoint, monkeypatch):
+@pytest.fixture
+def clients(endpoint: str) -> tuple[Any, DynamoDB]:
+    """boto3's DynamoDB client and the lean one, both on moto's server."""
     boto = boto3.client(
         "dynamodb",
         region_name=REGION,
@@ -108,9 +110,13 @@ def test_the_lean_client_and_boto3_see_the_same_story(endpoint, monkeypatch):
         aws_access_key_id="k",
         aws_secret_access_key="s",
     )
+    return boto, DynamoDB(region=REGION, credentials=CREDS, endpoint_url=endpoint)
+
+
+def test_the_lean_client_and_boto3_see_the_same_story(clients, monkeypatch):
+    boto, lean = clients
     create_coordination_table(boto, "boto3-table")
     create_coordination_table(boto, "lean-table")
-    lean = DynamoDB(region=REGION, credentials=CREDS, endpoint_url=endpoint)
     expected = story(boto, "boto3-table")
     assert story(lean, "lean-table") == expected
     assert expected[:3] == [None, "e1", None]
@@ -187,17 +193,10 @@ def ledger_story(ledger: TableLedger) -> list[Any]:
     ]
 
 
-def test_the_tick_ledger_sees_the_same_through_the_lean_client_and_boto3(endpoint) -> None:
-    boto = boto3.client(
-        "dynamodb",
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id="k",
-        aws_secret_access_key="s",
-    )
+def test_the_tick_ledger_sees_the_same_through_the_lean_client_and_boto3(clients) -> None:
+    boto, lean = clients
     create_coordination_table(boto, "ledger-boto3")
     create_coordination_table(boto, "ledger-lean")
-    lean = DynamoDB(region=REGION, credentials=CREDS, endpoint_url=endpoint)
     expected = ledger_story(TableLedger(boto, "ledger-boto3", "p"))
     assert ledger_story(TableLedger(lean, "ledger-lean", "p")) == expected
     assert expected[0] is None
