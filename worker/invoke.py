@@ -1,6 +1,6 @@
-"""Lean clients for the AWS calls on the worker's hot path: Lambda Invoke with a durable name, and
+"""Lean clients for the AWS calls on the worker's hot path: Lambda Invoke with a durable name,
 DynamoDB's item calls for flow control (`DynamoDB`, docs/flow-control.md) and the scheduler's
-tick ledger.
+tick ledger, and SQS's SendMessage for the scheduler's event ticks (`SQS`).
 
 botocore spends 1-3 ms of CPU per call (model validation, event hooks, signing, urllib3); at
 sqsd's rate that is most of an instance. This client makes exactly one request shape: SigV4
@@ -171,8 +171,11 @@ class SignedClient:
     def post(self, path: str, headers: dict[str, str], payload: bytes) -> tuple[int, dict, bytes]:
         """(status, headers, body) of one signed POST."""
         # A kept-alive connection the server has closed fails on first use: one fresh retry
-        # (safe: every call made through these clients is idempotent: Lambda starts a name once,
-        # flow control's writes are conditional on the event id).
+        # (safe: every call made through these clients is idempotent or harmless twice: Lambda
+        # starts a name once, flow control's writes are conditional on the event id, an event
+        # sent twice is one start for the worker, and a ledger claim repeated after it took
+        # effect is refused, its tick at worst abandoned: at most once holds, as with boto3's
+        # own retries).
         for attempt in (1, 2):
             signed = self.sign(
                 path, headers, payload, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -305,16 +308,11 @@ class _Connection:
             self.reader.readline(65537)
 
 
-class DynamoDB(SignedClient):
-    """boto3's low-level DynamoDB client for the calls flow control (adapters/flow.py) and the
-    scheduler's tick ledger (worker/scheduler/ledger.py, two writes a tick) make:
-    the same keyword arguments and answers (attribute values as DynamoDB writes them), the same
-    ClientError codes (with the item of a failed condition when asked for it). No retries of
-    its own: a failure is the message's 503, which sqsd retries, or the tick's token given back
-    for a second later (the scheduler's ledger down)."""
+class _JsonClient(SignedClient):
+    """A service of AWS's JSON 1.0 protocol (X-Amz-Target names the operation): boto3's answers
+    (the response document plus ResponseMetadata) and its ClientError codes."""
 
-    service = "dynamodb"
-    TARGET = "DynamoDB_20120810."
+    TARGET = ""
 
     def _call(self, operation: str, request: dict[str, Any]) -> dict[str, Any]:
         headers = {
@@ -326,7 +324,10 @@ class DynamoDB(SignedClient):
         meta = {"HTTPStatusCode": status, "RequestId": answer_headers.get("x-amzn-requestid", "")}
         if status < 300:
             return {**doc, "ResponseMetadata": meta}
-        code = str(doc.get("__type", "")).rsplit("#", 1)[-1] or f"HTTP{status}"
+        # A service that kept its Query protocol's codes (SQS: awsQueryCompatible in botocore's
+        # model) names the old code in this header, and botocore reports that one.
+        code = answer_headers.get("x-amzn-query-error", "").split(";", 1)[0]
+        code = code or str(doc.get("__type", "")).rsplit("#", 1)[-1] or f"HTTP{status}"
         message = doc.get("message") or doc.get("Message") or body[:200].decode("utf-8", "replace")
         error: dict[str, Any] = {
             "Error": {"Code": code, "Message": message},
@@ -336,6 +337,18 @@ class DynamoDB(SignedClient):
             if key in doc:
                 error[key] = doc[key]
         raise ClientError(error, operation)  # type: ignore[arg-type]
+
+
+class DynamoDB(_JsonClient):
+    """boto3's low-level DynamoDB client for the calls flow control (adapters/flow.py) and the
+    scheduler's tick ledger (worker/scheduler/ledger.py, two writes a tick) make:
+    the same keyword arguments and answers (attribute values as DynamoDB writes them), the same
+    ClientError codes (with the item of a failed condition when asked for it). No retries of
+    its own: a failure is the message's 503, which sqsd retries, or the tick's token given back
+    for a second later (the scheduler's ledger down)."""
+
+    service = "dynamodb"
+    TARGET = "DynamoDB_20120810."
 
     def query(self, **request: Any) -> dict[str, Any]:
         return self._call("Query", request)
@@ -354,6 +367,23 @@ class DynamoDB(SignedClient):
 
     def transact_write_items(self, **request: Any) -> dict[str, Any]:
         return self._call("TransactWriteItems", request)
+
+
+class SQS(_JsonClient):
+    """boto3's SQS client for the one call the scheduler makes every event tick, `send_message`
+    (sluice/producer.py's send_event), in SQS's JSON protocol (botocore's model for SQS): the
+    same keyword arguments and answer. String attributes only, as the producer sends. No
+    retries of its own: a failed send fails the tick's attempt, which the runner retries after
+    its backoff."""
+
+    service = "sqs"
+    TARGET = "AmazonSQS."
+
+    def send_message(self, **request: Any) -> dict[str, Any]:
+        for name, value in request.get("MessageAttributes", {}).items():
+            if "StringValue" not in value:
+                raise ParamValidationError(report=f"attribute {name}: only StringValue is sent")
+        return self._call("SendMessage", request)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sluice.scheduling.oneoff_records import OneOffRecords
 from sluice.scheduling.overrides import OverrideStore
 from sluice.scheduling.registry import GROUPS, REGISTRY, Registry, cron_yaml
 from sluice.settings import SchedulerSettings
-from worker.invoke import DynamoDB
+from worker.invoke import SQS, DynamoDB
 from worker.observability import configure_logging
 from worker.scheduler.broker_metrics import BrokerFigures, management_url, publish_every
 from worker.scheduler.ledger import Ledger, MemoryLedger, TableLedger
@@ -35,16 +35,17 @@ from worker.scheduler.overlap import (
 from worker.scheduler.runner import Backoff, Scheduler, SendEvent, broker_url
 
 
-def event_sender(settings: SchedulerSettings) -> SendEvent | None:
-    """Event tasks send through the shared producer to the events queue (None: no queue set)."""
+def event_sender(settings: SchedulerSettings, *, session: Any = None) -> SendEvent | None:
+    """Event tasks send through the shared producer to the events queue (None: no queue set),
+    with `session`'s credentials (the process's role)."""
     queue_url = settings.events_queue_url
     if not queue_url:
         return None
-    import boto3
-
     from sluice.producer import send_event
 
-    sqs = boto3.client("sqs")
+    # Through the lean client (worker/invoke.py): boto3 spent more CPU on a send than the rest of
+    # the tick (bench-scheduler, its clients phase).
+    sqs = SQS.from_environment(session=session)
 
     def send(event: Event) -> Any:
         return send_event(sqs, queue_url, event)
@@ -103,8 +104,8 @@ def build(
             dynamodb = boto3.client("dynamodb")
             # The ledger's claim and finish are two writes every tick: through the lean client
             # (worker/invoke.py), as the web process's flow control. Through boto3 they cost
-            # the scheduler process more CPU than the rest of the tick (bench-scheduler,
-            # --ledger-run: its two sides).
+            # the scheduler process more CPU than the rest of the tick (bench-scheduler, its
+            # clients phase).
             ticks = DynamoDB.from_environment(session=session)
         ledger = TableLedger(ticks, settings.coordination_table, names.prefix)
         overrides = OverrideStore(dynamodb, settings.coordination_table, names.prefix)
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         url,
         settings,
         names=names,
-        send=event_sender(settings),
+        send=event_sender(settings, session=session),
         group=args.group,
         session=session,
     ).start()
