@@ -140,7 +140,7 @@ bench-embed: $(VENV)/.dev
 ## make bench-scheduler: the broker scheduler vs the naive hatchery cycle, side by side on one
 ## private rabbitmq-server (ticks/s per consumer, lateness p50/p99, drift after N cycles; many
 ## tasks on one consumer: ticks/s, lateness, CPU per tick, the broker's CPU, spares seeded; two runs
-## on moto's DynamoDB; what each broker operation and each tick's ledger writes cost).
+## on moto's DynamoDB; what each broker operation and a tick's AWS calls cost).
 bench-scheduler: $(VENV)/.dev
 	mkdir -p build
 	$(PY) bench/scheduler_bench.py --json build/bench-scheduler.json

@@ -257,13 +257,14 @@ def many_sluice(
     return result
 
 
-LEDGER_CLIENTS = ("boto3", "lean")  # boto3's DynamoDB client; worker/invoke.py's (the scheduler's)
+# boto3's clients; worker/invoke.py's lean ones (the scheduler's)
+CLIENTS = ("boto3", "lean")
 
 
 def _table_ledger(endpoint: str, prefix: str, kind: str) -> Any:
     """The DynamoDB ledger (TableLedger) in the coordination table on moto's server at
     `endpoint`, as a local run names it (each run's items apart by their prefix), through the
-    `kind` of client (LEDGER_CLIENTS)."""
+    `kind` of client (CLIENTS)."""
     import boto3
     from botocore.credentials import Credentials
     from botocore.exceptions import ClientError
@@ -286,29 +287,56 @@ def _table_ledger(endpoint: str, prefix: str, kind: str) -> Any:
     return TableLedger(client, table, prefix)
 
 
-def ledger_calls(n: int) -> dict[str, Any]:
-    """What the tick ledger's two writes a tick (claim, finish) cost the calling thread, through
-    each of LEDGER_CLIENTS, against moto's server: the thread's own CPU (time.thread_time, so
-    not moto's, which runs in other threads) and the wall time, per tick, over `n` ticks."""
-    out: dict[str, Any] = {"ticks": n}
+def _sender(endpoint: str, kind: str) -> Any:
+    """An event task's send (sluice/producer.py's send_event) to a new queue on moto's server,
+    through the `kind` of SQS client (CLIENTS)."""
+    import boto3
+    from botocore.credentials import Credentials
+
+    from devtools.local.resources import REGION
+    from sluice.producer import send_event
+    from worker.invoke import SQS
+
+    client = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
+    url = client.create_queue(QueueName=f"bench-send-{kind}-{time.time_ns()}")["QueueUrl"]
+    if kind == "lean":
+        client = SQS(region=REGION, credentials=Credentials("moto", "moto"), endpoint_url=endpoint)
+    return lambda event: send_event(client, url, event)
+
+
+def client_calls(n: int) -> dict[str, Any]:
+    """What a tick's AWS calls cost the scheduler's calling thread through each of CLIENTS,
+    against moto's server, over `n` ticks: the tick ledger's two writes (claim, finish; every
+    tick) and an event task's send (SendMessage; every event tick). The thread's own CPU
+    (time.thread_time, so not moto's, which runs in other threads) and the wall time, per tick."""
+    from sluice.catalog import ROUTES
+    from sluice.envelope import Event
+
+    name = next(iter(ROUTES))  # an event a workflow takes, as a task's tick sends
+    out: dict[str, Any] = {"ticks": n, "ledger": {}, "send": {}}
     with moto_server() as endpoint:
-        for kind in LEDGER_CLIENTS:
+        for kind in CLIENTS:
             ledger = _table_ledger(endpoint, f"bench-ledger-{time.time_ns()}", kind)
+            send = _sender(endpoint, kind)
 
             def tick(i: int, ledger: Any = ledger) -> None:
                 claimed = ledger.claim("t", 1000 * (i + 1), 1000 * (i + 1), 10_000, "bench")
                 assert claimed is not None and ledger.finish("t", claimed.fence, "done")
 
-            for i in range(50):  # connections, signing keys, botocore's loaders
-                tick(i)
-            cpu0, wall0 = time.thread_time(), time.perf_counter()
-            for i in range(50, 50 + n):
-                tick(i)
-            cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
-            out[kind] = {
-                "cpu_ms_per_tick": round(cpu * 1000 / n, 3),
-                "wall_ms_per_tick": round(wall * 1000 / n, 3),
-            }
+            def event(i: int, send: Any = send) -> None:
+                send(Event(name=name, data={"i": i}, id=f"tick-bench-{i}"))
+
+            for part, call in (("ledger", tick), ("send", event)):
+                for i in range(50):  # connections, signing keys, botocore's loaders
+                    call(i)
+                cpu0, wall0 = time.thread_time(), time.perf_counter()
+                for i in range(50, 50 + n):
+                    call(i)
+                cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+                out[part][kind] = {
+                    "cpu_ms_per_tick": round(cpu * 1000 / n, 3),
+                    "wall_ms_per_tick": round(wall * 1000 / n, 3),
+                }
     return out
 
 
@@ -549,11 +577,11 @@ def main() -> int:
     parser.add_argument("--rate-seconds", type=float, default=5.0)
     parser.add_argument(
         "--phases",
-        default="fidelity,rate,many,ops,ledger",
+        default="fidelity,rate,many,ops,clients",
         help="which phases: fidelity, rate, many, ops (what each broker operation costs), "
-        "ledger (what the tick ledger's writes cost the scheduler, per client)",
+        "clients (what a tick's AWS calls cost the scheduler, per client)",
     )
-    parser.add_argument("--ledger-ticks", type=int, default=2000, help="ticks (ledger)")
+    parser.add_argument("--client-ticks", type=int, default=2000, help="ticks (clients)")
     parser.add_argument("--ops", type=int, default=5000, help="operations of each kind (ops)")
     parser.add_argument("--ops-tasks", type=int, default=1000, help="tasks' topology (ops)")
     parser.add_argument(
@@ -606,7 +634,7 @@ def main() -> int:
                 runs: list[tuple[str, str | None]] = [
                     (spec, None) for spec in filter(None, args.many.split(","))
                 ]
-                runs += [(args.ledger_run, c) for c in LEDGER_CLIENTS if args.ledger_run]
+                runs += [(args.ledger_run, c) for c in CLIENTS if args.ledger_run]
                 for spec, client in runs:
                     tasks, period, spread = _many_spec(spec)
                     with moto_server() if client else contextlib.nullcontext() as endpoint:
@@ -629,8 +657,8 @@ def main() -> int:
                     _print({"many": report["many"][-1:]})  # each run as it ends
             if "ops" in phases:
                 report["ops"] = broker_ops(node.url, _broker_pid(node), args.ops_tasks, args.ops)
-            if "ledger" in phases:
-                report["ledger"] = ledger_calls(args.ledger_ticks)
+            if "clients" in phases:
+                report["clients"] = client_calls(args.client_ticks)
         finally:
             node.stop()
     _print({k: v for k, v in report.items() if k != "many"})
@@ -671,14 +699,16 @@ def _print(report: dict[str, Any]) -> None:
         )
         for key, value in ops.items():
             print(f"  {key:<32} {value}")
-    if "ledger" in report:
-        led = report["ledger"]
-        print(f"tick ledger on moto's server, {led['ticks']} ticks (claim + finish), per tick:")
-        for kind in LEDGER_CLIENTS:
-            print(
-                f"  {kind:<6} client: {led[kind]['cpu_ms_per_tick']} ms of the thread's CPU, "
-                f"{led[kind]['wall_ms_per_tick']} ms of wall time"
-            )
+    if "clients" in report:
+        calls = report["clients"]
+        print(f"a tick's AWS calls on moto's server, {calls['ticks']} ticks, per tick:")
+        for name, what in (("ledger", "tick ledger (claim + finish)"), ("send", "event send")):
+            for kind in CLIENTS:
+                r = calls[name][kind]
+                print(
+                    f"  {what:<28} {kind:<6} client: {r['cpu_ms_per_tick']} ms of the thread's"
+                    f" CPU, {r['wall_ms_per_tick']} ms of wall time"
+                )
     for run in report.get("many", []):
         ledger = f", ledger {run['ledger']}" if "ledger" in run else ", ledger in memory"
         ticks = "spread over the period" if run["spread"] else "all due at once"
