@@ -324,10 +324,15 @@ class _JsonClient(SignedClient):
         meta = {"HTTPStatusCode": status, "RequestId": answer_headers.get("x-amzn-requestid", "")}
         if status < 300:
             return {**doc, "ResponseMetadata": meta}
-        # A service that kept its Query protocol's codes (SQS: awsQueryCompatible in botocore's
-        # model) names the old code in this header, and botocore reports that one.
-        code = answer_headers.get("x-amzn-query-error", "").split(";", 1)[0]
-        code = code or str(doc.get("__type", "")).rsplit("#", 1)[-1] or f"HTTP{status}"
+        # As botocore's JSON parser reads the code: `__type` less its namespace and anything
+        # after a colon; a service that kept its Query protocol's codes (SQS: awsQueryCompatible
+        # in botocore's model) names the old code in x-amzn-query-error ("Code;Sender"), and
+        # botocore reports that one when the header has both parts.
+        code = str(doc.get("__type", "")).split(":", 1)[0].rsplit("#", 1)[-1]
+        query = answer_headers.get("x-amzn-query-error", "").split(";")
+        if len(query) == 2 and query[0]:
+            code = query[0]
+        code = code or f"HTTP{status}"
         message = doc.get("message") or doc.get("Message") or body[:200].decode("utf-8", "replace")
         error: dict[str, Any] = {
             "Error": {"Code": code, "Message": message},

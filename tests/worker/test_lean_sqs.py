@@ -98,3 +98,35 @@ def test_the_schedulers_event_send_goes_through_the_lean_client(
     message = received(boto, url)
     assert message["MessageId"] == message_id
     assert parse_events(message["Body"].encode()) == [sent]
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        (
+            {"x-amzn-query-error": "AWS.SimpleQueueService.NonExistentQueue;Sender"},
+            "QueueDoesNotExist",
+        ),
+        ({"x-amzn-query-error": "NoSemicolon"}, "QueueDoesNotExist"),
+        ({"x-amzn-query-error": ";Sender"}, "QueueDoesNotExist"),
+        ({}, "ConditionalCheckFailedException"),
+        ({}, "ThrottlingException:http://internal.amazon.com/coral/"),
+    ],
+)
+def test_an_error_code_is_read_as_botocores_json_parser_reads_it(
+    headers: dict[str, str], body: str, monkeypatch
+) -> None:
+    """Against botocore's own parser, on the same answer (moto sends only some of these)."""
+    import json
+
+    from botocore.parsers import create_parser
+
+    answer = json.dumps({"__type": f"com.amazonaws.sqs#{body}", "message": "m"}).encode()
+    expected = create_parser("json").parse(
+        {"status_code": 400, "headers": headers, "body": answer}, None
+    )["Error"]["Code"]
+    lean = SQS(region=REGION, credentials=CREDS, endpoint_url="http://127.0.0.1:9")
+    monkeypatch.setattr(lean, "post", lambda *_: (400, headers, answer))
+    with pytest.raises(ClientError) as caught:
+        lean.send_message(QueueUrl="q", MessageBody="x")
+    assert caught.value.response["Error"]["Code"] == expected
