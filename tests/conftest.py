@@ -6,6 +6,7 @@ import contextlib
 import gc
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # size, largest first (as xdist's own reorder does). The broker group is mostly waiting
     # (ticks, restarts: 270 s of wall time for about 100 s of CPU) and runs beside two workers
     # that use the two cores; started after the synths (fifth by size) it ended the run.
-    size: dict[str, int] = {}
-    for group in groups:
-        size[group] = size.get(group, 0) + 1
+    size = Counter(groups)
     order = sorted(range(len(items)), key=lambda i: (groups[i] != BROKER_GROUP, -size[groups[i]]))
     items[:] = [items[i] for i in order]
 
