@@ -261,46 +261,48 @@ def many_sluice(
 CLIENTS = ("boto3", "lean")
 
 
+def _on_moto(service: str, endpoint: str, kind: str) -> tuple[Any, Any]:
+    """boto3's client of `service` on moto's server at `endpoint` (it sets things up), and the
+    client of `kind` (CLIENTS) that the measured calls go through."""
+    import boto3
+    from botocore.credentials import Credentials
+
+    from devtools.local.resources import REGION
+    from worker.invoke import SQS, DynamoDB
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(var, "moto")  # moto takes any; never real credentials
+    boto = boto3.client(service, region_name=REGION, endpoint_url=endpoint)
+    if kind == "boto3":
+        return boto, boto
+    lean = {"dynamodb": DynamoDB, "sqs": SQS}[service]
+    return boto, lean(region=REGION, credentials=Credentials("moto", "moto"), endpoint_url=endpoint)
+
+
 def _table_ledger(endpoint: str, prefix: str, kind: str) -> Any:
     """The DynamoDB ledger (TableLedger) in the coordination table on moto's server at
     `endpoint`, as a local run names it (each run's items apart by their prefix), through the
     `kind` of client (CLIENTS)."""
-    import boto3
-    from botocore.credentials import Credentials
     from botocore.exceptions import ClientError
 
-    from devtools.local.resources import ENV, REGION, create_coordination_table
+    from devtools.local.resources import ENV, create_coordination_table
     from sluice import naming
-    from worker.invoke import DynamoDB
     from worker.scheduler.ledger import TableLedger
 
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        os.environ.setdefault(var, "moto")  # moto takes any; never real credentials
-    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+    boto, client = _on_moto("dynamodb", endpoint, kind)
     table = naming.coordination_table(ENV)
     with contextlib.suppress(ClientError):  # made by an earlier run on the same server
-        create_coordination_table(client, table)
-    if kind == "lean":
-        client = DynamoDB(
-            region=REGION, credentials=Credentials("moto", "moto"), endpoint_url=endpoint
-        )
+        create_coordination_table(boto, table)
     return TableLedger(client, table, prefix)
 
 
 def _sender(endpoint: str, kind: str) -> Any:
     """An event task's send (sluice/producer.py's send_event) to a new queue on moto's server,
     through the `kind` of SQS client (CLIENTS)."""
-    import boto3
-    from botocore.credentials import Credentials
-
-    from devtools.local.resources import REGION
     from sluice.producer import send_event
-    from worker.invoke import SQS
 
-    client = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
-    url = client.create_queue(QueueName=f"bench-send-{kind}-{time.time_ns()}")["QueueUrl"]
-    if kind == "lean":
-        client = SQS(region=REGION, credentials=Credentials("moto", "moto"), endpoint_url=endpoint)
+    boto, client = _on_moto("sqs", endpoint, kind)
+    url = boto.create_queue(QueueName=f"bench-send-{kind}-{time.time_ns()}")["QueueUrl"]
     return lambda event: send_event(client, url, event)
 
 
