@@ -72,10 +72,13 @@ def test_runners_killed_after_a_run_before_the_next_token_run_no_tick_twice(flee
 
 
 def test_a_spare_token_runs_no_tick_twice_when_the_runner_changes(fleet, tap):
-    # Given a leader (reconciler only) and two runner processes
+    # Given a leader (reconciler only) and two runner processes; the first beats the broker's
+    # heartbeat every 10 s, so the broker keeps its token with it while it is paused below (at
+    # 1 s, a leader slowed down past the heartbeat's timeout saw the broker hand the token to the
+    # standby instead, and no spare was ever seeded)
     with fleet() as f:
         f.start("leader")
-        runner = f.start("runner")
+        runner = f.start("runner", SLUICE_SCHEDULER_HEARTBEAT_S="10")
         f.wait_runs(3, 20, pid=runner.pid)
         standby = f.start("runner")
         time.sleep(1.0)  # the standby's consumer is registered
