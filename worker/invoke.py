@@ -84,7 +84,9 @@ class SignedClient:
             session = botocore.session.get_session()
         region = session.get_config_variable("region") or os.environ.get("AWS_REGION", "")
         if not region:
-            raise RuntimeError("AWS_REGION/AWS_DEFAULT_REGION: no region for Lambda Invoke")
+            raise RuntimeError(
+                f"AWS_REGION/AWS_DEFAULT_REGION: no region for {cls.service}'s client"
+            )
         return cls(
             region=region,
             # Resolved at the first call, not at boot: a slow instance metadata service must

@@ -5,6 +5,7 @@ attributes and their MD5s, which SQS computes itself), the same error for a miss
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import boto3
@@ -117,8 +118,6 @@ def test_an_error_code_is_read_as_botocores_json_parser_reads_it(
     headers: dict[str, str], body: str, monkeypatch
 ) -> None:
     """Against botocore's own parser, on the same answer (moto sends only some of these)."""
-    import json
-
     from botocore.parsers import create_parser
 
     answer = json.dumps({"__type": f"com.amazonaws.sqs#{body}", "message": "m"}).encode()
@@ -130,3 +129,13 @@ def test_an_error_code_is_read_as_botocores_json_parser_reads_it(
     with pytest.raises(ClientError) as caught:
         lean.send_message(QueueUrl="q", MessageBody="x")
     assert caught.value.response["Error"]["Code"] == expected
+
+
+def test_a_client_without_a_region_names_its_service(tmp_path, monkeypatch) -> None:
+    # The scheduler builds its SQS and ledger clients at start: without a region it stops,
+    # saying which client needed one (it used to name Lambda Invoke, whatever the client).
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(RuntimeError, match="AWS_REGION/AWS_DEFAULT_REGION: no region for sqs's"):
+        SQS.from_environment()
