@@ -76,7 +76,9 @@ def test_a_failing_tick_is_retried_after_its_backoff_dead_lettered_peeked_and_re
             raise TransientError("upstream 503")
 
     rec = Recorder(fail=flaky)
-    task = PeriodicTask("flaky", Every(2), action=rec, max_attempts=3)
+    # Every 4 s: a retry waits at most half the time left to the next tick, which at 2 s cut the
+    # second retry to 0.44 s when a loaded CI machine started the first attempt 0.7 s late.
+    task = PeriodicTask("flaky", Every(4), action=rec, max_attempts=3)
     registry = Registry([task])
     settings = SchedulerSettings.of(retry_delay_s=FIRST_S, retry_backoff=FACTOR)
     with build(registry, rabbit.url, settings, names=names) as scheduler:
