@@ -108,6 +108,14 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return make_audio(tmp_path_factory.mktemp("audio") / "sermon.mp3", 20.0).read_bytes()
 
 
+@pytest.fixture(scope="module")
+def long_audio(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """Two minutes: for the test that kills ffmpeg as soon as it sees it, without holding it
+    first. 20 s of audio was transcoded whole in under a second, before a loaded CI run's poll
+    saw the encode (`no ffmpeg encode started`); the kill ends the encode early either way."""
+    return make_audio(tmp_path_factory.mktemp("audio") / "long.mp3", 120.0).read_bytes()
+
+
 def put_transcode_task(moto: Moto, audio: bytes) -> None:
     moto.s3.put_bucket_versioning(Bucket=moto.bucket, VersioningConfiguration={"Status": "Enabled"})
     moto.s3.put_object(Bucket=moto.bucket, Key="uploads/t.mp3", Body=audio)
@@ -188,10 +196,14 @@ def test_a_stop_that_outlasts_the_grace_period_hands_the_transcode_back_clean(
 
 @pytest.mark.slow
 def test_ffmpeg_killed_by_a_signal_is_a_transient_failure_not_corrupt_audio(
-    moto_server: Moto, callback_api: CallbackApi, audio: bytes, tmpdir_env: Path, stray: list[int]
+    moto_server: Moto,
+    callback_api: CallbackApi,
+    long_audio: bytes,
+    tmpdir_env: Path,
+    stray: list[int],
 ) -> None:
     # Given the tasks process transcoding
-    put_transcode_task(moto_server, audio)
+    put_transcode_task(moto_server, long_audio)
     proc = start_process(moto_server, callback_api, tmpdir=tmpdir_env)
     try:
         ffmpeg = encoder_of(proc.pid)
