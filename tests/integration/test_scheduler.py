@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import signal
+import threading
 import time
 
 import pika
@@ -16,6 +18,7 @@ from sluice.scheduling.registry import PeriodicTask, Registry, Tick
 from sluice.scheduling.schedule import Every
 from tests.integration.fleet import Fleet, twice
 from tests.integration.scheduling import Recorder, grid_steps, lateness_ms
+from worker.scheduler.ledger import MemoryLedger
 from worker.scheduler.runner import Scheduler
 
 
@@ -128,6 +131,49 @@ def test_a_stop_mid_run_lets_the_run_finish_and_hands_its_token_on(rabbit, names
     # and its token went on to the next tick (the next process runs that one, not this one again)
     assert queue_depth(rabbit, names.processor("stopped")) == 0
     assert queue_depth(rabbit, names.hatchery("stopped")) == 1
+
+
+class StallingLedger(MemoryLedger):
+    """An in-memory ledger whose first claim, once written, takes until `release` to answer
+    (a slow coordination table, a process starved of CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled, self.release = threading.Event(), threading.Event()
+
+    def claim(self, task: str, tick: int, now_ms: int, lease_ms: int, holder: str):
+        claimed = super().claim(task, tick, now_ms, lease_ms, holder)
+        if not self.stalled.is_set():
+            self.stalled.set()
+            self.release.wait(30)
+        return claimed
+
+
+def test_a_tick_claimed_when_a_stop_outlasts_its_grace_is_released_and_runs_on_the_next_process(
+    rabbit, names, caplog
+):
+    # Given a task due every 5 s and a ledger whose first claim answers only after the stop
+    rec, ledger = Recorder(), StallingLedger()
+    task = PeriodicTask("caught", Every(5), action=rec)
+    sched = Scheduler(Registry([task]), rabbit.url, names=names, ledger=ledger).start()
+    assert ledger.stalled.wait(15), "no tick was claimed"
+    due_ms = ledger.read("caught").tick
+    # When the process stops while that tick's handler is still inside its claim, past the
+    # stop's grace (its pools are shut when the claim answers)
+    sched.stop()
+    ledger.release.set()
+    deadline = time.monotonic() + 5
+    while ledger.read("caught").state == "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Then the tick is released in the ledger, not left to its lease, and nothing is logged as
+    # an error (the process was only stopping)
+    assert ledger.read("caught").state == "retry"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    # and the next process, given the token back, runs that very tick (it was never started)
+    with Scheduler(Registry([task]), rabbit.url, names=names, ledger=ledger):
+        runs = rec.wait_for(1, timeout=10)
+    assert round(runs[0].due * 1000) == due_ms
+    assert len(rec.runs) == 1
 
 
 def test_a_business_error_is_recorded_and_the_schedule_continues(rabbit, names, tap):

@@ -751,10 +751,25 @@ class TaskRunner:
             # consumer, or a crash before the retry was published).
             attempt = token.attempt + int((props.headers or {}).get("x-delivery-count", 0))
         tick = Tick(name, due, attempt)
+        future = self._submit(tick)
+        if future is None:
+            # Never started: released, so the process that gets the token back runs this tick
+            # now instead of waiting out the lease and then skipping it as abandoned.
+            self.ledger.finish(name, fence, "retry")
+            return
         self.emit(name, "started", due=due, lateness_s=now - due, attempt=attempt, fence=fence)
-        future = self._broker().actions.submit(self._act, tick)
         inflight = self._inflight = _Inflight(token_due, tick, fence, future, now - due)
         self._complete(method, inflight, resumed=False)
+
+    def _submit(self, tick: Tick, **options: Any) -> Future[Any] | None:
+        """Start `tick`'s action in the Consumer's action pool; None when a stop that outlasted
+        its grace has shut the pool meanwhile (this handler was inside a slow claim): the token
+        goes back unacknowledged with the connection."""
+        try:
+            return self._broker().actions.submit(self._act, tick, **options)
+        except RuntimeError:  # ThreadPoolExecutor.submit after shutdown
+            log.info("runner %s: stopping; tick %s not started", self.task.name, tick.due)
+            return None
 
     def _settle(self, inflight: _Inflight) -> bool:
         """Close a run of this process whose token went elsewhere: False while it still runs."""
@@ -891,8 +906,10 @@ class TaskRunner:
             return
         tick = Tick(name, token.due, token.attempt)
         self._lease_end = time.monotonic() + self.lease_s
+        run = self._submit(tick, latest_only=False)
+        if run is None:
+            return
         self.emit(name, "started", due=tick.due, lateness_s=now - tick.due, redrive=True)
-        run = self._broker().actions.submit(self._act, tick, latest_only=False)
         inflight = _Inflight(token.due, tick, 0, run, now - tick.due)
         started = self.clock()
         outcome, error = self._wait(inflight)
