@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION := 1
 
-.PHONY: docs cost cost-docs setup setup-dev lambda-deps wheelhouse synth synth-all test lint typecheck unit chaos bench bench-heavy bench-embed bench-scheduler bench-flow clean local local-up
+.PHONY: docs cost cost-docs setup setup-dev lambda-deps wheelhouse synth synth-all test test-rabbitmq4 lint typecheck unit chaos bench bench-heavy bench-embed bench-scheduler bench-flow clean local local-up
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -111,6 +111,13 @@ CHAOS_SEED ?=
 chaos: setup-dev
 	SLUICE_CHAOS_N=$(CHAOS_N) SLUICE_CHAOS_TASKS=$(CHAOS_TASKS) SLUICE_CHAOS_KILLS=$(CHAOS_KILLS) \
 		SLUICE_CHAOS_SEED=$(CHAOS_SEED) $(PY) -m pytest tests/chaos -m chaos -q
+
+## make test-rabbitmq4: the broker tests (tests/integration, the CLI's schedules on a broker) again
+## on RabbitMQ 4, the major the stack deploys, where the system's Debian 12 package is 3.10:
+## Debian 13's 4.0 in a root of its own (devtools/rabbitmq4.sh; needs root; .ci/run runs it).
+test-rabbitmq4: setup-dev
+	devtools/rabbitmq4.sh $(PY) -m pytest tests/integration tests/cli/test_schedules_broker.py \
+		-n 3 --dist loadgroup --no-loadscope-reorder -q
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .

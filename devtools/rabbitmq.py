@@ -4,6 +4,12 @@ but the management API when asked (Amazon MQ serves it on every RabbitMQ broker)
 It runs Debian's `rabbitmq-server` (installed by .ci/run) as the current user, without the
 package's wrapper (which switches to the `rabbitmq` user and the system data directory), so
 several nodes can coexist with the system node and with each other.
+
+With `SLUICE_RABBITMQ_ROOT` set to a Debian root that has `rabbitmq-server` installed (set by
+devtools/rabbitmq4.sh: Debian 13's RabbitMQ 4.0 on Erlang 27, where the system's Debian 12 has
+3.10 on Erlang 25), the node and `rabbitmqctl` run inside that root through `chroot`. The root
+sees the host's /tmp (where the nodes' directories are) and shares its network, so nothing else
+changes.
 """
 
 from __future__ import annotations
@@ -29,17 +35,26 @@ class RabbitMQMissing(RuntimeError):
     """rabbitmq-server is not installed (apt-get install -y rabbitmq-server)."""
 
 
-def _tool(name: str) -> str:
+def _tool(name: str) -> list[str]:
+    """The command that runs RabbitMQ's `name` (inside SLUICE_RABBITMQ_ROOT when that is set)."""
+    root = os.environ.get("SLUICE_RABBITMQ_ROOT")
+    if root:
+        if not (Path(root) / _SBIN.relative_to("/") / name).exists():
+            raise RabbitMQMissing(
+                f"SLUICE_RABBITMQ_ROOT={root} has no {_SBIN / name}: "
+                "run through devtools/rabbitmq4.sh, which makes the root"
+            )
+        return ["chroot", root, str(_SBIN / name)]
     path = _SBIN / name
     if path.exists():
-        return str(path)
+        return [str(path)]
     found = shutil.which(name)
     if not found:
         raise RabbitMQMissing(
             f"{name} not found: install it with `apt-get install -y rabbitmq-server` "
             "(.ci/run does this)"
         )
-    return found
+    return [found]
 
 
 class RabbitNode:
@@ -98,10 +113,13 @@ class RabbitNode:
         }
 
     def start(self, timeout: float = 60.0) -> RabbitNode:
-        server = _tool("rabbitmq-server")
         log = (self.base / "server.out").open("ab")
         self._proc = subprocess.Popen(
-            [server], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            _tool("rabbitmq-server"),
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.wait_ready(timeout)
         return self
@@ -120,7 +138,7 @@ class RabbitNode:
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         out = subprocess.run(
-            [_tool("rabbitmqctl"), "-n", self.nodename, *args],
+            [*_tool("rabbitmqctl"), "-n", self.nodename, *args],
             env=self.env,
             capture_output=True,
             timeout=timeout,

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Run a command against RabbitMQ 4 (the major the stack deploys: `broker.engine_version`) where the
+# system's Debian 12 has only 3.10: `devtools/rabbitmq4.sh CMD...`.
+#
+# Debian 13's rabbitmq-server (4.0, on Erlang 27) needs a newer libc than Debian 12's, so it lives
+# in a Debian 13 root of its own (debootstrap, about 40 s and 200 MB the first time; made in a
+# temporary directory and renamed, so an interrupted build leaves nothing half made). CMD runs in a
+# private mount namespace where the root sees the host's /tmp (the nodes' directories), /proc
+# and /dev, with SLUICE_RABBITMQ_ROOT set: devtools/rabbitmq.py then starts every node and
+# `rabbitmqctl` inside the root through chroot (same network, same processes). The mounts end with
+# CMD, so nothing is left mounted under the root (deleting it can never reach the host's /tmp).
+# Needs root (debootstrap, mount, chroot).
+set -euo pipefail
+ROOT="${SLUICE_RABBITMQ4_ROOT:-/var/cache/sluice/rabbitmq4-root}"
+MIRROR="${SLUICE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+if [ ! -x "$ROOT/usr/lib/rabbitmq/bin/rabbitmq-server" ]; then
+  command -v debootstrap >/dev/null || {
+    echo "debootstrap not found: apt-get install -y debootstrap (.ci/run does this)" >&2
+    exit 1
+  }
+  mkdir -p "$(dirname "$ROOT")"
+  partial="$ROOT.partial"
+  rm -rf --one-file-system "$partial"
+  echo "making a Debian 13 root with rabbitmq-server in $ROOT" >&2
+  debootstrap --variant=minbase --include=rabbitmq-server trixie "$partial" "$MIRROR" >&2
+  mv "$partial" "$ROOT"
+fi
+
+# Inside the new mount namespace: the mounts, then CMD (exec: its exit status is ours).
+exec unshare --mount --propagation private -- bash -c '
+  set -euo pipefail
+  root=$1; shift
+  mount --bind /tmp "$root/tmp"
+  mount -t proc proc "$root/proc"
+  mount --bind /dev "$root/dev"
+  export SLUICE_RABBITMQ_ROOT="$root"
+  echo "RabbitMQ $(chroot "$root" dpkg-query -W -f="\${Version}" rabbitmq-server) in $root" >&2
+  exec "$@"
+' rabbitmq4 "$ROOT" "$@"
