@@ -14,6 +14,11 @@ set -euo pipefail
 ROOT="${SLUICE_RABBITMQ4_ROOT:-/var/cache/sluice/rabbitmq4-root}"
 MIRROR="${SLUICE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
+if [ "$(id -u)" != 0 ]; then
+  echo "devtools/rabbitmq4.sh needs root (debootstrap, mount, chroot); run it with sudo" >&2
+  exit 1
+fi
+
 if [ ! -x "$ROOT/usr/lib/rabbitmq/bin/rabbitmq-server" ]; then
   command -v debootstrap >/dev/null || {
     echo "debootstrap not found: apt-get install -y debootstrap (.ci/run does this)" >&2
@@ -21,6 +26,9 @@ if [ ! -x "$ROOT/usr/lib/rabbitmq/bin/rabbitmq-server" ]; then
   }
   mkdir -p "$(dirname "$ROOT")"
   partial="$ROOT.partial"
+  # A debootstrap killed midway can leave its /proc and /sys mounted in there: unmount them
+  # first (rm would refuse to cross them, and must never reach the host's).
+  findmnt -rn -o TARGET | { grep -F "$partial/" || true; } | sort -r | xargs -r -n1 umount -l
   rm -rf --one-file-system "$partial"
   echo "making a Debian 13 root with rabbitmq-server in $ROOT" >&2
   debootstrap --variant=minbase --include=rabbitmq-server trixie "$partial" "$MIRROR" >&2
@@ -32,6 +40,11 @@ exec unshare --mount --propagation private -- bash -c '
   set -euo pipefail
   root=$1; shift
   mount --bind /tmp "$root/tmp"
+  # Node directories are under $TMPDIR when it is set: the root sees it at the same path.
+  if [ -n "${TMPDIR:-}" ] && [ "${TMPDIR#/tmp}" = "$TMPDIR" ]; then
+    mkdir -p "$root$TMPDIR"
+    mount --bind "$TMPDIR" "$root$TMPDIR"
+  fi
   mount -t proc proc "$root/proc"
   mount --bind /dev "$root/dev"
   export SLUICE_RABBITMQ_ROOT="$root"

@@ -158,7 +158,13 @@ def test_oneoffs_survive_a_broker_restart_under_two_scheduler_processes_once_eac
         took = rabbit.restart()
         back = time.time()
         # Then each runs once (across both processes)
-        fleet.wait(lambda: len([r for r in fleet.runs() if r.ended]) >= 8, 20, "8 one-off runs")
+        try:
+            fleet.wait(lambda: len([r for r in fleet.runs() if r.ended]) >= 8, 20, "8 one-offs")
+        except AssertionError as exc:  # what ran, and when, against the restart
+            raise AssertionError(
+                f"{exc}; restart took {took:.1f} s, back at {back:.3f}; "
+                f"due (ms): {sorted(job.key for job in jobs)}; runs: {fleet.runs()}"
+            ) from None
         time.sleep(0.5)
         runs = fleet.runs()
     assert sorted(r.key for r in runs) == sorted(job.key for job in jobs), runs
