@@ -60,7 +60,10 @@ def _tool(name: str) -> list[str]:
 class RabbitNode:
     """One private node; `url` is its AMQP URL (guest over loopback)."""
 
-    def __init__(self, base: Path, name: str = "sluice-test", *, management: bool = False) -> None:
+    def __init__(
+        self, base: Path, name: str = "sluice-test", *, management: bool = False, config: str = ""
+    ) -> None:
+        """`config`: more rabbitmq.conf lines (after the node's own)."""
         self.base = base
         # Stable ports: the node restarts on them (tests restart the broker).
         self.port = free_port(stable=True)
@@ -85,7 +88,7 @@ class RabbitNode:
             "log.file.level = warning\n"
             # Tests publish fast: never let the memory alarm block them on a busy CI machine.
             "vm_memory_high_watermark.relative = 0.8\n"
-            "disk_free_limit.absolute = 50MB\n"
+            "disk_free_limit.absolute = 50MB\n" + config
         )
 
     @property

@@ -3,12 +3,14 @@ included), and the PutMetricData request checked against botocore's CloudWatch m
 
 from __future__ import annotations
 
+import logging
 import time
 
 import boto3
 import pika
 from botocore.stub import Stubber
 
+from devtools.rabbitmq import RabbitNode
 from sluice.metrics import (
     CONSUMERS,
     DEAD_TICKS,
@@ -16,8 +18,10 @@ from sluice.metrics import (
     MEMORY_USED_PCT,
     TOKENS_READY,
 )
+from sluice.scheduling.names import SCHEDULER_USER
 from sluice.scheduling.registry import PeriodicTask, Registry
 from sluice.scheduling.schedule import Every
+from tests.integration.test_broker_user import admin, amqp_url, scheduler_user
 from worker.scheduler.broker_metrics import BrokerFigures, Figure, management_url, publish
 from worker.scheduler.topology import declare
 
@@ -84,3 +88,43 @@ def test_the_published_request_is_one_cloudwatch_accepts():
 def test_amazon_mqs_management_api_is_on_the_amqps_host():
     amqps = "amqps://user:pw@b-1234-abcd.mq.eu-west-1.amazonaws.com:5671"
     assert management_url(amqps) == "https://b-1234-abcd.mq.eu-west-1.amazonaws.com"
+
+
+def test_a_broker_that_collects_no_node_statistics_still_shows_its_memory_and_disk_alarms(
+    tmp_path, names, caplog
+):
+    # Given a node whose management agent collects no metrics: RabbitMQ 4 deprecates the
+    # collection (its log: "will not be permitted by default in a future minor version"), and
+    # then GET /api/nodes answers only each node's name, type and running (seen on 3.10 and 4.0)
+    node = RabbitNode(
+        tmp_path / "nostats",
+        "sluice-nostats",
+        management=True,
+        config="management_agent.disable_metrics_collector = true\n",
+    ).start()
+    try:
+        # (measured as the scheduler's own user, made as the deploy makes it: tag `monitoring`)
+        admin(node).put_user(scheduler_user("sched-password"))
+        url = amqp_url(node, SCHEDULER_USER, "sched-password")
+        figures = BrokerFigures(url, _registry(), names, management=node.management_url)
+        # When nothing is wrong, no level can be read: no node figure, and a warning says why
+        caplog.set_level(logging.WARNING, logger="sluice.scheduler")
+        assert figures.nodes() == []
+        assert "collects no node statistics" in caplog.text
+        # When the node's memory and disk alarms go off (limits far beyond what it has)
+        node.ctl("set_vm_memory_high_watermark", "0.0001")
+        node.ctl("set_disk_free_limit", "1000000GB")
+        deadline, found = time.monotonic() + 30, []
+        while len(found) < 2:
+            assert time.monotonic() < deadline, f"alarms not seen: {found}"
+            time.sleep(0.5)
+            found = figures.nodes()
+        # Then each shows at its limit on that node: memory at 100 %, free disk at 1x its limit,
+        # which the Broker-Memory and Broker-Disk alarms' thresholds both catch
+        dims = (("Node", node.nodename),)
+        assert sorted(found, key=lambda f: f.name) == sorted(
+            [Figure(MEMORY_USED_PCT, 100.0, dims), Figure(DISK_FREE_RATIO, 1.0, dims)],
+            key=lambda f: f.name,
+        )
+    finally:
+        node.stop()

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import threading
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -118,6 +119,7 @@ class BrokerFigures:
     ) -> None:
         self.url, self.registry, self.names, self.management = url, registry, names, management
         self.lifecycle = lifecycle
+        self._blind_logged = False
 
     def queues(self) -> list[Figure]:
         connection = pika.BlockingConnection(pika.URLParameters(self.url))
@@ -139,25 +141,68 @@ class BrokerFigures:
     def nodes(self) -> list[Figure]:
         if not self.management:
             return []
-        parts = urlsplit(self.url)
-        token = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-        request = urllib.request.Request(  # noqa: S310 - the broker's own https/http endpoint
-            f"{self.management.rstrip('/')}/api/nodes",
-            headers={"Authorization": "Basic " + base64.b64encode(token.encode()).decode()},
-        )
-        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
-            nodes = json.loads(answer.read())
-        figures = []
-        for node in nodes:
-            if not node.get("running") or not node.get("mem_limit"):
+        figures, blind = [], []
+        for node in self._api("/api/nodes"):
+            if not node.get("running"):
                 continue
             dims = (("Node", str(node["name"])),)
-            used = 100.0 * node["mem_used"] / node["mem_limit"]
-            figures.append(Figure(MEMORY_USED_PCT, round(used, 2), dims))
+            if "mem_limit" not in node:
+                blind.append(str(node["name"]))
+                continue
+            if node["mem_limit"]:
+                used = 100.0 * node["mem_used"] / node["mem_limit"]
+                figures.append(Figure(MEMORY_USED_PCT, round(used, 2), dims))
             if node.get("disk_free_limit"):
                 ratio = node["disk_free"] / node["disk_free_limit"]
                 figures.append(Figure(DISK_FREE_RATIO, round(ratio, 3), dims))
+        if blind:
+            figures += self._alarmed(blind)
         return figures
+
+    def _alarmed(self, nodes: list[str]) -> list[Figure]:
+        """The figures of nodes whose levels the API does not give (their management agent
+        collects no metrics: `management_agent.disable_metrics_collector`, or RabbitMQ 4's
+        deprecated `management_metrics_collection` once not permitted), from the resource alarms
+        in effect (GET /api/health/checks/alarms, which needs no statistics): a node in a memory
+        alarm is at 100 % of its limit, one in a disk alarm at 1x its free-disk limit. Below the
+        alarm the level is unknown, so nothing is published and a warning says so."""
+        if not self._blind_logged:
+            self._blind_logged = True
+            log.warning(
+                "broker figures: the broker collects no node statistics (management metrics "
+                "collection is off on %s): memory and disk are seen only once a resource alarm "
+                "is in effect, not as they approach it",
+                ", ".join(nodes),
+            )
+        figures = []
+        for alarm in self._api("/api/health/checks/alarms").get("alarms", []):
+            name = str(alarm.get("node"))
+            if name not in nodes:
+                continue
+            dims = (("Node", name),)
+            if alarm.get("resource") == "memory":
+                figures.append(Figure(MEMORY_USED_PCT, 100.0, dims))
+            elif alarm.get("resource") == "disk space":
+                figures.append(Figure(DISK_FREE_RATIO, 1.0, dims))
+        return figures
+
+    def _api(self, path: str) -> Any:
+        """GET a management API path as JSON (a health check's 503 carries JSON too)."""
+        assert self.management is not None
+        parts = urlsplit(self.url)
+        token = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        request = urllib.request.Request(  # noqa: S310 - the broker's own https/http endpoint
+            f"{self.management.rstrip('/')}{path}",
+            headers={"Authorization": "Basic " + base64.b64encode(token.encode()).decode()},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as failed:
+            if failed.code != 503:
+                raise
+            with failed:
+                return json.loads(failed.read())
 
     def measure(self) -> list[Figure]:
         """Every figure; a part that cannot be measured now is left out (and logged)."""
