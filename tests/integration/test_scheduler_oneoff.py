@@ -293,6 +293,44 @@ def test_a_oneoff_whose_message_is_purged_still_runs_once_at_its_time(
     }
 
 
+def test_a_oneoff_lost_while_the_broker_is_away_is_sent_again_a_grace_after_its_return(
+    rabbit: RabbitNode, names: Names, tap: ControlTap, atomic_ledger_env: dict[str, str]
+):
+    # Given a scheduler sweeping every 60 s for one-offs not seen 5 s after they were expected
+    # (a hop of 2048 ms is expected back when it ends)
+    rec = Recorder()
+    registry = Registry([PeriodicTask("report", HOURLY, action=rec)])
+    settings = SchedulerSettings.of(coordination_table=TABLE, max_ttl_ms=2048)
+    db = dynamodb(atomic_ledger_env)
+    scheduler = build(registry, rabbit.url, settings, names=names, dynamodb=db)
+    assert isinstance(scheduler.oneoffs, OneOffRunner)
+    grace = scheduler.oneoffs.sweep_grace_s = 5.0
+    scheduler.oneoffs.sweep_s = 60.0
+    api = OneOffs(rabbit.url, db, TABLE, names=names, registry=registry)
+    longest = spec.wait_queue(names, 2048)
+    with scheduler:
+        # When a one-off due in 3 s loses its message (its wait queue purged: RabbitMQ 4.0 parks
+        # a message it dead-letters while booting, for up to two minutes)
+        lost = api.at(time.time() + 3, "report")
+        api.close()
+        _queued(rabbit.url, longest, 1)
+        conn = pika.BlockingConnection(pika.URLParameters(rabbit.url))
+        assert conn.channel().queue_purge(longest).method.message_count == 1
+        conn.close()
+        # and the broker drops every connection after the one-off's time (the scheduler's
+        # processes reconnect, and one takes the sweep's lead anew)
+        time.sleep(max(lost.due + 0.5 - time.time(), 0))
+        rabbit.ctl("close_all_connections", "an outage")
+        back = time.time()
+        # Then it runs once, a grace after the broker's return (which came before the grace after
+        # the one-off was expected had passed), not a sweep period later
+        runs = rec.wait_for(1, timeout=grace + 10)
+        time.sleep(0.5)
+    assert [r.due for r in rec.completed()] == [lost.due], runs
+    assert runs[0].started - back < grace + 4, (runs, back)
+    assert [e["oneoff"] for e in tap.of("swept", "report")] == [lost.id]
+
+
 def test_lost_oneoffs_already_due_run_once_late_or_past_their_bound_end_missed(
     rabbit: RabbitNode, names: Names, tap: ControlTap, atomic_ledger_env: dict[str, str]
 ):

@@ -418,9 +418,16 @@ class OneOffSweeper(_Base):
         spec.declare(ch.work, self.names, groups=GROUPS)
         self._declared = set()
         connected()
+        # On taking the lead (a start, or the broker's return after an outage) it sweeps at once
+        # and again one grace later, then every sweep_s: a one-off expected while the broker was
+        # away whose message did not come back with it is sent again a grace after the return,
+        # not up to a sweep period later. (RabbitMQ 4.0 parks a message it dead-letters while
+        # booting, before the exchange it goes to is back, for up to two minutes.)
+        pause = min(self.runner.sweep_grace_s, self.runner.sweep_s)
         while not stop.is_set():
             self.sweep()
-            serve_for(ch.connection, self.runner.sweep_s, stop)
+            serve_for(ch.connection, pause, stop)
+            pause = self.runner.sweep_s
 
     def sweep(self) -> list[str]:
         """Send again (or end `missed`) every lost one-off; the ids sent again."""
