@@ -74,6 +74,12 @@ PREFETCH = 64
 # again at most SWEEP_GRACE_S + SWEEP_S after it should have been seen.
 SWEEP_S = 30.0
 SWEEP_GRACE_S = 10.0
+# After taking the sweep's lead (a start, or the broker's return), a second sweep this long after
+# takes for lost what was expected before then and is still not seen: messages held up by the
+# outage arrive within about a second of the return, except those RabbitMQ 4.0 parks (a message
+# it dead-letters while booting, before the exchange it goes to is back, waits up to two minutes:
+# "Cannot forward any dead-letter messages ... does not exist" in its log).
+RETURN_SETTLE_S = 3.0
 SWEEP_BACKOFF_CAP_S = 3600.0
 
 
@@ -418,24 +424,26 @@ class OneOffSweeper(_Base):
         spec.declare(ch.work, self.names, groups=GROUPS)
         self._declared = set()
         connected()
-        # On taking the lead (a start, or the broker's return after an outage) it sweeps at once
-        # and again one grace later, then every sweep_s: a one-off expected while the broker was
-        # away whose message did not come back with it is sent again a grace after the return,
-        # not up to a sweep period later. (RabbitMQ 4.0 parks a message it dead-letters while
-        # booting, before the exchange it goes to is back, for up to two minutes.)
-        pause = min(self.runner.sweep_grace_s, self.runner.sweep_s)
+        # On taking the lead it sweeps at once, again RETURN_SETTLE_S later with that as the grace
+        # (a one-off expected while the broker was away whose message did not come back with it
+        # is sent again then, not up to a grace and a sweep period later), then every sweep_s.
+        self.sweep()
+        settle = min(RETURN_SETTLE_S, self.runner.sweep_grace_s, self.runner.sweep_s)
+        serve_for(ch.connection, settle, stop)
         while not stop.is_set():
-            self.sweep()
-            serve_for(ch.connection, pause, stop)
-            pause = self.runner.sweep_s
+            self.sweep(grace_s=settle)
+            serve_for(ch.connection, self.runner.sweep_s, stop)
+            settle = self.runner.sweep_grace_s
 
-    def sweep(self) -> list[str]:
-        """Send again (or end `missed`) every lost one-off; the ids sent again."""
+    def sweep(self, grace_s: float | None = None) -> list[str]:
+        """Send again (or end `missed`) every one-off not seen `grace_s` (default: the sweep's
+        grace) after it was expected; the ids sent again."""
         assert self._ch is not None
         now = self.clock()
+        grace = self.runner.sweep_grace_s if grace_s is None else grace_s
         sent = []
         for record in self.records.all():
-            if not record.lost(now, self.runner.sweep_grace_s):
+            if not record.lost(now, grace):
                 continue
             oneoff = record.oneoff
             if self.runner.too_late(oneoff, now) is not None:
