@@ -114,7 +114,7 @@ chaos: setup-dev
 
 ## make test-rabbitmq4: the broker tests (tests/integration, the CLI's schedules on a broker) again
 ## on RabbitMQ 4, the major the stack deploys, where the system's Debian 12 package is 3.10:
-## Debian 13's 4.0 in a root of its own (devtools/rabbitmq4.sh; needs root and debootstrap).
+## Debian 13's 4.0 in a root of its own (devtools/rabbitmq4.sh; needs root and debootstrap; .ci/run runs it).
 test-rabbitmq4: setup-dev
 	devtools/rabbitmq4.sh $(PY) -m pytest tests/integration tests/cli/test_schedules_broker.py \
 		-n 3 --dist loadgroup --no-loadscope-reorder -q
