@@ -320,7 +320,7 @@ def test_a_oneoff_whose_message_is_purged_still_runs_once_at_its_time(
     }
 
 
-def test_a_oneoff_lost_while_the_broker_is_away_is_sent_again_a_grace_after_its_return(
+def test_a_oneoff_lost_while_the_broker_is_away_is_sent_again_soon_after_its_return(
     rabbit: RabbitNode, names: Names, tap: ControlTap, atomic_ledger_env: dict[str, str]
 ):
     # Given a scheduler sweeping every 60 s for one-offs not seen 5 s after they were expected
