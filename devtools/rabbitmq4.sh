@@ -19,12 +19,15 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+mkdir -p "$(dirname "$ROOT")"
+# One build at a time: a second run waits for the first's root instead of removing its partial one.
+exec 9>"$ROOT.lock"
+flock 9
 if [ ! -x "$ROOT/usr/lib/rabbitmq/bin/rabbitmq-server" ]; then
   command -v debootstrap >/dev/null || {
     echo "debootstrap not found: apt-get install -y debootstrap (.ci/run does this)" >&2
     exit 1
   }
-  mkdir -p "$(dirname "$ROOT")"
   partial="$ROOT.partial"
   # A debootstrap killed midway can leave its /proc and /sys mounted in there: unmount them
   # first (rm would refuse to cross them, and must never reach the host's).
@@ -34,6 +37,7 @@ if [ ! -x "$ROOT/usr/lib/rabbitmq/bin/rabbitmq-server" ]; then
   debootstrap --variant=minbase --include=rabbitmq-server trixie "$partial" "$MIRROR" >&2
   mv "$partial" "$ROOT"
 fi
+exec 9>&-
 
 # Inside the new mount namespace: the mounts, then CMD (exec: its exit status is ours).
 exec unshare --mount --propagation private -- bash -c '
