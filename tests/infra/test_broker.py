@@ -433,8 +433,11 @@ def test_no_broker_alarms_without_a_broker(synth):
 
 
 def test_the_provisioner_bundle_needs_nothing_but_the_runtime_and_boto3():
-    # It ships without the deps layer: any other import would fail only once deployed.
+    # It ships without the deps layer: any other import would fail only once deployed. The
+    # bundle's own packages (lambdas, and the adapters' management API client) ship with it.
     bundle = function_bundle("provisioning", broker_user.NAME)
+    shipped = sorted(p.name for p in bundle.iterdir() if (p / "__init__.py").exists())
+    assert "adapters" in shipped and "lambdas" in shipped, shipped
     probe = f"""
 import sys
 import boto3, botocore.config
@@ -442,7 +445,7 @@ before = set(sys.modules)
 sys.path.insert(0, {str(bundle)!r})
 import lambdas.provisioning.broker_user.handler
 added = {{m.split(".")[0] for m in set(sys.modules) - before}}
-print(sorted(added - set(sys.stdlib_module_names) - {{"lambdas"}}))
+print(sorted(added - set(sys.stdlib_module_names) - set({shipped!r})))
 """
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=bundle

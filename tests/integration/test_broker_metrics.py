@@ -21,7 +21,7 @@ from sluice.metrics import (
 from sluice.scheduling.names import SCHEDULER_USER
 from sluice.scheduling.registry import PeriodicTask, Registry
 from sluice.scheduling.schedule import Every
-from tests.integration.test_broker_user import admin, amqp_url, scheduler_user
+from tests.integration.broker_users import admin, amqp_url, scheduler_user
 from worker.scheduler.broker_metrics import BrokerFigures, Figure, management_url, publish
 from worker.scheduler.topology import declare
 

@@ -10,14 +10,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from urllib.parse import quote
 
 import pika
 import pika.exceptions
 import pytest
 
+from adapters.rabbitmq_management import Management, ManagementError
 from devtools.rabbitmq import RabbitNode
-from lambdas.provisioning.broker_user.management import Management, ManagementError, User
 from sluice.errors import TransientError
 from sluice.metrics import MEMORY_USED_PCT, TOKENS_READY
 from sluice.scheduling.names import (
@@ -30,30 +29,10 @@ from sluice.scheduling.names import (
 )
 from sluice.scheduling.registry import PeriodicTask, Registry, Tick
 from sluice.scheduling.schedule import Every
+from tests.integration.broker_users import admin, amqp_url, scheduler_user
 from tests.integration.scheduling import ControlTap, Recorder
 from worker.scheduler.broker_metrics import BrokerFigures
 from worker.scheduler.runner import Scheduler
-
-
-def scheduler_user(password: str, name: str = SCHEDULER_USER) -> User:
-    """The user exactly as the stack asks for it (the deployed tags, vhost and permissions)."""
-    return User(
-        name=name,
-        password=password,
-        tags=SCHEDULER_TAGS,
-        vhost=SCHEDULER_VHOST,
-        configure=SCHEDULER_PERMISSIONS.configure,
-        write=SCHEDULER_PERMISSIONS.write,
-        read=SCHEDULER_PERMISSIONS.read,
-    )
-
-
-def admin(rabbit: RabbitNode) -> Management:
-    return Management(rabbit.management_url, "guest", "guest")
-
-
-def amqp_url(rabbit: RabbitNode, user: str, password: str) -> str:
-    return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{rabbit.port}/%2F"
 
 
 def get(rabbit: RabbitNode, path: str, user: str = "guest", password: str = "guest"):  # noqa: S107

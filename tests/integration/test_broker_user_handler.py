@@ -18,9 +18,9 @@ import pika.exceptions
 import pytest
 from moto import mock_aws
 
+from adapters.rabbitmq_management import Management
 from devtools.rabbitmq import RabbitNode
 from lambdas.provisioning.broker_user import handler as cr
-from lambdas.provisioning.broker_user.management import Management
 from sluice.scheduling.names import SCHEDULER_PERMISSIONS, SCHEDULER_TAGS, SCHEDULER_VHOST
 
 STACK_ID = "arn:aws:cloudformation:eu-west-1:123456789012:stack/Sluice-staging-stateless/1f2e"

@@ -17,13 +17,9 @@ each process's own, so the alarms read their Sum.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import logging
 import threading
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 import pika
 
+from adapters.rabbitmq_management import Management
 from sluice.metrics import (
     CONSUMERS,
     DEAD_TICKS,
@@ -119,6 +116,13 @@ class BrokerFigures:
     ) -> None:
         self.url, self.registry, self.names, self.management = url, registry, names, management
         self.lifecycle = lifecycle
+        parts = urlsplit(url)
+        # The scheduler's own user (tagged `monitoring`: it may read the nodes' figures).
+        self._api = (
+            Management(management, unquote(parts.username or ""), unquote(parts.password or ""))
+            if management
+            else None
+        )
         self._blind_logged = False
 
     def queues(self) -> list[Figure]:
@@ -139,10 +143,10 @@ class BrokerFigures:
                 connection.close()
 
     def nodes(self) -> list[Figure]:
-        if not self.management:
+        if self._api is None:
             return []
         figures, blind = [], []
-        for node in self._api("/api/nodes"):
+        for node in self._api.get("/api/nodes"):
             if not node.get("running"):
                 continue
             dims = (("Node", str(node["name"])),)
@@ -156,10 +160,10 @@ class BrokerFigures:
                 ratio = node["disk_free"] / node["disk_free_limit"]
                 figures.append(Figure(DISK_FREE_RATIO, round(ratio, 3), dims))
         if blind:
-            figures += self._alarmed(blind)
+            figures += self._alarmed(self._api, blind)
         return figures
 
-    def _alarmed(self, nodes: list[str]) -> list[Figure]:
+    def _alarmed(self, api: Management, nodes: list[str]) -> list[Figure]:
         """The figures of nodes whose levels the API does not give (their management agent
         collects no metrics: `management_agent.disable_metrics_collector`, or RabbitMQ 4's
         deprecated `management_metrics_collection` once not permitted), from the resource alarms
@@ -175,7 +179,9 @@ class BrokerFigures:
                 ", ".join(nodes),
             )
         figures = []
-        for alarm in self._api("/api/health/checks/alarms").get("alarms", []):
+        # 200 when no alarm is in effect, 503 with the alarms when one is.
+        alarms = api.get("/api/health/checks/alarms", answers=(503,))
+        for alarm in alarms.get("alarms", []):
             name = str(alarm.get("node"))
             if name not in nodes:
                 continue
@@ -185,24 +191,6 @@ class BrokerFigures:
             elif alarm.get("resource") == "disk space":
                 figures.append(Figure(DISK_FREE_RATIO, 1.0, dims))
         return figures
-
-    def _api(self, path: str) -> Any:
-        """GET a management API path as JSON (a health check's 503 carries JSON too)."""
-        assert self.management is not None
-        parts = urlsplit(self.url)
-        token = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-        request = urllib.request.Request(  # noqa: S310 - the broker's own https/http endpoint
-            f"{self.management.rstrip('/')}{path}",
-            headers={"Authorization": "Basic " + base64.b64encode(token.encode()).decode()},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
-                return json.loads(answer.read())
-        except urllib.error.HTTPError as failed:
-            if failed.code != 503:
-                raise
-            with failed:
-                return json.loads(failed.read())
 
     def measure(self) -> list[Figure]:
         """Every figure; a part that cannot be measured now is left out (and logged)."""

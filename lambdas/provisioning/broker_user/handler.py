@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from lambdas.provisioning.broker_user.management import Management, User
+from adapters.rabbitmq_management import Management, User
 
 log = logging.getLogger("sluice.broker_user")
 log.setLevel(logging.INFO)

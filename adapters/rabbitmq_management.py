@@ -1,8 +1,12 @@
-"""RabbitMQ's management HTTP API: the calls that make, update and remove one broker user.
+"""RabbitMQ's management HTTP API (https on an Amazon MQ broker's host), the one client of it:
+the provisioning Lambda makes, updates and removes the scheduler's broker user with it
+(lambdas/provisioning/broker_user), and the scheduler reads the nodes' memory, disk and resource
+alarms with it (worker/scheduler/broker_metrics.py).
 
-Amazon MQ creates only the administrator; every other RabbitMQ user is made through this API
-(https on the broker's host). Both calls that make a user are PUTs, which RabbitMQ treats as
-create-or-replace, so making the same user again is harmless.
+Amazon MQ creates only the administrator; every other RabbitMQ user is made through this API.
+Both calls that make a user are PUTs, which RabbitMQ treats as create-or-replace, so making the
+same user again is harmless. A failed call raises ManagementError, whose message names the call
+and never a password.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ class ManagementError(RuntimeError):
 
 
 class Management:
-    """The management API at `base_url` (e.g. https://b-….mq.<region>.amazonaws.com), called
-    as an administrator."""
+    """The management API at `base_url` (e.g. https://b-….mq.<region>.amazonaws.com), called as
+    `username` (an administrator to manage users; a `monitoring` user can read)."""
 
     def __init__(self, base_url: str, username: str, password: str, *, timeout_s: float = 10):
         self.base_url = base_url.rstrip("/")
@@ -48,7 +52,16 @@ class Management:
         self._auth = f"Basic {token}"
         self.timeout_s = timeout_s
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        answers: tuple[int, ...] = (),
+    ) -> tuple[int, bytes]:
+        """(status, body) of a call; an error status raises ManagementError unless `answers`
+        lists it (a DELETE's 404, a health check's 503: both are answers, not failures)."""
         request = urllib.request.Request(  # noqa: S310 - the broker's own https (http in tests)
             self.base_url + path,
             method=method,
@@ -58,15 +71,23 @@ class Management:
         call = f"{method} {path}"
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as answer:  # noqa: S310
-                return int(answer.status)
+                return int(answer.status), answer.read()
         except urllib.error.HTTPError as exc:
-            if method == "DELETE" and exc.code == 404:
-                return 404
-            # RabbitMQ's error body is {"error": …, "reason": …}: no credentials in it.
-            raise ManagementError(call, exc.code, exc.read(500).decode(errors="replace")) from None
+            with exc:
+                if exc.code in answers:
+                    return exc.code, exc.read()
+                # RabbitMQ's error body is {"error": …, "reason": …}: no credentials in it.
+                detail = exc.read(500).decode(errors="replace")
+            raise ManagementError(call, exc.code, detail) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ManagementError(call, None, str(reason)) from None
+
+    def get(self, path: str, *, answers: tuple[int, ...] = ()) -> Any:
+        """GET `path` as JSON (`answers`: error statuses whose body is the answer too, as a
+        health check's 503 is)."""
+        _status, body = self._call("GET", path, answers=answers)
+        return json.loads(body or b"null")
 
     def put_user(self, user: User) -> None:
         """Create `user`, or set its password, tags and permissions to these."""
@@ -80,4 +101,5 @@ class Management:
 
     def delete_user(self, name: str) -> bool:
         """Remove user `name` (its permissions go with it); False when there was none."""
-        return self._call("DELETE", f"/api/users/{quote(name, safe='')}") != 404
+        status, _ = self._call("DELETE", f"/api/users/{quote(name, safe='')}", answers=(404,))
+        return status != 404
