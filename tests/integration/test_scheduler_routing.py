@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import pika
+import pytest
 
 from devtools.rabbitmq import RabbitNode
 from sluice.scheduling.names import START_LATENESS, STATUS_LENGTH, Names
@@ -20,7 +21,8 @@ from sluice.scheduling.registry import PeriodicTask, Registry, Token
 from sluice.scheduling.schedule import Every
 from sluice_cli.schedules import last_status
 from tests.integration.scheduling import ControlTap, Recorder
-from worker.scheduler.runner import Reconciler, Scheduler
+from worker.scheduler.connection import IDLE_WAKE_S
+from worker.scheduler.runner import COUNT_LANES, Reconciler, Scheduler
 from worker.scheduler.topology import declare
 
 PERIOD_S = 0.2
@@ -132,36 +134,45 @@ def test_the_reconciler_hears_starts_and_tokens_not_every_outcome(
     assert len(tap.of("succeeded", task.name)) >= 4
 
 
-def test_the_reconciler_asks_the_processor_queue_only_when_the_hatchery_is_empty(
+def test_the_reconciler_counts_many_tasks_at_once_from_the_hatchery_else_the_processor_queue(
     rabbit: RabbitNode, names: Names
 ) -> None:
-    # Given a reconciler connected to the broker, its passive declarations recorded
-    task = PeriodicTask("counted", Every(60), action=Recorder())
-    reconciler = Reconciler(Registry([task]), rabbit.url, names=names)
-    channels = reconciler._open([task])
-    asked: list[str] = []
-    declare_queue = channels.work.queue_declare
-
-    def spy(queue: str, **kwargs: Any) -> Any:
-        asked.append(queue)
-        return declare_queue(queue, **kwargs)
-
-    channels.work.queue_declare = spy
+    # Given 5 x COUNT_LANES tasks (so every count lane asks several times): a third with their
+    # token waiting in the hatchery, a third with it ready in the processor queue, a third with
+    # none, and one with two tokens in its hatchery and one ready
+    tasks = [
+        PeriodicTask(f"c{i:02d}", Every(60), action=Recorder()) for i in range(5 * COUNT_LANES)
+    ]
+    reconciler = Reconciler(Registry(tasks), rabbit.url, names=names)
+    reconciler._open(tasks)
     try:
-        # When the task's token waits in its hatchery
-        reconciler.publish_token(Token(task.name, time.time() + 60))
-        # Then it is counted from the hatchery alone
-        assert reconciler.inventory(task.name) == 1
-        assert asked == [names.hatchery(task.name)]
-        # When the hatchery is empty and the token is ready in the processor queue instead
-        channels.work.queue_purge(names.hatchery(task.name))
-        reconciler.publish_token(Token(task.name, time.time() - 1))
-        asked.clear()
-        # Then both queues are asked, and the token is counted
-        assert reconciler.inventory(task.name) == 1
-        assert asked == [names.hatchery(task.name), names.processor(task.name)]
-        # and with no token anywhere, none is counted
-        channels.work.queue_purge(names.processor(task.name))
-        assert reconciler.inventory(task.name) == 0
+        expected = {}
+        for i, task in enumerate(tasks):
+            if i % 3 == 0:
+                reconciler.publish_token(Token(task.name, time.time() + 60))
+            elif i % 3 == 1:
+                reconciler.publish_token(Token(task.name, time.time() - 1))
+            expected[task.name] = int(i % 3 != 2)
+        both = tasks[2].name  # one of the third with no token so far
+        for due in (time.time() + 60, time.time() + 60, time.time() - 1):
+            reconciler.publish_token(Token(both, due))
+        expected[both] = 2
+        # When they are counted
+        began = time.monotonic()
+        counts = reconciler.inventories([task.name for task in tasks])
+        took = time.monotonic() - began
+        # Then each task's tokens are its hatchery's count, else its processor queue's (the two
+        # are never added: asking the processor queue when the hatchery has a token is for
+        # nothing, a token waits most of its period in the hatchery)
+        assert counts == expected
+        # as soon as the last answer is in (not when the connection's loop next wakes by itself:
+        # a sweep that waited so each time was paced by that wait, not by its interval)
+        assert took < IDLE_WAKE_S / 2, took
+        # And a count the broker refuses (a task whose queues do not exist) fails the sweep
+        # at once instead of waiting for an answer that never comes
+        began = time.monotonic()
+        with pytest.raises(pika.exceptions.AMQPError):
+            reconciler.inventories([tasks[0].name, "never-declared"])
+        assert time.monotonic() - began < 5
     finally:
         reconciler._close()

@@ -16,7 +16,7 @@ from sluice.scheduling.names import Names, quiet_window_s
 from sluice.scheduling.registry import PeriodicTask, Registry
 from sluice.scheduling.schedule import Every
 from worker.scheduler.ledger import MemoryLedger
-from worker.scheduler.runner import Reconciler
+from worker.scheduler.runner import COUNT_BUDGET_PER_S, Reconciler
 
 TASK = PeriodicTask("report", Every(1.0), action=lambda tick: None)
 WINDOW = quiet_window_s(TASK)  # 0.5 s
@@ -36,11 +36,16 @@ class Drive:
             ledger=ledger,
         )  # fmt: skip
         self.reconciler.monotonic = lambda: self.now
-        self.reconciler.inventory = lambda task: self.tokens  # type: ignore[method-assign]
+        self.counts = 0  # tasks' tokens counted (passive declares asked of the broker)
+        self.reconciler.inventories = self._inventories  # type: ignore[method-assign]
         self.reconciler.publish_token = (  # type: ignore[method-assign]
             lambda token, delay=None: self.seeded.append(token.due)
         )
         self.reconciler.emit = lambda *a, **k: None  # type: ignore[method-assign]
+
+    def _inventories(self, tasks: list[str]) -> dict[str, int]:
+        self.counts += len(tasks)
+        return {task: self.tokens for task in tasks}
 
     def event(self, name: str, **fields: Any) -> None:
         method = SimpleNamespace(routing_key=f"{TASK.name}.{name}")
@@ -49,7 +54,7 @@ class Drive:
 
     def check_at(self, t: float, tokens: int) -> None:
         self.now, self.tokens = t, tokens
-        self.reconciler._check(TASK)
+        self.reconciler._sweep([TASK])
 
 
 def test_a_token_held_by_a_runner_that_reports_late_is_not_reseeded() -> None:
@@ -91,3 +96,61 @@ def test_a_token_whose_runner_never_reports_after_its_due_time_is_reseeded() -> 
         t += WINDOW / 2
     # Then it is re-seeded, about two windows after its due time (within a period)
     assert d.seeded and 0.2 + WINDOW <= d.now <= 0.2 + 2 * WINDOW + WINDOW / 2
+
+
+def test_each_task_is_counted_as_often_as_its_own_window_needs() -> None:
+    # Given a 1 s task and a 20 s one (windows 0.5 s and 10 s), both tokens waiting in their
+    # hatcheries, swept every 0.25 s (half the shortest window) for 10 s
+    slow = PeriodicTask("digest", Every(20.0), action=lambda tick: None)
+    d = Drive()
+    d.tokens = 1
+    asked: list[str] = []
+
+    def inventories(tasks: list[str]) -> dict[str, int]:
+        asked.extend(tasks)
+        return dict.fromkeys(tasks, 1)
+
+    d.reconciler.inventories = inventories  # type: ignore[method-assign]
+    d.event("scheduled", due=1100.0)
+    for i in range(40):
+        d.now = i * 0.25
+        d.reconciler._sweep([TASK, slow])
+    # Then the 1 s task was counted at every sweep, the 20 s one every 5 s (half its window)
+    assert asked.count(TASK.name) == 40
+    assert asked.count(slow.name) == 2  # at 0 s and 5 s
+    assert d.seeded == []
+
+
+def test_counts_keep_to_the_budget_and_reach_every_task_in_turn() -> None:
+    # Given 2.5 x COUNT_BUDGET_PER_S tasks at 1 s, their tokens waiting, swept every 0.25 s
+    tasks = [
+        PeriodicTask(f"t{i:05d}", Every(1.0), action=lambda tick: None)
+        for i in range(int(2.5 * COUNT_BUDGET_PER_S))
+    ]
+    d = Drive()
+    d.tokens = 1
+    rounds: list[list[str]] = []
+
+    def inventories(names: list[str]) -> dict[str, int]:
+        rounds.append(names)
+        return dict.fromkeys(names, 1)
+
+    d.reconciler.inventories = inventories  # type: ignore[method-assign]
+    for i in range(20):
+        d.now = 10 + i * 0.25
+        d.reconciler._sweep(tasks)
+    # Then no sweep asked for more than the budget allows for its quarter second (the first,
+    # with no sweep before it, a second's worth)
+    assert len(rounds[0]) == COUNT_BUDGET_PER_S
+    assert all(len(r) == COUNT_BUDGET_PER_S / 4 for r in rounds[1:])
+    # and every task was counted once before any was counted a second time
+    order = [name for r in rounds for name in r]
+    assert sorted(order[: len(tasks)]) == sorted(t.name for t in tasks)
+    # And a task seen empty is counted at the next sweep, ahead of the others
+    d.tokens = 0
+    rounds.clear()
+    lost = tasks[7]
+    d.reconciler._empty_since[lost.name] = d.now
+    d.now += 0.25
+    d.reconciler._sweep(tasks)
+    assert rounds[0][0] == lost.name
