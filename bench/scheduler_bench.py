@@ -171,6 +171,20 @@ def _proc_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _thread_cpu_s() -> dict[str, float]:
+    """This process's CPU seconds by thread role (the scheduler's threads are named: see
+    Scheduler._spawn and the Consumer's pools), from /proc/self/task: where a tick's CPU goes."""
+    roles: Counter[str] = Counter()
+    tick = os.sysconf("SC_CLK_TCK")
+    for thread in threading.enumerate():
+        with contextlib.suppress(OSError, TypeError):
+            fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+            utime, stime = fields.rsplit(")", 1)[1].split()[11:13]
+            role = thread.name.split("_")[0].rstrip("0123456789-")
+            roles[role] += (int(utime) + int(stime)) / tick
+    return dict(roles)
+
+
 def _broker_pid(node: RabbitNode) -> int | None:
     """The node's Erlang VM (rabbitmq-server writes its pid where RABBITMQ_PID_FILE says)."""
     with contextlib.suppress(OSError, ValueError):
@@ -194,6 +208,24 @@ def _window(
         "cpu_ms_per_tick": round(cpu_s * 1000 / n, 3) if n else None,
         "cpu_pct": round(cpu_s / (end - start) * 100, 1),
         "run_twice": len(keys) - len(set(keys)),
+    }
+
+
+def _count_gaps(counted: list[tuple[float, str]], start: float, end: float) -> dict[str, Any]:
+    """The reconciler's counts in [start, end): per second, and the seconds between two counts of
+    one task (p50, max): a token lost from its hatchery is seen only at its task's next count."""
+    last: dict[str, float] = {}
+    gaps, n = [], 0
+    for at, name in sorted(counted):
+        if start <= at < end:
+            n += 1
+            if name in last:
+                gaps.append(at - last[name])
+        last[name] = at
+    return {
+        "counts_per_s": round(n / (end - start), 1),
+        "count_gap_p50_s": round(percentile(gaps, 50), 3) if gaps else None,
+        "count_gap_max_s": round(max(gaps), 3) if gaps else None,
     }
 
 
@@ -235,6 +267,17 @@ def many_sluice(
     counting = _Counting()
     for part in (*scheduler.runners, scheduler.reconciler):
         part.lifecycle = counting
+    # When each task's tokens were counted (the reconciler's passive declares): how often, and
+    # how far apart for one task (a lost token is seen at the next count).
+    counted: list[tuple[float, str]] = []
+    inventories = scheduler.reconciler.inventories
+
+    def counting_inventories(names: list[str]) -> dict[str, int]:
+        at = time.time()
+        counted.extend((at, name) for name in names)
+        return inventories(names)
+
+    scheduler.reconciler.inventories = counting_inventories  # type: ignore[method-assign]
     began = time.monotonic()
     with scheduler:
         # Until every task ticked once (its first token seeded), then the warm-up.
@@ -243,13 +286,21 @@ def many_sluice(
         ready = time.monotonic() - began
         time.sleep(warmup)
         seeded = dict(counting.events)
+        threads0 = _thread_cpu_s()
         start, cpu0, broker0 = time.time(), _cpu_s(), _proc_cpu_s(broker_pid)
         time.sleep(seconds)
         end, cpu1, broker1 = time.time(), _cpu_s(), _proc_cpu_s(broker_pid)
+        threads1 = _thread_cpu_s()
         during = counting.events.copy()
         during.subtract(seeded)
     result = _window(list(runs), start, end, cpu1 - cpu0)
     result["startup_s"] = round(ready, 1)
+    result.update(_count_gaps(list(counted), start, end))
+    if result["ticks"]:
+        result["cpu_ms_per_tick_by_thread"] = {
+            role: round((cpu - threads0.get(role, 0.0)) * 1000 / result["ticks"], 3)
+            for role, cpu in sorted(threads1.items())
+        }
     # The broker serves both sides at once: its CPU over Sluice's window, not Sluice's alone.
     result["broker_cpu_pct"] = round((broker1 - broker0) / (end - start) * 100, 1)
     result["events"] = {k: v for k, v in during.items() if v}
@@ -737,6 +788,17 @@ def _print(report: dict[str, Any]) -> None:
         sluice = run.get("sluice") or {}
         if "broker_cpu_pct" in sluice:
             print(f"broker (both sides) CPU % over the window: {sluice['broker_cpu_pct']}")
+        if "counts_per_s" in sluice:
+            print(
+                f"reconciler's token counts: {sluice['counts_per_s']} a second, one task's counts"
+                f" {sluice['count_gap_p50_s']} s apart (p50), {sluice['count_gap_max_s']} s at most"
+            )
+        if "cpu_ms_per_tick_by_thread" in sluice:
+            split = sluice["cpu_ms_per_tick_by_thread"]
+            print(
+                "scheduler CPU ms/tick by thread: "
+                + ", ".join(f"{k} {v}" for k, v in split.items())
+            )
 
 
 if __name__ == "__main__":
