@@ -36,6 +36,7 @@ WORKER_BUNDLE = [
     "adapters/joins.py",
     "adapters/logs.py",
     "adapters/notifications.py",
+    "adapters/rabbitmq_management.py",
     "adapters/s3.py",
     "adapters/slots.py",
     "adapters/transcribe.py",
