@@ -76,13 +76,19 @@ def test_a_spare_token_runs_no_tick_twice_when_the_runner_changes(fleet, tap):
     # heartbeat every 10 s, so the broker keeps its token with it while it is paused below (at
     # 1 s, a leader slowed down past the heartbeat's timeout saw the broker hand the token to the
     # standby instead, and no spare was ever seeded)
-    with fleet() as f:
+    with fleet(duration=0.1) as f:
         f.start("leader")
         runner = f.start("runner", SLUICE_SCHEDULER_HEARTBEAT_S="10")
         f.wait_runs(3, 20, pid=runner.pid)
         standby = f.start("runner")
         time.sleep(1.0)  # the standby's consumer is registered
-        # When the active runner pauses for a second (the leader seeds a spare token)
+        # When the active runner pauses in the middle of a run (the leader seeds a spare token).
+        # Mid-run it holds its token, delivered and unacknowledged, out of the broker's count.
+        # Paused between its next token's confirm and its ack instead, it left that next token
+        # ready in the processor queue (its one unacknowledged delivery blocks the next), the
+        # count saw a token, rightly seeded no spare, and the test waited in vain (twice in full
+        # runs under load: "no reseeded event in 20 s").
+        f.wait(lambda: (r := f.running()) is not None and r.pid == runner.pid, 10, "a run")
         runner.send_signal(signal.SIGSTOP)
         # (the reconciler waits out the quiet window from the token's due time, then once more
         # with the queues empty: well under a second, but a loaded CI machine once took over 5 s)
