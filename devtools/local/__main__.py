@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -19,6 +20,10 @@ from devtools.local.view import watch
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C (SIGINT) stops it however it was started: a shell's background job starts with
+    # SIGINT ignored, which Python keeps, so a local-up started from a script's `cmd &` (a CI
+    # job, this project's e2e tests under one) ran on after its SIGINT until killed.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(
         prog="python -m devtools.local",
         description="The whole Sluice pipeline on one machine, no AWS account.",

@@ -538,3 +538,25 @@ def test_a_failed_run_is_listed_shown_replayed_once_fixed_and_succeeds(local_up,
         assert [r["name"] for r in original["replays"]] == [shown["name"]]
     finally:
         endpoint.shutdown()
+
+
+def test_ctrl_c_stops_local_up_even_when_started_with_sigint_ignored() -> None:
+    # Given a process started as a shell's background job starts (SIGINT ignored: Python keeps
+    # that), as `make local` is under a CI script's `cmd &`
+    code = (
+        "import signal\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "from devtools.local.__main__ import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+    )
+    # When devtools.local's main starts
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    # Then Ctrl-C raises KeyboardInterrupt in it again, which stops the run (its e2e teardown
+    # timed out in a CI run launched that way: local-up ran on after its SIGINT)
+    assert out.stdout.splitlines()[-1] == "True"
