@@ -141,7 +141,21 @@ def test_a_runner_frozen_past_the_heartbeat_is_fenced_and_does_not_stall_the_tas
     assert not [e for e in tap.of("succeeded") if round(e["due"] * 1000) == frozen.key]
     assert not [r for r in runs if r.pid == first.pid and r.started > woke_at]
     after = sorted(r.key for r in runs if r.started > woke_at)
-    assert len(after) >= 3 and all(b - a == 200 for a, b in itertools.pairwise(after[1:]))
+    assert len(after) >= 3
+    # A slot between them may go unrun only as a reported `missed` tick (only the latest due tick
+    # runs: a runner starting late on a loaded machine skips the one it is late for); a full CI
+    # run once had such a gap, which the old check (every slot run) failed on. A slot neither run
+    # nor reported would be a lost tick.
+    step = round(PERIOD * 1000)
+    reported = [
+        (round(e["due"] * 1000) - e.get("missed", 1) * step, round(e["due"] * 1000))
+        for e in tap.of("missed")
+    ]
+    gaps = [s for a, b in itertools.pairwise(after[1:]) for s in range(a + step, b, step)]
+    assert [s for s in gaps if not any(lo <= s <= hi for lo, hi in reported)] == [], (
+        after,
+        reported,
+    )
 
 
 def test_tokens_late_after_an_outage_run_only_the_latest_due_tick(fleet):
