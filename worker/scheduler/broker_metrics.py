@@ -114,7 +114,7 @@ class BrokerFigures:
         management: str | None,
         lifecycle: Lifecycle | None = None,
     ) -> None:
-        self.url, self.registry, self.names, self.management = url, registry, names, management
+        self.url, self.registry, self.names = url, registry, names
         self.lifecycle = lifecycle
         parts = urlsplit(url)
         # The scheduler's own user (tagged `monitoring`: it may read the nodes' figures).

@@ -1183,11 +1183,8 @@ class Reconciler(_Base):
         quiet window from the due time, not from when the queues were first seen empty, keeps a
         runner that starts a tick a little late under load from looking like a lost token."""
         due = self._due.get(task.name, float("inf"))
-        if (
-            due
-            <= now
-            < max(due, self._activity.get(task.name, float("-inf"))) + quiet_window_s(task)
-        ):
+        last_report = max(due, self._activity.get(task.name, float("-inf")))
+        if due <= now < last_report + quiet_window_s(task):
             self._empty_since.pop(task.name, None)
             return True
         return False
