@@ -84,10 +84,10 @@ def test_a_spare_token_runs_no_tick_twice_when_the_runner_changes(fleet, tap):
         time.sleep(1.0)  # the standby's consumer is registered
         # When the active runner pauses in the middle of a run (the leader seeds a spare token).
         # Mid-run it holds its token, delivered and unacknowledged, out of the broker's count.
-        # Paused between its next token's confirm and its ack instead, it left that next token
-        # ready in the processor queue (its one unacknowledged delivery blocks the next), the
-        # count saw a token, rightly seeded no spare, and the test waited in vain (twice in full
-        # runs under load: "no reseeded event in 20 s").
+        # Paused at a random moment, it failed twice in full runs under load ("no reseeded event
+        # in 20 s", the leader logging nothing); our reading, not caught in the act: paused
+        # between its next token's confirm and its ack, its one unacknowledged delivery keeps the
+        # next token ready in the processor queue, the count sees a token, and no spare is due.
         f.wait(lambda: (r := f.running()) is not None and r.pid == runner.pid, 10, "a run")
         runner.send_signal(signal.SIGSTOP)
         # (the reconciler waits out the quiet window from the token's due time, then once more
