@@ -192,21 +192,29 @@ def test_a_burst_of_webhooks_keeps_the_declared_concurrency_limits(local_up, mon
     assert sorted(endpoint.delivered) == list(range(50))
     assert endpoint.most_per_customer == per_customer
     assert 1 < endpoint.most <= limit
-    # And every run succeeded: none failed, none was dropped
-    listed = sluice(
-        exports,
-        monkeypatch,
-        "runs",
-        "list",
-        "--workflow",
-        "deliver_webhook",
-        "--status",
-        "SUCCEEDED",
-        "--limit",
-        "100",
-        "--json",
-    )
-    assert len(listed.splitlines()) == 50
+    # And every run succeeded: none failed, none was dropped. The endpoint counts a delivery
+    # before its answer reaches the run, which then checkpoints and ends: the last run can still
+    # be RUNNING for a moment after the fiftieth delivery (CI saw 49 of 50 listed as SUCCEEDED).
+    names = {f"burst-{n}" for n in range(50)}
+    deadline = time.monotonic() + 60
+    while True:
+        listed = sluice(
+            exports,
+            monkeypatch,
+            "runs",
+            "list",
+            "--workflow",
+            "deliver_webhook",
+            "--json",
+            "--limit",
+            "100",
+        )
+        burst = {r["name"]: r["status"] for r in map(json.loads, listed.splitlines())}
+        burst = {name: status for name, status in burst.items() if name in names}
+        if "RUNNING" not in burst.values() or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert burst == dict.fromkeys(sorted(names), "SUCCEEDED")
 
 
 def worker_starts(workdir: Path, workflow: str) -> list[tuple[int, str]]:
