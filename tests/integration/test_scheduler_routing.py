@@ -7,6 +7,7 @@ uses. Every event still reaches the control exchange (the tap sees them all)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -16,7 +17,7 @@ import pika
 import pytest
 
 from devtools.rabbitmq import RabbitNode
-from sluice.scheduling.names import START_LATENESS, STATUS_LENGTH, Names
+from sluice.scheduling.names import START_LATENESS, STATUS_LENGTH, Names, quiet_window_s
 from sluice.scheduling.registry import PeriodicTask, Registry, Token
 from sluice.scheduling.schedule import Every
 from sluice_cli.schedules import last_status
@@ -103,35 +104,46 @@ def test_a_status_queue_declared_by_an_older_version_stops_keeping_starts(
     assert {f"{task.name}.succeeded", f"{task.name}.failed"} <= keys
 
 
-def test_the_reconciler_hears_starts_and_tokens_not_every_outcome(
+def test_the_reconciler_hears_tokens_and_beats_not_starts_or_outcomes(
     rabbit: RabbitNode, names: Names, tap: ControlTap
 ) -> None:
-    # Given a scheduler whose reconciler records what its listener receives
+    # Given a scheduler whose reconciler records what its listener receives, and a task whose
+    # fourth run takes 1 s: ten of its quiet windows (0.1 s), with no `started` heard
     rec = Recorder()
+    rec.fail = lambda tick: time.sleep(1.0) if len(rec.runs) == 4 else None
     task = PeriodicTask("heard", Every(PERIOD_S), action=rec)
+    window = quiet_window_s(task)
     scheduler = Scheduler(Registry([task]), rabbit.url, names=names)
-    heard: list[str] = []
+    heard: list[tuple[float, str]] = []
     lock = threading.Lock()
     on_event = scheduler.reconciler._on_event
 
     def listen(ch: Any, method: Any, props: Any, body: bytes) -> None:
         with lock:
-            heard.append(method.routing_key.partition(".")[2])
+            heard.append((time.monotonic(), method.routing_key.partition(".")[2]))
         on_event(ch, method, props, body)
 
     scheduler.reconciler._on_event = listen  # type: ignore[method-assign]
     with scheduler:
-        # When its task has run a few ticks
-        rec.wait_for(5, timeout=15)
+        # When its task has run a few ticks, the long one among them
+        rec.wait_for(7, timeout=15)
         tap.wait_for("succeeded", task.name)
-    # Then the reconciler heard each token announced and each run start
+    # Then the reconciler heard each token announced, and the long run's beats
     with lock:
-        got = set(heard)
-    assert {"seeded", "scheduled", "started"} <= got, got
-    # and not the outcomes, which a token's announcement follows on the same channel
-    assert "succeeded" not in got, got
+        got = [event for _, event in heard]
+        beats = [at for at, event in heard if event == "running"]
+    assert {"seeded", "scheduled", "running"} <= set(got), got
+    # at most half a window apart, so the run was never silent for the window after which a
+    # token counts as lost, and it was not re-seeded
+    assert len(beats) >= 1.0 / window, beats
+    assert all(b - a < window for a, b in itertools.pairwise(beats)), beats
+    assert not tap.of("reseeded", task.name)
+    # and not the starts nor the outcomes: a run beats while it runs, and a token's
+    # announcement follows its outcome on the same channel
+    assert "started" not in got and "succeeded" not in got, got
     # while the control exchange carried them all
-    assert len(tap.of("succeeded", task.name)) >= 4
+    assert len(tap.of("started", task.name)) >= 7
+    assert len(tap.of("succeeded", task.name)) >= 6
 
 
 def test_the_reconciler_counts_many_tasks_at_once_from_the_hatchery_else_the_processor_queue(

@@ -69,7 +69,11 @@ _TOKEN_EVENTS = frozenset({"scheduled", "seeded", "reseeded", "rescheduled", "fa
 # is followed on the same channel by a token's announcement (an outcome by `scheduled`), leaves
 # the token where the count sees it, or ends the task's token; routed to the listener, each cost
 # the broker an enqueue and this process a callback (bench/scheduler_bench.py, many tasks).
-LISTENED_EVENTS = _TOKEN_EVENTS | {"started", "running", "resumed"}
+# `started` is not needed either: a run reports `running` every half quiet window at most (its
+# beat), so a token held by a run is never silent for a whole window, the least silence after
+# an empty count that makes the reconciler re-seed; listening to it cost a listener delivery per
+# tick.
+LISTENED_EVENTS = _TOKEN_EVENTS | {"running", "resumed"}
 DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
 DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
 # A process's Consumer: threads handling deliveries (a handler waits for its tick's run and its
