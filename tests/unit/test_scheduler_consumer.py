@@ -6,6 +6,7 @@ one; a mandatory message that cannot be routed comes back as Basic.Return before
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -16,7 +17,8 @@ import pytest
 from pika import spec
 
 from sluice.scheduling.names import Names
-from worker.scheduler.runner import Consumer
+from worker.scheduler.connection import IDLE_WAKE_S
+from worker.scheduler.runner import COALESCE_S, Consumer
 
 
 class Loop:
@@ -139,3 +141,43 @@ def test_closing_fails_every_runner_still_waiting_for_a_confirm(wired):
         for wait in waits:
             with pytest.raises(pika.exceptions.StreamLostError):
                 wait.result(1)
+
+
+class Turns:
+    """pika's loop as the I/O thread's turn sees it: each turn takes `takes_s`."""
+
+    def __init__(self, takes_s: float) -> None:
+        self.takes_s = takes_s
+        self.limits: list[float] = []
+
+    def process_data_events(self, time_limit: float) -> None:
+        self.limits.append(time_limit)
+        time.sleep(self.takes_s)
+
+
+@pytest.mark.parametrize(
+    ("active", "takes_s", "pauses"),
+    [
+        (5, 0.0, True),  # busy: several ticks under way, events coming in a stream
+        (1, 0.0, False),  # one task's chain: a pause would only delay it
+        (5, COALESCE_S * 5, False),  # events sparse: the turn waited for them
+    ],
+)
+def test_the_io_thread_pauses_between_turns_only_while_busy(monkeypatch, active, takes_s, pauses):
+    # Given a Consumer with `active` ticks under way whose loop turns take `takes_s`
+    consumer = Consumer("amqp://unused", names=Names())
+    turns = Turns(takes_s)
+    consumer._connection = turns  # type: ignore[assignment]
+    consumer._active = active
+    slept: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(
+        "worker.scheduler.runner.time.sleep",
+        lambda s: slept.append(s) if s == COALESCE_S else real_sleep(s),
+    )
+    # When the I/O thread takes a turn
+    consumer._turn()
+    # Then it served the connection (waiting up to IDLE_WAKE_S for something to come), and
+    # paused before the next turn only when busy
+    assert turns.limits == [IDLE_WAKE_S]
+    assert slept == ([COALESCE_S] if pauses else [])

@@ -78,6 +78,14 @@ DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
 DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
 # A process's Consumer: threads handling deliveries (a handler waits for its tick's run and its
 # next token's confirm) and threads running actions; ticks beyond them wait their turn.
+# A busy Consumer's I/O thread pauses this long between two turns of pika's loop, so that one
+# wake-up serves what arrived meanwhile (deliveries, confirms, the handlers' requests) instead
+# of one each: pika's loop costs about as much per wake-up as per message. It pauses only with
+# more than one tick under way (a lone task's chain would only wait) and when the loop came back
+# within the pause (events arrive faster than that). 1,000 tasks at 1 s on one consumer
+# (bench/scheduler_bench.py, alternating runs): 0.60 ms of CPU a tick without, 0.48 with 1 ms,
+# lateness unchanged (p50 8 ms); 2 ms gave 0.44 but p50 11 ms, 5 ms 0.38 and p50 20 ms.
+COALESCE_S = 0.001
 HANDLERS = 64
 ACTIONS = 64
 # A stopping process lets the ticks under way finish this long (their outcome events, next
@@ -427,11 +435,21 @@ class Consumer:
         connected()
         while not stop.is_set() and self._broken is None:
             assert self._connection is not None
-            self._connection.process_data_events(time_limit=IDLE_WAKE_S)
+            self._turn()
         if self._broken is None:
             self._wind_down()
         if self._broken is not None:
             raise self._broken
+
+    def _turn(self) -> None:
+        """One turn of pika's loop (it returns once it has dispatched something, or after
+        IDLE_WAKE_S); then, if it is busy (several ticks under way, and it came back within
+        COALESCE_S), a pause, so that the next turn serves together what arrives meanwhile."""
+        assert self._connection is not None
+        began = time.monotonic()
+        self._connection.process_data_events(time_limit=IDLE_WAKE_S)
+        if self._active > 1 and time.monotonic() - began < COALESCE_S:
+            time.sleep(COALESCE_S)
 
     def _open(self) -> None:
         with _OPENING:
