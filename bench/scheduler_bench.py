@@ -163,6 +163,12 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _user_s() -> float:
+    """This process's user CPU seconds: its Python, which runs on one core at a time (the GIL),
+    where system time (the sockets, the threads' wake-ups) does not hold it."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
+
+
 def _proc_cpu_s(pid: int | None) -> float:
     """Another process's user + system CPU seconds (the broker's Erlang VM), from /proc."""
     if pid is None:
@@ -247,9 +253,16 @@ def many_sluice(
     ledger_client: str = "lean",
 ) -> dict[str, Any]:
     runs: list[tuple[str, float, float]] = []
+    # When the Consumer's I/O thread last handed each task's token to a handler, and for each
+    # run (start, due, delivered): a tick's lateness is the broker's part (due -> delivered) plus
+    # the consumer's (delivered -> action started).
+    delivered: dict[str, float] = {}
+    hops: list[tuple[float, float, float]] = []
 
     def action(tick: Tick) -> None:
-        runs.append((tick.task, tick.due, time.time()))
+        now = time.time()
+        runs.append((tick.task, tick.due, now))
+        hops.append((now, tick.due, delivered.get(tick.task, now)))
 
     names = Names(f"bench-many-{time.time_ns()}")
     registry = Registry(
@@ -278,6 +291,14 @@ def many_sluice(
         return inventories(names)
 
     scheduler.reconciler.inventories = counting_inventories  # type: ignore[method-assign]
+    handlers = scheduler.consumer.handlers
+    submit = handlers.submit
+
+    def noting_submit(fn: Any, runner: Any, *args: Any) -> Any:
+        delivered[runner.task.name] = time.time()
+        return submit(fn, runner, *args)
+
+    handlers.submit = noting_submit  # type: ignore[method-assign]
     began = time.monotonic()
     with scheduler:
         # Until every task ticked once (its first token seeded), then the warm-up.
@@ -287,16 +308,25 @@ def many_sluice(
         time.sleep(warmup)
         seeded = dict(counting.events)
         threads0 = _thread_cpu_s()
-        start, cpu0, broker0 = time.time(), _cpu_s(), _proc_cpu_s(broker_pid)
+        start, cpu0, broker0, user0 = time.time(), _cpu_s(), _proc_cpu_s(broker_pid), _user_s()
         time.sleep(seconds)
-        end, cpu1, broker1 = time.time(), _cpu_s(), _proc_cpu_s(broker_pid)
+        end, cpu1, broker1, user1 = time.time(), _cpu_s(), _proc_cpu_s(broker_pid), _user_s()
         threads1 = _thread_cpu_s()
         during = counting.events.copy()
         during.subtract(seeded)
     result = _window(list(runs), start, end, cpu1 - cpu0)
     result["startup_s"] = round(ready, 1)
+    inside = [(due, at, now) for now, due, at in hops if start <= now < end]
+    for part, spans in (
+        ("broker", [(at - due) * 1000 for due, at, _ in inside]),
+        ("consumer", [(now - at) * 1000 for _, at, now in inside]),
+    ):
+        if spans:
+            result[f"{part}_part_p50_ms"] = round(percentile(spans, 50), 2)
+            result[f"{part}_part_p99_ms"] = round(percentile(spans, 99), 2)
     result.update(_count_gaps(list(counted), start, end))
     if result["ticks"]:
+        result["user_ms_per_tick"] = round((user1 - user0) * 1000 / result["ticks"], 3)
         result["cpu_ms_per_tick_by_thread"] = {
             role: round((cpu - threads0.get(role, 0.0)) * 1000 / result["ticks"], 3)
             for role, cpu in sorted(threads1.items())
@@ -792,6 +822,19 @@ def _print(report: dict[str, Any]) -> None:
             print(
                 f"reconciler's token counts: {sluice['counts_per_s']} a second, one task's counts"
                 f" {sluice['count_gap_p50_s']} s apart (p50), {sluice['count_gap_max_s']} s at most"
+            )
+        if "broker_part_p50_ms" in sluice:
+            print(
+                "lateness, the broker's part (due -> delivered to the consumer) p50/p99 ms:"
+                f" {sluice['broker_part_p50_ms']} / {sluice['broker_part_p99_ms']}; the"
+                f" consumer's (delivered -> action started): {sluice['consumer_part_p50_ms']}"
+                f" / {sluice['consumer_part_p99_ms']}"
+            )
+        if sluice.get("user_ms_per_tick"):
+            user = sluice["user_ms_per_tick"]
+            print(
+                f"user time {user} ms a tick (the Python, which one process runs on one core at a"
+                f" time): at most {1000 / user:,.0f} ticks/s for this process, cores to spare"
             )
         if "cpu_ms_per_tick_by_thread" in sluice:
             split = sluice["cpu_ms_per_tick_by_thread"]
