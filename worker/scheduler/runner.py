@@ -76,8 +76,6 @@ _TOKEN_EVENTS = frozenset({"scheduled", "seeded", "reseeded", "rescheduled", "fa
 LISTENED_EVENTS = _TOKEN_EVENTS | {"running", "resumed"}
 DEFAULT_LEASE_S: float = _DEFAULTS["lease_s"].default
 DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
-# A process's Consumer: threads handling deliveries (a handler waits for its tick's run and its
-# next token's confirm) and threads running actions; ticks beyond them wait their turn.
 # A busy Consumer's I/O thread pauses this long between two turns of pika's loop, so that one
 # wake-up serves what arrived meanwhile (deliveries, confirms, the handlers' requests) instead
 # of one each: pika's loop costs about as much per wake-up as per message. It pauses only with
@@ -86,6 +84,8 @@ DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
 # (bench/scheduler_bench.py, alternating runs): 0.60 ms of CPU a tick without, 0.48 with 1 ms,
 # lateness unchanged (p50 8 ms); 2 ms gave 0.44 but p50 11 ms, 5 ms 0.38 and p50 20 ms.
 COALESCE_S = 0.001
+# A process's Consumer: threads handling deliveries (a handler waits for its tick's run and its
+# next token's confirm) and threads running actions; ticks beyond them wait their turn.
 HANDLERS = 64
 ACTIONS = 64
 # A stopping process lets the ticks under way finish this long (their outcome events, next
