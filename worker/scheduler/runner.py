@@ -434,7 +434,6 @@ class Consumer:
         self._open()
         connected()
         while not stop.is_set() and self._broken is None:
-            assert self._connection is not None
             self._turn()
         if self._broken is None:
             self._wind_down()
