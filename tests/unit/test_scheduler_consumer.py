@@ -6,7 +6,6 @@ one; a mandatory message that cannot be routed comes back as Basic.Return before
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -143,22 +142,41 @@ def test_closing_fails_every_runner_still_waiting_for_a_confirm(wired):
                 wait.result(1)
 
 
-class Turns:
-    """pika's loop as the I/O thread's turn sees it: each turn takes `takes_s`."""
+class Clock:
+    """The runner module's `time` in the pause test: a clock that moves only when a turn takes
+    time, so that the test does not depend on how fast the machine runs it (a real clock made the
+    busy case fail once in CI: a loaded host took over COALESCE_S for a turn that takes none)."""
 
-    def __init__(self, takes_s: float) -> None:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class Turns:
+    """pika's loop as the I/O thread's turn sees it: each turn takes `takes_s` on `clock`."""
+
+    def __init__(self, clock: Clock, takes_s: float) -> None:
+        self.clock = clock
         self.takes_s = takes_s
         self.limits: list[float] = []
 
     def process_data_events(self, time_limit: float) -> None:
         self.limits.append(time_limit)
-        time.sleep(self.takes_s)
+        self.clock.now += self.takes_s
 
 
 @pytest.mark.parametrize(
     ("active", "takes_s", "pauses"),
     [
         (5, 0.0, True),  # busy: several ticks under way, events coming in a stream
+        (5, COALESCE_S * 0.9, True),  # busy, a turn just under the pause's length
         (1, 0.0, False),  # one task's chain: a pause would only delay it
         (5, COALESCE_S * 5, False),  # events sparse: the turn waited for them
     ],
@@ -166,18 +184,14 @@ class Turns:
 def test_the_io_thread_pauses_between_turns_only_while_busy(monkeypatch, active, takes_s, pauses):
     # Given a Consumer with `active` ticks under way whose loop turns take `takes_s`
     consumer = Consumer("amqp://unused", names=Names())
-    turns = Turns(takes_s)
+    clock = Clock()
+    monkeypatch.setattr("worker.scheduler.runner.time", clock)
+    turns = Turns(clock, takes_s)
     consumer._connection = turns  # type: ignore[assignment]
     consumer._active = active
-    slept: list[float] = []
-    real_sleep = time.sleep
-    monkeypatch.setattr(
-        "worker.scheduler.runner.time.sleep",
-        lambda s: slept.append(s) if s == COALESCE_S else real_sleep(s),
-    )
     # When the I/O thread takes a turn
     consumer._turn()
     # Then it served the connection (waiting up to IDLE_WAKE_S for something to come), and
     # paused before the next turn only when busy
     assert turns.limits == [IDLE_WAKE_S]
-    assert slept == ([COALESCE_S] if pauses else [])
+    assert clock.slept == ([COALESCE_S] if pauses else [])
