@@ -2,8 +2,9 @@
 
 Each event routed to a queue is work for the broker on every tick (a quorum enqueue for a status
 queue, an enqueue and a delivery for the reconciler's listener): the status queue keeps outcomes
-only, each carrying its start's lateness, and the listener gets only the events the reconciler
-uses. Every event still reaches the control exchange (the tap sees them all)."""
+only, each carrying its start's lateness, a task's successes at most one in an interval; the
+listener gets only the events the reconciler uses. Every event still reaches the control exchange
+(the tap sees them all)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,22 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pika
 import pytest
 
 from devtools.rabbitmq import RabbitNode
-from sluice.scheduling.names import START_LATENESS, STATUS_LENGTH, Names, quiet_window_s
-from sluice.scheduling.registry import PeriodicTask, Registry, Token
+from sluice.errors import BusinessError
+from sluice.scheduling.names import (
+    START_LATENESS,
+    STATUS_EVENTS,
+    STATUS_LENGTH,
+    Names,
+    quiet_window_s,
+)
+from sluice.scheduling.registry import PeriodicTask, Registry, Tick, Token
 from sluice.scheduling.schedule import Every
 from sluice_cli.schedules import last_status
 from tests.integration.scheduling import ControlTap, Recorder
@@ -80,28 +89,88 @@ def test_the_status_queue_keeps_outcomes_each_with_its_start_lateness(
     assert {r.due for r in rec.completed()} <= set(started)
 
 
-def test_a_status_queue_declared_by_an_older_version_stops_keeping_starts(
+def test_the_status_queue_keeps_every_outcome_but_successes_at_most_every_interval(
+    rabbit: RabbitNode, names: Names, tap: ControlTap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a task ticking every 200 ms whose sixth run fails (a business error), and a status
+    # queue keeping a success at most every 0.9 s (the ticks land 0.8 and 1.0 s after one)
+    every = 0.9
+    monkeypatch.setattr("worker.scheduler.runner.STATUS_SUCCESS_EVERY_S", every)
+    rec = Recorder()
+
+    def sixth_fails(tick: Tick) -> None:
+        if len(rec.runs) == 6:
+            raise BusinessError("the sixth run fails")
+
+    rec.fail = sixth_fails
+    task = PeriodicTask("digest", Every(PERIOD_S), action=rec)
+    with Scheduler(Registry([task]), rabbit.url, names=names):
+        # When it has run fifteen ticks
+        rec.wait_for(14, timeout=20)
+    outcomes = wait_quiet(lambda: outcomes_of(tap, task.name))
+    kept = status_events(rabbit, names.status(task.name))
+    # Then every outcome reached the control exchange, the failure among them
+    assert [e["event"] for e in outcomes].count("failed") == 1, outcomes
+    assert len(outcomes) >= 15, outcomes
+    # and the status queue kept each outcome that was not a success, the success after it, and
+    # the first success, in order
+    assert kept == [e for e in outcomes if e in kept], (kept, outcomes)
+    at = {e["due"]: e for e in kept}
+    failed = next(i for i, e in enumerate(outcomes) if e["event"] == "failed")
+    for i in (0, failed, failed + 1):
+        assert outcomes[i]["due"] in at, (i, kept, outcomes)
+    # and of the successes only one at least 0.9 s after the last kept outcome, none sooner
+    last = None
+    for event in outcomes:
+        if event["due"] in at:
+            if last is not None and last["event"] == event["event"] == "succeeded":
+                assert event["at"] - last["at"] >= every - 0.05, (last, event)
+            last = event
+        else:
+            assert event["event"] == "succeeded", event
+            assert event["at"] - last["at"] < every + 0.05, (last, event)
+    assert 3 <= len(kept) < len(outcomes), (kept, outcomes)
+
+
+def outcomes_of(tap: ControlTap, task: str) -> list[dict[str, Any]]:
+    """The task's outcomes (succeeded, failed) the tap has seen, in their order of sending."""
+    events = [e for e in list(tap.events) if e["task"] == task]
+    return [e for e in events if e["event"] in ("succeeded", "failed")]
+
+
+def wait_quiet(read: Callable[[], list[Any]], quiet_s: float = 0.5) -> list[Any]:
+    """What `read` returns once it has not changed for `quiet_s` (the tap has caught up)."""
+    seen, since = read(), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        time.sleep(0.05)
+        now = read()
+        if now != seen:
+            seen, since = now, time.monotonic()
+    return seen
+
+
+def test_a_status_queue_declared_by_an_older_version_is_left_bound_by_its_status_key_alone(
     rabbit: RabbitNode, names: Names
 ) -> None:
-    # Given a status queue declared as before, `started` bound to it too
+    # Given a status queue declared as before: bound to each of its events' keys, `started` too
     task = PeriodicTask("upgraded", Every(PERIOD_S), action=Recorder())
     status = names.status(task.name)
+    older = {f"{task.name}.{event}" for event in ("started", *STATUS_EVENTS)}
     connection = pika.BlockingConnection(pika.URLParameters(rabbit.url))
     try:
         channel = connection.channel()
         declare(channel, names, [task])
-        channel.queue_bind(status, names.control_exchange, routing_key=f"{task.name}.started")
-        assert f"{task.name}.started" in bindings_to(rabbit, status)
+        for key in older:
+            channel.queue_bind(status, names.control_exchange, routing_key=key)
+        assert older <= bindings_to(rabbit, status)
         # When this version declares the topology (a scheduler process starting)
         declare(channel, names, [task])
         # and again (a declaration is idempotent: unbinding what is not bound succeeds)
         declare(channel, names, [task])
     finally:
         connection.close()
-    # Then the broker no longer routes starts to it, and still routes its outcomes
-    keys = bindings_to(rabbit, status)
-    assert f"{task.name}.started" not in keys
-    assert {f"{task.name}.succeeded", f"{task.name}.failed"} <= keys
+    # Then only the events a runner sends with the status key in their BCC reach the queue
+    assert bindings_to(rabbit, status) == {names.status_key(task.name)}
 
 
 def test_the_reconciler_hears_tokens_and_beats_not_starts_or_outcomes(

@@ -37,7 +37,14 @@ import pika.exceptions
 
 from sluice.envelope import Event
 from sluice.errors import BusinessError, TransientError
-from sluice.scheduling.names import START_LATENESS, Names, expiration_ms, quiet_window_s
+from sluice.scheduling.names import (
+    START_LATENESS,
+    STATUS_EVENTS,
+    STATUS_SUCCESS_EVERY_S,
+    Names,
+    expiration_ms,
+    quiet_window_s,
+)
 from sluice.scheduling.overrides import Entry, OverrideStore
 from sluice.scheduling.registry import GROUPS, OVERLAP, PeriodicTask, Registry, Tick, Token
 from sluice.scheduling.schedule import latest_due, next_due
@@ -157,6 +164,16 @@ def token_route(names: Names, delay: float) -> tuple[str, pika.BasicProperties]:
     return (names.scheduler_exchange if delay > 0 else names.processor_exchange), props
 
 
+def event_properties(status_key: str | None = None) -> pika.BasicProperties:
+    """A lifecycle event's properties (transient: information, not state); `status_key` in its
+    BCC header also routes it to the task's status queue (Names.status_key)."""
+    return pika.BasicProperties(
+        content_type="application/json",
+        delivery_mode=pika.DeliveryMode.Transient,
+        headers={"BCC": [status_key]} if status_key else None,
+    )
+
+
 @dataclass
 class _Channels:
     connection: pika.BlockingConnection
@@ -200,7 +217,7 @@ class _Base:
             self.names.control_exchange,
             f"{task}.{event}",
             json.dumps(body, separators=(",", ":")).encode(),
-            pika.BasicProperties(content_type="application/json", delivery_mode=1),
+            event_properties(self.names.status_key(task) if event in STATUS_EVENTS else None),
         )
 
     def publish_token(self, token: Token, delay: float | None = None) -> None:
@@ -350,9 +367,10 @@ class Consumer:
         self._call(send, epoch, done)
         done.result(CONFIRM_TIMEOUT_S)
 
-    def emit(self, epoch: int, key: str, body: bytes) -> None:
-        """A lifecycle event on the control exchange, unconfirmed (information, not state)."""
-        props = pika.BasicProperties(content_type="application/json", delivery_mode=1)
+    def emit(self, epoch: int, key: str, body: bytes, status_key: str | None = None) -> None:
+        """A lifecycle event on the control exchange, unconfirmed (information, not state); with
+        `status_key`, kept in the task's status queue too."""
+        props = event_properties(status_key)
         self._call(
             lambda: self._control.basic_publish(self.names.control_exchange, key, body, props),
             epoch,
@@ -647,19 +665,40 @@ class TaskRunner:
         # paused, removed; `refresh` re-reads it when a token of a newer generation arrives.
         self.gen, self.paused, self.disabled = 0, False, False
         self.refresh: Callable[[], object] | None = None
+        # The last outcome the task's status queue kept from this runner, and when (monotonic).
+        self._kept, self._kept_at = "", float("-inf")
 
     def _broker(self) -> Consumer:
         assert isinstance(self.link, Consumer), "a TaskRunner talks to the broker via a Consumer"
         return self.link
 
     def emit(self, task: str, event: str, **fields: Any) -> None:
-        """A lifecycle event on the control exchange (routing key `<task>.<event>`)."""
+        """A lifecycle event on the control exchange (routing key `<task>.<event>`), kept in
+        the task's status queue when `_keeps` says so."""
         body = {"task": task, "event": event, "at": self.clock(), **fields}
         if self.lifecycle is not None:
             self.lifecycle.record(task, event, fields)
         self._broker().emit(
-            self._epoch, f"{task}.{event}", json.dumps(body, separators=(",", ":")).encode()
+            self._epoch,
+            f"{task}.{event}",
+            json.dumps(body, separators=(",", ":")).encode(),
+            self.names.status_key(task) if self._keeps(event) else None,
         )
+
+    def _keeps(self, event: str) -> bool:
+        """Whether the task's status queue keeps this event: every outcome (STATUS_EVENTS) but
+        a success that follows a kept success by less than STATUS_SUCCESS_EVERY_S."""
+        if event not in STATUS_EVENTS:
+            return False
+        now = time.monotonic()
+        if (
+            event == "succeeded"
+            and self._kept == event
+            and now - self._kept_at < STATUS_SUCCESS_EVERY_S
+        ):
+            return False
+        self._kept, self._kept_at = event, now
+        return True
 
     def publish_token(self, token: Token, delay: float | None = None) -> None:
         """A task's token, through its hatchery for `delay` seconds (default: until its tick is

@@ -3,8 +3,9 @@
 Per task: a hatchery queue where the task's single token waits out a per-message TTL, then is
 dead-lettered (at-least-once) into the processor exchange and on to the task's processor queue,
 which has one active consumer at a time. Everything is quorum and durable; the control exchange
-carries lifecycle events, and a task's status queue keeps its last few outcomes (bounded length,
-oldest dropped: information for `sluice schedules list`, not state); the dead exchange/queue collects
+carries lifecycle events, and a task's status queue keeps its last few outcomes (those sent with
+its key in their BCC header, see sluice.scheduling.names; bounded length, oldest dropped:
+information for `sluice schedules list`, not state); the dead exchange/queue collects
 ticks beyond their retry limit (and redriven ones that failed again)."""
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 from sluice.scheduling.names import (
     BROKER_DELIVERY_MARGIN,
     RETIRED_STATUS_EVENTS,
-    STATUS_EVENTS,
     STATUS_LENGTH,
     Names,
 )
@@ -72,8 +72,7 @@ def declare(channel: Any, names: Names, tasks: list[PeriodicTask]) -> None:
             durable=True,
             arguments=_quorum(**{"x-max-length": STATUS_LENGTH, "x-overflow": "drop-head"}),
         )
-        for event in STATUS_EVENTS:
-            channel.queue_bind(status, names.control_exchange, routing_key=f"{task.name}.{event}")
+        channel.queue_bind(status, names.control_exchange, routing_key=names.status_key(task.name))
         for event in RETIRED_STATUS_EVENTS:
             # Unbinding a binding that does not exist succeeds (RabbitMQ's queue.unbind).
             channel.queue_unbind(status, names.control_exchange, routing_key=f"{task.name}.{event}")
