@@ -6,6 +6,7 @@ one; a mandatory message that cannot be routed comes back as Basic.Return before
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -16,8 +17,12 @@ import pytest
 from pika import spec
 
 from sluice.scheduling.names import Names
+from sluice.scheduling.registry import PeriodicTask, Token
+from sluice.scheduling.schedule import Every
 from worker.scheduler.connection import IDLE_WAKE_S
-from worker.scheduler.runner import COALESCE_S, Consumer
+from worker.scheduler.runner import COALESCE_S, REQUEUE_S, Consumer, TaskRunner
+
+CONTROL = Names().control_exchange
 
 
 class Loop:
@@ -28,6 +33,8 @@ class Loop:
         self.callbacks: list[Any] = []
         self.published: list[tuple[str, str, Any]] = []
         self.acked: list[int] = []
+        self.nacked: list[tuple[int, bool]] = []
+        self.later: list[tuple[float, Any]] = []
 
     def add_callback_threadsafe(self, callback: Any) -> None:
         self.callbacks.append(callback)
@@ -41,6 +48,12 @@ class Loop:
 
     def basic_ack(self, tag: int) -> None:
         self.acked.append(tag)
+
+    def basic_nack(self, tag: int, requeue: bool) -> None:
+        self.nacked.append((tag, requeue))
+
+    def call_later(self, delay: float, callback: Any) -> None:
+        self.later.append((delay, callback))
 
 
 @pytest.fixture
@@ -58,9 +71,13 @@ def confirm(method: Any) -> SimpleNamespace:
 
 
 def publish_in_background(consumer: Consumer, pool: ThreadPoolExecutor, n: int) -> list[Any]:
-    """Runner i publishes with routing key `t<i>` (the loop's order numbers them)."""
-    props = [pika.BasicProperties() for _ in range(n)]
-    return [pool.submit(consumer.publish, 1, "x", f"t{i}", b"{}", props[i]) for i in range(n)]
+    """Runner i publishes with routing key `t<i>` (the loop's order numbers them) and waits for
+    its confirm."""
+
+    def publish(i: int) -> None:
+        consumer.send(1, "x", f"t{i}", b"{}", pika.BasicProperties()).result(5)
+
+    return [pool.submit(publish, i) for i in range(n)]
 
 
 def wait_for_publishes(loop: Loop, n: int) -> None:
@@ -118,7 +135,7 @@ def test_requests_for_a_connection_that_is_gone_are_refused_never_sent_on_the_ne
     # When its runner acks it or publishes its next token
     consumer.ack(1, 7)
     with pytest.raises(pika.exceptions.StreamLostError):
-        consumer.publish(1, "x", "t", b"{}", pika.BasicProperties())
+        consumer.send(1, "x", "t", b"{}", pika.BasicProperties()).result(1)
     loop.run()
     # Then nothing reaches the new connection (tag 7 there would be another message)
     assert loop.acked == [] and loop.published == []
@@ -195,3 +212,83 @@ def test_the_io_thread_pauses_between_turns_only_while_busy(monkeypatch, active,
     # paused before the next turn only when busy
     assert turns.limits == [IDLE_WAKE_S]
     assert clock.slept == ([COALESCE_S] if pauses else [])
+
+
+def test_an_ack_waits_for_its_sends_confirms_without_holding_its_handler(wired):
+    consumer, loop = wired
+    # Given a runner's next token sent and not yet confirmed
+    sent = consumer.send(1, "x", "t", b"{}", pika.BasicProperties())
+    loop.run()
+    # When it asks for its delivery's ack after that send
+    consumer.ack(1, 7, [sent], "t")
+    loop.run()
+    # Then the call returned, nothing is acked yet, and the delivery still counts as under way
+    assert loop.acked == [] and consumer._active == 1
+    # and once the broker confirms the token, the delivery is acked
+    consumer._on_confirm(confirm(spec.Basic.Ack(delivery_tag=1, multiple=False)))
+    loop.run()
+    assert loop.acked == [7] and consumer._active == 0
+
+
+@pytest.mark.parametrize("refusal", ["nack", "return", "lost"])
+def test_an_ack_whose_send_is_refused_gives_the_delivery_back_later(wired, refusal):
+    consumer, loop = wired
+    # Given a delivery whose next token and dead-lettered tick were both sent
+    token = consumer.send(1, "x", "t", b"{}", pika.BasicProperties())
+    dead = consumer.send(1, "dead", "t", b"{}", pika.BasicProperties())
+    loop.run()
+    consumer.ack(1, 7, [token, dead], "t")
+    # When the broker confirms the dead-lettered tick but refuses the token
+    consumer._on_confirm(confirm(spec.Basic.Ack(delivery_tag=2, multiple=False)))
+    if refusal == "nack":
+        consumer._on_confirm(confirm(spec.Basic.Nack(delivery_tag=1, multiple=False)))
+    elif refusal == "return":
+        consumer._on_return(None, None, loop.published[0][2], b"{}")
+    else:
+        consumer._connection = None  # closed already: nothing to close
+        consumer._close()
+    loop.run()
+    # Then the delivery is never acked and no longer counts as under way
+    assert loop.acked == [] and consumer._active == 0
+    if refusal == "lost":
+        # its connection is gone: the token comes back with the next one, nothing to ask
+        assert loop.later == []
+        return
+    # and it goes back to its queue REQUEUE_S later (redelivered at once, it would spin)
+    [(delay, requeue)] = loop.later
+    assert delay == REQUEUE_S
+    requeue()
+    assert loop.nacked == [(7, True)]
+
+
+def test_a_runner_is_done_with_a_tick_before_its_next_token_is_confirmed(wired):
+    consumer, loop = wired
+    # Given a task's runner on the Consumer (a tick's action records it ran)
+    ran: list[float] = []
+    task = PeriodicTask("t", Every(60.0), action=lambda tick: ran.append(tick.due))
+    runner = TaskRunner(task, "amqp://unused", names=Names())
+    runner.link = consumer
+    due = task.schedule.last_at_or_before(time.time())
+    method = SimpleNamespace(delivery_tag=7)
+    # When its handler takes the tick's token and the broker has confirmed nothing yet
+    with ThreadPoolExecutor(1) as handler:
+        handled = handler.submit(
+            runner.deliver, 1, method, SimpleNamespace(headers=None), Token("t", due).encode()
+        )
+        for _ in range(200):
+            loop.run()
+            if handled.done():
+                break
+            time.sleep(0.01)
+        # Then the handler is free once the tick ran and the next token is sent, unacked
+        assert handled.done(), "the handler still waits for the broker"
+        handled.result()
+    loop.run()
+    assert ran == [due]
+    tokens = [(key, props) for exchange, key, props in loop.published if exchange != CONTROL]
+    assert [key for key, _ in tokens] == ["t"] and loop.acked == []
+    # and the old token is acked when the new one is confirmed
+    seq = int(tokens[0][1].message_id)
+    consumer._on_confirm(confirm(spec.Basic.Ack(delivery_tag=seq, multiple=False)))
+    loop.run()
+    assert loop.acked == [7]

@@ -91,8 +91,8 @@ DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
 # (bench/scheduler_bench.py, alternating runs): 0.60 ms of CPU a tick without, 0.48 with 1 ms,
 # lateness unchanged (p50 8 ms); 2 ms gave 0.44 but p50 11 ms, 5 ms 0.38 and p50 20 ms.
 COALESCE_S = 0.001
-# A process's Consumer: threads handling deliveries (a handler waits for its tick's run and its
-# next token's confirm) and threads running actions; ticks beyond them wait their turn.
+# A process's Consumer: threads handling deliveries (a handler waits for its tick's run, not for
+# its next token's confirm) and threads running actions; ticks beyond them wait their turn.
 HANDLERS = 64
 ACTIONS = 64
 # A stopping process lets the ticks under way finish this long (their outcome events, next
@@ -296,9 +296,10 @@ class Consumer:
     The I/O thread owns the connection (pika's is not thread-safe): it receives every task's
     token, hands each to its runner in the handler pool, and does what runners ask of the broker
     (publish, ack, count a task's tokens), queued through one outbox that wakes it once however
-    many requests wait. Publisher confirms are pipelined: a runner waits for its token's confirm
-    while the broker confirms others', so the order a runner keeps (its next token confirmed,
-    then the old one acked) costs it a round trip but costs the process none. Every request
+    many requests wait. Publisher confirms are pipelined and nobody waits for them: a runner's
+    ack is sent by the I/O thread when its next token's confirm arrives (`ack`), so the order a
+    runner keeps (its next token confirmed, then the old one acked) costs the task a round trip
+    but holds no thread. Every request
     carries the connection's epoch: an ack or a publish meant for a connection that is gone is
     refused (delivery tags belong to their channel), and the token it concerned comes back on
     the next connection as before. A thousand tasks cost one connection and a bounded number of
@@ -332,7 +333,9 @@ class Consumer:
         self._seq = 0  # publishes on this connection's work channel (the confirm numbering)
         self._unconfirmed: dict[int, Future[None]] = {}
         self._broken: BaseException | None = None
-        self._active = 0  # deliveries handed to the handlers and not yet handled
+        # Deliveries handed to the handlers and not yet handled, or handled and not yet acked.
+        self._active = 0
+        self._io_thread: int | None = None  # the thread that serves the connection
         self.stopping = threading.Event()  # set by `serve`'s stop: its handlers are told to quit
 
     # --- called by any thread -----------------------------------------------------------------
@@ -350,11 +353,11 @@ class Consumer:
             self.runners.pop(name, None)
         self._call(lambda: self._stop_consuming(name), self.epoch)
 
-    def publish(
+    def send(
         self, epoch: int, exchange: str, key: str, body: bytes, props: pika.BasicProperties
-    ) -> None:
-        """Publish (mandatory) and return once the broker confirmed it; raise as pika's blocking
-        channel does when it is refused, unroutable, or its connection is gone."""
+    ) -> Future[None]:
+        """Publish (mandatory); the Future settles when the broker confirms it, or with what
+        pika's blocking channel raises when it is refused, unroutable, or its connection is gone."""
         done: Future[None] = Future()
 
         def send() -> None:
@@ -365,7 +368,7 @@ class Consumer:
             self._work.basic_publish(exchange, key, body, props, mandatory=True)
 
         self._call(send, epoch, done)
-        done.result(CONFIRM_TIMEOUT_S)
+        return done
 
     def emit(self, epoch: int, key: str, body: bytes, status_key: str | None = None) -> None:
         """A lifecycle event on the control exchange, unconfirmed (information, not state); with
@@ -376,8 +379,55 @@ class Consumer:
             epoch,
         )
 
-    def ack(self, epoch: int, tag: int) -> None:
-        self._call(lambda: self._consume.basic_ack(tag), epoch)
+    def ack(
+        self, epoch: int, tag: int, after: list[Future[None]] | None = None, task: str = ""
+    ) -> None:
+        """Acknowledge a delivery; with `after`, once the broker confirmed each of those sends
+        (the token that replaces it, a tick it dead-lettered), or, should one fail, give it back
+        REQUEUE_S later, as when its handler raised. Its handler does not wait for the confirms:
+        held while a busy broker confirmed (tens of ms), 64 handlers were too few for 2,000 ticks
+        a second and tokens waited for a free one (bench/scheduler_bench.py, 1,000 tasks at
+        0.5 s: delivered to action started p99 305-581 ms held, 30-65 ms not). Until it is
+        settled, it counts as a tick under way (`_active`), so a graceful stop waits for it too."""
+        if not after:
+            self._call(lambda: self._consume.basic_ack(tag), epoch)
+            return
+        with self._lock:
+            self._active += 1
+        left = [len(after)]
+
+        def settled(_: Future[None]) -> None:
+            with self._lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            try:
+                refused = next((f.exception() for f in after if f.exception() is not None), None)
+                if refused is None:
+                    self._ack_now(epoch, tag)
+                else:
+                    quiet = self.stopping.is_set()  # the process is stopping
+                    log.log(
+                        logging.DEBUG if quiet else logging.WARNING,
+                        "runner %s: broker unavailable (%r); its token goes back",
+                        task,
+                        refused,
+                    )
+                    self.requeue(epoch, tag, REQUEUE_S)
+            finally:
+                self._handled()
+
+        for future in after:
+            future.add_done_callback(settled)
+
+    def _ack_now(self, epoch: int, tag: int) -> None:
+        """An ack, sent at once on the I/O thread (a confirm's callback: no wake-up needed)."""
+        if threading.get_ident() == self._io_thread and epoch == self.epoch and self._consume:
+            # A channel closing meanwhile: the delivery comes back with the next connection.
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                self._consume.basic_ack(tag)
+        else:
+            self._call(lambda: self._consume.basic_ack(tag), epoch)
 
     def reject(self, epoch: int, tag: int) -> None:
         """Dead-letter a delivery (an unreadable token)."""
@@ -449,6 +499,7 @@ class Consumer:
 
     def _session(self, stop: threading.Event, connected: Callable[[], None]) -> None:
         """One connection's life: serve it until `stop` (then wind down) or until it breaks."""
+        self._io_thread = threading.get_ident()
         self._open()
         connected()
         while not stop.is_set() and self._broken is None:
@@ -665,6 +716,8 @@ class TaskRunner:
         # paused, removed; `refresh` re-reads it when a token of a newer generation arrives.
         self.gen, self.paused, self.disabled = 0, False, False
         self.refresh: Callable[[], object] | None = None
+        # The sends of the delivery being handled: its ack waits for their confirms (`_ack`).
+        self._confirms: list[Future[None]] = []
         # The last outcome the task's status queue kept from this runner, and when (monotonic).
         self._kept, self._kept_at = "", float("-inf")
 
@@ -706,7 +759,9 @@ class TaskRunner:
         exchange, props = token_route(
             self.names, token.due - self.clock() if delay is None else delay
         )
-        self._broker().publish(self._epoch, exchange, token.task, token.encode(), props)
+        self._confirms.append(
+            self._broker().send(self._epoch, exchange, token.task, token.encode(), props)
+        )
 
     def inventory(self, task: str) -> int:
         """Tokens of `task` waiting in its hatchery or ready in its processor queue."""
@@ -717,7 +772,9 @@ class TaskRunner:
         )
 
     def _ack(self, method: Any) -> None:
-        self._broker().ack(self._epoch, method.delivery_tag)
+        """Acknowledge the delivery once what it sent is confirmed (Consumer.ack)."""
+        after, self._confirms = self._confirms, []
+        self._broker().ack(self._epoch, method.delivery_tag, after, self.task.name)
 
     def apply(self, entry: Entry) -> None:
         """Run the task as the runtime registry now has it (from its next token on)."""
@@ -782,7 +839,7 @@ class TaskRunner:
         with self._serial:
             if epoch != self._broker().epoch:
                 return  # its connection is gone: the token comes back on the next one
-            self._epoch = epoch
+            self._epoch, self._confirms = epoch, []
             try:
                 self._handle(method, props, body)
             except _BROKER_DOWN as exc:
@@ -1072,7 +1129,7 @@ class TaskRunner:
             reason,
         )
         headers = {"reason": reason, "task": tick.task, "attempts": tick.attempt}
-        self._broker().publish(
+        sent = self._broker().send(
             self._epoch,
             self.names.dead_exchange,
             tick.task,
@@ -1083,6 +1140,7 @@ class TaskRunner:
                 headers={**headers, "error": error[:500]},
             ),
         )
+        self._confirms.append(sent)
         self.emit(
             tick.task,
             "dead_lettered",
