@@ -222,7 +222,7 @@ class _Base:
 
     def publish_token(self, token: Token, delay: float | None = None) -> None:
         """A task's token, through its hatchery for `delay` seconds (default: until its tick is
-        due), confirmed by the broker before this returns."""
+        due); the delivery being handled is acked only once the broker confirms it (`_ack`)."""
         assert self._ch is not None
         exchange, props = token_route(
             self.names, token.due - self.clock() if delay is None else delay
@@ -406,14 +406,7 @@ class Consumer:
                 if refused is None:
                     self._ack_now(epoch, tag)
                 else:
-                    quiet = self.stopping.is_set()  # the process is stopping
-                    log.log(
-                        logging.DEBUG if quiet else logging.WARNING,
-                        "runner %s: broker unavailable (%r); its token goes back",
-                        task,
-                        refused,
-                    )
-                    self.requeue(epoch, tag, REQUEUE_S)
+                    self.give_back(epoch, tag, task, refused)
             finally:
                 self._handled()
 
@@ -428,6 +421,18 @@ class Consumer:
                 self._consume.basic_ack(tag)
         else:
             self._call(lambda: self._consume.basic_ack(tag), epoch)
+
+    def give_back(self, epoch: int, tag: int, task: str, exc: BaseException) -> None:
+        """A delivery the broker kept its handling from finishing (a request refused, the
+        connection gone): logged (quietly while the process stops) and requeued REQUEUE_S later;
+        with its connection gone, it comes back with the next one anyway."""
+        log.log(
+            logging.DEBUG if self.stopping.is_set() else logging.WARNING,
+            "runner %s: broker unavailable (%r); its token goes back",
+            task,
+            exc,
+        )
+        self.requeue(epoch, tag, REQUEUE_S)
 
     def reject(self, epoch: int, tag: int) -> None:
         """Dead-letter a delivery (an unreadable token)."""
@@ -843,16 +848,9 @@ class TaskRunner:
             try:
                 self._handle(method, props, body)
             except _BROKER_DOWN as exc:
-                # Unacknowledged, the token comes back: with its connection, or requeued here
-                # (a publish the broker refused).
-                quiet = self._broker().stopping.is_set()  # the process is stopping
-                log.log(
-                    logging.DEBUG if quiet else logging.WARNING,
-                    "runner %s: broker unavailable (%s)",
-                    self.task.name,
-                    exc,
-                )
-                self._broker().requeue(epoch, method.delivery_tag, REQUEUE_S)
+                # Unacknowledged, the token comes back: with its connection, or requeued (a
+                # request the broker refused).
+                self._broker().give_back(epoch, method.delivery_tag, self.task.name, exc)
             except _LEDGER_DOWN as exc:
                 # The token goes back: no tick runs unclaimed.
                 log.error("runner %s: tick ledger unavailable (%s); retrying", self.task.name, exc)
