@@ -253,6 +253,12 @@ class TasksSettings(ProcessSettings):
         return value
 
 
+# The longest a scheduler runner may keep a delivery (SchedulerSettings.hold_s): well below
+# RabbitMQ's consumer timeout (30 min by default; Amazon MQ's too), which closes the channel of a
+# delivery kept longer.
+SCHEDULER_HOLD_MAX_S = 600.0
+
+
 class SchedulerSettings(ProcessSettings):
     """The worker's scheduler process (worker/scheduler)."""
 
@@ -309,6 +315,14 @@ class SchedulerSettings(ProcessSettings):
         "AMQP heartbeat (a frozen runner is evicted after ~2)",
         5,
         ge=1,
+    )
+    hold_s: float = _var(
+        "SLUICE_SCHEDULER_HOLD_S",
+        "how long a runner may keep its task's token to run the next ticks from its own clock "
+        "(0: every tick's token waits in the broker's hatchery)",
+        0.0,
+        ge=0,
+        le=SCHEDULER_HOLD_MAX_S,
     )
     role_arn: Arn | None = _var(
         naming.role_variable("scheduler"), "the role this process assumes", None

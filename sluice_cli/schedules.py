@@ -198,7 +198,15 @@ def list_(broker_url: str | None, prefix: str | None) -> None:
                 line += " not declared (scheduler not started)"
             else:
                 total = hatchery + processor
-                state = "ok" if total == 1 else ("LOST: reseed" if total == 0 else "DUPLICATE")
+                # A delivered token (a run under way; kept across ticks with
+                # SLUICE_SCHEDULER_HOLD_S) is out of the queues' count.
+                state = (
+                    "ok"
+                    if total == 1
+                    else (
+                        "none waiting: held by its runner, or lost" if total == 0 else "DUPLICATE"
+                    )
+                )
                 line += f" {hatchery}/{processor} {state}"
         click.echo(line.rstrip())
     if not broker_url:
@@ -239,7 +247,8 @@ def reseed(task: str | None, broker_url: str | None, prefix: str | None) -> None
     if lost:
         click.echo(
             f"a scheduler is running: its reconciler (the leader) re-seeds {', '.join(lost)} "
-            "within one period; `sluice schedules list` shows when it did"
+            "within one period if lost (a token delivered to its runner is not in the count: a "
+            "run under way, or kept across ticks); `sluice schedules list` shows when it did"
         )
     else:
         click.echo("a scheduler is running and every task holds its one token: nothing to do")

@@ -321,10 +321,12 @@ class NamedBroker(Construct):
 
     def worker_environment(self) -> dict[str, str]:
         """The scheduler process's settings for the broker (sluice.settings.SchedulerSettings)."""
+        kept = {"hold_s": self.config.hold_tokens_s} if self.config.hold_tokens_s else {}
         return SchedulerSettings.render(
             broker_endpoint=self.amqps_endpoint,
             broker_secret_arn=self.scheduler_secret.secret_arn,
             metrics_namespace=self.metrics_namespace,
+            **kept,
         )
 
     # -- alarms ---------------------------------------------------------------------------------

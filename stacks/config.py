@@ -25,6 +25,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from sluice import naming
+from sluice.settings import SCHEDULER_HOLD_MAX_S
 from stacks.declarations import declared, step_names
 
 # SQS hard limits (seconds): the console and API refuse anything outside them.
@@ -369,6 +370,14 @@ class BrokerConfig(_Settings):
         FunctionConfig(memory_mb=256, timeout_s=120, reserved_concurrency=1),
         description="the deploy-time function that makes the scheduler's own broker user: "
         "memory / timeout / reserved concurrency",
+    )
+    hold_tokens_s: float = Field(
+        0.0,
+        ge=0,
+        le=SCHEDULER_HOLD_MAX_S,
+        description="how long a scheduler runner may keep its task's token to run the next "
+        "ticks from its own clock, without the broker (0: every tick's token through the "
+        "hatchery)",
     )
     scheduler_password_revision: Positive = Field(
         1,

@@ -451,3 +451,24 @@ print(sorted(added - set(sys.stdlib_module_names) - set({shipped!r})))
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=bundle
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("hold", [0.0, 30.0])
+def test_the_scheduler_keeps_tokens_as_long_as_the_environment_says(hold):
+    # Given a broker configured with `broker.hold_tokens_s` = hold
+    from types import SimpleNamespace
+
+    from stacks.broker import NamedBroker
+    from stacks.config import BrokerConfig
+
+    named = SimpleNamespace(
+        config=BrokerConfig(hold_tokens_s=hold),
+        amqps_endpoint="amqps://b-1.mq.eu-west-1.amazonaws.com:5671",
+        scheduler_secret=SimpleNamespace(secret_arn="arn:aws:secretsmanager:eu-west-1:1:secret:s"),
+        metrics_namespace="Sluice-staging/Scheduler",
+    )
+    # When the worker's environment is rendered for the scheduler
+    env = NamedBroker.worker_environment(named)  # type: ignore[arg-type]
+    # Then the scheduler process reads that hold back (left out at 0, the default)
+    assert SchedulerSettings.read(env).hold_s == hold
+    assert ("SLUICE_SCHEDULER_HOLD_S" in env) == bool(hold)

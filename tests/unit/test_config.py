@@ -63,6 +63,9 @@ def test_prod_retains_data_and_dev_destroys_it():
         ({"log_retention_days": 42}, "dev.log_retention_days"),
         ({"compliance_packs": ("NIST80053R5",)}, "dev.compliance_packs"),
         ({"account": "123"}, "dev.account"),
+        ({"broker": {"hold_tokens_s": -1}}, "dev.broker.hold_tokens_s"),
+        # beyond SCHEDULER_HOLD_MAX_S: near RabbitMQ's consumer timeout
+        ({"broker": {"hold_tokens_s": 601}}, "dev.broker.hold_tokens_s"),
     ],
 )
 def test_impossible_value_names_the_setting(change, setting):

@@ -5,6 +5,7 @@ one; a mandatory message that cannot be routed comes back as Basic.Return before
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,13 @@ from sluice.scheduling.names import Names
 from sluice.scheduling.registry import PeriodicTask, Token
 from sluice.scheduling.schedule import Every
 from worker.scheduler.connection import IDLE_WAKE_S
-from worker.scheduler.runner import COALESCE_S, REQUEUE_S, Consumer, TaskRunner
+from worker.scheduler.runner import (
+    COALESCE_S,
+    CYCLE_LEAD_S,
+    REQUEUE_S,
+    Consumer,
+    TaskRunner,
+)
 
 CONTROL = Names().control_exchange
 
@@ -32,6 +39,7 @@ class Loop:
     def __init__(self) -> None:
         self.callbacks: list[Any] = []
         self.published: list[tuple[str, str, Any]] = []
+        self.bodies: list[bytes] = []
         self.acked: list[int] = []
         self.nacked: list[tuple[int, bool]] = []
         self.later: list[tuple[float, Any]] = []
@@ -45,6 +53,7 @@ class Loop:
 
     def basic_publish(self, exchange: str, key: str, body: bytes, props: Any, **_: Any) -> None:
         self.published.append((exchange, key, props))
+        self.bodies.append(body)
 
     def basic_ack(self, tag: int) -> None:
         self.acked.append(tag)
@@ -292,3 +301,142 @@ def test_a_runner_is_done_with_a_tick_before_its_next_token_is_confirmed(wired):
     consumer._on_confirm(confirm(spec.Basic.Ack(delivery_tag=seq, multiple=False)))
     loop.run()
     assert loop.acked == [7]
+
+
+# --- a runner that keeps its delivery across ticks (TaskRunner.hold_s) ----------------------------
+
+PERIOD = 0.2
+
+
+class Kept:
+    """A runner of a 200 ms task with a hold, wired to the Consumer: what it sent, when it ran."""
+
+    def __init__(self, consumer: Consumer, loop: Loop, hold_s: float = 30.0) -> None:
+        self.consumer, self.loop = consumer, loop
+        self.ran: list[tuple[float, float]] = []  # (due, started)
+        self.task = PeriodicTask(
+            "t", Every(PERIOD), action=lambda tick: self.ran.append((tick.due, time.time()))
+        )
+        self.runner = TaskRunner(self.task, "amqp://unused", names=Names(), hold_s=hold_s)
+        self.runner.link = consumer
+
+    def deliver(self, token: Token, *, redelivered: bool = False, tag: int = 7) -> Any:
+        method = SimpleNamespace(delivery_tag=tag, redelivered=redelivered)
+        self.consumer._dispatch(
+            self.runner, 1, method, SimpleNamespace(headers=None), token.encode()
+        )
+        self.settle()
+        return method
+
+    def settle(self) -> None:
+        """Until the Consumer's handlers are idle, serving the loop meanwhile."""
+        for _ in range(300):
+            self.loop.run()
+            time.sleep(0.005)
+            idle = self.consumer.handlers._work_queue.empty() and not self.runner._serial.locked()
+            if idle and not self.loop.callbacks:
+                return
+        raise AssertionError("the handler did not finish")
+
+    def tokens(self) -> list[tuple[Token, Any]]:
+        return [
+            (Token.decode(body), props)
+            for (exchange, _, props), body in zip(self.loop.published, self.loop.bodies)
+            if exchange != CONTROL
+        ]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [
+            json.loads(body)
+            for (exchange, key, _), body in zip(self.loop.published, self.loop.bodies)
+            if exchange == CONTROL and key == f"t.{name}"
+        ]
+
+    def fire(self) -> None:
+        """The connection's timer, at its time (pika's call_later)."""
+        delay, fire = self.loop.later.pop(0)
+        time.sleep(delay)
+        fire()
+        self.settle()
+
+
+def test_a_kept_delivery_runs_the_next_ticks_on_time_with_no_token_sent_or_acked(wired):
+    consumer, loop = wired
+    k = Kept(consumer, loop)
+    due = k.task.schedule.first_after(time.time())
+    time.sleep(max(due - time.time(), 0))
+    # Given a runner with a 30 s hold takes its task's token as it falls due
+    k.deliver(Token("t", due))
+    # When the next ticks fall due
+    for _ in range(3):
+        assert len(loop.later) == 1, loop.later
+        k.fire()
+    # Then each ran at its time, from the one delivery, neither acked nor replaced by a token
+    assert [d for d, _ in k.ran] == pytest.approx([due + i * PERIOD for i in range(4)])
+    assert all(0 <= started - d < PERIOD / 2 for d, started in k.ran[1:]), k.ran
+    assert (k.tokens(), loop.acked) == ([], [])
+    # and each announced its next tick as kept (what the reconciler reads)
+    assert [e["due"] for e in k.events("scheduled")] == pytest.approx(
+        [due + i * PERIOD for i in range(1, 5)]
+    )
+    assert all(e["held"] for e in k.events("scheduled"))
+
+
+@pytest.mark.parametrize("why", ["redelivered", "hold over"])
+def test_a_delivery_not_kept_sends_its_next_token_ahead_and_is_acked_once_confirmed(wired, why):
+    consumer, loop = wired
+    # Given a runner whose delivery is a redelivery (its count starts again through the
+    # hatchery), or whose hold ends before the next tick
+    k = Kept(consumer, loop, hold_s=30.0 if why == "redelivered" else 0.001)
+    due = k.task.schedule.last_at_or_before(time.time())
+    # When it has run the tick
+    k.deliver(Token("t", due), redelivered=why == "redelivered")
+    # Then the next tick's token went to the hatchery, to land ahead of its tick by up to
+    # CYCLE_LEAD_S (half the wait here), and nothing waits on a timer
+    ((token, props),) = k.tokens()
+    assert token.due == pytest.approx(due + PERIOD) and loop.later == []
+    wait_ms = (token.due - k.ran[0][1]) * 1000
+    assert wait_ms - min(CYCLE_LEAD_S * 1000, wait_ms / 2) - 20 <= int(props.expiration)
+    assert int(props.expiration) <= wait_ms / 2 + 1
+    # and the delivery is acked once that token is confirmed
+    assert loop.acked == []
+    consumer._on_confirm(confirm(spec.Basic.Ack(delivery_tag=1, multiple=False)))
+    loop.run()
+    assert loop.acked == [7]
+    assert not k.events("scheduled")[0].get("held")
+
+
+def test_a_token_that_lands_ahead_of_its_tick_is_kept_until_then(wired):
+    consumer, loop = wired
+    k = Kept(consumer, loop)
+    # Given a token for a tick 0.2-0.4 s away (sent ahead through the hatchery)
+    due = k.task.schedule.first_after(time.time() + PERIOD)
+    # When it is delivered
+    k.deliver(Token("t", due))
+    # Then nothing runs before its tick: it is kept, and runs when the tick falls due
+    assert k.ran == [] and loop.acked == []
+    assert [e["held"] for e in k.events("scheduled")] == [True]
+    k.fire()
+    assert [d for d, _ in k.ran] == [due]
+    assert 0 <= k.ran[0][1] - due < PERIOD / 2
+
+
+def test_a_graceful_stop_hands_a_kept_delivery_back_as_the_next_ticks_token(wired):
+    consumer, loop = wired
+    k = Kept(consumer, loop)
+    due = k.task.schedule.last_at_or_before(time.time())
+    k.deliver(Token("t", due))
+    assert len(loop.later) == 1
+    # When the process stops while the runner keeps its delivery for the next tick
+    k.runner.release()
+    loop.run()
+    # Then the next tick's token goes to the hatchery, the delivery is acked once it is confirmed
+    ((token, _),) = k.tokens()
+    assert token.due == pytest.approx(due + PERIOD)
+    consumer._on_confirm(confirm(spec.Basic.Ack(delivery_tag=1, multiple=False)))
+    loop.run()
+    assert loop.acked == [7]
+    # and the timer that fires afterwards runs nothing
+    consumer.stopping.set()
+    k.fire()
+    assert [d for d, _ in k.ran] == [due]

@@ -154,3 +154,63 @@ def test_counts_keep_to_the_budget_and_reach_every_task_in_turn() -> None:
     d.now += 0.25
     d.reconciler._sweep(tasks)
     assert rounds[0][0] == lost.name
+
+
+def test_a_token_its_runner_keeps_for_the_next_tick_is_not_counted_until_that_is_late() -> None:
+    # Given a runner that keeps its task's delivery across ticks (SLUICE_SCHEDULER_HOLD_S): each
+    # tick announces the next one as kept, and the queues count nothing meanwhile
+    d = Drive()
+    for tick in range(5):
+        d.now = tick * 1.0 + 0.01
+        d.event("scheduled", due=1000 + tick + 1.0, held=True)
+        for t in (0.1, 0.35, 0.6, 0.85):
+            d.check_at(tick + t, tokens=0)
+    # Then the task is never counted and nothing is seeded
+    assert (d.counts, d.seeded) == (0, [])
+
+
+def test_a_kept_token_whose_runner_goes_silent_is_reseeded() -> None:
+    # Given a kept token due at 1.0 s whose runner freezes with it (the delivery is neither
+    # given back nor reported)
+    d = Drive()
+    d.event("scheduled", due=1001.0, held=True)
+    t = 0.1
+    while not d.seeded and t < 5:
+        d.check_at(t, tokens=0)
+        t += WINDOW / 2
+    # Then it is counted only once its tick is a quiet window late, and re-seeded a window later
+    assert d.seeded and 1.0 + 2 * WINDOW <= d.now <= 1.0 + 3 * WINDOW
+    # and a token announced through the hatchery again is counted as before
+    d.seeded.clear()
+    counted = d.counts
+    d.event("scheduled", due=1000 + d.now + 1.0)
+    d.check_at(d.now + WINDOW / 2, tokens=1)
+    assert d.counts == counted + 1
+
+
+def test_a_new_leader_waits_a_period_for_a_kept_tokens_first_report() -> None:
+    # Given a process that has just taken the lead, where runners keep their tokens across ticks
+    # (it has heard nothing of the task yet: its token, kept, is out of the count)
+    d = Drive()
+    d.reconciler.hold_s = 30.0
+    d.reconciler._led_at = 0.0
+    # When the runner next reports only as its next tick runs, 0.9 s later
+    for t in (0.0, 0.25, 0.5, 0.75):
+        d.check_at(t, tokens=0)
+    d.now = 0.9
+    d.event("scheduled", due=1001.9, held=True)
+    d.check_at(1.0, tokens=0)
+    # Then no spare token was seeded
+    assert d.seeded == []
+
+
+def test_a_new_leader_still_reseeds_a_kept_token_that_is_never_reported() -> None:
+    d = Drive()
+    d.reconciler.hold_s = 30.0
+    d.reconciler._led_at = 0.0
+    t = 0.0
+    while not d.seeded and t < 5:
+        d.check_at(t, tokens=0)
+        t += WINDOW / 2
+    # Re-seeded once a period and a window have passed with no report
+    assert d.seeded and 1.0 + WINDOW <= d.now <= 1.0 + WINDOW + WINDOW / 2

@@ -32,7 +32,7 @@ from worker.scheduler.overlap import (
     OverlapGuard,
     TableLastRuns,
 )
-from worker.scheduler.runner import Backoff, Scheduler, SendEvent, broker_url
+from worker.scheduler.runner import Backoff, Scheduler, SendEvent, broker_url, freeze_heap
 
 
 def event_sender(settings: SchedulerSettings, *, session: Any = None) -> SendEvent | None:
@@ -141,6 +141,7 @@ def build(
         lease_s=settings.lease_s,
         heartbeat_s=settings.heartbeat_s,
         backoff=Backoff.of(settings),
+        hold_s=settings.hold_s,
         overrides=overrides,
         group=group,
         oneoffs=oneoffs,
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             lifecycle=scheduler.lifecycle,
         )
         publish_every(60, figures, boto3.client("cloudwatch"), settings.metrics_namespace, {}, stop)
+    freeze_heap()
     stop.wait()
     scheduler.stop()
     return 0

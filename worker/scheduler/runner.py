@@ -17,9 +17,11 @@ tick.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -91,6 +93,10 @@ DEFAULT_HEARTBEAT_S: int = _DEFAULTS["heartbeat_s"].default
 # (bench/scheduler_bench.py, alternating runs): 0.60 ms of CPU a tick without, 0.48 with 1 ms,
 # lateness unchanged (p50 8 ms); 2 ms gave 0.44 but p50 11 ms, 5 ms 0.38 and p50 20 ms.
 COALESCE_S = 0.001
+# With TaskRunner.hold_s, a token that goes back through the hatchery is sent this long ahead of
+# its tick at most (half the wait when that is shorter), and kept where it lands until the tick
+# falls due: the broker's transit (tens of ms at p99 when busy) does not make the tick late.
+CYCLE_LEAD_S = 1.0
 # A process's Consumer: threads handling deliveries (a handler waits for its tick's run, not for
 # its next token's confirm) and threads running actions; ticks beyond them wait their turn.
 HANDLERS = 64
@@ -127,6 +133,16 @@ class Backoff:
     @classmethod
     def of(cls, settings: SchedulerSettings) -> Backoff:
         return cls(settings.retry_delay_s, settings.retry_backoff)
+
+
+def freeze_heap() -> None:
+    """Leave what exists once the scheduler has started (modules, classes, the registry and its
+    runners) out of the garbage collector's full passes from now on (gc.freeze): a full pass
+    holds the GIL, so every tick waits for it. 1,000 tasks at 0.5 s on one consumer
+    (bench/scheduler_bench.py, many tasks): full passes of 55-115 ms every few seconds without,
+    8-11 ms with; they set the tick lateness's p99 once the broker had no part in most ticks."""
+    gc.collect()
+    gc.freeze()
 
 
 def broker_url(settings: SchedulerSettings, *, secrets: Any = None) -> str | None:
@@ -434,6 +450,21 @@ class Consumer:
         )
         self.requeue(epoch, tag, REQUEUE_S)
 
+    def again(self, epoch: int, at: float, runner: TaskRunner, method: Any, body: bytes) -> None:
+        """Hand `runner` a delivery it holds once more at `at` (monotonic), with `body` for its
+        token (a held token's next tick, TaskRunner.hold_s), as if the broker delivered it then.
+        A timer of the connection's: it dies with it (the delivery then comes back unacked)."""
+
+        def fire() -> None:
+            if epoch == self.epoch:
+                self._dispatch(runner, epoch, method, HELD, body)
+
+        def schedule() -> None:
+            assert self._connection is not None
+            self._connection.call_later(max(at - time.monotonic(), 0.0), fire)
+
+        self._call(schedule, epoch)
+
     def reject(self, epoch: int, tag: int) -> None:
         """Dead-letter a delivery (an unreadable token)."""
         self._call(lambda: self._consume.basic_reject(tag, requeue=False), epoch)
@@ -566,24 +597,36 @@ class Consumer:
         epoch = self.epoch
 
         def on_token(_ch: Any, method: Any, props: Any, body: bytes) -> None:
-            if self.stopping.is_set():
-                return  # the token goes back unacked when the connection closes
-            with self._lock:
-                self._active += 1
-            try:
-                self.handlers.submit(self._deliver, runner, epoch, method, props, body)
-            except RuntimeError:  # the pool is shut: the token goes back unacked
-                self._handled()
+            self._dispatch(runner, epoch, method, props, body)
 
         # Through the blocking channel (pika's wrapper owns the consume's callbacks); its
         # deliveries are dispatched on this thread, outside the poll.
         self._tags[name] = self._consuming.basic_consume(self.names.processor(name), on_token)
+
+    def _dispatch(
+        self, runner: TaskRunner, epoch: int, method: Any, props: Any, body: bytes
+    ) -> None:
+        """Hand a delivery (or a held token's next tick) to `runner` in the handler pool."""
+        if self.stopping.is_set():
+            return  # the token goes back unacked when the connection closes
+        with self._lock:
+            self._active += 1
+        try:
+            self.handlers.submit(self._deliver, runner, epoch, method, props, body)
+        except RuntimeError:  # the pool is shut: the token goes back unacked
+            self._handled()
 
     def _deliver(
         self, runner: TaskRunner, epoch: int, method: Any, props: Any, body: bytes
     ) -> None:
         try:
             runner.deliver(epoch, method, props, body)
+        finally:
+            self._handled()
+
+    def _release(self, runner: TaskRunner) -> None:
+        try:
+            runner.release()
         finally:
             self._handled()
 
@@ -599,6 +642,14 @@ class Consumer:
         assert self._connection is not None
         for name in list(self._tags):
             self._stop_consuming(name)
+        for runner in list(self.runners.values()):
+            if runner.holding is not None:
+                with self._lock:
+                    self._active += 1
+                try:
+                    self.handlers.submit(self._release, runner)
+                except RuntimeError:
+                    self._handled()
         deadline = time.monotonic() + STOP_GRACE_S
         while self._active and self._broken is None and time.monotonic() < deadline:
             self._connection.process_data_events(time_limit=0.02)
@@ -667,6 +718,10 @@ class Consumer:
                 connection.close()
 
 
+# The properties a kept delivery is handed to its runner again with (Consumer.again).
+HELD = pika.BasicProperties()
+
+
 @dataclass
 class _Inflight:
     """A run this process started: the token's due time, the tick it runs, its fence, how late
@@ -697,6 +752,7 @@ class TaskRunner:
         heartbeat_s: int = DEFAULT_HEARTBEAT_S,
         backoff: Backoff = Backoff(),
         overlap: OverlapGuard | None = None,
+        hold_s: float = 0.0,
     ) -> None:
         self.url, self.names, self.clock, self.heartbeat_s = url, names, clock, heartbeat_s
         self.lifecycle: Lifecycle | None = None  # counts the events for the metrics
@@ -708,6 +764,8 @@ class TaskRunner:
         self.send = send
         self.ledger: Ledger = ledger if ledger is not None else MemoryLedger()
         self.lease_s = lease_s
+        # A delivery is kept for the ticks that fall due within this long of its arrival (`_next`).
+        self.hold_s = hold_s
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # One delivery handled at a time (a token redelivered on a new connection waits for the
         # handler of its old delivery to give up); `_epoch`: the connection of the one handled.
@@ -725,6 +783,11 @@ class TaskRunner:
         self._confirms: list[Future[None]] = []
         # The last outcome the task's status queue kept from this runner, and when (monotonic).
         self._kept, self._kept_at = "", float("-inf")
+        # The delivery this runner keeps for its next tick (`_next`), until when it may keep it
+        # (monotonic), and the schedule generation its token was made for.
+        self.holding: Any = None
+        self._until = float("-inf")
+        self._gen = 0
 
     def _broker(self) -> Consumer:
         assert isinstance(self.link, Consumer), "a TaskRunner talks to the broker via a Consumer"
@@ -844,6 +907,15 @@ class TaskRunner:
         with self._serial:
             if epoch != self._broker().epoch:
                 return  # its connection is gone: the token comes back on the next one
+            if props is HELD:
+                if self.holding is not method:
+                    return  # handed back meanwhile (a graceful stop: `release`)
+            else:
+                # Between half and all of hold_s: tasks that started together (a deploy, the
+                # broker's return) go back through the hatchery spread out, not all at once.
+                spread = random.uniform(0.5, 1.0)  # noqa: S311 - timing, not secrets
+                self._until = time.monotonic() + self.hold_s * spread
+            self.holding = None
             self._epoch, self._confirms = epoch, []
             try:
                 self._handle(method, props, body)
@@ -867,9 +939,13 @@ class TaskRunner:
             log.error("runner %s: unreadable token %r dead-lettered", name, body[:200])
             self._broker().reject(self._epoch, method.delivery_tag)
             return
-        token_due = token.due
+        token_due, self._gen = token.due, token.gen
         if token.redrive:
             self._redrive(method, token)
+            return
+        if self.hold_s > 0 and token_due > self.clock():
+            # Sent ahead of its tick (`_next`): kept here until it falls due.
+            self._keep(method, token)
             return
         inflight = self._inflight
         if inflight is not None and inflight.token_due == token_due:
@@ -899,6 +975,10 @@ class TaskRunner:
             return
         self._lease_end = time.monotonic() + self.lease_s
         fence, last = claimed.fence, claimed.previous
+        if last is not None and last.tick >= round(token_due * 1000):
+            # The token is older than the task's last claimed tick (a delivery kept across ticks
+            # that came back when its runner went, a spare): the ticks missed are those since.
+            _, missed = next_due(self.task.schedule, last.tick / 1000, now)
         latest = self.task.schedule.last_at_or_before(self.clock())
         if latest > due:
             # The claim took so long (a slow ledger, a paused process) that a later tick fell
@@ -1017,8 +1097,62 @@ class TaskRunner:
                 **late,
             )
             self._dead_letter(tick, error)
-        self._schedule_after(tick.due)
+        self._next(method, tick.due)
+
+    def _next(self, method: Any, due: float) -> None:
+        """After a tick, its task's next token. With `hold_s`, when the next tick falls due
+        within the delivery's hold (between half and all of hold_s from its arrival), the
+        delivery itself: kept unacknowledged (its queue's single active consumer stays this
+        runner's, and the broker gives it back to the queue if this process goes) and handed to
+        this runner again then (`_keep`): the broker has no part in that tick. Only a first
+        delivery (a redelivered one goes through the hatchery, so that its delivery count starts
+        again), with nothing of the tick unconfirmed (a dead-lettered tick's ack waits for it),
+        and not while the process stops. Otherwise a token through the hatchery, the delivery
+        acked once that is confirmed; with `hold_s`, sent up to CYCLE_LEAD_S ahead of its tick
+        and kept until then where it lands, so that the broker's transit adds no lateness."""
+        link = self._broker()
+        now = self.clock()
+        following, missed = next_due(self.task.schedule, due, now)
+        if self.hold_s <= 0:
+            self._schedule_after(due)
+            self._ack(method)
+            return
+        wait = following - now
+        if (
+            time.monotonic() + wait <= self._until
+            and not method.redelivered
+            and not self._confirms
+            and not link.stopping.is_set()
+            and self._epoch == link.epoch
+        ):
+            self._keep(method, Token(self.task.name, following, gen=self._gen), missed)
+            return
+        token = Token(self.task.name, following, gen=self.gen)
+        self.publish_token(token, wait - min(CYCLE_LEAD_S, wait / 2))
+        self.emit(self.task.name, "scheduled", due=following, missed=missed)
         self._ack(method)
+
+    def _keep(self, method: Any, token: Token, missed: int = 0) -> None:
+        """Keep a delivery, unacknowledged, for `token`'s tick: handed to this runner again when
+        that falls due (Consumer.again), its `scheduled` event telling the reconciler so."""
+        link = self._broker()
+        self.holding = method
+        at = time.monotonic() + (token.due - self.clock())
+        link.again(self._epoch, at, self, method, token.encode())
+        self.emit(self.task.name, "scheduled", due=token.due, missed=missed, held=True)
+
+    def release(self) -> None:
+        """Hand a kept delivery back as a token in the hatchery (a graceful stop: the process
+        that takes the task over finds its next tick's token, not an old one)."""
+        with self._serial:
+            method, self.holding = self.holding, None
+            if method is None or self._epoch != self._broker().epoch:
+                return
+            self._confirms = []
+            following = self.task.schedule.first_after(self.clock())
+            self.publish_token(Token(self.task.name, following, gen=self._gen))
+            self.emit(self.task.name, "scheduled", due=following)
+            self._ack(method)
 
     def _wait(self, inflight: _Inflight) -> tuple[str, str]:
         """Wait for the run; meanwhile keep the connection alive and renew the lease."""
@@ -1166,6 +1300,7 @@ class Reconciler(_Base):
         clock: Clock = time.time,
         heartbeat_s: int = DEFAULT_HEARTBEAT_S,
         ledger: Ledger | None = None,
+        hold_s: float = 0.0,
     ) -> None:
         super().__init__(url, names, clock, heartbeat_s)
         self.registry = registry
@@ -1180,11 +1315,17 @@ class Reconciler(_Base):
         self._gens: dict[str, int] = {t.name: 0 for t in registry}
         self._retimed: set[str] = set()
         self._changed = threading.Event()
-        # When (monotonic) each task's token falls due, from the events that announce a token.
+        # When (monotonic) each task's token falls due, from the events that announce a token,
+        # and the tasks whose last announced token is kept by its runner (TaskRunner._next).
         self._due: dict[str, float] = {}
+        self._kept: set[str] = set()
         # When (monotonic) each task's tokens were last counted, and the last sweep began.
         self._counted: dict[str, float] = {}
         self._swept = float("-inf")
+        # Runners may keep their tokens across ticks this long (TaskRunner.hold_s), and when
+        # this process last took the lead (monotonic).
+        self.hold_s = hold_s
+        self._led_at = float("-inf")
 
     def apply(self, entries: list[Entry]) -> None:
         gens = {e.task.name: e.gen for e in entries if not e.disabled}
@@ -1204,6 +1345,10 @@ class Reconciler(_Base):
             except (ValueError, KeyError, TypeError):
                 return  # a failure with no retry announces no token
             self._due[task] = now + float(wait)
+            if fields.get("held"):
+                self._kept.add(task)
+            else:
+                self._kept.discard(task)
 
     def serve(self, stop: threading.Event) -> None:
         reconnecting(stop, "reconciler", self._session, self._close, ledger_wait_s=1.0)
@@ -1225,6 +1370,7 @@ class Reconciler(_Base):
             return
         connected()
         self._empty_since.clear()
+        self._led_at = self.monotonic()
         while not stop.is_set():
             if self._changed.is_set():
                 self._changed.clear()
@@ -1300,7 +1446,8 @@ class Reconciler(_Base):
         runner that starts a tick a little late under load from looking like a lost token."""
         due = self._due.get(task.name, float("inf"))
         last_report = max(due, self._activity.get(task.name, float("-inf")))
-        if due <= now < last_report + quiet_window_s(task):
+        # A token its runner keeps for the next tick is held from its announcement on.
+        if (due <= now or task.name in self._kept) and now < last_report + quiet_window_s(task):
             self._empty_since.pop(task.name, None)
             return True
         return False
@@ -1311,6 +1458,10 @@ class Reconciler(_Base):
         new token comes within about one period)."""
         now = self.monotonic()
         window = quiet_window_s(task)
+        if self.hold_s > 0 and self._activity.get(task.name, float("-inf")) < self._led_at:
+            # Nothing heard of the task since this process took the lead: a token its runner
+            # keeps is out of the count, and is next reported when its tick runs.
+            window += min(task.period_s, self.hold_s)
         if tokens > 0:
             self._empty_since.pop(task.name, None)
             return
@@ -1356,6 +1507,7 @@ class Scheduler:
         group: str = GROUPS[0],
         oneoffs: _Base | None = None,
         overlap: OverlapGuard | None = None,
+        hold_s: float = 0.0,
     ) -> None:
         if group not in GROUPS:
             raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {group!r}")
@@ -1372,6 +1524,7 @@ class Scheduler:
             "heartbeat_s": heartbeat_s,
             "backoff": backoff,
             "overlap": overlap,
+            "hold_s": hold_s,
         }
         # This process's lifecycle events, counted for the metrics (broker_metrics).
         self.lifecycle = Lifecycle()
@@ -1386,6 +1539,7 @@ class Scheduler:
             clock=clock,
             heartbeat_s=heartbeat_s,
             ledger=self.ledger,
+            hold_s=hold_s,
         )
         self.reconciler.lifecycle = self.lifecycle
         self.live = LiveRegistry(registry, overrides, self.apply)

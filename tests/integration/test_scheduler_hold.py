@@ -1,0 +1,113 @@
+"""Runners that keep their task's delivery across ticks (SLUICE_SCHEDULER_HOLD_S), on a real
+rabbitmq-server with scheduler processes sharing one tick ledger (moto's DynamoDB): the ticks run
+from the runner's clock with the hatchery idle, and when the runner dies or stops, the task goes
+on in another process from the delivery the broker gives back, no tick run twice or late.
+(The four faults of test_scheduler_faults.py run in this mode too.)"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.integration.fleet import Fleet, overlaps, stale, twice
+
+PERIOD = 0.2
+STEP_MS = round(PERIOD * 1000)
+ENV = {
+    "SLUICE_SCHEDULER_LEASE_S": "1",
+    "SLUICE_SCHEDULER_HEARTBEAT_S": "1",
+    "SLUICE_SCHEDULER_HOLD_S": "30",
+}
+
+
+@pytest.fixture
+def fleet(rabbit, names, ledger_env, tmp_path):
+    with Fleet(
+        rabbit.url, names.prefix, tmp_path / "runs.log",
+        period=PERIOD, duration=0.02, env={**ledger_env, **ENV},
+    ) as f:  # fmt: skip
+        yield f
+
+
+def test_a_kept_delivery_goes_on_in_another_process_when_its_runner_is_killed(fleet, tap):
+    f = fleet
+    # Given a scheduler process whose runner keeps the task's delivery across ticks, and a second
+    # one in line behind it
+    first = f.start()
+    f.wait_runs(15, 30, pid=first.pid)
+    second = f.start()
+    time.sleep(1.0)  # its consumer is registered: the next in line
+    # When the first is killed (SIGKILL) holding a delivery some seconds old
+    first.send_signal(signal.SIGKILL)
+    first.wait(5)
+    killed_at = time.time()
+    f.wait_runs(10, 20, pid=second.pid)
+    runs = f.runs()
+    # Then no tick ran twice, overlapped or stale
+    assert (twice(runs), overlaps(runs), stale(runs, PERIOD)) == ([], 0, [])
+    # and the first ran its ticks from its delivery, with the hatchery idle: one token through
+    # it to start with, every later tick announced as kept
+    mine = [r for r in runs if r.pid == first.pid]
+    announced = [e for e in tap.of("scheduled") if e["due"] * 1000 <= mine[-1].key]
+    assert sum(not e.get("held") for e in announced) <= 1, announced
+    assert sum(bool(e.get("held")) for e in announced) >= 14
+    # and the second took over at once from the delivery the broker gave back, its reconciler
+    # (the new leader) waiting for the kept token's report rather than seeding a spare
+    theirs = [r for r in runs if r.pid == second.pid]
+    assert theirs[0].started - killed_at < 1.0
+    assert tap.of("reseeded") == []
+
+
+def test_a_kept_delivery_taken_over_from_a_frozen_runner_reports_only_the_ticks_it_missed(
+    fleet, tap
+):
+    f = fleet
+    # Given a runner keeping the task's delivery for some seconds, and a second in line
+    first = f.start()
+    f.wait_runs(15, 30, pid=first.pid)
+    second = f.start()
+    time.sleep(1.0)
+    # When the first freezes (SIGSTOP) and the broker hands its delivery to the second after
+    # two missed heartbeats
+    first.send_signal(signal.SIGSTOP)
+    frozen_at = time.time()
+    f.wait_runs(5, 20, pid=second.pid)
+    first.send_signal(signal.SIGKILL)
+    runs = f.runs()
+    # Then no tick ran twice, overlapped or stale
+    assert (twice(runs), overlaps(runs), stale(runs, PERIOD)) == ([], 0, [])
+    # and the ticks reported missed are those between the first's last run and the second's
+    # first, not every tick since the delivery's own (seconds older)
+    mine = [r for r in runs if r.pid == first.pid]
+    theirs = [r for r in runs if r.pid == second.pid]
+    gap = (theirs[0].key - mine[-1].key) // STEP_MS - 1
+    reported = sum(e.get("missed", 1) for e in tap.of("missed") if e["at"] >= frozen_at)
+    assert gap >= 5 and reported <= gap, (reported, gap)
+
+
+def test_a_graceful_stop_hands_the_kept_delivery_over_as_the_next_ticks_token(fleet, tap):
+    f = fleet
+    # Given a scheduler process whose runner keeps the task's delivery, and a second in line
+    first = f.start()
+    f.wait_runs(5, 30, pid=first.pid)
+    second = f.start()
+    time.sleep(1.0)
+    # When the first stops gracefully (SIGTERM, as a deploy does) just after a run, keeping
+    # its delivery for the next tick
+    done = len(f.wait_runs(1, 5, pid=first.pid))
+    f.wait_runs(done + 1, 5, pid=first.pid)
+    f.stop_one(first)
+    stopped_at = time.time()
+    f.wait_runs(5, 20, pid=second.pid)
+    runs = f.runs()
+    # Then the second goes on from the next tick's token the first handed back: no old
+    # delivery to drop as a duplicate, no tick run twice or stale, none lost in between
+    assert first.returncode == 0
+    assert (tap.of("duplicate"), tap.of("missed")) == ([], [])
+    assert (twice(runs), overlaps(runs), stale(runs, PERIOD)) == ([], 0, [])
+    mine = [r for r in runs if r.pid == first.pid]
+    theirs = [r for r in runs if r.pid == second.pid]
+    assert theirs[0].key - mine[-1].key <= 2 * STEP_MS, (mine[-1], theirs[0])
+    assert theirs[0].started - stopped_at < 2.0
