@@ -48,7 +48,7 @@ from sluice.scheduling.names import STATUS_SUCCESS_EVERY_S, Names, expiration_ms
 from sluice.scheduling.registry import PeriodicTask, Registry, Tick  # noqa: E402
 from sluice.scheduling.schedule import Every  # noqa: E402
 from worker.scheduler.broker_metrics import Lifecycle  # noqa: E402
-from worker.scheduler.runner import Scheduler  # noqa: E402
+from worker.scheduler.runner import Scheduler, freeze_heap  # noqa: E402
 
 
 def run_sluice(
@@ -251,6 +251,7 @@ def many_sluice(
     spread: bool,
     broker_pid: int | None = None,
     ledger_client: str = "lean",
+    hold_s: float = 0.0,
 ) -> dict[str, Any]:
     runs: list[tuple[str, float, float]] = []
     # When the Consumer's I/O thread last handed each task's token to a handler, and for each
@@ -276,7 +277,7 @@ def many_sluice(
     ledger = None
     if ledger_url:
         ledger = _table_ledger(ledger_url, names.prefix, ledger_client)
-    scheduler = Scheduler(registry, url, names=names, ledger=ledger)
+    scheduler = Scheduler(registry, url, names=names, ledger=ledger, hold_s=hold_s)
     counting = _Counting()
     for part in (*scheduler.runners, scheduler.reconciler):
         part.lifecycle = counting
@@ -301,6 +302,7 @@ def many_sluice(
     handlers.submit = noting_submit  # type: ignore[method-assign]
     began = time.monotonic()
     with scheduler:
+        freeze_heap()  # as the scheduler's process does once started (worker/scheduler/__main__.py)
         # Until every task ticked once (its first token seeded), then the warm-up.
         while len({task for task, _, _ in runs}) < tasks and time.monotonic() - began < 600:
             time.sleep(0.2)
@@ -501,6 +503,7 @@ def many_side_by_side(
     spread: bool = False,
     broker_pid: int | None = None,
     ledger_client: str = "lean",
+    hold_s: float = 0.0,
 ) -> dict[str, Any]:
     """Sluice and (optionally) the naive cycle, each `tasks` tasks at `period` on one consumer,
     at the same time, each in its own process (CPU per tick is that process's alone)."""
@@ -508,7 +511,18 @@ def many_side_by_side(
     jobs: dict[str, tuple[Any, tuple[Any, ...]]] = {
         "sluice": (
             many_sluice,
-            (url, tasks, period, seconds, warmup, ledger_url, spread, broker_pid, ledger_client),
+            (
+                url,
+                tasks,
+                period,
+                seconds,
+                warmup,
+                ledger_url,
+                spread,
+                broker_pid,
+                ledger_client,
+                hold_s,
+            ),
         )
     }
     if naive:
@@ -693,6 +707,12 @@ def main() -> int:
         help="run the naive cycle beside Sluice only up to this many tasks (at 1,000, beside "
         "Sluice's, it had not seen every task tick once after ten minutes on a 2-vCPU machine)",
     )
+    parser.add_argument(
+        "--hold",
+        default="0,30",
+        help="the runners' SLUICE_SCHEDULER_HOLD_S, comma-separated: each many-task run once "
+        "with each (0: every tick's token through the hatchery)",
+    )
     parser.add_argument("--many-seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument(
@@ -727,11 +747,14 @@ def main() -> int:
                 report["many"] = []
                 # (spec, the ledger's client: None keeps it in memory); the ledger runs one after
                 # the other in the same session, on moto's server: boto3's client, the scheduler's.
-                runs: list[tuple[str, str | None]] = [
-                    (spec, None) for spec in filter(None, args.many.split(","))
+                holds = [float(h) for h in args.hold.split(",")]
+                runs: list[tuple[str, str | None, float]] = [
+                    (spec, None, hold)
+                    for spec in filter(None, args.many.split(","))
+                    for hold in holds
                 ]
-                runs += [(args.ledger_run, c) for c in CLIENTS if args.ledger_run]
-                for spec, client in runs:
+                runs += [(args.ledger_run, c, holds[0]) for c in CLIENTS if args.ledger_run]
+                for spec, client, hold in runs:
                     tasks, period, spread = _many_spec(spec)
                     with moto_server() if client else contextlib.nullcontext() as endpoint:
                         run = many_side_by_side(
@@ -745,8 +768,15 @@ def main() -> int:
                             spread=spread,
                             broker_pid=_broker_pid(node),
                             ledger_client=client or "lean",
+                            hold_s=hold,
                         )
-                    entry = {"tasks": tasks, "period_s": period, "spread": spread, **run}
+                    entry = {
+                        "tasks": tasks,
+                        "period_s": period,
+                        "spread": spread,
+                        "hold_s": hold,
+                        **run,
+                    }
                     if client:
                         entry["ledger"] = f"moto's server, {client} client"
                     report["many"].append(entry)
@@ -808,9 +838,11 @@ def _print(report: dict[str, Any]) -> None:
     for run in report.get("many", []):
         ledger = f", ledger {run['ledger']}" if "ledger" in run else ", ledger in memory"
         ticks = "spread over the period" if run["spread"] else "all due at once"
+        hold = run.get("hold_s") or 0
+        kept = f", tokens kept up to {hold:g} s" if hold else ", every token through the hatchery"
         print(
             f"many: {run['tasks']} tasks at {run['period_s']} s ({ticks}) on one consumer{ledger}"
-            f" (load average {run['load_average']})"
+            f"{kept} (load average {run['load_average']})"
         )
         print(
             f"{'':8} {'ticks/s':>9} {'p50 late ms':>12} {'p99 late ms':>12} {'CPU ms/tick':>12}"
@@ -838,7 +870,8 @@ def _print(report: dict[str, Any]) -> None:
             )
         if "broker_part_p50_ms" in sluice:
             print(
-                "lateness, the broker's part (due -> delivered to the consumer) p50/p99 ms:"
+                "lateness, the broker's part (due -> delivered to the consumer, or a kept token's"
+                " timer fired) p50/p99 ms:"
                 f" {sluice['broker_part_p50_ms']} / {sluice['broker_part_p99_ms']}; the"
                 f" consumer's (delivered -> action started): {sluice['consumer_part_p50_ms']}"
                 f" / {sluice['consumer_part_p99_ms']}"
