@@ -341,14 +341,16 @@ class Kept:
     def tokens(self) -> list[tuple[Token, Any]]:
         return [
             (Token.decode(body), props)
-            for (exchange, _, props), body in zip(self.loop.published, self.loop.bodies)
+            for (exchange, _, props), body in zip(
+                self.loop.published, self.loop.bodies, strict=True
+            )
             if exchange != CONTROL
         ]
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [
             json.loads(body)
-            for (exchange, key, _), body in zip(self.loop.published, self.loop.bodies)
+            for (exchange, key, _), body in zip(self.loop.published, self.loop.bodies, strict=True)
             if exchange == CONTROL and key == f"t.{name}"
         ]
 
