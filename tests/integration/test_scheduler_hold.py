@@ -68,12 +68,13 @@ def killed(f: Fleet, tap) -> None:
     announced = [e for e in tap.of("scheduled") if e["due"] * 1000 <= mine[-1].key]
     assert sum(not e.get("held") for e in announced) <= 1, announced
     assert sum(bool(e.get("held")) for e in announced) >= 14
-    # and the second took over at once from the delivery the broker gave back, its reconciler
-    # (the new leader) waiting for the kept token's report rather than seeding a spare
+    # and the second took over at once from the delivery the broker gave back (within a period,
+    # or the lease's 1 s when the kill landed mid-run). Whether its reconciler, the new leader,
+    # seeds a spare is not asserted here: a runner a window late does that in either mode on a
+    # loaded machine (a CI run); the new leader's wait for a kept token's first report is
+    # test_a_new_leader_waits_a_period_for_a_kept_tokens_first_report's.
     theirs = [r for r in runs if r.pid == second.pid]
-    # (at once: within a period, or the lease's 1 s when the kill landed mid-run)
     assert theirs[0].started - killed_at < 1.0 + 2 * PERIOD + 1.0
-    assert tap.of("reseeded") == []
 
 
 def test_a_kept_delivery_taken_over_from_a_frozen_runner_reports_only_the_ticks_it_missed(
@@ -102,9 +103,15 @@ def frozen(f: Fleet, tap) -> None:
     # first, not every tick since the delivery's own (seconds older)
     mine = [r for r in runs if r.pid == first.pid]
     theirs = [r for r in runs if r.pid == second.pid]
+    # (the takeover's own report, with the tick it ran first: a `missed` event, or, when the
+    # frozen run's lease had to end first, the `scheduled` event of the token made meanwhile)
     gap = (theirs[0].key - mine[-1].key) // STEP_MS - 1
-    reported = sum(e.get("missed", 1) for e in tap.of("missed") if e["at"] >= frozen_at)
-    assert gap >= 5 and reported <= gap, (reported, gap)
+    reported = [
+        e["missed"]
+        for e in tap.of("missed") + tap.of("scheduled")
+        if round(e["due"] * 1000) == theirs[0].key and e.get("missed")
+    ]
+    assert gap >= 5 and sum(reported) <= gap, (reported, gap, frozen_at)
 
 
 def test_a_graceful_stop_hands_the_kept_delivery_over_as_the_next_ticks_token(fleet, tap):
@@ -129,9 +136,12 @@ def graceful(f: Fleet, tap) -> None:
     # Then the second goes on from the next tick's token the first handed back: no old
     # delivery to drop as a duplicate, no tick run twice or stale, none lost in between
     assert first.returncode == 0
-    assert (tap.of("duplicate"), tap.of("missed")) == ([], [])
+    assert tap.of("duplicate") == []
     assert (twice(runs), overlaps(runs), stale(runs, PERIOD)) == ([], 0, [])
     mine = [r for r in runs if r.pid == first.pid]
     theirs = [r for r in runs if r.pid == second.pid]
-    assert theirs[0].key - mine[-1].key <= 2 * STEP_MS, (mine[-1], theirs[0])
+    # (the next tick, or on a loaded machine one a little later, reported missed in between)
+    missed = [e for e in tap.of("missed") if round(e["due"] * 1000) == theirs[0].key]
+    slots = (theirs[0].key - mine[-1].key) // STEP_MS - 1
+    assert slots == sum(e["missed"] for e in missed), (mine[-1], theirs[0], missed)
     assert theirs[0].started - stopped_at < 2.0

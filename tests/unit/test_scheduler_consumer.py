@@ -442,3 +442,26 @@ def test_a_graceful_stop_hands_a_kept_delivery_back_as_the_next_ticks_token(wire
     consumer.stopping.set()
     k.fire()
     assert [d for d, _ in k.ran] == [due]
+
+
+def test_a_token_older_than_the_last_claimed_tick_reports_only_the_ticks_missed_since(wired):
+    consumer, loop = wired
+    k = Kept(consumer, loop)
+    # Given the ledger's last claim is a tick whose ms, read back as seconds, fall just short of
+    # the tick (one in five at 200 ms), finished, and three ticks have fallen due since
+    now = time.time()
+    last = next(
+        t
+        for t in (k.task.schedule.last_at_or_before(now - i * PERIOD) for i in range(3, 50))
+        if round(k.task.schedule.first_after(round(t * 1000) / 1000) * 1000) <= round(t * 1000)
+    )
+    ledger = k.runner.ledger
+    claimed = ledger.claim("t", round(last * 1000), round(last * 1000), 1000, "before")
+    assert claimed is not None
+    ledger.finish("t", claimed.fence, "done")
+    # When a token for a tick long before it arrives (a kept delivery given back, a spare)
+    k.deliver(Token("t", last - 20 * PERIOD), redelivered=True)
+    # Then the tick run is the latest due, and only the ticks between the claim and it are missed
+    (due, _), *_ = k.ran
+    (event,) = k.events("missed")
+    assert event["missed"] == round((due - last) / PERIOD) - 1

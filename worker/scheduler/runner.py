@@ -978,7 +978,10 @@ class TaskRunner:
         if last is not None and last.tick >= round(token_due * 1000):
             # The token is older than the task's last claimed tick (a delivery kept across ticks
             # that came back when its runner went, a spare): the ticks missed are those since.
-            _, missed = next_due(self.task.schedule, last.tick / 1000, now)
+            after = self.task.schedule.first_after(last.tick / 1000)
+            if round(after * 1000) <= last.tick:  # the ledger's ms fell just short of the tick
+                after = self.task.schedule.first_after(after)
+            _, missed = latest_due(self.task.schedule, after, now)
         latest = self.task.schedule.last_at_or_before(self.clock())
         if latest > due:
             # The claim took so long (a slow ledger, a paused process) that a later tick fell
