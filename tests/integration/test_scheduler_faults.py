@@ -30,15 +30,21 @@ PERIOD = 0.2
 FAST = {"SLUICE_SCHEDULER_LEASE_S": "1", "SLUICE_SCHEDULER_HEARTBEAT_S": "1"}
 
 
-@pytest.fixture
-def fleet(rabbit, names, ledger_env, tmp_path, tap):
+def fleet_of(rabbit, names, tmp_path, env: dict[str, str]):
+    """Fleet(duration) on the test's broker and names, a task every PERIOD, with `env`."""
+
     def make(duration: float = 0.05) -> Fleet:
         return Fleet(
             rabbit.url, names.prefix, tmp_path / "runs.log",
-            period=PERIOD, duration=duration, env={**ledger_env, **FAST},
+            period=PERIOD, duration=duration, env=env,
         )  # fmt: skip
 
-    yield make
+    return make
+
+
+@pytest.fixture
+def fleet(rabbit, names, ledger_env, tmp_path, tap):
+    yield fleet_of(rabbit, names, tmp_path, {**ledger_env, **FAST})
     # Every tick's token went through the hatchery (tests/integration/test_scheduler_hold.py runs
     # these faults again with runners keeping their deliveries across ticks).
     assert not [e for e in tap.of("scheduled") if e.get("held")]

@@ -7,6 +7,7 @@ on in another process from the delivery the broker gives back, no tick run twice
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 
 import pytest
@@ -20,6 +21,7 @@ from tests.integration.fleet import Fleet, overlaps, stale, twice
 from tests.integration.test_scheduler_faults import (  # noqa: F401
     FAST,
     PERIOD,
+    fleet_of,
     test_a_spare_token_runs_no_tick_twice_when_the_runner_changes,
     test_runners_killed_after_a_run_before_the_next_token_run_no_tick_twice,
     test_tokens_late_after_an_outage_run_only_the_latest_due_tick,
@@ -31,15 +33,19 @@ KEPT = {**FAST, "SLUICE_SCHEDULER_HOLD_S": "30"}
 
 @pytest.fixture
 def fleet(rabbit, names, ledger_env, tmp_path, tap):
-    def make(duration: float = 0.05) -> Fleet:
-        return Fleet(
-            rabbit.url, names.prefix, tmp_path / "runs.log",
-            period=PERIOD, duration=duration, env={**ledger_env, **KEPT},
-        )  # fmt: skip
-
-    yield make
+    yield fleet_of(rabbit, names, tmp_path, {**ledger_env, **KEPT})
     # The runners kept their deliveries across ticks (every later tick announced as kept)
     assert [e for e in tap.of("scheduled") if e.get("held")]
+
+
+def in_line(f: Fleet, runs: int) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """A scheduler process that has run `runs` ticks, and a second whose consumer is registered
+    behind it (the next in line)."""
+    first = f.start()
+    f.wait_runs(runs, 30, pid=first.pid)
+    second = f.start()
+    time.sleep(1.0)
+    return first, second
 
 
 def test_a_kept_delivery_goes_on_in_another_process_when_its_runner_is_killed(fleet, tap):
@@ -50,10 +56,7 @@ def test_a_kept_delivery_goes_on_in_another_process_when_its_runner_is_killed(fl
 def killed(f: Fleet, tap) -> None:
     # Given a scheduler process whose runner keeps the task's delivery across ticks, and a second
     # one in line behind it
-    first = f.start()
-    f.wait_runs(15, 30, pid=first.pid)
-    second = f.start()
-    time.sleep(1.0)  # its consumer is registered: the next in line
+    first, second = in_line(f, 15)
     # When the first is killed (SIGKILL) holding a delivery some seconds old
     first.send_signal(signal.SIGKILL)
     first.wait(5)
@@ -86,10 +89,7 @@ def test_a_kept_delivery_taken_over_from_a_frozen_runner_reports_only_the_ticks_
 
 def frozen(f: Fleet, tap) -> None:
     # Given a runner keeping the task's delivery for some seconds, and a second in line
-    first = f.start()
-    f.wait_runs(15, 30, pid=first.pid)
-    second = f.start()
-    time.sleep(1.0)
+    first, second = in_line(f, 15)
     # When the first freezes (SIGSTOP) and the broker hands its delivery to the second after
     # two missed heartbeats
     first.send_signal(signal.SIGSTOP)
@@ -121,10 +121,7 @@ def test_a_graceful_stop_hands_the_kept_delivery_over_as_the_next_ticks_token(fl
 
 def graceful(f: Fleet, tap) -> None:
     # Given a scheduler process whose runner keeps the task's delivery, and a second in line
-    first = f.start()
-    f.wait_runs(5, 30, pid=first.pid)
-    second = f.start()
-    time.sleep(1.0)
+    first, second = in_line(f, 5)
     # When the first stops gracefully (SIGTERM, as a deploy does) just after a run, keeping
     # its delivery for the next tick
     done = len(f.wait_runs(1, 5, pid=first.pid))
