@@ -465,3 +465,21 @@ def test_a_token_older_than_the_last_claimed_tick_reports_only_the_ticks_missed_
     (due, _), *_ = k.ran
     (event,) = k.events("missed")
     assert event["missed"] == round((due - last) / PERIOD) - 1
+
+
+def test_a_kept_tick_that_fell_due_while_the_process_stopped_is_handed_on_not_skipped(wired):
+    consumer, loop = wired
+    k = Kept(consumer, loop)
+    due = k.task.schedule.last_at_or_before(time.time())
+    k.deliver(Token("t", due))
+    # When the stop reaches the runner only after the kept tick fell due (its timer ran nothing:
+    # the process was stopping; the I/O thread notices a stop within a second)
+    consumer.stopping.set()
+    time.sleep(max(due + PERIOD - time.time(), 0) + 0.05)
+    k.runner.release()
+    loop.run()
+    # Then the token handed on is for that tick, due at once: the next runner runs it or
+    # reports it missed, where the tick after it would have lost it without a word
+    ((token, props),) = k.tokens()
+    assert token.due == pytest.approx(due + PERIOD)
+    assert props.expiration in (None, "0")  # due now: straight to the processor queue

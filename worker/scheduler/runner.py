@@ -786,6 +786,7 @@ class TaskRunner:
         # The delivery this runner keeps for its next tick (`_next`), until when it may keep it
         # (monotonic), and the schedule generation its token was made for.
         self.holding: Any = None
+        self._kept_due = 0.0
         self._until = float("-inf")
         self._gen = 0
 
@@ -1139,22 +1140,27 @@ class TaskRunner:
         """Keep a delivery, unacknowledged, for `token`'s tick: handed to this runner again when
         that falls due (Consumer.again), its `scheduled` event telling the reconciler so."""
         link = self._broker()
-        self.holding = method
+        self.holding, self._kept_due = method, token.due
         at = time.monotonic() + (token.due - self.clock())
         link.again(self._epoch, at, self, method, token.encode())
         self.emit(self.task.name, "scheduled", due=token.due, missed=missed, held=True)
 
     def release(self) -> None:
-        """Hand a kept delivery back as a token in the hatchery (a graceful stop: the process
-        that takes the task over finds its next tick's token, not an old one)."""
+        """Hand a kept delivery back as a token for the tick it was kept for, through the
+        hatchery (a graceful stop: the process that takes the task over finds that tick's token,
+        not an old one)."""
         with self._serial:
             method, self.holding = self.holding, None
             if method is None or self._epoch != self._broker().epoch:
                 return
             self._confirms = []
-            following = self.task.schedule.first_after(self.clock())
-            self.publish_token(Token(self.task.name, following, gen=self._gen))
-            self.emit(self.task.name, "scheduled", due=following)
+            # The tick it was kept for, even if that fell due while the process stopped (its
+            # timer then ran nothing): the next runner runs it, late, or reports it missed.
+            due = self._kept_due
+            self.publish_token(
+                Token(self.task.name, due, gen=self._gen), max(due - self.clock(), 0)
+            )
+            self.emit(self.task.name, "scheduled", due=due)
             self._ack(method)
 
     def _wait(self, inflight: _Inflight) -> tuple[str, str]:
