@@ -46,10 +46,9 @@ def waiting_tokens(rabbit: RabbitNode, names: Names, task: str) -> list[Token]:
             while (got := channel.basic_get(names.hatchery(task), auto_ack=False))[0] is not None:
                 tokens.append(Token.decode(got[2]))
             # (a queue with a single active consumer refuses basic.get: consumed for a moment)
-            found = tokens
             channel.basic_consume(
                 names.processor(task),
-                lambda _ch, _m, _p, body, found=found: found.append(Token.decode(body)),
+                lambda _ch, _m, _p, body, found=tokens: found.append(Token.decode(body)),
             )
             conn.process_data_events(time_limit=0.3)
         finally:
